@@ -1,0 +1,446 @@
+"""The bounded parallel engine: run an async operation over many items, at most ``limit`` at once.
+
+Every fan-out in boride goes through here: starting components, readiness checks, processor and
+resolver calls, removals. Compared with the Go coordinator's semaphore-per-goroutine pattern:
+
+* a fixed pool of ``limit`` workers pulls items lazily from the input, so memory is O(limit) and a
+  million items cost no more memory than ten;
+* outcomes come back in input order, each with its own error: nothing is dropped or swallowed;
+* an operation that raises anything (``KeyboardInterrupt`` and ``SystemExit`` included) becomes a
+  failed outcome; it never escapes into the event loop and never takes the process down;
+* per-item timeouts, a deadline for the whole run, optional fail-fast, and cancellation of the
+  caller cancels every item in flight and waits for their clean-up before returning.
+
+Two entry points: :func:`stream` (an async context manager yielding outcomes in input order, for
+huge inputs) and :func:`run` (collects a :class:`Report`, for the usual list of components).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sized
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_limit() -> int:
+    """The CPU count available to this process (the seed's rule), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    FAILED = "failed"  # the operation raised (or timed out on its own item timeout)
+    CANCELLED = "cancelled"  # stopped because another item failed (fail-fast) or the deadline passed
+    SKIPPED = "skipped"  # never started: fail-fast or the deadline stopped the run first
+
+
+class ItemTimeout(TimeoutError):
+    """An item ran longer than its ``item_timeout``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"timed out after {seconds:g}s")
+        self.seconds = seconds
+
+
+class DeadlineExceeded(TimeoutError):
+    """The whole run went past its ``deadline``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"deadline of {seconds:g}s exceeded")
+        self.seconds = seconds
+
+
+class FailFastCancelled(Exception):
+    """This item was cancelled because another item failed first."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled after another item failed")
+
+
+@dataclass(slots=True)
+class Outcome(Generic[T, R]):
+    index: int
+    item: T
+    status: Status
+    value: R | None = None
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+@dataclass(slots=True)
+class Progress:
+    """Counters a progress bar can follow. ``total`` is None for inputs of unknown length."""
+
+    total: int | None = None
+    started: int = 0
+    done: int = 0
+    failed: int = 0
+
+    @property
+    def running(self) -> int:
+        return self.started - self.done - self.failed
+
+    @property
+    def queued(self) -> int | None:
+        return None if self.total is None else self.total - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Generic[T]):
+    """One change of state: ``kind`` is "started", "done" or "failed"."""
+
+    kind: str
+    index: int
+    item: T
+    progress: Progress
+    outcome: Outcome[T, Any] | None = None
+
+
+ProgressCallback = Callable[[Event[Any]], None]
+
+
+@dataclass
+class Report(Generic[T, R]):
+    """All outcomes of a :func:`run`, in input order."""
+
+    outcomes: list[Outcome[T, R]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+    @property
+    def values(self) -> list[R | None]:
+        return [o.value for o in self.outcomes]
+
+    @property
+    def failures(self) -> list[Outcome[T, R]]:
+        """Items that failed on their own, root failure (first to fail) first, then input order."""
+        failed = [o for o in self.outcomes if o.status is Status.FAILED]
+        return sorted(failed, key=lambda o: (o is not self.root, o.index))
+
+    @property
+    def cancelled(self) -> list[Outcome[T, R]]:
+        return [o for o in self.outcomes if o.status is Status.CANCELLED]
+
+    @property
+    def skipped(self) -> list[Outcome[T, R]]:
+        return [o for o in self.outcomes if o.status is Status.SKIPPED]
+
+    root: Outcome[T, R] | None = None  # the first item to fail, in time
+
+    def raise_for_failures(self) -> None:
+        if not self.ok:
+            raise ParallelError(self)
+
+
+class ParallelError(Exception):
+    """Raised by :meth:`Report.raise_for_failures`; carries the whole report."""
+
+    def __init__(self, report: Report[Any, Any]) -> None:
+        self.report = report
+        lines = [f"item {o.index} ({o.item!r}): {describe(o.error)}" for o in report.failures]
+        lines += [f"item {o.index} ({o.item!r}): {describe(o.error)}" for o in report.cancelled]
+        super().__init__(f"{len(lines)} item(s) did not succeed:\n  " + "\n  ".join(lines))
+
+
+def describe(error: BaseException | None) -> str:
+    """A one-line description of an error, never empty."""
+    if error is None:
+        return "no error"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class Fanout(Generic[T, R]):
+    """One run: shared state of its workers; iterate it for the outcomes, in input order.
+
+    ``progress`` holds the live counters and ``root`` the first item to fail (in time).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[T], Awaitable[R]],
+        items: Iterable[T],
+        limit: int,
+        item_timeout: float | None,
+        deadline: float | None,
+        fail_fast: bool,
+        on_event: ProgressCallback | None,
+    ) -> None:
+        self.fn = fn
+        self.items = iter(items)
+        self.limit = limit
+        self.item_timeout = item_timeout
+        self.deadline = deadline
+        self.fail_fast = fail_fast
+        self.on_event = on_event
+        self.progress = Progress(total=len(items) if isinstance(items, Sized) else None)
+        self.next_index = 0  # next item to take from the input
+        self.next_out = 0  # next index the consumer yields
+        # Ordered hand-off: finished outcomes wait here until every earlier one has been yielded.
+        # Workers stop taking items more than ``window`` ahead of the consumer, so it stays bounded.
+        self.window = 4 * limit
+        self.buffer: dict[int, Outcome[T, R]] = {}
+        self.exhausted = False
+        self.stopping: Status | None = None  # CANCELLED (fail-fast) or SKIPPED reason once stopping
+        self.stop_error: BaseException | None = None
+        self.root: Outcome[T, R] | None = None
+        self.wake_consumer = asyncio.Event()
+        self.wake_workers = asyncio.Event()
+        self.workers: list[asyncio.Task[None]] = []
+        self.running: dict[int, asyncio.Task[None]] = {}  # item index -> worker running it
+
+    def _emit(self, kind: str, index: int, item: T, outcome: Outcome[T, R] | None) -> None:
+        assert self.on_event is not None
+        try:
+            self.on_event(Event(kind, index, item, self.progress, outcome))
+        except Exception:  # noqa: S110 - a broken progress display must not break the run
+            pass
+
+    def _take(self) -> tuple[int, T] | None:
+        """The next item to run, or None when there is nothing more for this worker."""
+        if self.stopping is not None or self.exhausted:
+            return None
+        try:
+            item = next(self.items)
+        except StopIteration:
+            self.exhausted = True
+            return None
+        except BaseException as exc:  # the input itself failed: record it as a failed item
+            self.exhausted = True
+            self._finish(Outcome(self.next_index, None, Status.FAILED, error=exc))  # type: ignore[arg-type]
+            self.next_index += 1
+            self._stop_on_failure()
+            return None
+        index = self.next_index
+        self.next_index += 1
+        return index, item
+
+    def _finish(self, outcome: Outcome[T, R]) -> None:
+        self.buffer[outcome.index] = outcome
+        if outcome.index == self.next_out:
+            self.wake_consumer.set()
+
+    def _stop_on_failure(self) -> None:
+        if self.fail_fast and self.stopping is None:
+            self.stopping = Status.CANCELLED
+            self.stop_error = FailFastCancelled()
+            self._cancel_running()
+            self.wake_workers.set()
+
+    def _cancel_running(self) -> None:
+        current = asyncio.current_task()
+        for task in self.running.values():
+            if task is not current:
+                task.cancel()
+
+    async def _call(self, item: T) -> R:
+        if self.item_timeout is None:
+            return await self.fn(item)
+        try:
+            async with asyncio.timeout(self.item_timeout):
+                return await self.fn(item)
+        except TimeoutError as exc:
+            if isinstance(exc, ItemTimeout):
+                raise
+            task = asyncio.current_task()
+            # asyncio.timeout turns only its own cancellation into TimeoutError; if the worker is
+            # also being cancelled from outside, that wins.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc
+            raise ItemTimeout(self.item_timeout) from exc
+
+    async def worker(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while True:
+            while self.stopping is None and self.next_index >= self.next_out + self.window:
+                self.wake_workers.clear()
+                await self.wake_workers.wait()
+            taken = self._take()
+            if taken is None:
+                self.wake_consumer.set()
+                return
+            index, item = taken
+            self.progress.started += 1
+            if self.on_event is not None:
+                self._emit("started", index, item, None)
+            self.running[index] = task
+            start = time.perf_counter()
+            try:
+                value = await self._call(item)
+            except asyncio.CancelledError:
+                seconds = time.perf_counter() - start
+                del self.running[index]
+                if self.stopping is not None and task.cancelling():
+                    # Cancelled by fail-fast or the deadline: record it and keep the worker alive
+                    # so that it can drain (take returns None now).
+                    task.uncancel()
+                    outcome = Outcome(index, item, Status.CANCELLED, error=self.stop_error,
+                                      seconds=seconds)
+                    self.progress.failed += 1
+                    self._finish(outcome)
+                    if self.on_event is not None:
+                        self._emit("failed", index, item, outcome)
+                    continue
+                if not task.cancelling():
+                    # The operation raised CancelledError on its own: that is its failure.
+                    outcome = Outcome(index, item, Status.FAILED,
+                                      error=RuntimeError("operation raised CancelledError"),
+                                      seconds=seconds)
+                    self._record_failure(outcome)
+                    continue
+                raise  # the caller is cancelling the whole run
+            except BaseException as exc:  # contain everything, KeyboardInterrupt included
+                seconds = time.perf_counter() - start
+                del self.running[index]
+                self._record_failure(Outcome(index, item, Status.FAILED, error=exc,
+                                             seconds=seconds))
+                continue
+            del self.running[index]
+            self.progress.done += 1
+            outcome = Outcome(index, item, Status.OK, value=value,
+                              seconds=time.perf_counter() - start)
+            self._finish(outcome)
+            if self.on_event is not None:
+                self._emit("done", index, item, outcome)
+
+    def _record_failure(self, outcome: Outcome[T, R]) -> None:
+        self.progress.failed += 1
+        if self.root is None:
+            self.root = outcome
+        self._finish(outcome)
+        if self.on_event is not None:
+            self._emit("failed", outcome.index, outcome.item, outcome)
+        self._stop_on_failure()
+
+    def expire(self) -> None:
+        """The deadline passed: cancel what runs, start nothing more."""
+        if self.stopping is None:
+            assert self.deadline is not None
+            self.stopping = Status.CANCELLED
+            self.stop_error = DeadlineExceeded(self.deadline)
+            self._cancel_running()
+            self.wake_workers.set()
+
+    def skipped_rest(self) -> Iterable[Outcome[T, R]]:
+        """Outcomes for the items never started because the run stopped early (sized input only)."""
+        if self.progress.total is None or self.stopping is None:
+            return
+        reason = self.stop_error
+        for item in self.items:
+            yield Outcome(self.next_index, item, Status.SKIPPED, error=reason)
+            self.next_index += 1
+
+    def __aiter__(self) -> AsyncIterator[Outcome[T, R]]:
+        return self._outcomes()
+
+    async def _outcomes(self) -> AsyncIterator[Outcome[T, R]]:
+        while True:
+            outcome = self.buffer.pop(self.next_out, None)
+            if outcome is not None:
+                self.next_out += 1
+                if self.next_index >= self.next_out + self.window - 1:
+                    self.wake_workers.set()
+                yield outcome
+                continue
+            if all(w.done() for w in self.workers) and not self.buffer:
+                for rest in self.skipped_rest():
+                    yield rest
+                return
+            self.wake_consumer.clear()
+            await self.wake_consumer.wait()
+
+
+@asynccontextmanager
+async def stream(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    limit: int | None = None,
+    item_timeout: float | None = None,
+    deadline: float | None = None,
+    fail_fast: bool = False,
+    on_event: ProgressCallback | None = None,
+) -> AsyncIterator[Fanout[T, R]]:
+    """Run ``fn`` over ``items`` with at most ``limit`` in flight; yield outcomes in input order.
+
+    Leaving the ``async with`` block (normally, by an error, or by cancellation) cancels whatever
+    still runs and waits for it to finish cleaning up.
+    """
+    if limit is None:
+        limit = default_limit()
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    for name, value in (("item_timeout", item_timeout), ("deadline", deadline)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    run = Fanout(fn, items, limit, item_timeout, deadline, fail_fast, on_event)
+    run.workers = [asyncio.create_task(run.worker()) for _ in range(limit)]
+    timer = (
+        asyncio.get_running_loop().call_later(deadline, run.expire) if deadline is not None else None
+    )
+    try:
+        yield run
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for w in run.workers:
+            w.cancel()
+        # Wait for every worker to finish its clean-up, even if we are being cancelled ourselves.
+        await _wait_shielded(run.workers)
+
+
+async def _wait_shielded(tasks: list[asyncio.Task[None]]) -> None:
+    pending = [t for t in tasks if not t.done()]
+    cancelled_meanwhile = False
+    while pending:
+        try:
+            await asyncio.shield(asyncio.wait(pending))
+        except asyncio.CancelledError:
+            cancelled_meanwhile = True
+        pending = [t for t in pending if not t.done()]
+    for t in tasks:  # retrieve results so that nothing is logged as "never retrieved"
+        if not t.cancelled():
+            t.exception()
+    if cancelled_meanwhile:
+        raise asyncio.CancelledError
+
+
+async def run(
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    *,
+    limit: int | None = None,
+    item_timeout: float | None = None,
+    deadline: float | None = None,
+    fail_fast: bool = False,
+    on_event: ProgressCallback | None = None,
+) -> Report[T, R]:
+    """Run ``fn`` over every item and wait for all; return every outcome in input order."""
+    report: Report[T, R] = Report()
+    async with stream(
+        fn, items, limit=limit, item_timeout=item_timeout, deadline=deadline,
+        fail_fast=fail_fast, on_event=on_event,
+    ) as outcomes:
+        async for outcome in outcomes:
+            report.outcomes.append(outcome)
+        # The root failure is the first one that happened, not the first in input order.
+        report.root = outcomes.root
+    return report
