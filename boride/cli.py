@@ -1,0 +1,181 @@
+"""The ``boride`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from boride import __version__
+from boride.model import PipelineError, load
+from boride.pipeline import STAGES, BuildOptions, BuildResult, build
+from boride.runtime import RUNTIMES, get_runtime
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+_STYLE = {"ok": "green", "done": "green", "failed": "bold red", "running": "yellow",
+          "cancelled": "magenta", "skipped": "dim", "pending": "dim"}
+
+
+class Progress:
+    """Follows build events: a live table on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console, result_names: list[tuple[str, str]], live: bool) -> None:
+        self.console = console
+        self.rows = {name: [kind, "pending", "", 0.0] for name, kind in result_names}
+        self.stages: dict[str, str] = {}
+        self.started: dict[str, float] = {}
+        self.live = Live(get_renderable=self._render, console=console, transient=False,
+                         refresh_per_second=10) if live else None
+
+    def __enter__(self) -> Progress:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def event(self, stage: str, name: str | None, status: str) -> None:
+        now = time.monotonic()
+        if name is None:
+            self.stages[stage] = status
+            if self.live is None and status == "running":
+                self.console.print(f"boride: {stage} ...", highlight=False)
+            return
+        row = self.rows.get(name)
+        if row is None:
+            return
+        if status == "running":
+            self.started[name] = now
+        elif name in self.started:
+            row[3] = float(row[3]) + now - self.started.pop(name)
+        row[1], row[2] = status, stage
+        if self.live is None and status != "running":
+            self.console.print(f"boride: {stage} {row[0]} {name}: {status}", highlight=False)
+
+    def _render(self) -> Group:
+        stages = Text("  ").join(
+            Text(f"{s}: {self.stages.get(s, 'waiting')}",
+                 style=_STYLE.get(self.stages.get(s, ""), "dim")) for s in STAGES)
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+        for col in ("component", "kind", "stage", "status", "seconds"):
+            table.add_column(col)
+        now = time.monotonic()
+        for name, (kind, status, stage, secs) in self.rows.items():
+            shown = float(secs) + (now - self.started[name] if name in self.started else 0.0)
+            table.add_row(name, str(kind), str(stage), Text(str(status),
+                          style=_STYLE.get(str(status), "")), f"{shown:.2f}")
+        return Group(stages, table)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="boride")
+def main() -> None:
+    """boride runs CyanPrint-style pipelines: processors in parallel, merge, plugins in order."""
+
+
+@main.command()
+@click.argument("pipeline_file", metavar="PIPELINE", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder to write the result to (default: ./out unless --archive is given).")
+@click.option("--archive", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the result as a .tar.gz file.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists and is not empty.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="local", show_default=True,
+              help="Where components run: local processes or Docker containers.")
+@click.option("--parallelism", type=click.IntRange(min=1),
+              help="Components in flight at once [default: the file's, else CPU count].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the whole build may take.")
+@click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds a component may take to become ready.")
+@click.option("--keep", is_flag=True, help="Keep the session's work area (for debugging).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the build.")
+def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool, runtime: str,
+        parallelism: int | None, timeout: float | None, ready_timeout: float, keep: bool,
+        as_json: bool) -> None:
+    """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
+    err = Console(stderr=True)
+    try:
+        pipeline = load(pipeline_file)
+    except PipelineError as exc:
+        err.print(f"boride: invalid pipeline file:\n{exc}", highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    if out is None and archive is None:
+        out = Path("out")
+    if out is not None and out.exists() and not force and (
+            not out.is_dir() or any(out.iterdir())):
+        err.print(f"boride: output folder {out} exists and is not empty; use --force to "
+                  "replace it", highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    options = BuildOptions(parallelism=parallelism, timeout=timeout, ready_timeout=ready_timeout,
+                           out=out.absolute() if out else None,
+                           archive=archive.absolute() if archive else None,
+                           replace=force, keep=keep)
+    names = [(c.name, c.kind.value) for c in pipeline.components()]
+    live = err.is_terminal and not as_json
+    with Progress(err, names, live=live) as progress:
+        if not as_json:
+            options.on_event = progress.event
+        outcome = asyncio.run(_run_cancellable(pipeline, runtime, options))
+    if isinstance(outcome, int):
+        err.print(f"boride: {'interrupted' if outcome == 130 else 'terminated'}; every "
+                  "component was stopped and the work area removed", highlight=False)
+        sys.exit(outcome)
+    _report(outcome, as_json, err)
+    sys.exit(0 if outcome.ok else EXIT_FAILED)
+
+
+async def _run_cancellable(pipeline: Any, runtime_name: str, options: BuildOptions
+                           ) -> BuildResult | int:
+    """Run the build; Ctrl-C or SIGTERM cancel it (with full clean-up) and give an exit code."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    runtime = get_runtime(runtime_name)
+    try:
+        return await build(pipeline, runtime, options)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        return 130 if received[0] == signal.SIGINT else 143
+    finally:
+        await runtime.aclose()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _report(result: BuildResult, as_json: bool, err: Console) -> None:
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    if result.ok:
+        where = [str(p) for p in (result.output, result.archive) if p is not None]
+        if not as_json:
+            err.print(f"boride: build ok in {sum(result.stages.values()):.2f}s; result in "
+                      + " and ".join(where), highlight=False, markup=False)
+    else:
+        err.print("boride: build failed:", style="bold red", highlight=False)
+        for line in result.errors:
+            err.print("  " + line.replace("\n", "\n  "), highlight=False, markup=False)
+    if result.work_dir is not None:
+        err.print(f"boride: work area kept in {result.work_dir}", highlight=False, markup=False)

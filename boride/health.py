@@ -1,0 +1,58 @@
+"""Readiness: poll ``GET /`` with fast backoff until 200, a deadline, or the component's death."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from boride.runtime.base import Instance
+
+FIRST_DELAY = 0.002
+MAX_DELAY = 0.2
+DEFAULT_DEADLINE = 60.0
+
+
+class NotReady(Exception):
+    """The component never answered ``GET /`` with 200; the message says why."""
+
+
+async def _poll(instance: Instance, first_delay: float, max_delay: float) -> None:
+    delay = first_delay
+    while True:
+        try:
+            response = await instance.client.get("/", timeout=max(1.0, max_delay))
+            if response.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass  # not listening yet, or the connection was cut: try again
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)
+
+
+async def wait_ready(instance: Instance, deadline: float = DEFAULT_DEADLINE, *,
+                     first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY) -> float:
+    """Wait until ``instance`` is healthy; return the seconds it took.
+
+    Raises :class:`NotReady` at the deadline, or at once when the component exits first.
+    """
+    start = time.perf_counter()
+    poll = asyncio.ensure_future(_poll(instance, first_delay, max_delay))
+    died = asyncio.ensure_future(instance.wait_exit())
+    try:
+        done, _ = await asyncio.wait({poll, died}, timeout=deadline,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        poll.cancel()
+        died.cancel()
+        await asyncio.gather(poll, died, return_exceptions=True)
+    if poll in done:
+        return time.perf_counter() - start
+    if died in done:
+        raise NotReady(f"{died.result().describe()} before it was ready")
+    tail = instance.log_tail(5)
+    text = f"not ready after {deadline:g}s (GET / never answered 200)"
+    if tail:
+        text += "; last output:\n    " + "\n    ".join(tail)
+    raise NotReady(text)

@@ -1,0 +1,459 @@
+"""One build, on any runtime: start → processors in parallel → merge → plugins in order → output.
+
+The pipeline never knows where components run; it only uses :class:`~boride.runtime.base.Runtime`.
+Every fan-out goes through :mod:`boride.parallel`. Whatever happens (success, failure, timeout,
+Ctrl-C, SIGTERM), every component is stopped and the work area removed before :func:`build`
+returns or raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from boride import archive, health, merge, parallel, protocol
+from boride.model import Pipeline
+from boride.runtime.base import Component, Instance, Kind, Runtime, Workspace
+
+T = TypeVar("T")
+STAGES = ("start", "process", "merge", "plugins", "output")
+
+
+@dataclass
+class ComponentResult:
+    name: str
+    kind: str
+    status: str = "pending"  # pending, running, ok, failed, cancelled, skipped
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "status": self.status,
+                "seconds": round(self.seconds, 6), "error": self.error}
+
+
+@dataclass
+class BuildResult:
+    status: str = "failed"
+    stages: dict[str, float] = field(default_factory=dict)
+    components: list[ComponentResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    output: Path | None = None
+    archive: Path | None = None
+    work_dir: Path | None = None  # kept only with keep=True
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "stages": {k: round(v, 6) for k, v in self.stages.items()},
+            "components": [c.as_json() for c in self.components],
+            "errors": list(self.errors),
+            "output": str(self.output) if self.output else None,
+            "archive": str(self.archive) if self.archive else None,
+            "work_dir": str(self.work_dir) if self.work_dir else None,
+        }
+
+
+# Progress events for displays: (stage, component name or None, status)
+EventFn = Callable[[str, str | None, str], None]
+
+
+@dataclass
+class BuildOptions:
+    parallelism: int | None = None  # default: the pipeline's, else the CPU count
+    timeout: float | None = None  # the whole build
+    ready_timeout: float = health.DEFAULT_DEADLINE
+    out: Path | None = None  # copy the result here (must not exist, or be empty)
+    replace: bool = False  # replace ``out`` if it exists with content
+    archive: Path | None = None  # write the result as tar.gz here
+    keep: bool = False  # keep the work area for debugging
+    work_root: Path | None = None  # where work areas go (default: the system temp folder)
+    on_event: EventFn | None = None
+
+
+class BuildFailed(Exception):
+    """Raised inside a build to stop it; carries every error of the failing stage."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Build:
+    def __init__(self, pipeline: Pipeline, runtime: Runtime, options: BuildOptions) -> None:
+        self.pipeline = pipeline
+        self.runtime = runtime
+        self.options = options
+        self.limit = options.parallelism or pipeline.parallelism or parallel.default_limit()
+        self.components = pipeline.components()
+        self.results = {c.name: ComponentResult(c.name, c.kind.value) for c in self.components}
+        self.instances: dict[str, Instance] = {}
+        self.result = BuildResult(components=list(self.results.values()))
+        self.deadline_at = (time.monotonic() + options.timeout) if options.timeout else None
+        self.workspace: Workspace | None = None
+        # Template-change detection (see _check_template)
+        self.template_print: dict[str, tuple[int, int, int, int]] = {}
+        self.running_processors: set[str] = set()
+        self.suspects: set[str] = set()
+        self.template_changed: str | None = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _event(self, stage: str, name: str | None, status: str) -> None:
+        if self.options.on_event is not None:
+            with contextlib.suppress(Exception):
+                self.options.on_event(stage, name, status)
+
+    def _remaining(self) -> float | None:
+        if self.deadline_at is None:
+            return None
+        left = self.deadline_at - time.monotonic()
+        if left <= 0:
+            raise BuildFailed([f"build timed out after {self.options.timeout:g}s"])
+        return left
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        self._event(name, None, "running")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.result.stages[name] = time.perf_counter() - start
+            self._event(name, None, "done")
+
+    async def _fan_out(self, stage: str, fn: Callable[[Component], Awaitable[T]],
+                       items: list[Component], fail_fast: bool = False
+                       ) -> parallel.Report[Component, T]:
+        """Run ``fn`` per component through the engine, keeping each component's status."""
+
+        async def tracked(c: Component) -> T:
+            res = self.results[c.name]
+            res.status = "running"
+            self._event(stage, c.name, "running")
+            start = time.perf_counter()
+            try:
+                value = await fn(c)
+            finally:
+                res.seconds += time.perf_counter() - start
+            return value
+
+        report = await parallel.run(tracked, items, limit=self.limit, fail_fast=fail_fast,
+                                    deadline=self._remaining())
+        errors = []
+        for o in report.outcomes:
+            res = self.results[o.item.name]
+            res.status = o.status.value
+            if o.status is parallel.Status.OK:
+                self._event(stage, o.item.name, "ok")
+                continue
+            if isinstance(o.error, parallel.DeadlineExceeded):
+                message = f"build timed out after {self.options.timeout:g}s"
+            else:
+                message = _message(o.error)
+            res.error = message
+            self._event(stage, o.item.name, o.status.value)
+            if o.status is parallel.Status.FAILED or isinstance(o.error,
+                                                                parallel.DeadlineExceeded):
+                errors.append(f"{o.item.kind.value} {o.item.name!r}: {message}")
+        if errors:
+            raise BuildFailed(errors)
+        return report
+
+    async def _call(self, component: Component, call: Awaitable[T]) -> T:
+        """Run a call to a component; if the component dies meanwhile, say so."""
+        instance = self.instances[component.name]
+        task = asyncio.ensure_future(call)
+        died = asyncio.ensure_future(instance.wait_exit())
+        try:
+            await asyncio.wait({task, died}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            died.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, died, return_exceptions=True)
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return task.result()
+        if died.done() and not died.cancelled():
+            raise protocol.ProtocolError(f"died during its call: {died.result().describe()}")
+        return task.result()  # raises the call's own error
+
+    # -- stages ----------------------------------------------------------------------------
+    async def _start(self, c: Component) -> None:
+        assert self.workspace is not None
+        self.instances[c.name] = await self.runtime.start(self.workspace, c)
+        deadline = self.options.ready_timeout
+        remaining = self._remaining()
+        if remaining is not None:
+            deadline = min(deadline, remaining)
+        await health.wait_ready(self.instances[c.name], deadline)
+
+    async def _process(self, c: Component) -> Path:
+        ws = self.workspace
+        assert ws is not None
+        spec = next(p for p in self.pipeline.processors if p.name == c.name)
+        write_dir = _new_dir(ws.host_area)
+        self.running_processors.add(c.name)
+        self.suspects.add(c.name)
+        try:
+            output = await self._call(c, protocol.process(
+                self.instances[c.name].client, ws.seen_template, ws.seen(write_dir),
+                [g.wire() for g in spec.files], spec.config))
+        finally:
+            self.running_processors.discard(c.name)
+            if self.template_changed is None:
+                self._check_template(c.name)
+        try:
+            return ws.host(output)
+        except ValueError as exc:
+            raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
+
+    def _check_template(self, just_ended: str | None = None) -> None:
+        """Fail the build if the template changed, naming the processors that may have done it:
+        those running since the last check that found it unchanged."""
+        ws = self.workspace
+        assert ws is not None
+        now = fingerprint(ws.host_template)
+        if now == self.template_print:
+            self.suspects = set(self.running_processors)
+            return
+        paths = sorted({p for p, _ in set(now.items()) ^ set(self.template_print.items())})
+        suspects = sorted(self.suspects | ({just_ended} if just_ended else set()))
+        who = (f"processor {suspects[0]!r}" if len(suspects) == 1
+               else "one of the processors " + ", ".join(repr(s) for s in suspects))
+        message = (f"{who} changed the template, which is read-only to processors "
+                   f"({', '.join(paths[:5])}{', ...' if len(paths) > 5 else ''})")
+        self.template_changed = message
+        for name in suspects:
+            self.results[name].status = "failed"
+            self.results[name].error = message
+        raise BuildFailed([message])
+
+    async def _resolve(self, rule: merge.ResolverRule, conflict: merge.Conflict
+                       ) -> tuple[str, bytes]:
+        spec = next(r for r in self.pipeline.resolvers if r.name == rule.name)
+        files = []
+        for v in conflict.versions:
+            try:
+                content = v.path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise protocol.ProtocolError(
+                    f"cannot send {conflict.path!r} to resolver {rule.name!r}: "
+                    "it is not UTF-8 text") from None
+            files.append({"path": conflict.path, "content": content,
+                          "origin": {"template": self.pipeline.template_dir.name,
+                                     "layer": v.layer}})
+        comp = next(c for c in self.components if c.name == rule.name)
+        try:
+            path, content = await self._call(comp, protocol.resolve(
+                self.instances[rule.name].client, spec.config, files))
+        except protocol.ProtocolError as exc:
+            res = self.results[rule.name]
+            res.status = "failed"
+            res.error = f"on {conflict.path!r}: {exc}"
+            raise protocol.ProtocolError(f"resolver {rule.name!r} on {conflict.path!r}: {exc}")\
+                from None
+        return path, content.encode("utf-8")
+
+    async def _plug(self, c: Component, tree: Path) -> Path:
+        ws = self.workspace
+        assert ws is not None
+        spec = next(p for p in self.pipeline.plugins if p.name == c.name)
+        output = await self._call(c, protocol.plug(self.instances[c.name].client,
+                                                   ws.seen(tree), spec.config))
+        try:
+            return ws.host(output)
+        except ValueError as exc:
+            raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
+
+    async def run(self) -> BuildResult:
+        problems = self.runtime.problems(self.components)
+        if problems:
+            self.result.errors = problems
+            return self.result
+        root_parent = self.options.work_root or Path(tempfile.gettempdir())
+        root_parent.mkdir(parents=True, exist_ok=True)
+        session = uuid.uuid4().hex
+        root = Path(tempfile.mkdtemp(prefix=f"boride-{session[:12]}-", dir=root_parent))
+        try:
+            self.workspace = await self.runtime.open_workspace(
+                session, self.pipeline.template_dir, root)
+            await self._stages()
+            self.result.status = "ok"
+        except BuildFailed as exc:
+            self.result.errors.extend(exc.errors)
+        finally:
+            for res in self.result.components:
+                if res.status == "pending":
+                    res.status = "ok" if self.result.status == "ok" else "skipped"
+            await _shielded(self._cleanup(root))
+        return self.result
+
+    async def _stages(self) -> None:
+        ws = self.workspace
+        assert ws is not None
+        processors = [c for c in self.components if c.kind is Kind.PROCESSOR]
+        resolvers = [c for c in self.components if c.kind is Kind.RESOLVER]
+        plugins = [c for c in self.components if c.kind is Kind.PLUGIN]
+
+        with self._stage("start"):
+            await self._fan_out("start", self._start, self.components, fail_fast=True)
+        for res in self.results.values():
+            res.status = "pending"  # started and ready; each stage sets its own status below
+
+        with self._stage("process"):
+            self.template_print = fingerprint(ws.host_template)
+            report = await self._fan_out("process", self._process, processors)
+            self._check_template()
+            outputs = [p for p in report.values if p is not None]
+
+        with self._stage("merge"):
+            target = _new_dir(ws.host_area)
+            rules = [merge.ResolverRule(r.name, tuple(r.files)) for r in self.pipeline.resolvers]
+            try:
+                merged = merge.merge(outputs, target, rules, self._resolve, limit=self.limit)
+                remaining = self._remaining()
+                await (asyncio.wait_for(merged, remaining) if remaining else merged)
+            except merge.MergeError as exc:
+                raise BuildFailed([f"merge: {e}" for e in exc.errors]) from None
+            except TimeoutError:
+                raise BuildFailed([f"build timed out after {self.options.timeout:g}s "
+                                   "(during the merge)"]) from None
+            for r in resolvers:
+                if self.results[r.name].status == "pending":
+                    self.results[r.name].status = "ok"
+
+        with self._stage("plugins"):
+            tree = target
+            for c in plugins:
+                # One at a time: plugin N sees plugin N-1's changes.
+                async def plug(c: Component, tree: Path = tree) -> Path:
+                    return await self._plug(c, tree)
+
+                tree = (await self._fan_out("plugins", plug, [c])).values[0] or tree
+
+        with self._stage("output"):
+            await asyncio.to_thread(self._output, tree)
+
+    def _output(self, tree: Path) -> None:
+        if self.options.archive is not None:
+            dest = self.options.archive
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                archive.write_archive(tree, tmp)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self.result.archive = dest
+        if self.options.out is not None:
+            self.result.output = _replace_folder(tree, self.options.out, self.options.replace)
+
+    async def _cleanup(self, root: Path) -> None:
+        async def stop(name: str) -> None:
+            await self.runtime.stop(self.instances[name])
+
+        await parallel.run(stop, list(self.instances), limit=max(self.limit, 8))
+        if self.workspace is not None:
+            with contextlib.suppress(Exception):
+                await self.runtime.close_workspace(self.workspace)
+        if self.options.keep:
+            self.result.work_dir = root
+        else:
+            await asyncio.to_thread(_rmtree, root)
+
+
+def _replace_folder(tree: Path, out: Path, replace: bool) -> Path:
+    """Copy ``tree`` to ``out``; an existing non-empty ``out`` is replaced only when allowed, and
+    only once the new copy is complete, so a failure never leaves half a result behind."""
+    if out.exists() and not out.is_dir():
+        raise BuildFailed([f"output {out} exists and is not a folder"])
+    if out.exists() and any(out.iterdir()) and not replace:
+        raise BuildFailed([f"output folder {out} exists and is not empty (use --force to "
+                           "replace it)"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.new")
+    try:
+        shutil.copytree(tree, staging, symlinks=True)
+        if out.exists():
+            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+            os.rename(out, old)
+            os.rename(staging, out)
+            _rmtree(old)
+        else:
+            os.rename(staging, out)
+    finally:
+        if staging.exists():
+            _rmtree(staging)
+    return out
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func: Any, p: str, exc: Any) -> None:
+        # Components may leave read-only folders behind: make them writable and retry.
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def _new_dir(area: Path) -> Path:
+    path = area / uuid.uuid4().hex
+    path.mkdir()
+    os.chmod(path, 0o777)  # container users may differ from ours
+    return path
+
+
+def _message(error: BaseException | None) -> str:
+    if isinstance(error, protocol.ProtocolError | health.NotReady | BuildFailed):
+        return str(error)
+    return parallel.describe(error)
+
+
+def fingerprint(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Path -> (mode, size, mtime_ns, inode) of everything below ``root``: any write changes it."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            out[os.path.relpath(full, root)] = (st.st_mode, st.st_size, st.st_mtime_ns,
+                                                st.st_ino)
+    return out
+
+
+async def _shielded(coro: Awaitable[None]) -> None:
+    """Run clean-up to the end even if the caller is cancelled meanwhile (then re-raise)."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def build(pipeline: Pipeline, runtime: Runtime, options: BuildOptions | None = None
+                ) -> BuildResult:
+    """Run one build. Never raises for build failures: see ``BuildResult.status``/``errors``."""
+    return await _Build(pipeline, runtime, options or BuildOptions()).run()

@@ -1,0 +1,146 @@
+"""The one small interface every runtime implements.
+
+A runtime decides *where* a component runs (a local process in its own namespaces, a Docker
+container, ...) and how boride reaches it. The pipeline only sees :class:`Runtime`,
+:class:`Instance` and :class:`Workspace`, the way an HTTP client only sees its transport.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import httpx
+
+
+class Kind(enum.Enum):
+    TEMPLATE = "template"
+    PROCESSOR = "processor"
+    PLUGIN = "plugin"
+    RESOLVER = "resolver"
+
+    @property
+    def port(self) -> int:
+        return _PORTS[self]
+
+
+_PORTS = {Kind.TEMPLATE: 5550, Kind.PROCESSOR: 5551, Kind.PLUGIN: 5552, Kind.RESOLVER: 5553}
+
+
+@dataclass(frozen=True)
+class Component:
+    """What to run. ``command`` is for the local runtime (run in ``cwd``), ``image`` for Docker."""
+
+    name: str
+    kind: Kind
+    command: tuple[str, ...] | None = None
+    image: str | None = None
+    cwd: Path | None = None
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A session's work area on the host, and the same places as the components see them.
+
+    ``host_area`` is a folder boride owns for the session; processors write below it and the
+    merge target lives in it. ``seen_area``/``seen_template`` are the paths a component is given
+    (equal to the host paths on the local runtime; ``/workspace/area`` etc. in containers).
+    """
+
+    session_id: str
+    host_template: Path
+    host_area: Path
+    seen_template: str
+    seen_area: str
+
+    def seen(self, host_path: Path) -> str:
+        """The component's view of a host path inside the area."""
+        rel = host_path.relative_to(self.host_area)
+        return str(PurePosixPath(self.seen_area, *rel.parts)) if rel.parts else self.seen_area
+
+    def host(self, seen_path: str) -> Path:
+        """The host path of a path a component returned; ``ValueError`` unless inside the area.
+
+        Symlinks are resolved, so a link pointing out of the area is refused too.
+        """
+        pure = PurePosixPath(seen_path)
+        if not pure.is_absolute():
+            raise ValueError(f"{seen_path!r} is not an absolute path")
+        try:
+            rel = pure.relative_to(self.seen_area)
+        except ValueError:
+            raise ValueError(f"{seen_path!r} is outside the session's work area "
+                             f"{self.seen_area}") from None
+        if ".." in rel.parts:
+            raise ValueError(f"{seen_path!r} contains '..'")
+        candidate = self.host_area.joinpath(*rel.parts)
+        area = self.host_area.resolve()
+        resolved = candidate.resolve()
+        if resolved != area and area not in resolved.parents:
+            raise ValueError(f"{seen_path!r} leads outside the session's work area")
+        return resolved
+
+
+@dataclass
+class ExitInfo:
+    """How a component's process or container ended."""
+
+    code: int | None  # None: killed by a signal we know nothing more about
+    log_tail: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        text = f"exited with code {self.code}" if self.code is not None else "was killed"
+        if self.log_tail:
+            text += "; last output:\n    " + "\n    ".join(self.log_tail)
+        return text
+
+
+class Instance(abc.ABC):
+    """A started component: an HTTP client to reach it, and a way to learn when it dies."""
+
+    component: Component
+    client: httpx.AsyncClient
+
+    @abc.abstractmethod
+    async def wait_exit(self) -> ExitInfo:
+        """Block until the component stops on its own (or is stopped); never raises."""
+
+    @abc.abstractmethod
+    def log_tail(self, lines: int = 20) -> list[str]:
+        """The last lines the component printed (stdout and stderr)."""
+
+
+class RuntimeError_(Exception):
+    """A runtime could not do what was asked; the message is for the user."""
+
+
+class Runtime(abc.ABC):
+    """Where components run. One instance may serve several sessions at once."""
+
+    name: str
+
+    @abc.abstractmethod
+    def problems(self, components: list[Component]) -> list[str]:
+        """Everything that would stop these components from starting, found before starting."""
+
+    @abc.abstractmethod
+    async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
+        """Prepare a session's work area below ``root`` with ``template`` readable at
+        ``seen_template``."""
+
+    @abc.abstractmethod
+    async def start(self, workspace: Workspace, component: Component) -> Instance:
+        """Start one component; return as soon as it runs (readiness is checked separately)."""
+
+    @abc.abstractmethod
+    async def stop(self, instance: Instance) -> None:
+        """Stop a component and release everything it holds; idempotent, never raises."""
+
+    @abc.abstractmethod
+    async def close_workspace(self, workspace: Workspace) -> None:
+        """Remove whatever the runtime made for the session (beyond the area folder itself)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime-wide resources."""
