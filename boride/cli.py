@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,20 @@ _STYLE = {"ok": "green", "done": "green", "failed": "bold red", "running": "yell
           "cancelled": "magenta", "skipped": "dim", "pending": "dim"}
 
 
+@dataclass
+class _Row:
+    kind: str
+    status: str = "pending"
+    stage: str = ""
+    seconds: float = 0.0
+
+
 class Progress:
     """Follows build events: a live table on a terminal, plain lines otherwise."""
 
     def __init__(self, console: Console, result_names: list[tuple[str, str]], live: bool) -> None:
         self.console = console
-        self.rows = {name: [kind, "pending", "", 0.0] for name, kind in result_names}
+        self.rows = {name: _Row(kind) for name, kind in result_names}
         self.stages: dict[str, str] = {}
         self.started: dict[str, float] = {}
         self.live = Live(get_renderable=self._render, console=console, transient=False,
@@ -60,10 +69,10 @@ class Progress:
         if status == "running":
             self.started[name] = now
         elif name in self.started:
-            row[3] = float(row[3]) + now - self.started.pop(name)
-        row[1], row[2] = status, stage
+            row.seconds += now - self.started.pop(name)
+        row.status, row.stage = status, stage
         if self.live is None and status != "running":
-            self.console.print(f"boride: {stage} {row[0]} {name}: {status}", highlight=False)
+            self.console.print(f"boride: {stage} {row.kind} {name}: {status}", highlight=False)
 
     def _render(self) -> Group:
         stages = Text("  ").join(
@@ -73,10 +82,10 @@ class Progress:
         for col in ("component", "kind", "stage", "status", "seconds"):
             table.add_column(col)
         now = time.monotonic()
-        for name, (kind, status, stage, secs) in self.rows.items():
-            shown = float(secs) + (now - self.started[name] if name in self.started else 0.0)
-            table.add_row(name, str(kind), str(stage), Text(str(status),
-                          style=_STYLE.get(str(status), "")), f"{shown:.2f}")
+        for name, row in self.rows.items():
+            shown = row.seconds + (now - self.started[name] if name in self.started else 0.0)
+            table.add_row(name, row.kind, row.stage,
+                          Text(row.status, style=_STYLE.get(row.status, "")), f"{shown:.2f}")
         return Group(stages, table)
 
 
@@ -107,7 +116,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         parallelism: int | None, timeout: float | None, ready_timeout: float, keep: bool,
         as_json: bool) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         pipeline = load(pipeline_file)
     except PipelineError as exc:

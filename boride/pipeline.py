@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from boride import archive, health, merge, parallel, protocol
+from boride import health, merge, parallel, protocol
 from boride.model import Pipeline
 from boride.runtime.base import Component, Instance, Kind, Runtime, Workspace
 
 T = TypeVar("T")
 STAGES = ("start", "process", "merge", "plugins", "output")
+_DEATH_GRACE = 2.0  # after a broken connection, how long to wait to learn if the component died
 
 
 @dataclass
@@ -186,8 +187,13 @@ class _Build:
             await asyncio.gather(task, died, return_exceptions=True)
         if task.done() and not task.cancelled() and task.exception() is None:
             return task.result()
+        if died.cancelled() and isinstance(task.exception(), protocol.TransportFailed):
+            # The connection broke: if the component is dying, say that rather than "disconnected".
+            died = asyncio.ensure_future(instance.wait_exit())
+            await asyncio.wait({died}, timeout=_DEATH_GRACE)
         if died.done() and not died.cancelled():
             raise protocol.ProtocolError(f"died during its call: {died.result().describe()}")
+        died.cancel()
         return task.result()  # raises the call's own error
 
     # -- stages ----------------------------------------------------------------------------

@@ -13,6 +13,10 @@ class ProtocolError(Exception):
     """A component answered, but not as the protocol says (or not at all)."""
 
 
+class TransportFailed(ProtocolError):
+    """The connection to the component failed or broke (it may be dying)."""
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -36,7 +40,7 @@ async def _post(client: httpx.AsyncClient, route: str, body: dict[str, Any],
     try:
         response = await client.post(route, json=body)
     except httpx.TransportError as exc:
-        raise ProtocolError(f"POST {route} failed: {type(exc).__name__}: {exc}".rstrip(": "))\
+        raise TransportFailed(f"POST {route} failed: {type(exc).__name__}: {exc}".rstrip(": "))\
             from exc
     if response.status_code != 200:
         raise ProtocolError(f"POST {route} answered HTTP {response.status_code}: "

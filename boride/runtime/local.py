@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import httpx
 from boride.runtime.base import Component, ExitInfo, Instance, Kind, Runtime, Workspace
 
 _STOP_GRACE = 5.0
+_SOCKET_DIR_MAX = 80  # leaves room for "/NNNN-processor.sock" within the 107-byte limit
 
 
 @functools.cache
@@ -113,6 +115,8 @@ class LocalRuntime(Runtime):
         self.readonly_template = readonly_template
         self.env = component_env()
         self._seq = itertools.count()
+        self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
+        self._socket_dirs: dict[str, Path] = {}  # session -> short folder made for sockets
 
     def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
@@ -133,12 +137,18 @@ class LocalRuntime(Runtime):
         for sub in ("area", "run"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         area = (root / "area").resolve()
+        run = (root / "run").resolve()
+        if len(str(run)) > _SOCKET_DIR_MAX:
+            # Unix socket paths are limited to 107 bytes: use a short private folder instead.
+            run = Path(tempfile.mkdtemp(prefix="boride-", dir="/tmp"))
+            self._socket_dirs[session_id] = run
+        self._run_dirs[session_id] = run
         tpl = template.resolve()
         return Workspace(session_id, tpl, area, str(tpl), str(area))
 
     async def start(self, workspace: Workspace, component: Component) -> Instance:
         assert component.command, "checked by problems()"
-        run = workspace.host_area.parent / "run"
+        run = self._run_dirs[workspace.session_id]
         stem = f"{next(self._seq):04d}-{component.kind.value}"
         socket_path, log_path = run / f"{stem}.sock", run / f"{stem}.log"
         cwd = component.cwd or Path.cwd()
@@ -178,4 +188,7 @@ class LocalRuntime(Runtime):
             instance.socket_path.unlink()
 
     async def close_workspace(self, workspace: Workspace) -> None:
-        return None
+        self._run_dirs.pop(workspace.session_id, None)
+        short = self._socket_dirs.pop(workspace.session_id, None)
+        if short is not None:
+            shutil.rmtree(short, ignore_errors=True)

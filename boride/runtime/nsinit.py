@@ -115,6 +115,7 @@ async def serve(args: argparse.Namespace) -> int:
     exited = asyncio.ensure_future(child.wait())
     released = asyncio.ensure_future(_stdin_closed())
     await asyncio.wait([exited, released], return_when=asyncio.FIRST_COMPLETED)
+    server.close()
     if not exited.done():
         with contextlib.suppress(ProcessLookupError):
             child.kill()

@@ -1,0 +1,32 @@
+# boride: `make demo` runs the bundled example, `make test` runs the tests.
+# Both set up a virtual environment in .venv first (once; again when pyproject.toml changes).
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/boride run examples/pipeline.yaml --out out/example --force
+
+lint: setup
+	$(BIN)/ruff check boride tests bench examples docker
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q -ra
+
+bench: setup
+	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/merge_archive.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from boride.cli import main
+
+main()

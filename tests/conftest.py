@@ -1,0 +1,95 @@
+"""Shared fixtures: pipelines of real cyanprintsdk components, and a check that nothing survives."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPONENTS = ROOT / "tests" / "components"
+EXAMPLES = ROOT / "examples"
+
+
+def boride_processes() -> list[str]:
+    """Command lines of every process still running a component for boride."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "boride.runtime.nsinit" in cmd or str(COMPONENTS) in cmd or (
+                "/tests/components/" in cmd and "pytest" not in cmd):
+            found.append(f"{pid}: {cmd.strip()}")
+    return found
+
+
+@pytest.fixture
+def no_leftovers() -> Iterator[None]:
+    """Fail the test if any component process outlives it."""
+    before = set(boride_processes())
+    yield
+    left = [p for p in boride_processes() if p not in before]
+    assert not left, f"processes left running: {left}"
+
+
+def component(name: str) -> list[str]:
+    return [sys.executable, str(COMPONENTS / f"{name}.py")]
+
+
+@pytest.fixture
+def template(tmp_path: Path) -> Path:
+    tpl = tmp_path / "template"
+    (tpl / "src" / "deep").mkdir(parents=True)
+    (tpl / "src" / "a.txt").write_text("alpha\n")
+    (tpl / "src" / "deep" / "b.txt").write_text("beta\n")
+    (tpl / "README.md").write_text("# readme\n")
+    return tpl
+
+
+PipelineFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_pipeline(tmp_path: Path, template: Path) -> PipelineFactory:
+    """Write a pipeline file: ``processors`` as (name, component file, config) tuples, etc."""
+
+    def make(processors: list[tuple[str, str, Any]],
+             resolvers: list[tuple[str, str, list[str], dict[str, Any]]] = (),  # type: ignore[assignment]
+             plugins: list[tuple[str, str, dict[str, Any]]] = (),  # type: ignore[assignment]
+             **extra: Any) -> Path:
+        data: dict[str, Any] = {
+            "template": str(template),
+            "processors": [
+                {"name": n, "command": component(c), "config": cfg,
+                 "files": [{"glob": "**/*.*", "exclude": ["**/*.bak"], "type": "template"}]}
+                for n, c, cfg in processors],
+            "resolvers": [{"name": n, "command": component(c), "files": f, "config": cfg}
+                          for n, c, f, cfg in resolvers],
+            "plugins": [{"name": n, "command": component(c), "config": cfg}
+                        for n, c, cfg in plugins],
+            **extra,
+        }
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return make
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Relative path -> content of every file below ``root`` (folders as b"<dir>")."""
+    out: dict[str, bytes] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        out[rel] = b"<dir>" if p.is_dir() else p.read_bytes()
+    return out

@@ -1,0 +1,254 @@
+"""``boride run`` end to end on the local runtime, with real cyanprintsdk components.
+
+Each failure mode is provoked for real (a component that answers 500, exits at start, hangs,
+lies, ...) and every test checks that no component process and no work area survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES, PipelineFactory, boride_processes, tree
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+
+def boride(*args: str | Path, work: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with its work areas under ``work`` (so the test can see they are gone)."""
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(work)}
+    return subprocess.run([sys.executable, "-m", "boride", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_json(*args: str | Path, work: Path, **kw: Any) -> tuple[subprocess.CompletedProcess[str],
+                                                                 dict[str, Any]]:
+    proc = boride("run", *args, "--json", work=work, **kw)
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"stdout is not JSON: {proc.stdout!r}\nstderr: {proc.stderr}")
+    return proc, data
+
+
+def assert_work_area_gone(work: Path) -> None:
+    assert list(work.iterdir()) == [], f"work area left behind: {list(work.iterdir())}"
+
+
+def by_name(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in data["components"]}
+
+
+def test_bundled_example_matches_expected_tree(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc, data = run_json(EXAMPLES / "pipeline.yaml", "--out", out, work=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    assert data["status"] == "ok" and data["errors"] == []
+    assert set(data["stages"]) == {"start", "process", "merge", "plugins", "output"}
+    assert all(isinstance(v, float) for v in data["stages"].values())
+    assert {c["status"] for c in data["components"]} == {"ok"}
+    assert {c["kind"] for c in data["components"]} == {"processor", "resolver", "plugin"}
+    assert tree(out) == tree(EXAMPLES / "expected")
+    assert_work_area_gone(tmp_path / "work")
+
+
+def test_archive_output_has_the_same_files(tmp_path: Path) -> None:
+    archive = tmp_path / "result.tar.gz"
+    proc = boride("run", EXAMPLES / "pipeline.yaml", "--archive", archive, work=tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr
+    expected = {k: v for k, v in tree(EXAMPLES / "expected").items() if v != b"<dir>"}
+    with tarfile.open(archive, "r:gz") as tar:
+        files = {m.name.removeprefix("./"): tar.extractfile(m).read()  # type: ignore[union-attr]
+                 for m in tar.getmembers() if m.isfile()}
+    assert files == expected
+    assert not (tmp_path / "out").exists()  # --archive alone writes no folder
+
+
+def test_processors_run_in_parallel_each_on_the_same_port(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    procs = [(f"p{i}", "ok_processor", {"suffix": f"-{i}", "delay": 0.5}) for i in range(4)]
+    pipeline = make_pipeline(procs, parallelism=4)
+    out = tmp_path / "out"
+    proc, data = run_json(pipeline, "--out", out, work=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    # last processor wins on every path (no resolver)
+    assert (out / "src" / "a.txt").read_text() == "alpha\n-3"
+    assert len(data["components"]) == 4
+
+
+def test_conflict_goes_to_resolver_and_plugins_run_in_order(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    pipeline = make_pipeline(
+        [("first", "ok_processor", {"suffix": "[1]"}), ("second", "ok_processor",
+                                                        {"suffix": "[2]"})],
+        resolvers=[("join", "ok_resolver", ["src/**"], {"separator": "|"})],
+        plugins=[("one", "ok_plugin", {"line": "plugin one"}),
+                 ("two", "ok_plugin", {"line": "plugin two"})])
+    out = tmp_path / "out"
+    proc, _ = run_json(pipeline, "--out", out, work=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    # src/** conflicts go to the resolver (layer order), README.md is last-wins
+    assert (out / "src" / "a.txt").read_text() == (
+        "alpha\n[1]|alpha\n[2]plugin one\nplugin two\n")
+    assert (out / "README.md").read_text() == "# readme\n[2]plugin one\nplugin two\n"
+
+
+@pytest.mark.parametrize(("component", "expected"), [
+    ("fail_500", "HTTP 500"),
+    ("garbage_json", "not JSON"),
+    ("outside_output", "outside the session's work area"),
+    ("die_during_call", "died during its call: exited with code 9"),
+])
+def test_processor_failure_is_named_with_its_error(
+        tmp_path: Path, make_pipeline: PipelineFactory, component: str, expected: str) -> None:
+    pipeline = make_pipeline([("good", "ok_processor", {}), ("bad", component, {})])
+    proc, data = run_json(pipeline, "--out", tmp_path / "out", work=tmp_path / "work")
+    assert proc.returncode == 1, proc.stderr
+    assert data["status"] == "failed"
+    bad = by_name(data)["bad"]
+    assert bad["status"] == "failed" and expected in bad["error"]
+    assert by_name(data)["good"]["status"] == "ok"
+    assert "'bad'" in proc.stderr and expected in proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert_work_area_gone(tmp_path / "work")
+
+
+def test_every_failure_of_a_stage_is_reported(tmp_path: Path,
+                                              make_pipeline: PipelineFactory) -> None:
+    pipeline = make_pipeline([("a", "fail_500", {}), ("b", "ok_processor", {}),
+                              ("c", "garbage_json", {})])
+    proc, data = run_json(pipeline, "--out", tmp_path / "out", work=tmp_path / "work")
+    assert proc.returncode == 1
+    assert len(data["errors"]) == 2
+    assert "processor 'a'" in proc.stderr and "processor 'c'" in proc.stderr
+
+
+def test_component_exiting_at_start_is_reported_at_once(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    pipeline = make_pipeline([("good", "ok_processor", {}), ("dies", "exit_at_start", {})])
+    start = time.monotonic()
+    proc, data = run_json(pipeline, "--ready-timeout", "120", work=tmp_path / "work")
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1
+    error = by_name(data)["dies"]["error"]
+    assert "exited with code 3" in error and "boom: cannot start" in error
+    assert elapsed < 120  # reported long before the readiness deadline
+    assert_work_area_gone(tmp_path / "work")
+
+
+def test_component_never_ready_fails_at_the_deadline(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    pipeline = make_pipeline([("slow", "never_ready", {})])
+    proc, data = run_json(pipeline, "--ready-timeout", "3", work=tmp_path / "work")
+    assert proc.returncode == 1
+    assert "not ready after 3s" in by_name(data)["slow"]["error"]
+
+
+def test_hanging_processor_fails_at_the_build_timeout(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    pipeline = make_pipeline([("good", "ok_processor", {}), ("stuck", "hang", {})])
+    proc, data = run_json(pipeline, "--timeout", "8", work=tmp_path / "work")
+    assert proc.returncode == 1
+    stuck = by_name(data)["stuck"]
+    assert stuck["status"] == "cancelled" and "timed out" in stuck["error"]
+    assert any("stuck" in e and "timed out" in e for e in data["errors"])
+    assert_work_area_gone(tmp_path / "work")
+
+
+def test_template_is_read_only_to_processors(tmp_path: Path, template: Path,
+                                             make_pipeline: PipelineFactory) -> None:
+    before = tree(template)
+    pipeline = make_pipeline([("tamper", "write_template", {})])
+    out = tmp_path / "out"
+    proc, _ = run_json(pipeline, "--out", out, work=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    assert tree(template) == before
+    reports = [p.read_text() for p in out.rglob("*") if p.is_file() and "create:" in
+               p.read_text(errors="replace")]
+    assert reports and "errno=30" in reports[0]  # EROFS
+
+
+async def test_template_change_is_detected_and_names_the_processor(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    from boride.model import load
+    from boride.pipeline import BuildOptions, build
+    from boride.runtime.local import LocalRuntime
+
+    pipeline = load(make_pipeline([("fine", "ok_processor", {}),
+                                   ("tamper", "write_template", {})]))
+    runtime = LocalRuntime(readonly_template=False)  # as on a platform without mount namespaces
+    result = await build(pipeline, runtime, BuildOptions(parallelism=1,
+                                                         work_root=tmp_path / "work"))
+    assert result.status == "failed"
+    assert any("'tamper'" in e and "changed the template" in e for e in result.errors)
+    components = {c.name: c for c in result.components}
+    assert components["tamper"].status == "failed"
+    assert components["fine"].status == "ok"
+
+
+def test_failing_plugin_stops_the_build(tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    pipeline = make_pipeline([("p", "ok_processor", {})],
+                             plugins=[("breaks", "fail_plugin", {}),
+                                      ("after", "ok_plugin", {"line": "x"})])
+    proc, data = run_json(pipeline, "--out", tmp_path / "out", work=tmp_path / "work")
+    assert proc.returncode == 1
+    assert by_name(data)["breaks"]["status"] == "failed"
+    assert by_name(data)["after"]["status"] == "skipped"
+    assert "plugin 'breaks'" in proc.stderr
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_build_cleans_up(tmp_path: Path, make_pipeline: PipelineFactory,
+                                    signum: int, code: int) -> None:
+    pipeline = make_pipeline([("good", "ok_processor", {}), ("stuck", "hang", {})])
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "TMPDIR": str(work)}
+    proc = subprocess.Popen([sys.executable, "-m", "boride", "run", str(pipeline), "--out",
+                             str(tmp_path / "out")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # wait until the build is in its process stage (both components running)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(
+            [p for p in boride_processes() if "nsinit" in p]) < 2:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "stopped" in stderr
+    assert_work_area_gone(work)
+
+
+def test_broken_pipeline_file_exits_2_naming_field_and_line(tmp_path: Path,
+                                                            template: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"template: {template}\nprocessors:\n  - name: a\n    command: [x]\n"
+                   "    colour: red\n")
+    proc = boride("run", bad, work=tmp_path / "work")
+    assert proc.returncode == 2
+    assert f"{bad}:5: processors[0].colour: unknown field" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    missing = boride("run", tmp_path / "nope.yaml", work=tmp_path / "work")
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_missing_command_is_reported_before_anything_starts(
+        tmp_path: Path, template: Path) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"template: {template}\nprocessors:\n  - name: a\n"
+                        "    command: [no-such-program-here]\n")
+    proc, data = run_json(pipeline, work=tmp_path / "work")
+    assert proc.returncode == 1
+    assert "'no-such-program-here' not found" in data["errors"][0]
+    assert data["stages"] == {}
