@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from boride import health, merge, parallel, protocol
+from boride import archive, health, merge, parallel, protocol
 from boride.model import Pipeline
 from boride.runtime.base import Component, Instance, Kind, Runtime, Workspace
 
@@ -93,18 +93,115 @@ class BuildFailed(Exception):
         self.errors = errors
 
 
-class _Build:
-    def __init__(self, pipeline: Pipeline, runtime: Runtime, options: BuildOptions) -> None:
-        self.pipeline = pipeline
+@dataclass(frozen=True)
+class Step:
+    """One component's part in a build: what to call and with which config/globs.
+
+    ``files`` are wire globs (dicts) for a processor and glob strings for a resolver.
+    """
+
+    component: Component
+    config: Any = None
+    files: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a build does, whoever asked for it (a pipeline file, or the HTTP API)."""
+
+    template: Path
+    processors: tuple[Step, ...]
+    resolvers: tuple[Step, ...] = ()
+    plugins: tuple[Step, ...] = ()
+    parallelism: int | None = None
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Pipeline) -> Plan:
+        comps = {c.name: c for c in pipeline.components()}
+        return cls(
+            template=pipeline.template_dir,
+            processors=tuple(Step(comps[p.name], p.config, tuple(g.wire() for g in p.files))
+                             for p in pipeline.processors),
+            resolvers=tuple(Step(comps[r.name], r.config, tuple(r.files))
+                            for r in pipeline.resolvers),
+            plugins=tuple(Step(comps[p.name], p.config) for p in pipeline.plugins),
+            parallelism=pipeline.parallelism)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.processors + self.resolvers + self.plugins
+
+
+class Session:
+    """A work area and the components running for it, on one runtime.
+
+    :func:`build` makes one per build; the HTTP server keeps them across requests. ``close``
+    stops every component and removes the work area, whatever state the session is in.
+    """
+
+    def __init__(self, runtime: Runtime, session_id: str | None = None, *,
+                 work_root: Path | None = None, keep: bool = False) -> None:
         self.runtime = runtime
-        self.options = options
-        self.limit = options.parallelism or pipeline.parallelism or parallel.default_limit()
-        self.components = pipeline.components()
-        self.results = {c.name: ComponentResult(c.name, c.kind.value) for c in self.components}
+        self.id = session_id or uuid.uuid4().hex
+        self.work_root = work_root
+        self.keep = keep
+        self.root: Path | None = None
+        self.workspace: Workspace | None = None
         self.instances: dict[str, Instance] = {}
+
+    async def open(self, template: Path) -> Workspace:
+        parent = self.work_root or Path(tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)
+        safe = "".join(ch for ch in self.id if ch.isalnum())[:12]
+        self.root = Path(tempfile.mkdtemp(prefix=f"boride-{safe}-", dir=parent))
+        self.workspace = await self.runtime.open_workspace(self.id, template, self.root)
+        return self.workspace
+
+    async def start_one(self, component: Component, ready_timeout: float) -> None:
+        """Start a component and wait until it is ready (it is stopped by ``close``)."""
+        assert self.workspace is not None, "open() first"
+        self.instances[component.name] = await self.runtime.start(self.workspace, component)
+        await health.wait_ready(self.instances[component.name], ready_timeout)
+
+    async def start(self, components: list[Component], *, limit: int | None = None,
+                    ready_timeout: float = health.DEFAULT_DEADLINE) -> list[str]:
+        """Start components in parallel (fail-fast); return every error, empty on success."""
+        report = await parallel.run(lambda c: self.start_one(c, ready_timeout), components,
+                                    limit=limit, fail_fast=True)
+        return [f"{o.item.kind.value} {o.item.name!r}: {_message(o.error)}"
+                for o in report.failures]
+
+    async def close(self) -> Path | None:
+        """Stop everything, remove the work area; return it instead when ``keep`` is set."""
+        await _shielded(self._close())
+        return self.root if self.keep else None
+
+    async def _close(self) -> None:
+        instances = list(self.instances.values())
+        self.instances.clear()
+        await parallel.run(self.runtime.stop, instances, limit=max(len(instances), 1))
+        if self.workspace is not None:
+            with contextlib.suppress(Exception):
+                await self.runtime.close_workspace(self.workspace)
+        if self.root is not None and not self.keep:
+            await asyncio.to_thread(_rmtree, self.root)
+
+
+class _Build:
+    def __init__(self, plan: Plan, session: Session, options: BuildOptions,
+                 shared: dict[str, Instance] | None = None) -> None:
+        self.plan = plan
+        self.session = session
+        self.options = options
+        self.limit = options.parallelism or plan.parallelism or parallel.default_limit()
+        self.steps = {s.component.name: s for s in plan.steps}
+        self.components = [s.component for s in plan.steps]
+        self.results = {c.name: ComponentResult(c.name, c.kind.value) for c in self.components}
+        # Components running already (e.g. shared resolvers of the HTTP server) are used as is.
+        self.instances: dict[str, Instance] = session.instances
+        self.shared = shared or {}
         self.result = BuildResult(components=list(self.results.values()))
         self.deadline_at = (time.monotonic() + options.timeout) if options.timeout else None
-        self.workspace: Workspace | None = None
         # Template-change detection (see _check_template)
         self.template_print: dict[str, tuple[int, int, int, int]] = {}
         self.running_processors: set[str] = set()
@@ -175,7 +272,7 @@ class _Build:
 
     async def _call(self, component: Component, call: Awaitable[T]) -> T:
         """Run a call to a component; if the component dies meanwhile, say so."""
-        instance = self.instances[component.name]
+        instance = self._instance(component.name)
         task = asyncio.ensure_future(call)
         died = asyncio.ensure_future(instance.wait_exit())
         try:
@@ -198,25 +295,22 @@ class _Build:
 
     # -- stages ----------------------------------------------------------------------------
     async def _start(self, c: Component) -> None:
-        assert self.workspace is not None
-        self.instances[c.name] = await self.runtime.start(self.workspace, c)
         deadline = self.options.ready_timeout
         remaining = self._remaining()
         if remaining is not None:
             deadline = min(deadline, remaining)
-        await health.wait_ready(self.instances[c.name], deadline)
+        await self.session.start_one(c, deadline)
 
     async def _process(self, c: Component) -> Path:
-        ws = self.workspace
-        assert ws is not None
-        spec = next(p for p in self.pipeline.processors if p.name == c.name)
+        ws = self._workspace
+        step = self.steps[c.name]
         write_dir = _new_dir(ws.host_area)
         self.running_processors.add(c.name)
         self.suspects.add(c.name)
         try:
             output = await self._call(c, protocol.process(
-                self.instances[c.name].client, ws.seen_template, ws.seen(write_dir),
-                [g.wire() for g in spec.files], spec.config))
+                self._instance(c.name).client, ws.seen_template, ws.seen(write_dir),
+                list(step.files), step.config))
         finally:
             self.running_processors.discard(c.name)
             if self.template_changed is None:
@@ -229,8 +323,7 @@ class _Build:
     def _check_template(self, just_ended: str | None = None) -> None:
         """Fail the build if the template changed, naming the processors that may have done it:
         those running since the last check that found it unchanged."""
-        ws = self.workspace
-        assert ws is not None
+        ws = self._workspace
         now = fingerprint(ws.host_template)
         if now == self.template_print:
             self.suspects = set(self.running_processors)
@@ -249,7 +342,7 @@ class _Build:
 
     async def _resolve(self, rule: merge.ResolverRule, conflict: merge.Conflict
                        ) -> tuple[str, bytes]:
-        spec = next(r for r in self.pipeline.resolvers if r.name == rule.name)
+        step = self.steps[rule.name]
         files = []
         for v in conflict.versions:
             try:
@@ -259,12 +352,11 @@ class _Build:
                     f"cannot send {conflict.path!r} to resolver {rule.name!r}: "
                     "it is not UTF-8 text") from None
             files.append({"path": conflict.path, "content": content,
-                          "origin": {"template": self.pipeline.template_dir.name,
+                          "origin": {"template": self.plan.template.name,
                                      "layer": v.layer}})
-        comp = next(c for c in self.components if c.name == rule.name)
         try:
-            path, content = await self._call(comp, protocol.resolve(
-                self.instances[rule.name].client, spec.config, files))
+            path, content = await self._call(step.component, protocol.resolve(
+                self._instance(rule.name).client, step.config, files))
         except protocol.ProtocolError as exc:
             res = self.results[rule.name]
             res.status = "failed"
@@ -274,48 +366,49 @@ class _Build:
         return path, content.encode("utf-8")
 
     async def _plug(self, c: Component, tree: Path) -> Path:
-        ws = self.workspace
-        assert ws is not None
-        spec = next(p for p in self.pipeline.plugins if p.name == c.name)
-        output = await self._call(c, protocol.plug(self.instances[c.name].client,
-                                                   ws.seen(tree), spec.config))
+        ws = self._workspace
+        output = await self._call(c, protocol.plug(self._instance(c.name).client,
+                                                   ws.seen(tree), self.steps[c.name].config))
         try:
             return ws.host(output)
         except ValueError as exc:
             raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
 
+    @property
+    def _workspace(self) -> Workspace:
+        assert self.session.workspace is not None, "the session is not open"
+        return self.session.workspace
+
+    def _instance(self, name: str) -> Instance:
+        return self.instances.get(name) or self.shared[name]
+
     async def run(self) -> BuildResult:
-        problems = self.runtime.problems(self.components)
-        if problems:
-            self.result.errors = problems
-            return self.result
-        root_parent = self.options.work_root or Path(tempfile.gettempdir())
-        root_parent.mkdir(parents=True, exist_ok=True)
-        session = uuid.uuid4().hex
-        root = Path(tempfile.mkdtemp(prefix=f"boride-{session[:12]}-", dir=root_parent))
+        """Run the stages in the (open) session; the caller closes the session."""
         try:
-            self.workspace = await self.runtime.open_workspace(
-                session, self.pipeline.template_dir, root)
             await self._stages()
             self.result.status = "ok"
         except BuildFailed as exc:
             self.result.errors.extend(exc.errors)
+        except OSError as exc:  # e.g. the output folder cannot be written
+            self.result.errors.append(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        except Exception as exc:  # a bug: still report it as a failed build, not a traceback
+            self.result.errors.append(f"unexpected error: {parallel.describe(exc)}")
         finally:
             for res in self.result.components:
                 if res.status == "pending":
                     res.status = "ok" if self.result.status == "ok" else "skipped"
-            await _shielded(self._cleanup(root))
         return self.result
 
     async def _stages(self) -> None:
-        ws = self.workspace
-        assert ws is not None
+        ws = self._workspace
         processors = [c for c in self.components if c.kind is Kind.PROCESSOR]
         resolvers = [c for c in self.components if c.kind is Kind.RESOLVER]
         plugins = [c for c in self.components if c.kind is Kind.PLUGIN]
 
         with self._stage("start"):
-            await self._fan_out("start", self._start, self.components, fail_fast=True)
+            missing = [c for c in self.components
+                       if c.name not in self.instances and c.name not in self.shared]
+            await self._fan_out("start", self._start, missing, fail_fast=True)
         for res in self.results.values():
             res.status = "pending"  # started and ready; each stage sets its own status below
 
@@ -327,7 +420,8 @@ class _Build:
 
         with self._stage("merge"):
             target = _new_dir(ws.host_area)
-            rules = [merge.ResolverRule(r.name, tuple(r.files)) for r in self.pipeline.resolvers]
+            rules = [merge.ResolverRule(r.component.name, tuple(r.files))
+                     for r in self.plan.resolvers]
             try:
                 merged = merge.merge(outputs, target, rules, self._resolve, limit=self.limit)
                 remaining = self._remaining()
@@ -366,19 +460,6 @@ class _Build:
             self.result.archive = dest
         if self.options.out is not None:
             self.result.output = _replace_folder(tree, self.options.out, self.options.replace)
-
-    async def _cleanup(self, root: Path) -> None:
-        async def stop(name: str) -> None:
-            await self.runtime.stop(self.instances[name])
-
-        await parallel.run(stop, list(self.instances), limit=max(self.limit, 8))
-        if self.workspace is not None:
-            with contextlib.suppress(Exception):
-                await self.runtime.close_workspace(self.workspace)
-        if self.options.keep:
-            self.result.work_dir = root
-        else:
-            await asyncio.to_thread(_rmtree, root)
 
 
 def _replace_folder(tree: Path, out: Path, replace: bool) -> Path:
@@ -459,7 +540,22 @@ async def _shielded(coro: Awaitable[None]) -> None:
         raise asyncio.CancelledError
 
 
-async def build(pipeline: Pipeline, runtime: Runtime, options: BuildOptions | None = None
-                ) -> BuildResult:
-    """Run one build. Never raises for build failures: see ``BuildResult.status``/``errors``."""
-    return await _Build(pipeline, runtime, options or BuildOptions()).run()
+async def build(pipeline: Pipeline | Plan, runtime: Runtime,
+                options: BuildOptions | None = None) -> BuildResult:
+    """Run one build in a session of its own, closed (everything stopped and removed) before
+    returning, also when cancelled. Never raises for build failures: see ``BuildResult``."""
+    options = options or BuildOptions()
+    plan = Plan.from_pipeline(pipeline) if isinstance(pipeline, Pipeline) else pipeline
+    problems = runtime.problems([s.component for s in plan.steps])
+    if problems:
+        return BuildResult(components=[ComponentResult(s.component.name, s.component.kind.value,
+                                                       "skipped") for s in plan.steps],
+                           errors=problems)
+    session = Session(runtime, work_root=options.work_root, keep=options.keep)
+    try:
+        await session.open(plan.template)
+        result = await _Build(plan, session, options).run()
+    finally:
+        kept = await session.close()
+    result.work_dir = kept
+    return result
