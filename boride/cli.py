@@ -124,10 +124,15 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         sys.exit(EXIT_USAGE)
     if out is None and archive is None:
         out = Path("out")
-    if out is not None and out.exists() and not force and (
-            not out.is_dir() or any(out.iterdir())):
-        err.print(f"boride: output folder {out} exists and is not empty; use --force to "
-                  "replace it", highlight=False, markup=False)
+    try:
+        if out is not None and out.exists() and not force and (
+                not out.is_dir() or any(out.iterdir())):
+            err.print(f"boride: output folder {out} exists and is not empty; use --force to "
+                      "replace it", highlight=False, markup=False)
+            sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        err.print(f"boride: cannot use output folder {out}: {exc.strerror}", highlight=False,
+                  markup=False)
         sys.exit(EXIT_USAGE)
     options = BuildOptions(parallelism=parallelism, timeout=timeout, ready_timeout=ready_timeout,
                            out=out.absolute() if out else None,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from boride import archive, health, merge, parallel, protocol
+from boride import archive, fsutil, health, merge, parallel, protocol
 from boride.model import Pipeline
 from boride.runtime.base import Component, Instance, Kind, Runtime, Workspace
 
@@ -474,6 +474,9 @@ def _replace_folder(tree: Path, out: Path, replace: bool) -> Path:
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.new")
     try:
         shutil.copytree(tree, staging, symlinks=True)
+        # The work area's folders are open to every user (container users differ from ours);
+        # the result gets the user's usual permissions.
+        os.chmod(staging, 0o777 & ~fsutil.current_umask())
         if out.exists():
             old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
             os.rename(out, old)

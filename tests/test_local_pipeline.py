@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +255,73 @@ def test_missing_command_is_reported_before_anything_starts(
     assert proc.returncode == 1
     assert "'no-such-program-here' not found" in data["errors"][0]
     assert data["stages"] == {}
+
+
+def test_result_folder_gets_the_users_permissions(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = boride("run", EXAMPLES / "pipeline.yaml", "--out", out, work=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_mode & 0o002 == 0  # not world-writable like the work area
+
+
+def test_components_die_with_boride_even_on_sigkill(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    """No clean-up code runs on SIGKILL: the components must still go (nsinit sees its stdin
+    close, exits, and the kernel ends its PID namespace)."""
+    pipeline = make_pipeline([("stuck", "hang", {})])
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "boride", "run", str(pipeline)],
+                            env={**os.environ, "TMPDIR": str(work)}, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any("hang.py" in p for p in boride_processes()):
+        time.sleep(0.1)
+    assert any("hang.py" in p for p in boride_processes())
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and boride_processes():
+        time.sleep(0.1)
+    assert boride_processes() == []
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+@pytest.fixture
+def ordinary_tmp() -> Iterator[Path]:
+    """A temporary folder an ordinary user can reach (pytest's are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="boride-test-", dir="/tmp"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an ordinary user")
+@pytest.mark.skipif(not SYSTEM_PYTHON.exists() or shutil.which("setpriv") is None,
+                    reason="needs /usr/bin/python3 and setpriv to run as another user")
+def test_runs_as_an_ordinary_user(ordinary_tmp: Path) -> None:
+    """As an unprivileged user boride adds a user namespace; the result is the same."""
+    import site
+
+    tmp_path = ordinary_tmp
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o777)
+    packages = [p for p in site.getsitepackages() if "site-packages" in p]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(work),
+           "PYTHONPATH": os.pathsep.join([str(EXAMPLES.parent), *packages])}
+    version = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"/usr/bin/python3 is {version}, not this interpreter's version")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SYSTEM_PYTHON),
+         "-m", "boride", "run", str(EXAMPLES / "pipeline.yaml"), "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert tree(out) == tree(EXAMPLES / "expected")
+    assert out.stat().st_uid == 65534
+    assert_work_area_gone(work)
