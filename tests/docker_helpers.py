@@ -1,0 +1,114 @@
+"""Helpers for the Docker tests and the Docker benchmark: engine check, leftovers by label,
+pipeline files whose components run from the images ``.ci/docker-setup.sh`` builds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from boride.runtime.base import RuntimeError_
+from boride.runtime.docker import (
+    LABEL_MANAGED,
+    LABEL_SESSION,
+    connect,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+SETUP = ".ci/docker-setup.sh"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def image_of(component: str) -> str:
+    """The image of ``tests/components/<component>.py`` (see docker/build_images.py)."""
+    return f"local/boride-test-{component.replace('_', '-')}:1"
+
+
+def example_images() -> list[str]:
+    data = yaml.safe_load((EXAMPLES / "pipeline.yaml").read_text())
+    return [str(c["image"]) for sec in ("processors", "resolvers", "plugins")
+            for c in data.get(sec) or [] if c.get("image")]
+
+
+REQUIRED_TEST_IMAGES = ("ok_processor", "ok_resolver", "ok_plugin", "exit_at_start", "hang",
+                        "never_ready", "die_during_call", "write_template", "fail_500")
+
+
+def docker_problem() -> str | None:
+    """Why the Docker tests cannot run here (one line), or None."""
+    try:
+        client = connect(timeout=20)
+    except RuntimeError_ as exc:
+        return str(exc)
+    try:
+        missing = []
+        for image in [*example_images(), *map(image_of, REQUIRED_TEST_IMAGES)]:
+            try:
+                client.images.get(image)
+            except Exception:
+                missing.append(image)
+        if missing:
+            return (f"{len(missing)} test image(s) missing on the engine (e.g. {missing[0]}); "
+                    f"run {SETUP} as root")
+    finally:
+        client.close()
+    return None
+
+
+def labelled(labels: dict[str, str | None]) -> list[str]:
+    """Names of every container and volume carrying all ``labels`` (None: any value)."""
+    client = connect(timeout=30)
+    try:
+        filters = {"label": [k if v is None else f"{k}={v}" for k, v in labels.items()]}
+        names = [str(c["Names"][0]).lstrip("/")
+                 for c in client.api.containers(all=True, filters=filters)]
+        names += [str(v["Name"]) for v in client.api.volumes(filters=filters).get("Volumes")
+                  or []]
+        return names
+    finally:
+        client.close()
+
+
+def session_leftovers(session: str) -> list[str]:
+    return labelled({LABEL_SESSION: session})
+
+
+def managed_sessions() -> set[str]:
+    """Session ids of every boride container or volume on the engine."""
+    client = connect(timeout=30)
+    try:
+        filters = {"label": [LABEL_MANAGED]}
+        found = {c["Labels"].get(LABEL_SESSION, "")
+                 for c in client.api.containers(all=True, filters=filters)}
+        found |= {(v.get("Labels") or {}).get(LABEL_SESSION, "")
+                  for v in client.api.volumes(filters=filters).get("Volumes") or []}
+        return found - {""}
+    finally:
+        client.close()
+
+
+def write_pipeline(path: Path, template: Path, processors: list[tuple[str, str, Any]],
+                   resolvers: list[tuple[str, str, list[str], dict[str, Any]]] | None = None,
+                   plugins: list[tuple[str, str, dict[str, Any]]] | None = None,
+                   **extra: Any) -> Path:
+    """A pipeline file whose components are test images: ``processors`` as
+    (name, component, config) tuples, with the component a ``tests/components`` stem."""
+    globs = [{"glob": "**/*.*", "exclude": ["**/*.bak"], "type": "template"}]
+    data: dict[str, Any] = {
+        "template": str(template),
+        "processors": [{"name": n, "image": image_of(c), "config": cfg, "files": globs}
+                       for n, c, cfg in processors],
+        "resolvers": [{"name": n, "image": image_of(c), "files": f, "config": cfg}
+                      for n, c, f, cfg in resolvers or []],
+        "plugins": [{"name": n, "image": image_of(c), "config": cfg}
+                    for n, c, cfg in plugins or []],
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,449 @@
+"""The Docker runtime against a real engine, with real cyanprintsdk component images.
+
+Needs an engine and the images ``.ci/docker-setup.sh`` builds. Without them the module is
+skipped with one line saying why, except under ``CI=true``, where every test fails instead.
+After every test, no container or volume labelled with the test's sessions may remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from boride.model import load
+from boride.pipeline import BuildOptions, BuildResult, build
+from boride.runtime.base import Component, Kind, RuntimeError_, Workspace
+from boride.runtime.docker import (
+    LABEL_COMPONENT,
+    LABEL_KIND,
+    LABEL_MANAGED,
+    LABEL_SESSION,
+    SEEN_AREA,
+    SEEN_TEMPLATE,
+    DockerRuntime,
+    clean,
+    connect,
+    container_name,
+)
+from boride.runtime.local import LocalRuntime
+from tests.conftest import tree
+from tests.docker_helpers import (
+    EXAMPLES,
+    SETUP,
+    docker_problem,
+    image_of,
+    in_ci,
+    managed_sessions,
+    session_leftovers,
+    write_pipeline,
+)
+
+pytestmark = pytest.mark.docker
+
+_PROBLEM = docker_problem()
+if _PROBLEM is not None and not in_ci():
+    pytest.skip(f"Docker tests skipped: {_PROBLEM}", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def _engine_required() -> None:
+    if _PROBLEM is not None:  # only under CI: never skip there
+        pytest.fail(f"CI=true but the Docker tests cannot run: {_PROBLEM} ({SETUP})")
+
+
+class RecordingRuntime(DockerRuntime):
+    """The Docker runtime, remembering the sessions it opened (to look for leftovers)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sessions: list[str] = []
+
+    async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
+        self.sessions.append(session_id)
+        return await super().open_workspace(session_id, template, root)
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[RecordingRuntime]:
+    rt = RecordingRuntime()
+    try:
+        yield rt
+    finally:
+        await rt.aclose()
+        for session in rt.sessions:
+            assert session_leftovers(session) == [], f"session {session} left things behind"
+
+
+@pytest.fixture
+def template(tmp_path: Path) -> Path:
+    tpl = tmp_path / "template"
+    (tpl / "src" / "deep").mkdir(parents=True)
+    (tpl / "src" / "a.txt").write_text("alpha\n")
+    (tpl / "src" / "deep" / "b.txt").write_text("beta\n")
+    (tpl / "README.md").write_text("# readme\n")
+    return tpl
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mode & 0o7777 for p in root.rglob("*")}
+
+
+def assert_clean(result: BuildResult, runtime: RecordingRuntime, work: Path) -> None:
+    """Nothing of the build remains: no labelled container or volume, no work area."""
+    assert runtime.sessions, "the build opened no session"
+    for session in runtime.sessions:
+        assert session_leftovers(session) == []
+    assert not work.exists() or list(work.iterdir()) == [], list(work.iterdir())
+
+
+def errors_of(result: BuildResult) -> dict[str, str]:
+    return {c.name: c.error or "" for c in result.components}
+
+
+async def run_build(pipeline_file: Path, runtime: Any, tmp_path: Path,
+                    **options: Any) -> BuildResult:
+    options.setdefault("work_root", tmp_path / "work")
+    return await build(load(pipeline_file), runtime, BuildOptions(**options))
+
+
+# -- the bundled example -----------------------------------------------------------------------
+
+async def test_example_on_docker_is_identical_to_local(tmp_path: Path,
+                                                       runtime: RecordingRuntime) -> None:
+    pipeline = load(EXAMPLES / "pipeline.yaml")
+    on_docker, on_local = tmp_path / "docker", tmp_path / "local"
+    res = await build(pipeline, runtime, BuildOptions(out=on_docker, work_root=tmp_path / "w"))
+    assert res.ok, res.errors
+    local = LocalRuntime()
+    try:
+        res_local = await build(pipeline, local, BuildOptions(out=on_local,
+                                                              work_root=tmp_path / "w2"))
+    finally:
+        await local.aclose()
+    assert res_local.ok, res_local.errors
+    assert tree(on_docker) == tree(on_local)  # every path and every byte
+    assert modes(on_docker) == modes(on_local)
+    assert tree(on_docker) == tree(EXAMPLES / "expected")
+    assert_clean(res, runtime, tmp_path / "w")
+
+
+def test_cli_runs_the_example_on_docker(tmp_path: Path) -> None:
+    before = managed_sessions()
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "boride", "run", str(EXAMPLES / "pipeline.yaml"), "--runtime",
+         "docker", "--out", str(out), "--json"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TMPDIR": str(work)}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["status"] == "ok"
+    assert tree(out) == tree(EXAMPLES / "expected")
+    assert managed_sessions() - before == set()
+    assert list(work.iterdir()) == []
+
+
+# -- isolation ---------------------------------------------------------------------------------
+
+async def test_containers_are_isolated_labelled_and_limited(
+        tmp_path: Path, template: Path) -> None:
+    session = str(uuid.uuid4())  # with dashes
+    rt = DockerRuntime(cpus=0.5, memory="256m")
+    client = connect()
+    try:
+        ws = await rt.open_workspace(session, template, tmp_path / "root")
+        assert (ws.seen_template, ws.seen_area) == (SEEN_TEMPLATE, SEEN_AREA)
+        comps = [Component("my-proc", Kind.PROCESSOR, image=image_of("ok_processor")),
+                 Component("my-plug", Kind.PLUGIN, image=image_of("ok_plugin")),
+                 Component("res", Kind.RESOLVER, image=image_of("ok_resolver"))]
+        instances = [await rt.start(ws, c) for c in comps]
+        from boride.health import wait_ready
+        await asyncio.gather(*(wait_ready(i, 60) for i in instances))
+        info = {c.kind: client.api.inspect_container(container_name(c.kind, c.name, session))
+                for c in comps}
+        for kind, c in zip(info, comps, strict=True):
+            cfg, host = info[kind]["Config"], info[kind]["HostConfig"]
+            assert info[kind]["Name"] == f"/cyan-{kind.value}-{c.name.replace('-', '')}-{session}"
+            assert cfg["Labels"][LABEL_SESSION] == session
+            assert cfg["Labels"][LABEL_KIND] == kind.value
+            assert cfg["Labels"][LABEL_COMPONENT] == c.name
+            assert cfg["Labels"][LABEL_MANAGED] == "1"
+            assert cfg["User"] not in ("", "0", "root") and not cfg["User"].startswith("0:")
+            assert host["Privileged"] is False
+            assert host["CapDrop"] == ["ALL"]
+            assert any(o.startswith("no-new-privileges") for o in host["SecurityOpt"])
+            assert host["ReadonlyRootfs"] is True
+            assert host["NanoCpus"] == 500_000_000
+            assert host["Memory"] == 256 * 1024 * 1024
+            assert host["PidsLimit"] and host["PidsLimit"] > 0
+            assert not host.get("PortBindings") and not host.get("PublishAllPorts")
+            assert not host.get("Binds")
+            assert list(info[kind]["NetworkSettings"]["Networks"]) == ["cyanprint"]
+        mounts = {k: {m["Destination"]: m["RW"] for m in v["Mounts"]} for k, v in info.items()}
+        assert mounts[Kind.PROCESSOR] == {SEEN_TEMPLATE: False, SEEN_AREA: True}
+        assert mounts[Kind.PLUGIN] == {SEEN_AREA: True}
+        assert mounts[Kind.RESOLVER] == {}
+        for m in info[Kind.PROCESSOR]["Mounts"]:
+            assert m["Type"] == "volume"
+            vol = client.api.inspect_volume(m["Name"])
+            assert vol["Labels"][LABEL_SESSION] == session
+        # the process inside runs as that user, with no capability at all
+        exec_id = client.api.exec_create(info[Kind.PROCESSOR]["Id"],
+                                         ["sh", "-c", "id -u; grep CapEff /proc/self/status"])
+        raw = client.api.exec_start(exec_id["Id"])
+        assert isinstance(raw, bytes)
+        out = raw.decode()
+        uid, cap = out.split()[0], out.split()[-1]
+        assert uid != "0" and int(cap, 16) == 0, out
+        for i in instances:
+            await rt.stop(i)
+        await rt.close_workspace(ws)
+        assert session_leftovers(session) == []
+        assert (template / "src" / "a.txt").read_text() == "alpha\n"  # volumes never delete
+    finally:
+        await rt.close_workspace(Workspace(session, template, tmp_path, "", ""))
+        await rt.aclose()
+        client.close()
+
+
+async def test_template_is_read_only_in_containers(tmp_path: Path, template: Path,
+                                                   runtime: RecordingRuntime) -> None:
+    before = tree(template)
+    pipeline = write_pipeline(tmp_path / "p.yaml", template, [("tamper", "write_template", {})])
+    out = tmp_path / "out"
+    res = await run_build(pipeline, runtime, tmp_path, out=out)
+    assert res.ok, res.errors
+    assert tree(template) == before
+    report = (out / "write_template-report.txt").read_text()
+    assert "create: OSError errno=30" in report  # EROFS
+    assert_clean(res, runtime, tmp_path / "work")
+
+
+async def test_resolver_and_plugins_on_docker(tmp_path: Path, template: Path,
+                                              runtime: RecordingRuntime) -> None:
+    pipeline = write_pipeline(
+        tmp_path / "p.yaml", template,
+        [("first", "ok_processor", {"suffix": "[1]"}), ("second", "ok_processor",
+                                                        {"suffix": "[2]"})],
+        resolvers=[("join", "ok_resolver", ["src/**"], {"separator": "|"})],
+        plugins=[("one", "ok_plugin", {"line": "plugin one"}),
+                 ("two", "ok_plugin", {"line": "plugin two"})])
+    out = tmp_path / "out"
+    res = await run_build(pipeline, runtime, tmp_path, out=out)
+    assert res.ok, res.errors
+    assert (out / "src" / "a.txt").read_text() == "alpha\n[1]|alpha\n[2]plugin one\nplugin two\n"
+    assert (out / "README.md").read_text() == "# readme\n[2]plugin one\nplugin two\n"
+    assert_clean(res, runtime, tmp_path / "work")
+
+
+# -- failure modes -----------------------------------------------------------------------------
+
+async def test_missing_image_is_reported_before_anything_starts(
+        tmp_path: Path, template: Path, runtime: RecordingRuntime) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", template,
+                              [("good", "ok_processor", {}), ("ghost", "does_not_exist", {})])
+    before = managed_sessions()
+    res = await run_build(pipeline, runtime, tmp_path)
+    assert res.status == "failed"
+    assert len(res.errors) == 1
+    assert "'ghost'" in res.errors[0] and "local/boride-test-does-not-exist:1" in res.errors[0]
+    assert "not on the Docker engine" in res.errors[0]
+    assert runtime.sessions == []  # nothing was started, no session was even opened
+    assert managed_sessions() - before == set()
+
+
+async def test_unreachable_engine_is_reported_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    rt = DockerRuntime()
+    try:
+        problems = rt.problems([Component("p", Kind.PROCESSOR, image="x:1")])
+    finally:
+        await rt.aclose()
+    assert len(problems) == 1
+    assert "no Docker engine answers at unix:///nonexistent/docker.sock" in problems[0]
+
+
+async def test_container_exiting_at_start_gives_code_and_log(
+        tmp_path: Path, template: Path, runtime: RecordingRuntime) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", template,
+                              [("good", "ok_processor", {}), ("dies", "exit_at_start", {})])
+    start = time.monotonic()
+    res = await run_build(pipeline, runtime, tmp_path, ready_timeout=120)
+    assert time.monotonic() - start < 60  # at once, not at the readiness deadline
+    assert res.status == "failed"
+    error = errors_of(res)["dies"]
+    assert "exited with code 3" in error and "boom: cannot start" in error
+    assert any("'dies'" in e for e in res.errors)
+    assert_clean(res, runtime, tmp_path / "work")
+
+
+async def test_never_ready_fails_at_the_deadline(tmp_path: Path, template: Path,
+                                                 runtime: RecordingRuntime) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", template, [("slow", "never_ready", {})])
+    start = time.monotonic()
+    res = await run_build(pipeline, runtime, tmp_path, ready_timeout=3)
+    elapsed = time.monotonic() - start
+    assert res.status == "failed"
+    assert "not ready after 3s" in errors_of(res)["slow"]
+    assert 3 <= elapsed < 30
+    assert_clean(res, runtime, tmp_path / "work")
+
+
+async def test_call_hanging_past_the_timeout(tmp_path: Path, template: Path,
+                                             runtime: RecordingRuntime) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", template,
+                              [("good", "ok_processor", {}), ("stuck", "hang", {})])
+    start = time.monotonic()
+    res = await run_build(pipeline, runtime, tmp_path, timeout=10)
+    assert time.monotonic() - start < 40
+    assert res.status == "failed"
+    assert "timed out" in errors_of(res)["stuck"]
+    assert any("stuck" in e and "timed out" in e for e in res.errors)
+    assert_clean(res, runtime, tmp_path / "work")
+
+
+async def test_container_dying_during_its_call(tmp_path: Path, template: Path,
+                                               runtime: RecordingRuntime) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", template,
+                              [("good", "ok_processor", {}), ("bad", "die_during_call", {})])
+    res = await run_build(pipeline, runtime, tmp_path)
+    assert res.status == "failed"
+    error = errors_of(res)["bad"]
+    assert "died during its call: exited with code 9" in error
+    assert "die_during_call: exiting with 9" in error
+    assert errors_of(res)["good"] == ""
+    assert_clean(res, runtime, tmp_path / "work")
+
+
+async def test_container_killed_during_its_call(tmp_path: Path, template: Path,
+                                                runtime: RecordingRuntime) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", template, [("victim", "hang", {})])
+    calling = asyncio.Event()
+
+    def on_event(stage: str, name: str | None, status: str) -> None:
+        if stage == "process" and name == "victim" and status == "running":
+            calling.set()
+
+    task = asyncio.ensure_future(run_build(pipeline, runtime, tmp_path, timeout=120,
+                                           on_event=on_event))
+    await asyncio.wait_for(calling.wait(), 90)
+    await asyncio.sleep(0.5)
+    client = connect()
+    try:
+        name = container_name(Kind.PROCESSOR, "victim", runtime.sessions[0])
+        client.api.kill(name)  # SIGKILL from outside, as an OOM kill or an operator would
+    finally:
+        client.close()
+    res = await asyncio.wait_for(task, 60)
+    assert res.status == "failed"
+    assert "died during its call: exited with code 137" in errors_of(res)["victim"]
+    assert_clean(res, runtime, tmp_path / "work")
+
+
+def test_sigterm_to_boride_run_leaves_nothing(tmp_path: Path, template: Path) -> None:
+    pipeline = write_pipeline(tmp_path / "p.yaml", template,
+                              [("good", "ok_processor", {}), ("stuck", "hang", {})])
+    work = tmp_path / "work"
+    work.mkdir()
+    before = managed_sessions()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "boride", "run", str(pipeline), "--runtime", "docker", "--out",
+         str(tmp_path / "out")], env={**os.environ, "TMPDIR": str(work)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+    assert proc.stderr is not None
+    stderr = proc.stderr
+
+    def read() -> None:
+        for line in stderr:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the process stage
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            assert proc.poll() is None, "".join(seen)
+            continue
+        if "boride: process ..." in seen[-1]:
+            time.sleep(1.5)  # the calls are under way (one of them hangs)
+            break
+    else:
+        pytest.fail("the build never reached its process stage:\n" + "".join(seen))
+    sessions = managed_sessions() - before
+    assert len(sessions) == 1, sessions
+    session = sessions.pop()
+    assert session_leftovers(session)  # its containers and volumes exist now
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    time.sleep(0.2)
+    while not lines.empty():
+        seen.append(lines.get())
+    assert proc.returncode == 143, "".join(seen)
+    assert session_leftovers(session) == []
+    assert list(work.iterdir()) == []
+
+
+# -- sessions and clean-up ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["", "-abc", "abc-", "a_b", "a/b", "../x", "a b", "x" * 65,
+                                 "Ünicode"])
+async def test_invalid_session_ids_are_refused(tmp_path: Path, template: Path,
+                                               bad: str) -> None:
+    rt = DockerRuntime()
+    try:
+        with pytest.raises(RuntimeError_, match="invalid session id"):
+            await rt.open_workspace(bad, template, tmp_path)
+    finally:
+        await rt.aclose()
+    with pytest.raises(ValueError, match="invalid session id"):
+        clean(session=bad)
+
+
+async def test_clean_removes_what_a_killed_run_left(tmp_path: Path, template: Path) -> None:
+    session = str(uuid.uuid4())
+    rt = DockerRuntime()
+    try:
+        ws = await rt.open_workspace(session, template, tmp_path / "root")
+        await rt.start(ws, Component("p", Kind.PROCESSOR, image=image_of("ok_processor")))
+        await rt.start(ws, Component("q", Kind.PLUGIN, image=image_of("ok_plugin")))
+    finally:
+        await rt.aclose()  # as if the run died here: no stop, no close_workspace
+    left = session_leftovers(session)
+    assert len(left) == 4, left  # two containers, two volumes
+    removed = await asyncio.to_thread(clean, session, False)
+    assert sorted(removed) == sorted(left)
+    assert session_leftovers(session) == []
+    assert await asyncio.to_thread(clean, session, False) == []
+
+
+@pytest.mark.skipif(not in_ci() and not os.environ.get("BORIDE_TEST_CLEAN_ALL"),
+                    reason="removes every boride container on the engine: runs under CI=true "
+                           "or BORIDE_TEST_CLEAN_ALL=1")
+async def test_clean_all_removes_every_session(tmp_path: Path, template: Path) -> None:
+    sessions = [uuid.uuid4().hex, str(uuid.uuid4())]
+    rt = DockerRuntime()
+    try:
+        for s in sessions:
+            await rt.open_workspace(s, template, tmp_path / s)
+    finally:
+        await rt.aclose()
+    removed = clean(all_=True)  # also works from inside a running loop
+    for s in sessions:
+        assert session_leftovers(s) == []
+        assert f"cyan-area-{s}" in removed and f"cyan-template-{s}" in removed
