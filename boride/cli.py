@@ -152,6 +152,35 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
     sys.exit(0 if outcome.ok else EXIT_FAILED)
 
 
+@main.command()
+@click.option("--session", "session", metavar="ID", help="Remove what this session left.")
+@click.option("--all", "all_", is_flag=True, help="Remove every boride container and volume.")
+@click.option("--json", "as_json", is_flag=True, help="Print the removed names as JSON.")
+def clean(session: str | None, all_: bool, as_json: bool) -> None:
+    """Remove the Docker containers and volumes a killed run left behind (found by label)."""
+    err = Console(stderr=True, soft_wrap=True)
+    if (session is None) == (not all_):
+        err.print("boride: give exactly one of --session ID or --all", highlight=False)
+        sys.exit(EXIT_USAGE)
+    from boride.runtime.base import RuntimeError_
+    from boride.runtime.docker import clean as docker_clean
+
+    try:
+        removed = docker_clean(session, all_)
+    except ValueError as exc:
+        err.print(f"boride: {exc}", highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    except RuntimeError_ as exc:
+        err.print(f"boride: {exc}", highlight=False, markup=False)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps({"removed": removed}))
+    else:
+        for name in removed:
+            click.echo(f"removed {name}")
+        err.print(f"boride: removed {len(removed)} container(s)/volume(s)", highlight=False)
+
+
 async def _run_cancellable(pipeline: Any, runtime_name: str, options: BuildOptions
                            ) -> BuildResult | int:
     """Run the build; Ctrl-C or SIGTERM cancel it (with full clean-up) and give an exit code."""

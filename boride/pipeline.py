@@ -45,6 +45,7 @@ class ComponentResult:
 @dataclass
 class BuildResult:
     status: str = "failed"
+    session: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
     components: list[ComponentResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -59,6 +60,7 @@ class BuildResult:
     def as_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
+            "session": self.session,
             "stages": {k: round(v, 6) for k, v in self.stages.items()},
             "components": [c.as_json() for c in self.components],
             "errors": list(self.errors),
@@ -561,4 +563,5 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
     finally:
         kept = await session.close()
     result.work_dir = kept
+    result.session = session.id
     return result
