@@ -222,3 +222,91 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
             err.print("  " + line.replace("\n", "\n  "), highlight=False, markup=False)
     if result.work_dir is not None:
         err.print(f"boride: work area kept in {result.work_dir}", highlight=False, markup=False)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=9000, show_default=True)
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="local", show_default=True,
+              help="Where components run: local processes or Docker containers.")
+@click.option("--registry", "registries", multiple=True, envvar="BORIDE_REGISTRY",
+              metavar="FILE|URL", help="Where component names are looked up: a registry YAML "
+              "file or the CyanPrint registry's URL; repeat to ask several in turn.")
+@click.option("--token", envvar="BORIDE_TOKEN", metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' on every route but GET / "
+              "(also read from BORIDE_TOKEN).")
+@click.option("--max-builds", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Builds (and component start-ups) running at once; the others wait.")
+@click.option("--dev-root", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Allow POST /executor/try with source 'path' for folders below DIR.")
+@click.option("--max-body", type=click.IntRange(min=1024), default=8 * 1024 * 1024,
+              show_default=True, help="Largest request body accepted, in bytes.")
+@click.option("--max-sessions", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--session-ttl", type=click.FloatRange(min=0), default=3600.0,
+              show_default=True, help="Seconds before an idle session is removed (0: never).")
+@click.option("--work-root", type=click.Path(path_type=Path, file_okay=False),
+              help="Where session work areas go [default: the system temp folder].")
+@click.option("--parallelism", type=click.IntRange(min=1),
+              help="Components in flight at once within a build [default: CPU count].")
+@click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds a component may take to become ready.")
+@click.option("--build-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a build may take.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
+          max_builds: int, dev_root: Path | None, max_body: int, max_sessions: int,
+          session_ttl: float, work_root: Path | None, parallelism: int | None,
+          ready_timeout: float, build_timeout: float | None, log_level: str) -> None:
+    """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md."""
+    import ipaddress
+    import logging
+
+    import uvicorn
+
+    from boride.registry import RegistryError, describe, open_registry
+    from boride.server import ServerConfig, create_app
+
+    err = Console(stderr=True, soft_wrap=True)
+
+    def fail(message: str) -> None:
+        err.print(f"boride serve: {message}", highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        fail(f"--host {host} is not a loopback address: anyone who can reach it could run "
+             "components here, so give --token TOKEN (or BORIDE_TOKEN) too")
+    if token is not None and len(token) < 16:
+        fail("--token must be at least 16 characters long")
+    config = ServerConfig(
+        runtime=runtime, registry=registries, token=token, max_builds=max_builds,
+        dev_root=dev_root.resolve() if dev_root else None, max_body=max_body,
+        max_sessions=max_sessions, session_ttl=session_ttl or None,
+        work_root=work_root.absolute() if work_root else None, parallelism=parallelism,
+        ready_timeout=ready_timeout, build_timeout=build_timeout)
+    try:
+        registry = open_registry(registries)
+    except RegistryError as exc:
+        fail(f"cannot use the registry:\n{exc}")
+        return
+    runtime_ = get_runtime(runtime)
+    problems = runtime_.problems([])
+    if problems:
+        fail("the {} runtime cannot run components here:\n  {}".format(
+            runtime, "\n  ".join(problems)))
+    app = create_app(config, runtime=runtime_, registry=registry)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    if not registries:
+        err.print("boride serve: no --registry given: every component name is unknown "
+                  "(try --registry examples/registry.yaml)", highlight=False, markup=False)
+    err.print(f"boride serve: http://{host}:{port} (runtime {runtime}, registry "
+              f"{describe(registry)}, at most {max_builds} builds at once"
+              f"{', token required' if token else ''}); API docs at /docs",
+              highlight=False, markup=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+                access_log=log_level == "debug")

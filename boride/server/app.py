@@ -1,0 +1,95 @@
+"""The application factory of ``boride serve``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from boride import __version__
+from boride import registry as reg
+from boride.runtime import get_runtime
+from boride.runtime.base import Runtime
+from boride.server import problems, routes
+from boride.server.middleware import AuthMiddleware, BodyLimitMiddleware, TraceMiddleware
+from boride.server.service import ServerConfig, Service
+
+DESCRIPTION = """\
+boride's HTTP API: the routes, bodies and errors of the CyanPrint Go coordinator (Boron), so a
+client written for it works unchanged. Errors are RFC 7807 problem details
+(`{"title", "status", "detail", "type", "trace_id", "data": [every error]}`).
+
+Typical flow: `POST /template/warm` → `POST /executor/{sessionId}/warm` → `POST /executor` →
+`POST /executor/{sessionId}` (streams `cyan-output.tar.gz`) → `DELETE /executor/{sessionId}`.
+For local development: `POST /executor/try` (a folder below `--dev-root`) →
+`POST /executor/{sessionId}` → `DELETE /executor/{sessionId}`.
+"""
+
+
+def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = None,
+               registry: reg.Registry | None = None) -> FastAPI:
+    """The ASGI app. ``runtime`` and ``registry`` default to what ``config`` names; a registry
+    file that cannot be used raises :class:`boride.registry.RegistryFileError` here."""
+    config = config or ServerConfig()
+    if registry is None:
+        registry = reg.open_registry(config.registry)
+    if runtime is None:
+        runtime = get_runtime(config.runtime)
+    service = Service(config, runtime, registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start_background()
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    app = FastAPI(title="boride", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.service = service
+    problems.install(app)
+    app.include_router(routes.router)
+    # Added innermost first: the trace id wraps everything, then authentication, then the limit.
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_body)
+    app.add_middleware(AuthMiddleware, token=config.token)
+    app.add_middleware(TraceMiddleware)
+    _document_problems(app)
+    return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Say in the OpenAPI document what the server really answers to invalid requests: 400
+    problem details (FastAPI documents 422 by default)."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None and "400" not in responses:
+                    responses["400"] = {
+                        "description": "Problem details (RFC 7807)",
+                        "content": {"application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}}}}
+                if path is not schema["paths"].get("/"):
+                    responses.setdefault("401", {
+                        "description": "Missing or wrong bearer token (servers with --token)",
+                        "content": {"application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}}}})
+                    responses.setdefault("413", {
+                        "description": "Request body over the size limit",
+                        "content": {"application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}}}})
+        schemas = schema.get("components", {}).get("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

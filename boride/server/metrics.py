@@ -1,0 +1,59 @@
+"""Prometheus metrics of one server (a registry of its own, so several apps can coexist)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from boride.pipeline import STAGES, BuildResult
+from boride.runtime.base import Kind
+
+_STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                  120.0, 300.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.builds_started = Counter("boride_builds_started", "Builds that got a build slot",
+                                      registry=r)
+        self.builds_finished = Counter("boride_builds_finished",
+                                       "Builds that succeeded (output ready to stream)",
+                                       registry=r)
+        self.builds_failed = Counter("boride_builds_failed",
+                                     "Builds that failed (a component, the merge, a timeout)",
+                                     registry=r)
+        self.builds_cancelled = Counter("boride_builds_cancelled",
+                                        "Builds cancelled: the client went away or the "
+                                        "session was deleted", registry=r)
+        self.builds_in_flight = Gauge("boride_builds_in_flight",
+                                      "Builds running now (holding a build slot)", registry=r)
+        self.builds_waiting = Gauge("boride_builds_waiting",
+                                    "Builds waiting for a build slot (--max-builds)", registry=r)
+        self.build_seconds = Histogram("boride_build_seconds",
+                                       "Duration of whole builds (start to plugins and output)",
+                                       buckets=_STAGE_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("boride_build_stage_seconds",
+                                       "Duration of each build stage", ["stage"],
+                                       buckets=_STAGE_BUCKETS, registry=r)
+        self.component_failures = Counter("boride_component_failures",
+                                          "Components that failed to start or during a call",
+                                          ["kind"], registry=r)
+        self.sessions = Gauge("boride_sessions", "Open sessions", registry=r)
+        self.archive_bytes = Counter("boride_archive_bytes", "Bytes of tar.gz streamed",
+                                     registry=r)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        for kind in Kind:
+            self.component_failures.labels(kind.value)
+
+    def record_build(self, result: BuildResult) -> None:
+        for stage, seconds in result.stages.items():
+            self.stage_seconds.labels(stage).observe(seconds)
+        self.build_seconds.observe(sum(result.stages.values()))
+        for c in result.components:
+            if c.status == "failed":
+                self.component_failures.labels(c.kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

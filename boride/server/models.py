@@ -1,0 +1,218 @@
+"""The JSON bodies of the Go coordinator's API, with its field names (note the mix of cases).
+
+Requests are lenient the way Go's ``encoding/json`` is: unknown fields are ignored and ``null``
+lists count as empty. Where the Go coordinator and DESIGN.md disagree on a name (the try
+request), both spellings are accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+
+#: Session ids: letters, digits and inner dashes, at most 64 characters (UUIDs with or without
+#: dashes fit). The same rule as the Docker runtime's, so a session id is always a valid
+#: container and volume name suffix.
+SESSION_ID = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?$"
+SESSION_RE = re.compile(SESSION_ID)
+#: Prefix of the sessions the server makes for itself (shared template components).
+RESERVED_PREFIX = "boride-"
+#: Ids of templates and components as they appear in URLs.
+CYAN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+def _none_as_empty(value: Any) -> Any:
+    return [] if value is None else value
+
+
+def _none_as_blank(value: Any) -> Any:
+    return "" if value is None else value
+
+
+Text = Annotated[str, BeforeValidator(_none_as_blank)]
+
+
+class _Go(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class PropertyRes(_Go):
+    blobDockerReference: Text = ""
+    blobDockerTag: Text = ""
+    templateDockerReference: Text = ""
+    templateDockerTag: Text = ""
+
+
+class TemplateVersionPrincipalRes(_Go):
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    version: int = 0
+    createdAt: Text = ""
+    description: Text = ""
+    properties: PropertyRes | None = None
+
+
+class TemplatePrincipalRes(_Go):
+    id: Text = ""
+    name: Text = ""
+    project: Text = ""
+    source: Text = ""
+    email: Text = ""
+    tags: Annotated[list[str], BeforeValidator(_none_as_empty)] = Field(default_factory=list)
+    description: Text = ""
+    readme: Text = ""
+    userId: Text = ""
+
+
+class ComponentRes(_Go):
+    """A processor or plugin version pinned by a template."""
+
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    version: int = 0
+    createdAt: Text = ""
+    description: Text = ""
+    dockerReference: Text = ""
+    dockerTag: Text = ""
+
+    @property
+    def image(self) -> str | None:
+        if not self.dockerReference:
+            return None
+        return f"{self.dockerReference}:{self.dockerTag}" if self.dockerTag \
+            else self.dockerReference
+
+
+class ResolverRes(ComponentRes):
+    config: Any = None
+    files: Annotated[list[str], BeforeValidator(_none_as_empty)] = Field(default_factory=list)
+
+
+_Components = Annotated[list[ComponentRes], BeforeValidator(_none_as_empty)]
+_Resolvers = Annotated[list[ResolverRes], BeforeValidator(_none_as_empty)]
+_Principals = Annotated[list[TemplateVersionPrincipalRes], BeforeValidator(_none_as_empty)]
+
+
+class TemplateVersionRes(_Go):
+    """A template version as the CyanPrint registry describes it."""
+
+    principal: TemplateVersionPrincipalRes
+    template: TemplatePrincipalRes | None = None
+    processors: _Components = Field(default_factory=list)
+    plugins: _Components = Field(default_factory=list)
+    templates: _Principals = Field(default_factory=list)
+    resolvers: _Resolvers = Field(default_factory=list)
+
+
+class VolumeRef(_Go):
+    cyan_id: Text = ""
+    session_id: Text = ""
+
+
+class MergerReq(_Go):
+    merger_id: Text = ""
+
+
+class StartExecutorReq(_Go):
+    session_id: str
+    template: TemplateVersionRes
+    write_vol_reference: VolumeRef | None = None
+    merger: MergerReq | None = None
+
+
+class GlobReq(_Go):
+    root: str | None = None
+    glob: Annotated[str, Field(min_length=1)]
+    exclude: Annotated[list[str], BeforeValidator(_none_as_empty)] = Field(default_factory=list)
+    type: Literal["template", "copy"] = "template"
+
+    def wire(self) -> dict[str, Any]:
+        return {"root": self.root, "glob": self.glob, "exclude": list(self.exclude),
+                "type": self.type}
+
+
+class CyanProcessorReq(_Go):
+    name: str
+    config: Any = None
+    files: Annotated[list[GlobReq], BeforeValidator(_none_as_empty)] = Field(
+        default_factory=list)
+
+
+class CyanPluginReq(_Go):
+    name: str
+    config: Any = None
+
+
+class CyanReq(_Go):
+    processors: Annotated[list[CyanProcessorReq], BeforeValidator(_none_as_empty)] = Field(
+        default_factory=list)
+    plugins: Annotated[list[CyanPluginReq], BeforeValidator(_none_as_empty)] = Field(
+        default_factory=list)
+
+
+class BuildReq(_Go):
+    template: TemplateVersionRes
+    cyan: CyanReq
+    merger_id: Text = ""
+
+
+class ImageRef(_Go):
+    reference: Text = ""
+    tag: Text = ""
+
+
+class TryReq(_Go):
+    session_id: str = Field(validation_alias=AliasChoices("sessionId", "session_id"))
+    local_template_id: Annotated[str, Field(min_length=1, max_length=128, pattern=CYAN_ID)] = \
+        Field(validation_alias=AliasChoices("localTemplateId", "local_template_id"))
+    source: Literal["image", "path"] = "image"
+    image_ref: ImageRef | None = Field(default=None,
+                                       validation_alias=AliasChoices("imageRef", "image_ref"))
+    path: Text = ""
+    template: TemplateVersionRes
+    merger_id: Text = Field(default="", validation_alias=AliasChoices("mergerId", "merger_id"))
+
+
+class ZipReq(_Go):
+    target_dir: str = Field(min_length=1,
+                            validation_alias=AliasChoices("target_dir", "targetDir", "TargetDir"))
+
+
+class MergeReq(_Go):
+    from_dirs: Annotated[list[str], BeforeValidator(_none_as_empty)] = Field(
+        validation_alias=AliasChoices("from_dirs", "fromDirs", "FromDirs"))
+    to_dir: str = Field(min_length=1, validation_alias=AliasChoices("to_dir", "toDir", "ToDir"))
+    template: TemplateVersionRes | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+class StatusRes(BaseModel):
+    status: str = "OK"
+
+
+class WarmRes(BaseModel):
+    session_id: str
+    vol_ref: VolumeRef
+
+
+class TryRes(BaseModel):
+    """Both spellings: DESIGN.md's ``blobVolume`` and the Go coordinator's snake case."""
+
+    session_id: str
+    blobVolume: VolumeRef
+    blob_volume: VolumeRef
+    session_volume: VolumeRef
+
+
+class Problem(BaseModel):
+    """RFC 7807 problem details, as the Go coordinator writes them."""
+
+    title: str
+    status: int
+    detail: str
+    type: str
+    trace_id: str | None = None
+    data: list[str] | None = None

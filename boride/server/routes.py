@@ -1,0 +1,232 @@
+"""The routes of the Go coordinator (same paths, bodies and errors), plus ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from boride import archive
+from boride.server.models import (
+    CYAN_ID,
+    SESSION_ID,
+    BuildReq,
+    MergeReq,
+    Problem,
+    StartExecutorReq,
+    StatusRes,
+    TemplateVersionRes,
+    TryReq,
+    TryRes,
+    VolumeRef,
+    WarmRes,
+    ZipReq,
+)
+from boride.server.problems import ProblemError, problem_response, trace_id_of
+from boride.server.service import Service
+from boride.server.streaming import (
+    FILENAME,
+    MEDIA_TYPE,
+    ArchiveResponse,
+    ClientGone,
+    WorkCancelled,
+    until_disconnect,
+)
+
+log = logging.getLogger("boride.server")
+router = APIRouter()
+
+SessionId = Annotated[str, Path(pattern=SESSION_ID, max_length=64,
+                                description="1 to 64 letters, digits and inner dashes "
+                                            "(a UUID, for example)")]
+CyanId = Annotated[str, Path(pattern=CYAN_ID, max_length=128)]
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": Problem, "description": "Problem details (RFC 7807)",
+                "content": {"application/problem+json": {}}} for s in statuses}
+
+
+_ARCHIVE: dict[int | str, dict[str, Any]] = {200: {
+    "description": f"The output as `{FILENAME}`, streamed as it is written",
+    "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
+_RAW_BODY: dict[str, Any] = {"requestBody": {"required": False, "content": {
+    "application/json": {"schema": {"type": "object", "additionalProperties": True}}}}}
+_RAW_ANSWER: dict[int | str, dict[str, Any]] = {200: {
+    "description": "The component's answer, as it gave it",
+    "content": {"application/json": {"schema": {}}}}}
+
+
+def _service(request: Request) -> Service:
+    service = request.app.state.service
+    assert isinstance(service, Service)
+    return service
+
+
+@router.get("/", response_model=StatusRes, tags=["health"])
+async def health() -> StatusRes:
+    """Health: always ``{"status": "OK"}`` (and never needs a token)."""
+    return StatusRes()
+
+
+@router.get("/metrics", tags=["health"], response_class=Response,
+            responses={200: {"description": "Prometheus text format",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
+async def metrics(request: Request) -> Response:
+    """Builds started/finished/failed/cancelled, builds in flight and waiting, duration of each
+    stage, component failures by kind, sessions."""
+    return Response(_service(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/executor", response_model=StatusRes, tags=["executor"],
+             responses=_problems(400, 409, 429, 502, 503))
+async def start_executor(request: Request, body: StartExecutorReq) -> StatusRes:
+    """Start a session's processor and plugin components (the versions the template pins) in
+    parallel and wait until every one is ready. Makes the session if it does not exist."""
+    await _service(request).start_session(
+        body.session_id, body.template, body.merger.merger_id if body.merger else "")
+    return StatusRes()
+
+
+@router.post("/executor/try", response_model=TryRes, tags=["executor"],
+             responses=_problems(400, 403, 409, 429, 503))
+async def try_executor(request: Request, body: TryReq) -> TryRes:
+    """A local try session: the template's files come from a folder below ``--dev-root``
+    (``source: "path"``); its resolvers start in the session. Build it with
+    ``POST /executor/{sessionId}``; ``DELETE /executor/{sessionId}`` removes all of it."""
+    await _service(request).try_session(body)
+    blob = VolumeRef(cyan_id=body.local_template_id, session_id="")
+    return TryRes(session_id=body.session_id, blobVolume=blob, blob_volume=blob,
+                  session_volume=VolumeRef(cyan_id=body.local_template_id,
+                                           session_id=body.session_id))
+
+
+@router.post("/executor/{sessionId}", tags=["executor"], response_class=Response,
+             responses={**_ARCHIVE, **_problems(400, 404, 409, 502)})
+async def build(request: Request, sessionId: SessionId, body: BuildReq) -> Response:
+    """Build: processors in parallel, merge (conflicts to the template's resolvers), plugins
+    in order; the result streams as ``cyan-output.tar.gz`` while it is being compressed.
+
+    Processors and plugins are named ``user/name`` or ``user/name:version`` and resolved to a
+    version the template pins. A client that disconnects cancels the build."""
+    service = _service(request)
+    state = service.get_session(sessionId)
+    plan, shared = await service.plan(state, body)
+    task = asyncio.ensure_future(service.build(state, plan, shared))
+    state.track(task)
+    try:
+        return await until_disconnect(request.receive, task)
+    except ClientGone:
+        log.info("[%s] client of session %s went away: build cancelled, components stopped",
+                 trace_id_of(request.scope), sessionId)
+        return problem_response(499, "Client closed request", "The build was cancelled",
+                                trace_id_of(request.scope))
+    except WorkCancelled:
+        raise ProblemError(409, "Build cancelled",
+                           f"session {sessionId!r} was deleted during the build") from None
+
+
+@router.delete("/executor/{sessionId}", response_model=StatusRes, tags=["executor"],
+               responses=_problems(400, 404))
+async def delete_executor(request: Request, sessionId: SessionId) -> StatusRes:
+    """Remove everything of the session: cancel its build, stop its components, delete its
+    work area."""
+    await _service(request).delete_session(sessionId)
+    return StatusRes()
+
+
+@router.post("/executor/{sessionId}/warm", response_model=WarmRes, tags=["executor"],
+             responses=_problems(400, 409, 429, 502, 503))
+async def warm_executor(request: Request, sessionId: SessionId,
+                        body: TemplateVersionRes) -> WarmRes:
+    """Prepare a session: its work area, and every image (or command) its processors and
+    plugins need. Body: the template."""
+    await _service(request).warm_session(sessionId, body)
+    return WarmRes(session_id=sessionId,
+                   vol_ref=VolumeRef(cyan_id=body.principal.id, session_id=sessionId))
+
+
+@router.post("/template/warm", response_model=StatusRes, tags=["template"],
+             responses=_problems(400, 502, 503))
+async def warm_template(request: Request, body: TemplateVersionRes) -> StatusRes:
+    """Prepare a template: its files, and its resolvers (and Q&A server, when the registry
+    knows how to run it) started, ready and shared by every session of the template."""
+    await _service(request).warm_template(body)
+    return StatusRes()
+
+
+@router.delete("/template/{templateId}", response_model=StatusRes, tags=["template"],
+               responses=_problems(400, 404))
+async def drop_template(request: Request, templateId: CyanId) -> StatusRes:
+    """(boride) Stop a warmed template's shared components."""
+    await _service(request).drop_template(templateId)
+    return StatusRes()
+
+
+async def _forward(request: Request, instance_path: str, kind: str, cyan_id: str) -> Response:
+    service = _service(request)
+    instance = (service.template_instance(cyan_id) if kind == "template"
+                else service.resolver_instance(cyan_id))
+    content = await request.body()
+    upstream = await service.forward(instance, instance_path, content,
+                                     request.headers.get("content-type"))
+    return Response(upstream.content, status_code=upstream.status_code,
+                    media_type=upstream.headers.get("content-type", "application/json"))
+
+
+@router.post("/proxy/template/{cyanId}/api/template/init", tags=["proxy"],
+             response_class=Response, openapi_extra=_RAW_BODY,
+             responses={**_RAW_ANSWER, **_problems(400, 404, 502)})
+async def proxy_template_init(request: Request, cyanId: CyanId) -> Response:
+    """Forward to the template's Q&A server (``POST /api/template/init``)."""
+    return await _forward(request, "/api/template/init", "template", cyanId)
+
+
+@router.post("/proxy/template/{cyanId}/api/template/validate", tags=["proxy"],
+             response_class=Response, openapi_extra=_RAW_BODY,
+             responses={**_RAW_ANSWER, **_problems(400, 404, 502)})
+async def proxy_template_validate(request: Request, cyanId: CyanId) -> Response:
+    """Forward to the template's Q&A server (``POST /api/template/validate``)."""
+    return await _forward(request, "/api/template/validate", "template", cyanId)
+
+
+@router.post("/proxy/resolver/{cyanId}/api/resolve", tags=["proxy"],
+             response_class=Response, openapi_extra=_RAW_BODY,
+             responses={**_RAW_ANSWER, **_problems(400, 404, 502)})
+async def proxy_resolver(request: Request, cyanId: CyanId) -> Response:
+    """Forward to a running resolver (``POST /api/resolve``), by resolver version id."""
+    return await _forward(request, "/api/resolve", "resolver", cyanId)
+
+
+@router.post("/merge/{sessionId}", response_model=StatusRes, tags=["internal"],
+             responses=_problems(400, 404))
+async def merge_dirs(request: Request, sessionId: SessionId,
+                     body: MergeReq) -> StatusRes:
+    """Merge folders of the session's work area (paths as components see them) into
+    ``to_dir``, conflicts decided by the template's running resolvers."""
+    service = _service(request)
+    await service.merge_dirs(service.get_session(sessionId), body)
+    return StatusRes()
+
+
+@router.post("/zip", tags=["internal"], response_class=Response,
+             responses={**_ARCHIVE, **_problems(400)})
+async def zip_dir(request: Request, body: ZipReq) -> Response:
+    """Stream a folder of a session's work area as ``cyan-output.tar.gz``."""
+    service = _service(request)
+    folder = service.zip_folder(body.target_dir)
+    try:
+        chunks = archive.iter_archive(folder)
+    except archive.ArchiveError as exc:
+        raise ProblemError(400, "Cannot archive the folder", str(exc).splitlines()[0],
+                           exc.errors) from None
+
+    async def nothing(complete: bool) -> None:
+        return None
+
+    return ArchiveResponse(chunks, nothing, service.executor,
+                           on_bytes=service.metrics.archive_bytes.inc)
