@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -481,7 +482,6 @@ class Service:
         template = req.template
         pinned_processors = [p.id for p in template.processors]
         pinned_plugins = [p.id for p in template.plugins]
-        images = {p.id: p.image for p in [*template.processors, *template.plugins]}
 
         async def resolve(item: tuple[Kind, str]) -> reg.Entry:
             kind, name = item
@@ -503,17 +503,23 @@ class Service:
                                 else f"{o.item[1]}: {_describe(o.error)}"
                                 for o in report.failures])
         entries = [e for e in report.values if e is not None]
-        labels = {e.id: (e.label if await self._known(e.kind, e.id) is not None else e.id)
-                  for e in entries}
+        # Each resolved version as the template pins it (and the registry runs it): the same
+        # component, named the same way, as POST /executor starts.
+        pinned_res = {p.id: p for p in [*template.processors, *template.plugins]}
+        bases: dict[tuple[Kind, str], Component] = {}
+        for e in entries:
+            if (e.kind, e.id) not in bases:
+                base = await self._component(e.kind, pinned_res[e.id])
+                if base.image is None and base.command is None:
+                    base = dataclasses.replace(base, image=e.image)
+                bases[(e.kind, e.id)] = base
         used: dict[str, int] = {}
 
         def component(entry: reg.Entry) -> Component:
-            name = labels[entry.id]
-            used[name] = used.get(name, 0) + 1
-            if used[name] > 1:  # the same component twice in one build: a second instance
-                name = f"{name}#{used[name]}"
-            image = entry.image or images.get(entry.id)
-            return Component(name, entry.kind, entry.command, image, entry.cwd)
+            base = bases[(entry.kind, entry.id)]
+            used[base.name] = n = used.get(base.name, 0) + 1
+            # The same component twice in one build: a second instance of it.
+            return base if n == 1 else dataclasses.replace(base, name=f"{base.name}#{n}")
 
         processors = tuple(Step(component(e), p.config, tuple(g.wire() for g in p.files))
                            for e, p in zip(entries[:len(req.cyan.processors)],

@@ -1,0 +1,414 @@
+"""``boride serve`` end to end over HTTP: a real uvicorn server, an httpx client speaking the Go
+coordinator's API, real cyanprintsdk components on the local runtime."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from boride.archive import iter_archive
+from boride.server import ServerConfig
+from tests.conftest import EXAMPLES, boride_processes, tree
+from tests.test_server_support import (
+    EXAMPLE_REGISTRY,
+    build_body,
+    entry,
+    example_build,
+    example_template,
+    metric,
+    new_id,
+    problem,
+    running_server,
+    template_body,
+    wait_for,
+    write_registry,
+)
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+
+def files_of(archive: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tar.getmembers() if m.isfile()}
+
+
+def session_area_empty(work: Path) -> bool:
+    return not work.exists() or not any(work.iterdir())
+
+
+def test_go_client_flow_builds_the_example_byte_for_byte(tmp_path: Path) -> None:
+    """warm template → warm session → start → build → delete, as a Go coordinator client does;
+    the streamed archive is the very archive of examples/expected."""
+    work = tmp_path / "work"
+    config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), work_root=work)
+    template = example_template()
+    sid = str(new_id())
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/template/warm", json=template).json() == {"status": "OK"}
+        warm = http.post(f"/executor/{sid}/warm", json=template)
+        assert warm.status_code == 200, warm.text
+        assert warm.json() == {"session_id": sid, "vol_ref": {
+            "cyan_id": template["principal"]["id"], "session_id": sid}}
+        start = http.post("/executor", json={
+            "session_id": sid, "template": template,
+            "write_vol_reference": {"cyan_id": template["principal"]["id"], "session_id": sid},
+            "merger": {"merger_id": new_id()}})
+        assert start.json() == {"status": "OK"}, start.text
+        # started and ready: 3 processors and the plugin in the session, the resolver shared
+        state = server.service.sessions[sid]
+        assert len(state.session.instances) == 4
+
+        chunks: list[bytes] = []
+        with http.stream("POST", f"/executor/{sid}", json=example_build(template)) as r:
+            assert r.status_code == 200, r.read()
+            assert r.headers["content-type"] == "application/x-gzip"
+            assert r.headers["content-disposition"] == \
+                "attachment; filename=cyan-output.tar.gz"
+            assert "content-length" not in r.headers  # streamed as written, chunked
+            chunks.extend(r.iter_bytes())
+        streamed = b"".join(chunks)
+        assert streamed == b"".join(iter_archive(EXAMPLES / "expected"))
+        expected = {k: v for k, v in tree(EXAMPLES / "expected").items() if v != b"<dir>"}
+        assert files_of(streamed) == expected
+
+        # a second build in the same session reuses the running components
+        again = http.post(f"/executor/{sid}", json=example_build(template))
+        assert again.content == streamed
+        assert metric(http, "boride_builds_finished_total") == 2
+        assert metric(http, "boride_build_stage_seconds_count", stage="process") == 2
+
+        assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+        assert sid not in server.service.sessions
+        # the session's components are gone; only the template's shared resolver runs
+        wait_for(lambda: all("concat" in p for p in boride_processes()))
+        assert any("concat" in p for p in boride_processes())
+    assert boride_processes() == []
+    assert session_area_empty(work)
+
+
+def _try_setup(tmp_path: Path, *, processors: list[dict[str, Any]],
+               plugins: list[dict[str, Any]] = (),  # type: ignore[assignment]
+               resolver: dict[str, Any] | None = None) -> tuple[ServerConfig, Path, str]:
+    dev = tmp_path / "dev"
+    folder = dev / "my-template"
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "a.txt").write_text("alpha\n")
+    (folder / "README.md").write_text("# readme\n")
+    resolvers = [resolver] if resolver else []
+    registry = write_registry(tmp_path / "registry.yaml", processors=processors, plugins=plugins,
+                              resolvers=resolvers)
+    config = ServerConfig(registry=(str(registry),), dev_root=dev, work_root=tmp_path / "work")
+    return config, folder, new_id()
+
+
+def test_local_try_flow_end_to_end_leaves_nothing_running(tmp_path: Path) -> None:
+    """POST /executor/try (a folder under --dev-root) → build with conflicts decided by the
+    template's resolver, and a plugin → DELETE: no process, no work area left."""
+    p1 = entry("me/one", "ok_processor")
+    p2 = entry("me/two", "ok_processor")
+    plug = entry("me/plug", "ok_plugin")
+    res = entry("me/join", "ok_resolver")
+    config, folder, sid = _try_setup(tmp_path, processors=[p1, p2], plugins=[plug],
+                                     resolver=res)
+    template = template_body(local_id := "local-" + new_id(), [p1, p2], [plug], [
+        {"id": res["id"], "version": 1, "config": {"separator": "|"}, "files": ["src/**"]}])
+    with running_server(config) as server, server.client() as http:
+        # DESIGN.md's camelCase names
+        r = http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": local_id, "source": "path",
+            "path": str(folder), "imageRef": None, "template": template})
+        assert r.status_code == 200, r.text
+        blob = {"cyan_id": local_id, "session_id": ""}
+        assert r.json() == {"session_id": sid, "blobVolume": blob, "blob_volume": blob,
+                            "session_volume": {"cyan_id": local_id, "session_id": sid}}
+        assert any("ok_resolver" in p for p in boride_processes())  # the session's resolver
+
+        body = build_body(template, [("me/one", {"suffix": "1"}), ("me/two:1", {"suffix": "2"})],
+                          [("me/plug", {"line": "plugged"})])
+        r = http.post(f"/executor/{sid}", json=body)
+        assert r.status_code == 200, r.text
+        assert files_of(r.content) == {
+            "README.md": b"# readme\n2plugged\n",  # no resolver for README.md: last wins
+            "src/a.txt": b"alpha\n1|alpha\n2plugged\n",  # resolved by me/join
+        }
+        assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+        assert boride_processes() == []  # nothing left running, before the server stops
+        assert session_area_empty(tmp_path / "work")
+        assert (folder / "src" / "a.txt").read_text() == "alpha\n"  # the folder is untouched
+
+
+def test_names_resolve_to_the_versions_the_template_pins(tmp_path: Path) -> None:
+    """``user/name`` is the newest pinned version, ``user/name:v`` that version if pinned."""
+    scripts = {}
+    for v in (1, 2, 3):
+        path = tmp_path / f"version{v}.py"
+        path.write_text(VERSION_PROCESSOR.replace("@V@", str(v)))
+        scripts[v] = [__import__("sys").executable, str(path)]
+    versions = [entry("me/p", scripts[v], version=v) for v in (1, 2, 3)]
+    config, folder, sid = _try_setup(tmp_path, processors=versions)
+    template = template_body("local-x", versions[:2])  # pins 1 and 2, not 3
+    with running_server(config) as server, server.client() as http:
+        r = http.post("/executor/try", json={"session_id": sid, "local_template_id": "local-x",
+                                             "source": "path", "path": str(folder),
+                                             "template": template, "merger_id": "m"})
+        assert r.status_code == 200, r.text
+
+        def build(name: str) -> httpx.Response:
+            return http.post(f"/executor/{sid}", json=build_body(template, [(name, None)]))
+
+        assert files_of(build("me/p").content) == {"version.txt": b"2"}
+        assert files_of(build("me/p:1").content) == {"version.txt": b"1"}
+        data = problem(build("me/p:3"), 400)
+        assert data["title"] == "Unknown component"
+        assert "not one of the versions pinned in the template" in data["data"][0]
+        assert "no version 9" in problem(build("me/p:9"), 400)["data"][0]
+        assert "unknown processor 'me/nope'" in problem(build("me/nope"), 400)["data"][0]
+        assert "invalid reference" in problem(build("not a name"), 400)["data"][0]
+        # every bad name is reported at once
+        body = build_body(template, [("me/nope", None), ("me/p:3", None)])
+        assert len(problem(http.post(f"/executor/{sid}", json=body), 400)["data"]) == 2
+        http.delete(f"/executor/{sid}")
+
+
+VERSION_PROCESSOR = '''
+import os
+from cyanprintsdk.domain.processor.output import ProcessorOutput
+from cyanprintsdk.main import start_processor_with_fn
+
+async def process(i, fs):
+    with open(os.path.join(i.write_dir, "version.txt"), "w") as f:
+        f.write("@V@")
+    return ProcessorOutput(directory=i.write_dir)
+
+start_processor_with_fn(process)
+'''
+
+
+def _raw_post(url: str, path: str, body: dict[str, Any]) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock
+
+
+def test_client_disconnect_cancels_the_build_and_stops_its_components(tmp_path: Path) -> None:
+    ok = entry("me/ok", "ok_processor")
+    hang = entry("me/hang", "hang")
+    res = entry("me/join", "ok_resolver")
+    config, folder, sid = _try_setup(tmp_path, processors=[ok, hang], resolver=res)
+    template = template_body("local-h", [ok, hang], [], [
+        {"id": res["id"], "version": 1, "config": {}, "files": ["**"]}])
+    with running_server(config) as server, server.client() as http:
+        r = http.post("/executor/try", json={"sessionId": sid, "localTemplateId": "local-h",
+                                             "source": "path", "path": str(folder),
+                                             "template": template})
+        assert r.status_code == 200, r.text
+        body = build_body(template, [("me/ok", None), ("me/hang", None)])
+        sock = _raw_post(server.url, f"/executor/{sid}", body)
+        # wait until the build runs and the hanging processor is busy with its call
+        wait_for(lambda: metric(http, "boride_builds_in_flight") == 1)
+        wait_for(lambda: any("hang.py" in p for p in boride_processes()))
+        time.sleep(1.0)
+        assert any("hang.py" in p for p in boride_processes())
+        sock.close()  # the client goes away mid-build
+
+        wait_for(lambda: boride_processes() == [], timeout=20)
+        assert metric(http, "boride_builds_cancelled_total") == 1
+        assert metric(http, "boride_builds_in_flight") == 0
+        state = server.service.sessions[sid]
+        assert not state.lock.locked() and state.session.instances == {}
+        area = state.session.workspace.host_area  # type: ignore[union-attr]
+        assert list(area.iterdir()) == []  # the build's folders are gone too
+        # the session lives on: it can be deleted (or built again)
+        assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+
+
+def test_delete_during_a_build_cancels_it(tmp_path: Path) -> None:
+    hang = entry("me/hang", "hang")
+    config, folder, sid = _try_setup(tmp_path, processors=[hang])
+    template = template_body("local-d", [hang])
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": "local-d", "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        answer: list[httpx.Response] = []
+        thread = threading.Thread(target=lambda: answer.append(http.post(
+            f"/executor/{sid}", json=build_body(template, [("me/hang", None)]))))
+        thread.start()
+        wait_for(lambda: any("hang.py" in p for p in boride_processes()))
+        wait_for(lambda: metric(http, "boride_builds_in_flight") == 1)
+        assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+        thread.join(30)
+        assert problem(answer[0], 409)["title"] == "Build cancelled"
+        assert boride_processes() == []
+        problem(http.post(f"/executor/{sid}", json=build_body(template, [])), 404)
+
+
+def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) -> None:
+    ok = entry("me/ok", "ok_processor")
+    bad = entry("me/bad", "fail_500")
+    config, folder, sid = _try_setup(tmp_path, processors=[ok, bad])
+    template = template_body("local-f", [ok, bad])
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": "local-f", "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None),
+                                                                    ("me/bad", None)]))
+        data = problem(r, 400)
+        assert data["title"] == "Build failed"
+        assert any("me/bad:1" in line and "500" in line for line in data["data"]), data
+        assert metric(http, "boride_builds_failed_total") == 1
+        assert metric(http, "boride_component_failures_total", kind="processor") == 1
+        instances = server.service.sessions[sid].session.instances
+        assert list(instances) == ["me/ok:1"]  # the failed one was stopped, the good one kept
+        assert not any("fail_500" in p for p in boride_processes())
+        # the session still builds
+        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
+        assert r.status_code == 200 and "src/a.txt" in files_of(r.content)
+        http.delete(f"/executor/{sid}")
+
+
+def test_sessions_build_at_once_isolated_and_at_most_max_builds(tmp_path: Path) -> None:
+    p = entry("me/slow", "ok_processor")
+    config, folder, _ = _try_setup(tmp_path, processors=[p])
+    config.max_builds = 1
+    template = template_body("local-m", [p])
+    sids = [new_id(), new_id()]
+    with running_server(config) as server, server.client() as http:
+        for sid in sids:
+            assert http.post("/executor/try", json={
+                "sessionId": sid, "localTemplateId": "local-m", "source": "path",
+                "path": str(folder), "template": template}).status_code == 200
+        answers: dict[str, httpx.Response] = {}
+
+        def build(sid: str) -> None:
+            body = build_body(template, [("me/slow", {"suffix": sid, "delay": 1.5})])
+            answers[sid] = http.post(f"/executor/{sid}", json=body)
+
+        threads = [threading.Thread(target=build, args=(sid,)) for sid in sids]
+        for t in threads:
+            t.start()
+        # one build runs, the other waits for the slot
+        wait_for(lambda: metric(http, "boride_builds_waiting") == 1
+                 and metric(http, "boride_builds_in_flight") == 1)
+        for t in threads:
+            t.join(60)
+        for sid in sids:  # each session got its own config's output, nothing of the other's
+            assert answers[sid].status_code == 200, answers[sid].text
+            assert files_of(answers[sid].content)["src/a.txt"] == f"alpha\n{sid}".encode()
+        assert metric(http, "boride_builds_started_total") == 2
+        for sid in sids:
+            http.delete(f"/executor/{sid}")
+
+
+def test_token_guards_every_route_but_health(tmp_path: Path) -> None:
+    token = "s3cret-token-of-the-test"
+    with running_server(ServerConfig(token=token, work_root=tmp_path)) as server, \
+            server.client() as http:
+        assert http.get("/").json() == {"status": "OK"}
+        for method, path in (("GET", "/metrics"), ("GET", "/docs"), ("GET", "/openapi.json"),
+                             ("POST", "/executor"), ("DELETE", "/executor/abc")):
+            r = http.request(method, path)
+            assert problem(r, 401)["title"] == "Unauthorized"
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        wrong = http.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert "not the server's token" in problem(wrong, 401)["detail"]
+        auth = {"Authorization": f"Bearer {token}"}
+        assert http.get("/metrics", headers=auth).status_code == 200
+        assert http.get("/docs", headers=auth).status_code == 200
+        problem(http.delete("/executor/abc", headers=auth), 404)
+
+
+def test_resolver_and_template_proxies(tmp_path: Path) -> None:
+    qna = tmp_path / "qna.py"
+    qna.write_text(QNA_SERVER)
+    res = entry("me/join", "ok_resolver")
+    tpl_dir = tmp_path / "tpl"
+    tpl_dir.mkdir()
+    tpl = {"ref": "me/site", "version": 1, "id": new_id(), "path": str(tpl_dir),
+           "command": [__import__("sys").executable, str(qna)]}
+    registry = write_registry(tmp_path / "r.yaml", resolvers=[res], templates=[tpl])
+    template = template_body(tpl["id"], [], [], [
+        {"id": res["id"], "version": 1, "config": {}, "files": ["**"]}])
+    with running_server(ServerConfig(registry=(str(registry),), work_root=tmp_path / "w")
+                        ) as server, server.client() as http:
+        problem(http.post(f"/proxy/resolver/{res['id']}/api/resolve", json={}), 404)
+        problem(http.post(f"/proxy/template/{tpl['id']}/api/template/init", json={}), 404)
+        assert http.post("/template/warm", json=template).json() == {"status": "OK"}
+        files = [{"path": "a", "content": c, "origin": {"template": "t", "layer": i}}
+                 for i, c in enumerate(["x", "y"])]
+        r = http.post(f"/proxy/resolver/{res['id']}/api/resolve",
+                      json={"config": {"separator": "+"}, "files": files})
+        assert r.status_code == 200 and r.json() == {"path": "a", "content": "x+y"}
+        r = http.post(f"/proxy/template/{tpl['id']}/api/template/init",
+                      json={"answers": {}, "deterministicStates": {}})
+        assert r.json() == {"route": "/api/template/init", "got": {"answers": {},
+                                                                  "deterministicStates": {}}}
+        r = http.post(f"/proxy/template/{tpl['id']}/api/template/validate", content=b"[1]",
+                      headers={"content-type": "application/json"})
+        assert r.status_code == 202 and r.json()["got"] == [1]  # status and body as given
+        assert http.delete(f"/template/{tpl['id']}").json() == {"status": "OK"}
+        assert boride_processes() == []
+
+
+QNA_SERVER = '''
+import sys
+from aiohttp import web
+
+async def health(request):
+    return web.json_response({"Message": "OK", "Status": "OK"})
+
+async def init(request):
+    return web.json_response({"route": "/api/template/init", "got": await request.json()})
+
+async def validate(request):
+    return web.json_response({"route": "/api/template/validate", "got": await request.json()},
+                             status=202)
+
+app = web.Application()
+app.add_routes([web.get("/", health), web.post("/api/template/init", init),
+                web.post("/api/template/validate", validate)])
+web.run_app(app, host="0.0.0.0", port=5550)
+'''
+
+
+def test_merge_and_zip_routes_stay_in_the_session_area(tmp_path: Path) -> None:
+    res = entry("me/join", "ok_resolver")
+    config, folder, sid = _try_setup(tmp_path, processors=[], resolver=res)
+    template = template_body("local-z", [], [], [
+        {"id": res["id"], "version": 1, "config": {"separator": "/"}, "files": ["*.txt"]}])
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": "local-z", "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        area = server.service.sessions[sid].session.workspace.host_area  # type: ignore[union-attr]
+        for name, text in (("a", "one"), ("b", "two")):
+            (area / name).mkdir()
+            (area / name / "same.txt").write_text(text)
+            (area / name / f"only-{name}.md").write_text(name)
+        r = http.post(f"/merge/{sid}", json={"from_dirs": [str(area / "a"), str(area / "b")],
+                                             "to_dir": str(area / "m"), "template": template})
+        assert r.json() == {"status": "OK"}, r.text
+        assert tree(area / "m") == {"only-a.md": b"a", "only-b.md": b"b", "same.txt": b"one/two"}
+        r = http.post("/zip", json={"target_dir": str(area / "m")})
+        assert r.headers["content-type"] == "application/x-gzip"
+        assert files_of(r.content) == {"only-a.md": b"a", "only-b.md": b"b",
+                                       "same.txt": b"one/two"}
+        problem(http.post("/zip", json={"target_dir": str(tmp_path)}), 400)
+        problem(http.post("/zip", json={"target_dir": "/etc"}), 400)
+        problem(http.post(f"/merge/{sid}", json={"from_dirs": ["/etc"],
+                                                 "to_dir": str(area / "n")}), 400)
+        http.delete(f"/executor/{sid}")
