@@ -23,6 +23,17 @@ log() { echo "[docker-setup +$(( $(date +%s) - START ))s] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 engine_answers() { timeout 15 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+dockerd_alive() { ps -C dockerd -o stat= 2>/dev/null | grep -qv '^Z'; }
+start_dockerd() {
+    log "starting dockerd (log: $DOCKERD_LOG)"
+    # A dead pid file from a stopped session would make dockerd refuse to start.
+    local pid
+    pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+    if [ -n "$pid" ] && ! ps -p "$pid" -o stat= 2>/dev/null | grep -qv '^Z'; then
+        rm -f /var/run/docker.pid
+    fi
+    setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+}
 
 # 1. packages ---------------------------------------------------------------------------------
 need=()
@@ -45,19 +56,17 @@ else
         die "DOCKER_HOST=$DOCKER_HOST but no engine answers there"
     fi
     [ "$(id -u)" = 0 ] || die "no engine answers and only root can start dockerd"
-    if pgrep -x dockerd >/dev/null 2>&1; then
-        log "dockerd runs but does not answer yet; waiting"
-    else
-        log "starting dockerd (log: $DOCKERD_LOG)"
-        # A dead pid file from a stopped session would make dockerd refuse to start.
-        if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
-            rm -f /var/run/docker.pid
-        fi
-        setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
-    fi
-    for ((i = 0; i < DOCKERD_WAIT * 2; i++)); do
+    starts=0
+    deadline=$(( $(date +%s) + DOCKERD_WAIT ))
+    while (( $(date +%s) < deadline )); do
         engine_answers && break
-        sleep 0.5
+        # Start dockerd when none is alive (a dying or zombie one from a stopped session does
+        # not count); start it again, a few times, if the one we started died.
+        if ! dockerd_alive && ((starts < 5)); then
+            start_dockerd
+            starts=$((starts + 1))
+        fi
+        sleep 1
     done
     engine_answers || { tail -n 30 "$DOCKERD_LOG" >&2 || true; die "dockerd did not answer within ${DOCKERD_WAIT}s"; }
     log "engine answers ($(docker version --format '{{.Server.Version}}'))"
