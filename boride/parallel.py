@@ -22,7 +22,7 @@ import enum
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sized
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -41,7 +41,7 @@ def default_limit() -> int:
 class Status(enum.Enum):
     OK = "ok"
     FAILED = "failed"  # the operation raised (or timed out on its own item timeout)
-    CANCELLED = "cancelled"  # stopped because another item failed (fail-fast) or the deadline passed
+    CANCELLED = "cancelled"  # stopped because another item failed (fail-fast) or the deadline hit
     SKIPPED = "skipped"  # never started: fail-fast or the deadline stopped the run first
 
 
@@ -198,6 +198,7 @@ class Fanout(Generic[T, R]):
         self.window = 4 * limit
         self.buffer: dict[int, Outcome[T, R]] = {}
         self.exhausted = False
+        self.closing = False  # the ``async with`` block is being left: take nothing more
         self.stopping: Status | None = None  # CANCELLED (fail-fast) or SKIPPED reason once stopping
         self.stop_error: BaseException | None = None
         self.root: Outcome[T, R] | None = None
@@ -208,14 +209,12 @@ class Fanout(Generic[T, R]):
 
     def _emit(self, kind: str, index: int, item: T, outcome: Outcome[T, R] | None) -> None:
         assert self.on_event is not None
-        try:
+        with suppress(Exception):  # a broken progress display must not break the run
             self.on_event(Event(kind, index, item, self.progress, outcome))
-        except Exception:  # noqa: S110 - a broken progress display must not break the run
-            pass
 
     def _take(self) -> tuple[int, T] | None:
         """The next item to run, or None when there is nothing more for this worker."""
-        if self.stopping is not None or self.exhausted:
+        if self.stopping is not None or self.exhausted or self.closing:
             return None
         try:
             item = next(self.items)
@@ -223,14 +222,19 @@ class Fanout(Generic[T, R]):
             self.exhausted = True
             return None
         except BaseException as exc:  # the input itself failed: record it as a failed item
-            self.exhausted = True
-            self._finish(Outcome(self.next_index, None, Status.FAILED, error=exc))  # type: ignore[arg-type]
-            self.next_index += 1
-            self._stop_on_failure()
+            self._input_failed(exc)
             return None
         index = self.next_index
         self.next_index += 1
         return index, item
+
+    def _input_failed(self, exc: BaseException) -> None:
+        """Taking the next item raised: that is a failed item (with no item), counted as such."""
+        self.exhausted = True
+        outcome: Outcome[T, R] = Outcome(self.next_index, None, Status.FAILED, error=exc)  # type: ignore[arg-type]
+        self.next_index += 1
+        self.progress.started += 1  # keeps running == started - done - failed
+        self._record_failure(outcome)
 
     def _finish(self, outcome: Outcome[T, R]) -> None:
         self.buffer[outcome.index] = outcome
@@ -253,12 +257,13 @@ class Fanout(Generic[T, R]):
     async def _call(self, item: T) -> R:
         if self.item_timeout is None:
             return await self.fn(item)
+        timeout = asyncio.timeout(self.item_timeout)
         try:
-            async with asyncio.timeout(self.item_timeout):
+            async with timeout:
                 return await self.fn(item)
         except TimeoutError as exc:
-            if isinstance(exc, ItemTimeout):
-                raise
+            if not timeout.expired():
+                raise  # the operation's own TimeoutError, not our timeout: keep it as it is
             task = asyncio.current_task()
             # asyncio.timeout turns only its own cancellation into TimeoutError; if the worker is
             # also being cancelled from outside, that wins.
@@ -270,7 +275,11 @@ class Fanout(Generic[T, R]):
         task = asyncio.current_task()
         assert task is not None
         while True:
-            while self.stopping is None and self.next_index >= self.next_out + self.window:
+            while (
+                self.stopping is None
+                and not self.closing
+                and self.next_index >= self.next_out + self.window
+            ):
                 self.wake_workers.clear()
                 await self.wake_workers.wait()
             taken = self._take()
@@ -292,8 +301,9 @@ class Fanout(Generic[T, R]):
                     # Cancelled by fail-fast or the deadline: record it and keep the worker alive
                     # so that it can drain (take returns None now).
                     task.uncancel()
-                    outcome = Outcome(index, item, Status.CANCELLED, error=self.stop_error,
-                                      seconds=seconds)
+                    outcome: Outcome[T, R] = Outcome(
+                        index, item, Status.CANCELLED, error=self.stop_error, seconds=seconds
+                    )
                     self.progress.failed += 1
                     self._finish(outcome)
                     if self.on_event is not None:
@@ -341,10 +351,19 @@ class Fanout(Generic[T, R]):
 
     def skipped_rest(self) -> Iterable[Outcome[T, R]]:
         """Outcomes for the items never started because the run stopped early (sized input only)."""
-        if self.progress.total is None or self.stopping is None:
+        if self.progress.total is None or self.stopping is None or self.exhausted:
             return
         reason = self.stop_error
-        for item in self.items:
+        while True:
+            try:
+                item = next(self.items)
+            except StopIteration:
+                self.exhausted = True
+                return
+            except BaseException as exc:  # the input itself failed
+                self._input_failed(exc)
+                yield self.buffer.pop(self.next_index - 1)
+                return
             yield Outcome(self.next_index, item, Status.SKIPPED, error=reason)
             self.next_index += 1
 
@@ -393,14 +412,16 @@ async def stream(
             raise ValueError(f"{name} must be positive, got {value}")
     run = Fanout(fn, items, limit, item_timeout, deadline, fail_fast, on_event)
     run.workers = [asyncio.create_task(run.worker()) for _ in range(limit)]
-    timer = (
-        asyncio.get_running_loop().call_later(deadline, run.expire) if deadline is not None else None
-    )
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(deadline, run.expire) if deadline is not None else None
     try:
         yield run
     finally:
         if timer is not None:
             timer.cancel()
+        # An item may swallow (or turn into an error) the cancellation below: its worker must
+        # then stop instead of taking more items.
+        run.closing = True
         for w in run.workers:
             w.cancel()
         # Wait for every worker to finish its clean-up, even if we are being cancelled ourselves.
