@@ -169,9 +169,9 @@ async def drop_template(request: Request, templateId: CyanId) -> StatusRes:
 
 async def _forward(request: Request, instance_path: str, kind: str, cyan_id: str) -> Response:
     service = _service(request)
+    content = await request.body()
     instance = (service.template_instance(cyan_id) if kind == "template"
                 else service.resolver_instance(cyan_id))
-    content = await request.body()
     upstream = await service.forward(instance, instance_path, content,
                                      request.headers.get("content-type"))
     return Response(upstream.content, status_code=upstream.status_code,
