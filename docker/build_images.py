@@ -38,6 +38,7 @@ import docker
 ROOT = Path(__file__).resolve().parent.parent
 SDK_VERSION = "2.2.0"
 SDK_IMAGE = f"boride/cyanprint-python:{SDK_VERSION}"
+SDK_REV = "2"  # bump to rebuild the SDK image when its recipe changes
 TEST_COMPONENTS = ROOT / "tests" / "components"
 APP_EXCLUDE = frozenset({"template", "expected", "__pycache__", ".pytest_cache", ".mypy_cache"})
 LABEL = "boride.image"
@@ -112,9 +113,11 @@ def build(client: docker.DockerClient, tag: str, dockerfile: str,
 def ensure_sdk_image(client: docker.DockerClient, base: str, rebuild: bool) -> None:
     if not rebuild:
         try:
-            client.images.get(SDK_IMAGE)
-            log(f"{SDK_IMAGE} present")
-            return
+            labels = client.images.get(SDK_IMAGE).labels or {}
+            if labels.get("boride.image.rev") == SDK_REV:
+                log(f"{SDK_IMAGE} present")
+                return
+            log(f"{SDK_IMAGE} is of an older recipe: rebuilding")
         except docker.errors.ImageNotFound:
             pass
     try:
@@ -131,9 +134,13 @@ def ensure_sdk_image(client: docker.DockerClient, base: str, rebuild: bool) -> N
             f"FROM {base}\n"
             "COPY site /opt/cyanprint-sdk\n"
             "ENV PYTHONPATH=/opt/cyanprint-sdk PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1\n"
-            "RUN python3 -c 'import cyanprintsdk.main, aiohttp, pydantic'\n"
+            # Bytecode compiled once here: containers run with a read-only root file system
+            # and would otherwise compile the SDK at every start (about 0.3 s of CPU each).
+            "RUN python3 -m compileall -q /opt/cyanprint-sdk > /dev/null"
+            " && python3 -c 'import cyanprintsdk.main, aiohttp, pydantic'\n"
             "USER 65534:65534\n"
-            f"LABEL {LABEL}=sdk boride.sdk=cyanprintsdk=={SDK_VERSION}\n"
+            f"LABEL {LABEL}=sdk boride.sdk=cyanprintsdk=={SDK_VERSION} "
+            f"boride.image.rev={SDK_REV}\n"
         )
         build(client, SDK_IMAGE, dockerfile, _tree(site, "site"))
     log(f"{SDK_IMAGE} built")
