@@ -364,10 +364,10 @@ class ChainRegistry(Registry):
                 errors.append(exc)
         if not errors:
             raise NotFound(f"unknown {kind.value} {ref.ref!r}: no registry is configured")
-        unavailable = [e for e in errors if isinstance(e, Unavailable)]
-        if unavailable and len(unavailable) == len(errors):
-            raise unavailable[0]
-        raise NotFound("; ".join(str(e) for e in errors))
+        message = "; ".join(str(e) for e in errors)
+        if any(isinstance(e, Unavailable) for e in errors):
+            raise Unavailable(message)  # the registry that is down may know the name
+        raise NotFound(message)
 
     async def by_id(self, kind: Kind, id_: str) -> Entry | None:
         for r in self.registries:
