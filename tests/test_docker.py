@@ -426,8 +426,11 @@ async def test_clean_removes_what_a_killed_run_left(tmp_path: Path, template: Pa
         await rt.aclose()  # as if the run died here: no stop, no close_workspace
     left = session_leftovers(session)
     assert len(left) == 4, left  # two containers, two volumes
-    removed = await asyncio.to_thread(clean, session, False)
-    assert sorted(removed) == sorted(left)
+    proc = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "boride", "clean", "--session", session, "--json"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(json.loads(proc.stdout)["removed"]) == sorted(left)
     assert session_leftovers(session) == []
     assert await asyncio.to_thread(clean, session, False) == []
 
