@@ -301,6 +301,8 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
             runtime, "\n  ".join(problems)))
     app = create_app(config, runtime=runtime_, registry=registry)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    if log_level != "debug":  # one line per component call is too much
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     if not registries:
         err.print("boride serve: no --registry given: every component name is unknown "
                   "(try --registry examples/registry.yaml)", highlight=False, markup=False)

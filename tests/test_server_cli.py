@@ -1,0 +1,145 @@
+"""``boride serve`` as a new user runs it: the command line, its refusals, a whole session
+against the real process, and SIGTERM stopping everything, even mid-build."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from boride.archive import iter_archive
+from tests.conftest import EXAMPLES, boride_processes
+from tests.test_server_support import (
+    EXAMPLE_REGISTRY,
+    build_body,
+    entry,
+    example_build,
+    example_template,
+    new_id,
+    template_body,
+    wait_for,
+    write_registry,
+)
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+
+def serve(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "boride", "serve", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serving(*args: str | Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "boride", "serve", "--port", str(port),
+                             *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                if httpx.get(url + "/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "boride serve did not come up"
+            time.sleep(0.05)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_refuses_a_public_address_without_a_token() -> None:
+    proc = serve("--host", "0.0.0.0")
+    assert proc.returncode == 2
+    assert "is not a loopback address" in proc.stderr and "--token" in proc.stderr
+    proc = serve("--host", "127.0.0.1", "--token", "short")
+    assert proc.returncode == 2 and "at least 16 characters" in proc.stderr
+
+
+def test_refuses_an_unusable_registry(tmp_path: Path) -> None:
+    bad = tmp_path / "r.yaml"
+    bad.write_text("processors: [{ref: a/b}]")
+    proc = serve("--registry", bad)
+    assert proc.returncode == 2
+    assert "cannot use the registry" in proc.stderr
+    assert "processors.0.id: required field is missing" in proc.stderr
+
+
+def test_a_whole_session_against_the_command_then_sigterm(tmp_path: Path) -> None:
+    token = "a-token-long-enough-for-the-cli"
+    work = tmp_path / "work"
+    with serving("--registry", EXAMPLE_REGISTRY, "--work-root", work, "--token", token,
+                 "--max-builds", "2") as (proc, url):
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=auth, timeout=120) as http:
+            assert httpx.get(url + "/metrics").status_code == 401
+            template = example_template()
+            sid = new_id()
+            assert http.post("/template/warm", json=template).status_code == 200
+            assert http.post(f"/executor/{sid}/warm", json=template).status_code == 200
+            assert http.post("/executor", json={"session_id": sid, "template": template,
+                                                "merger": {"merger_id": "m"}}
+                             ).json() == {"status": "OK"}
+            r = http.post(f"/executor/{sid}", json=example_build(template))
+            assert r.content == b"".join(iter_archive(EXAMPLES / "expected"))
+            assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+            assert "boride_builds_finished_total 1.0" in http.get("/metrics").text
+        assert boride_processes() != []  # the shared resolver, until the server stops
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+        # uvicorn shuts down cleanly, then re-raises the signal (exit status 143 in a shell)
+        assert proc.returncode == -signal.SIGTERM, output
+        assert "API docs at /docs" in output and "Application shutdown complete" in output
+    assert boride_processes() == []
+    assert not work.exists() or list(work.iterdir()) == []
+
+
+def test_sigterm_during_a_hanging_build_stops_everything(tmp_path: Path) -> None:
+    hang = entry("me/hang", "hang")
+    registry = write_registry(tmp_path / "r.yaml", processors=[hang])
+    dev = tmp_path / "dev"
+    (dev / "t").mkdir(parents=True)
+    with serving("--registry", registry, "--dev-root", dev, "--work-root",
+                 tmp_path / "work") as (proc, url):
+        template = template_body("local-h", [hang])
+        sid = new_id()
+        r = httpx.post(url + "/executor/try", json={
+            "sessionId": sid, "localTemplateId": "local-h", "source": "path", "path": "t",
+            "template": template}, timeout=60)
+        assert r.status_code == 200, r.text
+        host, port = url.removeprefix("http://").split(":")
+        payload = json.dumps(build_body(template, [("me/hang", None)])).encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"POST /executor/{sid} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         f"application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+                         .encode() + payload)
+            wait_for(lambda: any("hang.py" in p for p in boride_processes()))
+            time.sleep(0.5)
+            started = time.monotonic()
+            os.kill(proc.pid, signal.SIGTERM)
+            output, _ = proc.communicate(timeout=60)
+        assert time.monotonic() - started < 30
+        assert proc.returncode == -signal.SIGTERM, output
+    assert boride_processes() == []
