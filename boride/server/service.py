@@ -559,8 +559,10 @@ class Service:
             try:
                 result, tree = await self._run_stages(state, plan, shared)
             except asyncio.CancelledError:
-                self.metrics.builds_cancelled.inc()
-                await finish(asyncio.ensure_future(self._after_cancel(state, area, before)))
+                try:
+                    await finish(asyncio.ensure_future(self._after_cancel(state, area, before)))
+                finally:
+                    self.metrics.builds_cancelled.inc()  # once everything is cleaned up
                 raise
             if not result.ok or tree is None:
                 await self._after_failure(state, result, area, before)
