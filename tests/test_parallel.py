@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from boride import parallel
 from boride.parallel import (
     DeadlineExceeded,
     Event,
@@ -304,7 +303,7 @@ async def test_operation_that_is_not_a_coroutine_function() -> None:
     def returns_plain_value(i: int) -> int:
         return i
 
-    report = await run(returns_plain_value, range(3), limit=2)  # type: ignore[arg-type]
+    report: Report[int, int] = await run(returns_plain_value, range(3), limit=2)  # type: ignore[arg-type]
     assert [o.status for o in report.outcomes] == [Status.FAILED] * 3
     assert all(isinstance(o.error, TypeError) for o in report.outcomes)
 
@@ -846,7 +845,7 @@ def test_default_limit_is_the_cpu_count() -> None:
 
 
 async def test_default_limit_is_used_when_none_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert default_limit() == 3
     tracker = Tracker(full_at=3)
     gate = asyncio.Event()
@@ -934,21 +933,22 @@ async def test_invalid_arguments(kwargs: dict[str, Any]) -> None:
 # Input that fails
 
 
-def failing_input(good: int) -> Iterator[int]:
+def failing_input(good: int, error: BaseException | None = None) -> Iterator[int]:
     yield from range(good)
-    raise OSError("input broke")
+    raise error if error is not None else OSError("input broke")
 
 
-async def test_input_raising_midway_is_a_failed_item() -> None:
+@pytest.mark.parametrize("error", [OSError("input broke"), KeyboardInterrupt("input broke")])
+async def test_input_raising_midway_is_a_failed_item(error: BaseException) -> None:
     async def op(i: int) -> int:
         await asyncio.sleep(0)
         return i
 
-    report = await guarded(run(op, failing_input(5), limit=2))
+    report = await guarded(run(op, failing_input(5, error), limit=2))
     assert [o.status for o in report.outcomes] == [Status.OK] * 5 + [Status.FAILED]
     bad = report.outcomes[5]
     assert bad.index == 5 and bad.item is None
-    assert isinstance(bad.error, OSError) and str(bad.error) == "input broke"
+    assert bad.error is error and str(bad.error) == "input broke"
     assert report.failures == [bad]
     assert report.root is bad
 
