@@ -199,7 +199,10 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"`python bench/docker_build.py` ({results['date']}, {results['reps']} alternated runs "
         "each; medians). Machine: "
-        f"{m['cpu']}, {m['memory']}; {m['os']}; Python {m['python']}; {m['docker']}.",
+        f"{m['cpu']}, {m['memory']}; {m['os']}; Python {m['python']}; {m['docker']}. "
+        f"Load average (1 min) {results['load_before']:.1f} before, "
+        f"{results['load_after']:.1f} after: other work shares this machine, so single runs "
+        "vary; compare the alternated medians.",
         "",
         f"Cold build of {N} cyanprintsdk processors (`{IMAGE}`) on the Docker runtime, "
         "against the floor: the same 8 containers created, started, polled (`GET /` every "
@@ -263,7 +266,8 @@ async def main_async(reps: int, write: bool) -> dict[str, Any]:
     # the network exists (created by the runtime otherwise)
     DockerRuntime()._find_or_create_network()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2 * N)
-    results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "reps": reps}
+    results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "reps": reps,
+                               "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="boride-bench-docker-") as tmp:
         folder = Path(tmp)
         pipeline = write_pipeline(folder)
@@ -289,14 +293,18 @@ async def main_async(reps: int, write: bool) -> dict[str, Any]:
             "total_median": statistics.median(b["total"] for b in borides),
             "stages_median": {k: statistics.median(b["stages"][k] for b in borides)
                               for k in stage_names}}
-        results["makespan"] = {}
-        for p in (1, 2, 4, 8):
-            runs = [(await boride_once(pipeline, work, p))["total"]
-                    for _ in range(max(2, reps // 2))]
-            results["makespan"][str(p)] = {"runs": runs, "median": statistics.median(runs)}
-            print(f"parallelism {p}: {statistics.median(runs):.2f}s", file=sys.stderr)
+        # makespan by parallelism, the values round-robin so that drift hits them all alike
+        runs_by_p: dict[int, list[float]] = {p: [] for p in (1, 2, 4, 8)}
+        for _ in range(max(3, reps // 2)):
+            for p in runs_by_p:
+                runs_by_p[p].append((await boride_once(pipeline, work, p))["total"])
+        results["makespan"] = {str(p): {"runs": r, "median": statistics.median(r)}
+                               for p, r in runs_by_p.items()}
+        for p, r in runs_by_p.items():
+            print(f"parallelism {p}: {statistics.median(r):.2f}s", file=sys.stderr)
     pool.shutdown()
     client.close()
+    results["load_after"] = os.getloadavg()[0]
     results["machine"] = machine()
     results["ratio"] = results["boride"]["total_median"] / results["floor"]["total_median"]
     if write:

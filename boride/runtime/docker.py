@@ -22,6 +22,11 @@ Layout of a session (``<s>`` is the session id, validated by :data:`SESSION_PATT
 Every container and volume carries the labels ``boride.managed``, ``boride.session``,
 ``boride.kind``/``boride.role`` and ``boride.component``: clean-up (:meth:`close_workspace`,
 :func:`clean`) finds them by label, never by name.
+
+The engine must run on this host (a local socket, or ``DOCKER_HOST`` naming this machine's
+engine): the volumes bind host folders and boride connects to container addresses, which is
+what a Linux host offers. A missing image is reported by :meth:`problems` before anything
+starts, and pulled first when ``BORIDE_DOCKER_PULL=1`` (a reachable, configured registry).
 """
 
 from __future__ import annotations
@@ -282,20 +287,27 @@ class _Session:
 class DockerRuntime(Runtime):
     """Components as Docker containers; see the module docstring.
 
-    ``cpus``/``memory``/``pids``: limits of each container. ``user``: the user components run
-    as (default: ``65534:65534``, nobody, when boride runs as root; else boride's own uid:gid,
-    so that boride can remove what components write). ``pull``: pull missing images from
-    their registry before starting (default: the ``BORIDE_DOCKER_PULL`` variable, off).
+    ``cpus``/``memory``/``pids``: limits of each container (defaults: 1 CPU, 512 MiB, 256
+    processes, or the variables ``BORIDE_DOCKER_CPUS``, ``BORIDE_DOCKER_MEMORY``,
+    ``BORIDE_DOCKER_PIDS``). ``user``: the user components run as (default: ``65534:65534``,
+    nobody, when boride runs as root; else boride's own uid:gid, so that boride can remove
+    what components write). ``pull``: pull missing images from their registry before
+    starting (default: the ``BORIDE_DOCKER_PULL`` variable, off).
     """
 
     name = "docker"
 
-    def __init__(self, *, cpus: float = DEFAULT_CPUS, memory: str | int = DEFAULT_MEMORY,
-                 pids: int = DEFAULT_PIDS, user: str | None = None, network: str = NETWORK,
+    def __init__(self, *, cpus: float | None = None, memory: str | int | None = None,
+                 pids: int | None = None, user: str | None = None, network: str = NETWORK,
                  pull: bool | None = None, read_only_rootfs: bool = True,
                  workers: int = 32) -> None:
-        if cpus <= 0:
-            raise ValueError(f"cpus must be positive, got {cpus}")
+        env = os.environ
+        cpus = float(env.get("BORIDE_DOCKER_CPUS", DEFAULT_CPUS)) if cpus is None else cpus
+        pids = int(env.get("BORIDE_DOCKER_PIDS", DEFAULT_PIDS)) if pids is None else pids
+        if memory is None:
+            memory = env.get("BORIDE_DOCKER_MEMORY", DEFAULT_MEMORY)
+        if cpus <= 0 or pids <= 0:
+            raise ValueError(f"cpus and pids must be positive, got {cpus} and {pids}")
         self.cpus = cpus
         self.memory = memory
         self.pids = pids
