@@ -412,3 +412,22 @@ def test_merge_and_zip_routes_stay_in_the_session_area(tmp_path: Path) -> None:
         problem(http.post(f"/merge/{sid}", json={"from_dirs": ["/etc"],
                                                  "to_dir": str(area / "n")}), 400)
         http.delete(f"/executor/{sid}")
+
+
+def test_idle_sessions_expire(tmp_path: Path) -> None:
+    p = entry("me/one", "ok_processor")
+    res = entry("me/join", "ok_resolver")
+    config, folder, sid = _try_setup(tmp_path, processors=[p], resolver=res)
+    config.session_ttl = 1.0
+    template = template_body("local-e", [p], [], [
+        {"id": res["id"], "version": 1, "config": {}, "files": ["**"]}])
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": "local-e", "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        assert boride_processes() != []
+        wait_for(lambda: sid not in server.service.sessions, timeout=10)
+        wait_for(lambda: boride_processes() == [], timeout=10)
+        assert session_area_empty(tmp_path / "work")
+        assert metric(http, "boride_sessions") == 0
+        problem(http.delete(f"/executor/{sid}"), 404)
