@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import socket
 import tarfile
 import threading
@@ -431,3 +433,24 @@ def test_idle_sessions_expire(tmp_path: Path) -> None:
         assert session_area_empty(tmp_path / "work")
         assert metric(http, "boride_sessions") == 0
         problem(http.delete(f"/executor/{sid}"), 404)
+
+
+def test_starting_again_restarts_dead_components(tmp_path: Path) -> None:
+    p = entry("me/one", "ok_processor")
+    config, folder, sid = _try_setup(tmp_path, processors=[p])
+    template = template_body("local-r", [p])
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": "local-r", "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        start = {"session_id": sid, "template": template, "merger": {"merger_id": "m"}}
+        assert http.post("/executor", json=start).json() == {"status": "OK"}
+        instances = server.service.sessions[sid].session.instances
+        first = instances["me/one:1"]
+        os.killpg(first.process.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        wait_for(lambda: first.process.returncode is not None)  # type: ignore[attr-defined]
+        assert http.post("/executor", json=start).json() == {"status": "OK"}
+        assert instances["me/one:1"] is not first
+        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/one", None)]))
+        assert r.status_code == 200, r.text
+        http.delete(f"/executor/{sid}")

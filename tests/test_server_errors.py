@@ -178,6 +178,8 @@ def test_try_paths_stay_below_the_dev_root(server: Running, http: httpx.Client) 
     assert problem(_try(http, ""), 400)["title"] == "Missing path"
     assert problem(_try(http, "tpl", source="image"), 400)["title"] == "Unsupported source"
     assert problem(_try(http, "tpl", source="disk"), 400)["title"] == "Failed to bind request"
+    assert problem(_try(http, "tpl\x00x"), 400)["title"] == "Failed to bind request"
+    problem(http.post("/zip", json={"target_dir": "/tmp/\x00"}), 400)
     sid = new_id()
     assert _try(http, "tpl", sid).status_code == 200  # relative to the dev root
     assert problem(_try(http, "tpl", sid), 409)["title"] == "Session collision"

@@ -32,6 +32,9 @@ def _none_as_blank(value: Any) -> Any:
 
 
 Text = Annotated[str, BeforeValidator(_none_as_blank)]
+#: A file-system path from a client: no NUL byte, a sane length.
+PathText = Annotated[str, BeforeValidator(_none_as_blank),
+                     Field(max_length=4096, pattern=r"^[^\x00]*$")]
 
 
 class _Go(BaseModel):
@@ -168,20 +171,21 @@ class TryReq(_Go):
     source: Literal["image", "path"] = "image"
     image_ref: ImageRef | None = Field(default=None,
                                        validation_alias=AliasChoices("imageRef", "image_ref"))
-    path: Text = ""
+    path: PathText = ""
     template: TemplateVersionRes
     merger_id: Text = Field(default="", validation_alias=AliasChoices("mergerId", "merger_id"))
 
 
 class ZipReq(_Go):
-    target_dir: str = Field(min_length=1,
+    target_dir: PathText = Field(min_length=1,
                             validation_alias=AliasChoices("target_dir", "targetDir", "TargetDir"))
 
 
 class MergeReq(_Go):
-    from_dirs: Annotated[list[str], BeforeValidator(_none_as_empty)] = Field(
+    from_dirs: Annotated[list[PathText], BeforeValidator(_none_as_empty)] = Field(
         validation_alias=AliasChoices("from_dirs", "fromDirs", "FromDirs"))
-    to_dir: str = Field(min_length=1, validation_alias=AliasChoices("to_dir", "toDir", "ToDir"))
+    to_dir: PathText = Field(min_length=1,
+                             validation_alias=AliasChoices("to_dir", "toDir", "ToDir"))
     template: TemplateVersionRes | None = None
 
 

@@ -261,6 +261,19 @@ class Service:
             await parallel.run(self.runtime.stop, failed, limit=len(failed))
         return errors
 
+    async def _drop_dead(self, session: Session) -> list[str]:
+        """Forget (and release) the components of ``session`` that have exited; their names."""
+        items = list(session.instances.items())
+        if not items:
+            return []
+        report = await parallel.run(lambda item: _exited(item[1]), items, limit=len(items))
+        dead = [item for item, gone in zip(items, report.values, strict=True) if gone]
+        for name, _ in dead:
+            session.instances.pop(name, None)
+        if dead:
+            await parallel.run(self.runtime.stop, [i for _, i in dead], limit=len(dead))
+        return [name for name, _ in dead]
+
     # -- templates ------------------------------------------------------------------------------
     async def _template_folder(self, template_id: str) -> Path:
         known = self.templates.get(template_id)
@@ -328,6 +341,7 @@ class Service:
                     await session.close()
                     raise ProblemError(503, "Failed to warm template", str(exc)) from None
                 t.session = session
+            await self._drop_dead(t.session)  # warming again restarts what died
             errors = await self._start(t.session, components)
             for r, c in resolvers:
                 if c.name in t.session.instances:
@@ -402,6 +416,7 @@ class Service:
         async with state.lock:
             if state.closed:
                 raise ProblemError(404, "Unknown session", f"session {session_id!r} was deleted")
+            await self._drop_dead(state.session)  # starting again restarts what died
             errors = await self._start(state.session, components)
         state.touch()
         if errors:
@@ -424,7 +439,10 @@ class Service:
         candidate = Path(req.path)
         if not candidate.is_absolute():
             candidate = self.dev_root / candidate
-        folder = Path(os.path.realpath(candidate))
+        try:
+            folder = Path(os.path.realpath(candidate))
+        except (OSError, ValueError) as exc:
+            raise ProblemError(400, "Invalid path", f"{req.path!r}: {exc}") from None
         if not is_within(str(folder), str(self.dev_root)):
             raise ProblemError(403, "Path outside the development root",
                                f"{req.path!r} is not below --dev-root {self.dev_root}")
@@ -638,6 +656,13 @@ class Service:
                 del state.resolvers[rid]
         if instances:
             await parallel.run(self.runtime.stop, instances, limit=len(instances))
+        t = self.templates.get(state.template_id)
+        if t is not None and t.session is not None and any(n in t.instances for n in bad):
+            # A shared resolver that failed: if it died, forget it (the next build or warm
+            # starts another); if it only failed on this input, it keeps serving the others.
+            async with t.lock:
+                gone = set(await self._drop_dead(t.session))
+            t.resolvers = {rid: n for rid, n in t.resolvers.items() if n not in gone}
         await self._remove_new(area, before)
 
     async def _remove_new(self, area: Path, before: set[str]) -> None:
@@ -705,7 +730,7 @@ class Service:
         for d in req.from_dirs:
             try:
                 p = ws.host(d)
-            except ValueError as exc:
+            except (OSError, ValueError) as exc:
                 errors.append(f"from_dirs: {exc}")
                 continue
             if not p.is_dir():
@@ -713,7 +738,7 @@ class Service:
             sources.append(p)
         try:
             target = ws.host(req.to_dir)
-        except ValueError as exc:
+        except (OSError, ValueError) as exc:
             errors.append(f"to_dir: {exc}")
             target = None
         if errors or target is None:
@@ -762,8 +787,11 @@ class Service:
                 continue
             try:
                 path = ws.host(target_dir)
-            except ValueError:
-                real = os.path.realpath(target_dir)
+            except (OSError, ValueError):
+                try:
+                    real = os.path.realpath(target_dir)
+                except (OSError, ValueError):
+                    continue
                 if not is_within(real, str(ws.host_area.resolve())):
                     continue
                 path = Path(real)
@@ -771,6 +799,16 @@ class Service:
                 return path
         raise ProblemError(400, "Invalid target_dir",
                            f"{target_dir!r} is not a folder in a session's work area")
+
+
+async def _exited(instance: Instance) -> bool:
+    """Whether a component has stopped (asks without waiting more than a moment)."""
+    task = asyncio.ensure_future(instance.wait_exit())
+    done, _ = await asyncio.wait({task}, timeout=0.05)
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return bool(done)
 
 
 def _describe(error: BaseException | None) -> str:
