@@ -38,7 +38,8 @@ before anything is written. (No silent "last layer wins": that would drop a whol
 
 *Symlinks* are never followed out of their output and never created in ``target``. A symlink
 whose target, fully resolved, is a regular file inside the same output is copied as a regular
-file with that file's content and executable bit. Every other symlink is an error naming it:
+file with that file's content and executable bit (in a conflict, its ``Version.path`` is that
+resolved file). Every other symlink is an error naming it:
 one resolving outside its output, a dangling one, a loop, a symlink to a directory (following
 those could make cycles or huge trees). Other special files (FIFOs, sockets, devices) are errors.
 
@@ -57,7 +58,9 @@ reuse an existing entry), in a tree the merge itself creates from empty. Files a
 hard links (a plugin editing the merged tree in place must not change a processor's output): a
 reflink (``FICLONE``, copy-on-write) where the file system supports it, else
 ``copy_file_range``. Scans, copies and resolver calls all fan out through :mod:`boride.parallel`,
-bounded by ``limit`` (default: the CPU count); copies run in batches on a private thread pool.
+bounded by ``limit`` (default: the CPU count): at most ``limit`` resolver calls in flight, and
+copies in batches of :data:`BATCH_FILES` files on a private pool of ``limit`` threads (the
+kernel work of creating files then runs on several cores; see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -91,9 +94,8 @@ __all__ = [
 GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.BRACE | wcglob.FORCEUNIX
 
 # Files per copy job handed to a thread: large enough to amortise the hand-off, small enough
-# to balance the threads.
+# to balance the threads. (By count only: sizes would cost a stat per file in the scan.)
 BATCH_FILES = 64
-BATCH_BYTES = 16 << 20  # ... and at most about this many bytes (by the scan's sizes)
 
 _SRC_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 _DST_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -152,9 +154,9 @@ class MergeError(Exception):
 
 @dataclass
 class _Layer:
-    """What one output holds: files as (relative path, host path to read, size), directories."""
+    """What one output holds: files as (relative path, host path to read), directories."""
 
-    files: list[tuple[str, str, int]] = field(default_factory=list)
+    files: list[tuple[str, str]] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -194,7 +196,7 @@ def _scan(layer: int, root: str) -> _Layer:
                     out.dirs.append(rel)
                     stack.append((rel, entry.path))
                 elif entry.is_file(follow_symlinks=False):
-                    out.files.append((rel, entry.path, entry.stat(follow_symlinks=False).st_size))
+                    out.files.append((rel, entry.path))
                 elif entry.is_symlink():
                     _scan_symlink(out, who, real_root, rel, entry.path)
                 else:
@@ -222,7 +224,7 @@ def _scan_symlink(out: _Layer, who: str, real_root: str, rel: str, path: str) ->
                           f"{exc.strerror or exc}")
         return
     if stat.S_ISREG(st.st_mode):
-        out.files.append((rel, target, st.st_size))
+        out.files.append((rel, target))
     elif stat.S_ISDIR(st.st_mode):
         out.errors.append(f"{who}: symlink {rel!r} -> {link!r} points to a directory "
                           "(not followed)")
@@ -320,22 +322,6 @@ async def _in_thread(pool: ThreadPoolExecutor, stop: threading.Event,
         raise
 
 
-def _batches(jobs: list[tuple[str, str, int]],
-             sizes: list[int]) -> list[list[tuple[str, str, int]]]:
-    batches: list[list[tuple[str, str, int]]] = []
-    batch: list[tuple[str, str, int]] = []
-    weight = 0
-    for job, size in zip(jobs, sizes, strict=True):
-        batch.append(job)
-        weight += size
-        if len(batch) >= BATCH_FILES or weight >= BATCH_BYTES:
-            batches.append(batch)
-            batch, weight = [], 0
-    if batch:
-        batches.append(batch)
-    return batches
-
-
 def _errors_of(report: parallel.Report[Any, list[str]], what: str) -> list[str]:
     errors: list[str] = []
     for outcome in report.outcomes:
@@ -409,12 +395,12 @@ async def merge(
                 errors.append(f"{_who(outcome.index, roots[outcome.index])}: scan failed: "
                               f"{parallel.describe(outcome.error)}")
 
-        # Every path's files (layer, host path, size) in layer order, and its directory layers.
-        files: dict[str, list[tuple[int, str, int]]] = {}
+        # Every path's files (layer, host path) in layer order, and its directory layers.
+        files: dict[str, list[tuple[int, str]]] = {}
         dirs: dict[str, list[int]] = {}
         for layer, scanned in enumerate(layers):
-            for rel, src, size in scanned.files:
-                files.setdefault(rel, []).append((layer, src, size))
+            for rel, src in scanned.files:
+                files.setdefault(rel, []).append((layer, src))
             for rel in scanned.dirs:
                 dirs.setdefault(rel, []).append(layer)
         for rel in sorted(files.keys() & dirs.keys()):
@@ -425,7 +411,6 @@ async def merge(
 
         # Plan: plain copies (one version, or no rule: the last), and conflicts to resolve.
         copies: list[tuple[str, str, int]] = []
-        sizes: list[int] = []
         to_resolve: list[tuple[ResolverRule, Conflict]] = []
         conflicts = 0
         for rel in sorted(files):
@@ -435,11 +420,10 @@ async def merge(
                 matched = _first_rule(rules, matchers, rel)
                 if matched is not None:
                     to_resolve.append((matched, Conflict(rel, tuple(
-                        Version(layer, Path(src)) for layer, src, _ in versions))))
+                        Version(layer, Path(src)) for layer, src in versions))))
                     continue
-            layer, src, size = versions[-1]
+            layer, src = versions[-1]
             copies.append((rel, src, layer))
-            sizes.append(size)
 
         umask = current_umask()
         dir_fd = os.open(target, _DIR_FLAGS)
@@ -452,7 +436,8 @@ async def merge(
                 async def copy(batch: list[tuple[str, str, int]]) -> list[str]:
                     return await _in_thread(pool, stop, writer.copy_batch, batch)
 
-                report = await parallel.run(copy, _batches(copies, sizes), limit=limit)
+                batches = [copies[i:i + BATCH_FILES] for i in range(0, len(copies), BATCH_FILES)]
+                report = await parallel.run(copy, batches, limit=limit)
                 return errs + _errors_of(report, "copy")
 
             async def call(item: tuple[ResolverRule, Conflict]) -> tuple[str, bytes]:

@@ -1,0 +1,236 @@
+"""Benchmark: boride's merge against ``cp -a``, and its archive writer against ``tar czf``.
+
+Builds N processor outputs of M small files each (source-like text, 0.2-8 KiB, ~50 files per
+folder) plus a few large files, then, side by side in one run and alternating:
+
+* ``merge``: :func:`boride.merge.merge` of the outputs into an empty folder (a small share of
+  paths written by every output is a conflict; half of those match a resolver rule whose
+  resolver concatenates the versions);
+* ``cp -a``: one ``cp -a out0/. out1/. ... dest/`` of the same outputs into an empty folder;
+* ``archive``: :func:`boride.archive.write_archive` of the merged tree;
+* ``tar czf``: ``tar czf dest.tar.gz -C tree .`` of the same tree.
+
+Every timed run starts after ``sync`` with a warm page cache (one untimed warm-up of each).
+Prints the median (and min/max) of ``--repeats`` runs and the ratios.
+
+    .venv/bin/python bench/merge_archive.py            # 8 x 5,000 files + 3 x 50 MB, 5 repeats
+    .venv/bin/python bench/merge_archive.py --quick    # small and fast, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from boride import archive, merge, parallel
+
+WORDS = ["def", "class", "return", "import", "from", "self", "value", "items", "result",
+         "config", "path", "name", "data", "if", "else", "for", "while", "try", "except", "with",
+         "as", "yield", "async", "await", "lambda", "None", "True", "False", "template",
+         "processor", "plugin", "resolver", "merge", "build", "output", "input", "file",
+         "folder", "const", "let", "function", "export", "default", "interface", "type",
+         "string", "number", "boolean"]
+
+
+def corpus(rng: random.Random, size: int) -> bytes:
+    """Source-like text: random words and indentation (gzip gets ~3-4x on it, like code)."""
+    out: list[str] = []
+    n = 0
+    while n < size:
+        line = "    " * rng.randrange(4) + " ".join(rng.choices(WORDS, k=rng.randrange(2, 12)))
+        line += f" {rng.randrange(1 << 30):x}\n"
+        out.append(line)
+        n += len(line)
+    return "".join(out).encode()[:size]
+
+
+def build_outputs(root: Path, outputs: int, files: int, big: int, big_mb: int,
+                  overlap: float, seed: int = 1) -> dict[str, int]:
+    rng = random.Random(seed)
+    text = corpus(rng, 4 << 20)
+    shared = int(files * overlap)
+    total_bytes = 0
+    count = 0
+    for o in range(outputs):
+        out = root / f"out{o}"
+        for i in range(files):
+            if i < shared:  # the same paths in every output: conflicts
+                ext = ".md" if i % 2 else ".txt"
+                rel = f"shared/d{i // 50}/f{i}{ext}"
+            else:
+                rel = f"p{o}/pkg{i // 500}/mod{(i // 50) % 10}/file{i}.py"
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            size = rng.randrange(200, 8192)
+            start = rng.randrange(len(text) - size)
+            path.write_bytes(text[start:start + size])
+            if i % 17 == 0:
+                path.chmod(0o755)
+            total_bytes += size
+            count += 1
+        (out / f"p{o}" / "empty" / "dir").mkdir(parents=True)
+    chunk = corpus(rng, 1 << 20)
+    for b in range(big):
+        path = root / f"out{b % outputs}" / "assets" / f"big{b}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            for _ in range(big_mb):  # 1 MiB at a time: the corpus, rotated at random
+                k = rng.randrange(len(chunk))
+                f.write(chunk[k:] + chunk[:k])
+        total_bytes += path.stat().st_size
+        count += 1
+    return {"files": count, "bytes": total_bytes, "shared": shared}
+
+
+async def concat_resolver(rule: merge.ResolverRule, conflict: merge.Conflict) -> tuple[str, bytes]:
+    def read() -> bytes:
+        return b"".join(v.path.read_bytes() for v in conflict.versions)
+    return conflict.path, await asyncio.to_thread(read)
+
+
+def fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return path
+
+
+def timed(fn: Callable[[], object], prepare: Callable[[], object]) -> float:
+    prepare()  # not timed: remove the previous result
+    subprocess.run(["sync"], check=True)
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def fs_type(path: Path) -> str:
+    try:
+        out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True, check=True)
+        return out.stdout.splitlines()[-1].split()[1]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "unknown"
+
+
+def stats(xs: list[float]) -> str:
+    return f"median {statistics.median(xs):7.3f} s  (min {min(xs):.3f}, max {max(xs):.3f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--outputs", type=int, default=8)
+    ap.add_argument("--files", type=int, default=5000, help="small files per output")
+    ap.add_argument("--big", type=int, default=3, help="number of large files")
+    ap.add_argument("--big-mb", type=int, default=50, help="size of each large file (MB)")
+    ap.add_argument("--overlap", type=float, default=0.01,
+                    help="share of each output's paths that every output writes (conflicts)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=None, help="merge parallelism (default: CPUs)")
+    ap.add_argument("--levels", default=str(archive.DEFAULT_LEVEL),
+                    help="archive gzip levels to measure, comma-separated (default: %(default)s,"
+                         " boride's default)")
+    ap.add_argument("--tmp", type=Path, default=None, help="where to build the trees")
+    ap.add_argument("--skip-archive", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="2 x 300 files + 1 x 2 MB, 2 repeats")
+    args = ap.parse_args()
+    if args.quick:
+        args.outputs, args.files, args.big, args.big_mb, args.repeats = 2, 300, 1, 2, 2
+
+    base = Path(tempfile.mkdtemp(prefix="boride-bench-", dir=args.tmp))
+    try:
+        run(args, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, base: Path) -> None:
+    print(f"# {platform.uname().system} {platform.uname().release} {platform.machine()}, "
+          f"nproc {os.cpu_count()}, Python {platform.python_version()}, "
+          f"temp dir {base} on {fs_type(base)}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    t0 = time.perf_counter()
+    info = build_outputs(base, args.outputs, args.files, args.big, args.big_mb, args.overlap)
+    print(f"# input: {args.outputs} outputs, {info['files']} files, "
+          f"{info['bytes'] / 1e6:.1f} MB ({args.files} small files per output, "
+          f"{args.big} x {args.big_mb} MB), {info['shared']} paths in every output; "
+          f"built in {time.perf_counter() - t0:.1f} s")
+    outs = [base / f"out{o}" for o in range(args.outputs)]
+    rules = [merge.ResolverRule("concat-md", ("**/*.md",))]
+    limit = args.limit or parallel.default_limit()
+
+    def prep_merge() -> None:
+        fresh(base / "merged")
+
+    def do_merge() -> merge.MergeResult:
+        return asyncio.run(merge.merge(outs, base / "merged", rules, concat_resolver,
+                                       limit=limit))
+
+    def prep_cp() -> None:
+        fresh(base / "cp").mkdir()
+
+    def do_cp() -> None:
+        subprocess.run(["cp", "-a", *[f"{o}/." for o in outs], f"{base / 'cp'}/"], check=True)
+
+    prep_merge()
+    result = do_merge()  # warm-up (and the tree to archive)
+    prep_cp()
+    do_cp()
+    print(f"# merged tree: {result.files} files, {result.conflicts} conflicts, "
+          f"{result.resolved} resolved")
+    t_merge: list[float] = []
+    t_cp: list[float] = []
+    for _ in range(args.repeats):
+        t_merge.append(timed(do_merge, prep_merge))
+        t_cp.append(timed(do_cp, prep_cp))
+    print(f"{'merge':<11} {stats(t_merge)}")
+    print(f"{'cp -a':<11} {stats(t_cp)}")
+    print(f"ratio merge / cp -a = {statistics.median(t_merge) / statistics.median(t_cp):.2f}")
+    fresh(base / "cp")
+
+    if args.skip_archive:
+        return
+    tree = base / "merged"
+    levels = [int(x) for x in args.levels.split(",")]
+    names = [f"archive -{level}" for level in levels] + ["tar czf"]
+    dests = {name: base / f"{i}.tar.gz" for i, name in enumerate(names)}
+
+    def archiver(level: int, dest: Path) -> Callable[[], object]:
+        return lambda: archive.write_archive(tree, dest, level=level)
+
+    def tar(dest: Path) -> Callable[[], object]:
+        return lambda: subprocess.run(["tar", "czf", str(dest), "-C", str(tree), "."],
+                                      check=True)
+
+    runs: dict[str, Callable[[], object]] = {
+        name: archiver(level, dests[name]) for name, level in zip(names, levels, strict=False)}
+    runs["tar czf"] = tar(dests["tar czf"])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name, fn in runs.items():  # warm-up
+        fresh(dests[name])
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, partial(fresh, dests[name])))
+    tar_time = statistics.median(times["tar czf"])
+    tar_size = dests["tar czf"].stat().st_size
+    for name in names:
+        size = dests[name].stat().st_size
+        print(f"{name:<11} {stats(times[name])}  {size / 1e6:6.1f} MB   "
+              f"time ratio {statistics.median(times[name]) / tar_time:.2f}, "
+              f"size ratio {size / tar_size:.2f} (vs tar czf)")
+
+
+if __name__ == "__main__":
+    main()

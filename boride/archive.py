@@ -1,0 +1,462 @@
+"""Reproducible ``.tar.gz`` of a tree, compressed on several cores, streamed in bounded memory.
+
+``write_archive(src, dest)`` writes the archive of the tree ``src`` to the file ``dest``;
+``iter_archive(src)`` yields the very same bytes in chunks, never holding the whole archive.
+
+The archive
+===========
+
+* Entries are named relative to ``src``, without a leading ``./`` (``src`` itself has no entry);
+  directories end in ``/``. Every directory is an entry, so empty directories survive.
+* Order: sorted by the UTF-8 (file-system) bytes of the relative path: stable, and every
+  directory comes before its contents.
+* Normalised metadata: uid/gid 0, uname/gname empty, mtime 0, modes 0755 for directories,
+  0755/0644 for files (executable iff the file has any ``x`` bit), 0777 for symlinks.
+  So two archives of trees with the same names, contents, exec bits and links are identical
+  byte for byte, whatever the files' owners, mtimes and the order the file system lists them in.
+* Format: POSIX ustar headers; a PAX extended header only where ustar cannot hold a value
+  (non-ASCII or long names, files of 8 GiB and more), as :mod:`tarfile` writes them.
+* Symlinks are stored as symlinks only if their target, fully resolved, lies inside ``src``;
+  the stored target is then rewritten relative to the link (so it stays inside after
+  extraction). A symlink leading outside ``src`` (absolute or through ``..``) is an error;
+  nothing outside ``src`` is ever read. Other special files (FIFOs, sockets, devices) are errors.
+  These are detected by a scan before the first byte is produced (:class:`ArchiveError` lists
+  all of them). Names can never be absolute or contain ``..``: they come from directory listings.
+
+Compression
+===========
+
+The tar stream is cut into blocks of :data:`BLOCK_SIZE` bytes; each block is raw-deflated on
+its own (zlib releases the GIL) with the previous block's last 32 KiB as preset dictionary, ended
+by a sync flush, the last one by a finish: their concatenation is *one* standard deflate
+stream, wrapped in one gzip member whose CRC-32 is combined from the blocks' CRCs (the way pigz
+works). Any gunzip, ``tar xzf`` and :mod:`tarfile` (also in its streaming ``r|gz`` mode) read it.
+Blocks are compressed through :func:`boride.parallel.stream` (ordered outcomes, bounded window)
+on ``threads`` threads (default: the CPU count); the bytes do not depend on the thread count.
+The default level is 4 (:data:`DEFAULT_LEVEL`): on source-like text it needs about a third of
+the CPU time of gzip's default level 6 for an archive about 12% larger, so it beats
+``tar czf`` even on one core; level 6 matches ``tar czf``'s size and, on two cores, is still
+faster than it. See docs/benchmarks.md for the measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import stat
+import struct
+import tarfile
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from boride import parallel
+from boride.fsutil import is_within
+
+__all__ = [
+    "BLOCK_SIZE",
+    "DEFAULT_LEVEL",
+    "ArchiveError",
+    "ArchiveResult",
+    "crc32_combine",
+    "iter_archive",
+    "write_archive",
+]
+
+DEFAULT_LEVEL = 4  # see the module docstring
+BLOCK_SIZE = 1 << 20  # uncompressed bytes per independently compressed block
+WINDOW = 1 << 15  # deflate's window: the preset dictionary taken from the previous block
+RECORD_SIZE = 20 * 512  # the tar stream is padded to a multiple of this, like tar and tarfile
+READ_CHUNK = 1 << 20
+
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+
+
+class ArchiveError(Exception):
+    """The tree cannot be archived; ``errors`` lists every problem, each naming its path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        shown = self.errors[:50]
+        text = f"cannot archive: {len(self.errors)} error(s):\n  - " + "\n  - ".join(shown)
+        if len(self.errors) > len(shown):
+            text += f"\n  ... and {len(self.errors) - len(shown)} more"
+        super().__init__(text)
+
+
+class ArchiveResult(NamedTuple):
+    files: int  # regular files in the archive
+    bytes_written: int  # size of the .tar.gz
+    seconds: float
+
+
+# --------------------------------------------------------------------------------------------
+# CRC-32 combination (zlib's crc32_combine, which Python's zlib does not expose)
+
+_POLY = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (bit-reflected)."""
+    if a == 0:
+        return 0
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if a & (m - 1) == 0:
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+
+
+_X2N = [1 << 30]  # x^(2^n) modulo the polynomial
+for _ in range(31):
+    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
+
+
+def _shift_op(length: int) -> int:
+    """x^(8 * length): the operator that appends ``length`` zero bytes to a CRC."""
+    p, k, n = 1 << 31, 3, length
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)``."""
+    return _multmodp(_shift_op(len2), crc1) ^ crc2
+
+
+# --------------------------------------------------------------------------------------------
+# Scanning
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    key: bytes  # sort key: the relative path's file-system bytes
+    rel: str
+    kind: bytes  # tar type flag: REGTYPE, DIRTYPE or SYMTYPE
+    path: str = ""  # host path (files)
+    link: str = ""  # stored link target (symlinks)
+
+
+def _scan(src: Path) -> list[_Entry]:
+    try:
+        root = os.path.realpath(src)
+        if not os.path.isdir(root):
+            raise ArchiveError([f"{src} is not a directory"])
+    except OSError as exc:
+        raise ArchiveError([f"{src} cannot be read: {exc}"]) from None
+    entries: list[_Entry] = []
+    errors: list[str] = []
+    stack = [("", root)]
+    while stack:
+        rel_dir, abs_dir = stack.pop()
+        prefix = rel_dir + "/" if rel_dir else ""
+        try:
+            with os.scandir(abs_dir) as it:
+                listing = list(it)
+        except OSError as exc:
+            errors.append(f"{rel_dir or '.'!r}: cannot list: {exc.strerror or exc}")
+            continue
+        for e in listing:
+            rel = prefix + e.name
+            key = os.fsencode(rel)
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    entries.append(_Entry(key, rel, tarfile.DIRTYPE))
+                    stack.append((rel, e.path))
+                elif e.is_file(follow_symlinks=False):
+                    entries.append(_Entry(key, rel, tarfile.REGTYPE, path=e.path))
+                elif e.is_symlink():
+                    target = os.path.realpath(e.path)
+                    if is_within(target, root):
+                        link = os.path.relpath(target, os.path.dirname(e.path))
+                        entries.append(_Entry(key, rel, tarfile.SYMTYPE, link=link))
+                    else:
+                        errors.append(f"{rel!r}: symlink to {os.readlink(e.path)!r} leads "
+                                      f"outside {src}")
+                else:
+                    errors.append(f"{rel!r}: not a regular file, directory or symlink")
+            except OSError as exc:
+                errors.append(f"{rel!r}: cannot read: {exc.strerror or exc}")
+    if errors:
+        raise ArchiveError(sorted(errors))
+    entries.sort(key=lambda e: e.key)
+    return entries
+
+
+# --------------------------------------------------------------------------------------------
+# The tar stream
+
+_MODES = {0o644: b"0000644\0", 0o755: b"0000755\0", 0o777: b"0000777\0"}
+_IDS = b"0000000\0" * 2  # uid, gid
+_MTIME = b"%011o\0" % 0
+_TAIL = b"ustar\x0000" + b"\0" * (64 + 16 + 167)  # magic, version, owners, dev, prefix, pad
+
+
+def _header(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> bytes:
+    """The tar header(s) of one entry: plain ustar when it fits, else tarfile's PAX headers."""
+    if kind == tarfile.DIRTYPE:
+        name += "/"
+    try:
+        name_b = name.encode("ascii")
+        link_b = link.encode("ascii")
+    except UnicodeEncodeError:
+        pass
+    else:
+        if len(name_b) <= 100 and len(link_b) <= 100 and size < 8**11:
+            head = (name_b.ljust(100, b"\0") + _MODES[mode] + _IDS + b"%011o\0" % size
+                    + _MTIME)
+            tail = kind + link_b.ljust(100, b"\0") + _TAIL
+            check = sum(head) + sum(tail) + 8 * 32  # the checksum field counts as spaces
+            return head + b"%06o\0 " % check + tail
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size, info.linkname = kind, mode, size, link
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _tar_blocks(entries: list[_Entry], block_size: int) -> Iterator[tuple[bytes, bytes, bool]]:
+    """The uncompressed tar stream as (block, preset dictionary, is last) triples."""
+    buf = bytearray()
+    pending: bytes | None = None
+    zdict = b""
+
+    def cut() -> Iterator[tuple[bytes, bytes, bool]]:
+        nonlocal pending, zdict
+        while len(buf) >= block_size:
+            block = bytes(buf[:block_size])
+            del buf[:block_size]
+            if pending is not None:
+                yield pending, zdict, False
+                zdict = pending[-WINDOW:]
+            pending = block
+
+    total = 0
+    for e in entries:
+        if e.kind == tarfile.REGTYPE:
+            try:
+                fd = os.open(e.path, _READ_FLAGS)
+            except OSError as exc:
+                raise ArchiveError([f"{e.rel!r}: cannot open: {exc.strerror or exc}"]) from None
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise ArchiveError([f"{e.rel!r}: no longer a regular file"])
+                size = st.st_size
+                head = _header(e.rel, e.kind, 0o755 if st.st_mode & 0o111 else 0o644, size)
+                buf += head
+                left = size
+                while left:
+                    chunk = os.read(fd, min(left, READ_CHUNK))
+                    if not chunk:
+                        raise ArchiveError([f"{e.rel!r}: shrank while being archived"])
+                    buf += chunk
+                    left -= len(chunk)
+                    if len(buf) >= block_size:
+                        yield from cut()
+            except OSError as exc:
+                raise ArchiveError([f"{e.rel!r}: cannot read: {exc.strerror or exc}"]) from None
+            finally:
+                os.close(fd)
+            buf += bytes(-size % 512)
+            total += len(head) + size + (-size % 512)
+        else:
+            head = _header(e.rel, e.kind, 0o755 if e.kind == tarfile.DIRTYPE else 0o777,
+                           link=e.link)
+            buf += head
+            total += len(head)
+        if len(buf) >= block_size:
+            yield from cut()
+    end = 1024 + (-(total + 1024) % RECORD_SIZE)  # two zero blocks, then pad the record
+    buf += bytes(end)
+    yield from cut()
+    if buf:
+        if pending is not None:
+            yield pending, zdict, False
+            zdict = pending[-WINDOW:]
+        pending = bytes(buf)
+    assert pending is not None  # the stream is at least one record long
+    yield pending, zdict, True
+
+
+def _deflate(item: tuple[bytes, bytes, bool], level: int) -> tuple[bytes, int, int]:
+    data, zdict, last = item
+    if zdict:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
+    else:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
+    out = c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    return out, zlib.crc32(data), len(data)
+
+
+def _gzip_header(level: int) -> bytes:
+    xfl = 2 if level == 9 else 4 if level == 1 else 0  # as zlib sets it
+    return b"\x1f\x8b\x08\x00" + b"\0\0\0\0" + bytes([xfl, 255])  # no name, mtime 0, OS unknown
+
+
+async def _produce(entries: list[_Entry], level: int, threads: int, block_size: int,
+                   emit: Callable[[bytes], None]) -> None:
+    """Compress the tar stream on ``threads`` threads; ``emit`` the gzip bytes in order."""
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="boride-gzip")
+    ops: dict[int, int] = {}
+
+    async def compress(item: tuple[bytes, bytes, bool]) -> tuple[bytes, int, int]:
+        return await loop.run_in_executor(pool, _deflate, item, level)
+
+    try:
+        emit(_gzip_header(level))
+        crc = 0
+        total = 0
+        async with parallel.stream(compress, _tar_blocks(entries, block_size),
+                                   limit=threads) as outcomes:
+            async for outcome in outcomes:
+                if not outcome.ok or outcome.value is None:
+                    error = outcome.error
+                    if isinstance(error, ArchiveError):
+                        raise error
+                    raise ArchiveError([f"compression failed: {parallel.describe(error)}"])
+                data, block_crc, length = outcome.value
+                op = ops.get(length)
+                if op is None:
+                    op = ops[length] = _shift_op(length)
+                crc = _multmodp(op, crc) ^ block_crc
+                total += length
+                emit(data)
+        emit(struct.pack("<II", crc, total & 0xFFFFFFFF))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Closed(Exception):
+    """The consumer stopped reading."""
+
+
+def _gzip_stream(entries: list[_Entry], level: int, threads: int,
+                 block_size: int) -> Iterator[bytes]:
+    """Run :func:`_produce` on a private event loop in its own thread (so that this works from
+    any thread, whether it runs an event loop or not) and yield what it emits."""
+    out: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=2 * threads + 2)
+    closing = threading.Event()
+
+    def emit(data: bytes) -> None:
+        while True:
+            if closing.is_set():
+                raise _Closed
+            try:
+                out.put(("data", data), timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def run() -> None:
+        try:
+            asyncio.run(_produce(entries, level, threads, block_size, emit))
+        except _Closed:
+            return
+        except BaseException as exc:
+            result: tuple[str, object] = ("error", exc)
+        else:
+            result = ("end", None)
+        while not closing.is_set():
+            try:
+                out.put(result, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    worker = threading.Thread(target=run, name="boride-archive", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = out.get()
+            if kind == "data":
+                assert isinstance(value, bytes)
+                yield value
+            elif kind == "end":
+                return
+            else:
+                assert isinstance(value, BaseException)
+                raise value
+    finally:
+        closing.set()
+        while worker.is_alive():
+            try:
+                while True:
+                    out.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(0.05)
+
+
+def _rechunk(pieces: Iterator[bytes], chunk_size: int) -> Iterator[bytes]:
+    pending = bytearray()
+    for piece in pieces:
+        if not pending and len(piece) == chunk_size:
+            yield piece
+            continue
+        pending += piece
+        while len(pending) >= chunk_size:
+            yield bytes(pending[:chunk_size])
+            del pending[:chunk_size]
+    if pending:
+        yield bytes(pending)
+
+
+def _check_args(chunk_size: int, level: int) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if not 0 <= level <= 9:
+        raise ValueError(f"level must be 0-9, got {level}")
+
+
+def iter_archive(src: Path, chunk_size: int = 1 << 16, *, level: int = DEFAULT_LEVEL,
+                 threads: int | None = None) -> Iterator[bytes]:
+    """The ``.tar.gz`` of ``src`` in chunks of ``chunk_size`` bytes (the last may be shorter).
+
+    The tree is scanned now: :class:`ArchiveError` (symlinks leading out, special files) is
+    raised by this call, before any byte. Reading and compressing happen while iterating,
+    with a bounded number of blocks in memory; closing the iterator early stops the work."""
+    _check_args(chunk_size, level)
+    entries = _scan(src)
+    return _rechunk(_gzip_stream(entries, level, threads or parallel.default_limit(),
+                                 BLOCK_SIZE), chunk_size)
+
+
+def write_archive(src: Path, dest: Path, *, level: int = DEFAULT_LEVEL,
+                  threads: int | None = None) -> ArchiveResult:
+    """Write the ``.tar.gz`` of ``src`` to ``dest`` (the same bytes as :func:`iter_archive`)."""
+    start = time.perf_counter()
+    _check_args(1, level)
+    real_dest = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(dest))),
+                             os.path.basename(dest))
+    if is_within(real_dest, os.path.realpath(src)):
+        raise ArchiveError([f"the archive {dest} would be inside the tree {src}"])
+    entries = _scan(src)
+    files = sum(1 for e in entries if e.kind == tarfile.REGTYPE)
+    written = 0
+    try:
+        with open(dest, "wb") as f:
+            for chunk in _gzip_stream(entries, level, threads or parallel.default_limit(),
+                                      BLOCK_SIZE):
+                f.write(chunk)
+                written += len(chunk)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(dest)  # no truncated archive left behind
+        raise
+    return ArchiveResult(files, written, time.perf_counter() - start)
