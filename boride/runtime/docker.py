@@ -246,8 +246,10 @@ class DockerInstance(Instance):
                     break
             except Exception:  # removed (404) or the engine went away: nothing more to learn
                 break
-        tail = self._final_tail if self._final_tail is not None else self._logs(_LOG_TAIL)
-        self._final_tail = tail
+        if self._final_tail is None and not self._closed.is_set():
+            # (once stopped on purpose, nobody needs its output: spare the engine the call)
+            self._final_tail = self._logs(_LOG_TAIL)
+        tail = self._final_tail or []
         info = ExitInfo(code, tail)
 
         def settle() -> None:
