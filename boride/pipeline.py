@@ -189,7 +189,11 @@ class Session:
             await asyncio.to_thread(_rmtree, self.root)
 
 
-class _Build:
+class Build:
+    """The stages of one build in an open :class:`Session`; ``tree`` is the result folder
+    (inside the session's work area) once :meth:`run` succeeded. Without ``out``/``archive``
+    options the result stays there, for the caller to deliver (the HTTP server streams it)."""
+
     def __init__(self, plan: Plan, session: Session, options: BuildOptions,
                  shared: dict[str, Instance] | None = None) -> None:
         self.plan = plan
@@ -203,6 +207,7 @@ class _Build:
         self.instances: dict[str, Instance] = session.instances
         self.shared = shared or {}
         self.result = BuildResult(components=list(self.results.values()))
+        self.tree: Path | None = None  # the final tree in the work area, once plugins are done
         self.deadline_at = (time.monotonic() + options.timeout) if options.timeout else None
         # Template-change detection (see _check_template)
         self.template_print: dict[str, tuple[int, int, int, int]] = {}
@@ -446,8 +451,10 @@ class _Build:
 
                 tree = (await self._fan_out("plugins", plug, [c])).values[0] or tree
 
-        with self._stage("output"):
-            await asyncio.to_thread(self._output, tree)
+        self.tree = tree
+        if self.options.out is not None or self.options.archive is not None:
+            with self._stage("output"):
+                await asyncio.to_thread(self._output, tree)
 
     def _output(self, tree: Path) -> None:
         if self.options.archive is not None:
@@ -559,7 +566,7 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
     session = Session(runtime, work_root=options.work_root, keep=options.keep)
     try:
         await session.open(plan.template)
-        result = await _Build(plan, session, options).run()
+        result = await Build(plan, session, options).run()
     finally:
         kept = await session.close()
     result.work_dir = kept

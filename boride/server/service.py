@@ -6,7 +6,7 @@
   and used by every session of that template.
 * A **session** is a :class:`boride.pipeline.Session` (a work area and the components running
   for it) kept across requests. Its builds run one at a time, each as a
-  :class:`boride.pipeline._Build` over the already-running components; at most
+  :class:`boride.pipeline.Build` over the already-running components; at most
   ``max_builds`` builds (and component start-ups) run at once across all sessions.
 * A build's output is streamed as ``cyan-output.tar.gz`` straight from the merged tree; the
   build's folders are removed when the stream ends. A client that goes away mid-build cancels
@@ -34,7 +34,7 @@ import httpx
 from boride import archive, health, merge, parallel, protocol
 from boride import registry as reg
 from boride.fsutil import is_within
-from boride.pipeline import BuildOptions, BuildResult, Plan, Session, Step, _Build
+from boride.pipeline import Build, BuildOptions, BuildResult, Plan, Session, Step
 from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeError_
 from boride.server.metrics import Metrics
 from boride.server.models import (
@@ -107,15 +107,6 @@ class SessionState:
     def track(self, task: asyncio.Future[Any]) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-
-class _ServerBuild(_Build):
-    """A build that keeps its merged tree where it is (it is streamed from there)."""
-
-    tree: Path | None = None
-
-    def _output(self, tree: Path) -> None:
-        self.tree = tree
 
 
 def _problem_for(exc: reg.RegistryError) -> ProblemError:
@@ -623,7 +614,7 @@ class Service:
                                    timeout=self.config.build_timeout,
                                    ready_timeout=self.config.ready_timeout,
                                    work_root=self.config.work_root)
-            b = _ServerBuild(plan, state.session, options, shared=shared)
+            b = Build(plan, state.session, options, shared=shared)
             result = await b.run()
         finally:
             m.builds_in_flight.dec()
