@@ -26,7 +26,10 @@ test: lint
 
 bench: setup
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/readiness.py
 	$(BIN)/python bench/merge_archive.py
+	$(BIN)/python bench/api_load.py
+	$(BIN)/python bench/docker_build.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
