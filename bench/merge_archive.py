@@ -137,7 +137,8 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, default=0.01,
                     help="share of each output's paths that every output writes (conflicts)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--limit", type=int, default=None, help="merge parallelism (default: CPUs)")
+    ap.add_argument("--merge-limits", default=None,
+                    help="merge parallelism to measure, comma-separated (default: the CPUs)")
     ap.add_argument("--levels", default=str(archive.DEFAULT_LEVEL),
                     help="archive gzip levels to measure, comma-separated (default: %(default)s,"
                          " boride's default)")
@@ -168,36 +169,45 @@ def run(args: argparse.Namespace, base: Path) -> None:
           f"built in {time.perf_counter() - t0:.1f} s")
     outs = [base / f"out{o}" for o in range(args.outputs)]
     rules = [merge.ResolverRule("concat-md", ("**/*.md",))]
-    limit = args.limit or parallel.default_limit()
+    limits = ([int(x) for x in args.merge_limits.split(",")] if args.merge_limits
+              else [parallel.default_limit()])
 
-    def prep_merge() -> None:
-        fresh(base / "merged")
+    def merger(limit: int, dest: Path) -> Callable[[], object]:
+        return lambda: asyncio.run(merge.merge(outs, dest, rules, concat_resolver, limit=limit))
 
-    def do_merge() -> merge.MergeResult:
-        return asyncio.run(merge.merge(outs, base / "merged", rules, concat_resolver,
-                                       limit=limit))
+    def copier(flag: str, dest: Path) -> Callable[[], object]:
+        return lambda: subprocess.run(["cp", flag, *[f"{o}/." for o in outs], f"{dest}/"],
+                                      check=True)
 
-    def prep_cp() -> None:
-        fresh(base / "cp").mkdir()
+    def prep(dest: Path, make: bool) -> Callable[[], object]:
+        return lambda: fresh(dest).mkdir() if make else fresh(dest)
 
-    def do_cp() -> None:
-        subprocess.run(["cp", "-a", *[f"{o}/." for o in outs], f"{base / 'cp'}/"], check=True)
-
-    prep_merge()
-    result = do_merge()  # warm-up (and the tree to archive)
-    prep_cp()
-    do_cp()
+    rows: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {}
+    for limit in limits:
+        dest = base / f"merged-{limit}"
+        rows[f"merge ({limit} thread{'s' if limit > 1 else ''})"] = (
+            merger(limit, dest), prep(dest, False))
+    rows["cp -a"] = copier("-a", base / "cp-a"), prep(base / "cp-a", True)
+    rows["cp -r"] = copier("-r", base / "cp-r"), prep(base / "cp-r", True)
+    for fn, prepare in rows.values():  # warm-up
+        prepare()
+        fn()
+    result = asyncio.run(merge.merge(outs, fresh(base / "merged"), rules, concat_resolver))
     print(f"# merged tree: {result.files} files, {result.conflicts} conflicts, "
-          f"{result.resolved} resolved")
-    t_merge: list[float] = []
-    t_cp: list[float] = []
+          f"{result.resolved} resolved; cp copies all {info['files']} files (later ones "
+          "overwrite earlier ones)")
+    times: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(args.repeats):
-        t_merge.append(timed(do_merge, prep_merge))
-        t_cp.append(timed(do_cp, prep_cp))
-    print(f"{'merge':<11} {stats(t_merge)}")
-    print(f"{'cp -a':<11} {stats(t_cp)}")
-    print(f"ratio merge / cp -a = {statistics.median(t_merge) / statistics.median(t_cp):.2f}")
-    fresh(base / "cp")
+        for name, (fn, prepare) in rows.items():
+            times[name].append(timed(fn, prepare))
+    cp_time = statistics.median(times["cp -a"])
+    for name in rows:
+        print(f"{name:<18} {stats(times[name])}   "
+              f"ratio to cp -a {statistics.median(times[name]) / cp_time:.2f}")
+    for limit in limits:  # free the space before the archive runs
+        fresh(base / f"merged-{limit}")
+    fresh(base / "cp-a")
+    fresh(base / "cp-r")
 
     if args.skip_archive:
         return
@@ -216,19 +226,19 @@ def run(args: argparse.Namespace, base: Path) -> None:
     runs: dict[str, Callable[[], object]] = {
         name: archiver(level, dests[name]) for name, level in zip(names, levels, strict=False)}
     runs["tar czf"] = tar(dests["tar czf"])
-    times: dict[str, list[float]] = {name: [] for name in names}
+    arc_times: dict[str, list[float]] = {name: [] for name in names}
     for name, fn in runs.items():  # warm-up
         fresh(dests[name])
         fn()
     for _ in range(args.repeats):
         for name, fn in runs.items():
-            times[name].append(timed(fn, partial(fresh, dests[name])))
-    tar_time = statistics.median(times["tar czf"])
+            arc_times[name].append(timed(fn, partial(fresh, dests[name])))
+    tar_time = statistics.median(arc_times["tar czf"])
     tar_size = dests["tar czf"].stat().st_size
     for name in names:
         size = dests[name].stat().st_size
-        print(f"{name:<11} {stats(times[name])}  {size / 1e6:6.1f} MB   "
-              f"time ratio {statistics.median(times[name]) / tar_time:.2f}, "
+        print(f"{name:<18} {stats(arc_times[name])}  {size / 1e6:6.1f} MB   "
+              f"time ratio {statistics.median(arc_times[name]) / tar_time:.2f}, "
               f"size ratio {size / tar_size:.2f} (vs tar czf)")
 
 

@@ -95,6 +95,7 @@ GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.BRACE | wcglob.FORCEUNIX
 
 # Files per copy job handed to a thread: large enough to amortise the hand-off, small enough
 # to balance the threads. (By count only: sizes would cost a stat per file in the scan.)
+# A batch holds files of one folder only (see _batches).
 BATCH_FILES = 64
 
 _SRC_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
@@ -259,32 +260,31 @@ class _Writer:
     def copy_batch(self, jobs: Sequence[tuple[str, str, int]]) -> list[str]:
         """Copy (relative path, source, layer) jobs; return one error per failed file."""
         errors = []
-        for rel, src, layer in jobs:
-            if self.stop.is_set():
+        dir_fd, umask, state, stop = self.dir_fd, self.umask, self.state, self.stop
+        for rel, src, layer in jobs:  # the hot loop of the merge: kept lean
+            if stop.is_set():
                 break
             try:
-                self._copy(rel, src)
+                sfd = os.open(src, _SRC_FLAGS)
+                try:
+                    st = os.fstat(sfd)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise OSError(f"{src} is no longer a regular file")
+                    mode = 0o755 if st.st_mode & 0o111 else 0o644
+                    dfd = os.open(rel, _DST_FLAGS, mode, dir_fd=dir_fd)
+                    try:
+                        if umask & mode:
+                            os.fchmod(dfd, mode)
+                        if st.st_size:
+                            copy_fd(sfd, dfd, st.st_size, st.st_dev, state)
+                    finally:
+                        os.close(dfd)
+                finally:
+                    os.close(sfd)
             except Exception as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 errors.append(f"{rel!r} from processor {layer} ({src}): copy failed: {reason}")
         return errors
-
-    def _copy(self, rel: str, src: str) -> None:
-        sfd = os.open(src, _SRC_FLAGS)
-        try:
-            st = os.fstat(sfd)
-            if not stat.S_ISREG(st.st_mode):
-                raise OSError(f"{src} is no longer a regular file")
-            mode = 0o755 if st.st_mode & 0o111 else 0o644
-            dfd = os.open(rel, _DST_FLAGS, mode, dir_fd=self.dir_fd)
-            try:
-                if self.umask & mode:
-                    os.fchmod(dfd, mode)
-                copy_fd(sfd, dfd, st.st_size, st.st_dev, self.state)
-            finally:
-                os.close(dfd)
-        finally:
-            os.close(sfd)
 
     def write_batch(self, jobs: Sequence[tuple[str, bytes, str, bool, str]]) -> list[str]:
         """Write resolved contents: (path, content, file whose x bit to take, replace, origin)."""
@@ -320,6 +320,18 @@ async def _in_thread(pool: ThreadPoolExecutor, stop: threading.Event,
         stop.set()
         await asyncio.wait([future])
         raise
+
+
+def _batches(jobs: list[tuple[str, str, int]]) -> list[list[tuple[str, str, int]]]:
+    """Copy jobs in batches of one folder each (at most BATCH_FILES files), ordered round-robin
+    over the folders: threads running side by side then create files in different folders
+    and do not queue on one folder's lock in the kernel."""
+    by_dir: dict[str, list[tuple[str, str, int]]] = {}
+    for job in jobs:
+        by_dir.setdefault(job[0].rpartition("/")[0], []).append(job)
+    chunks = [[group[i:i + BATCH_FILES] for i in range(0, len(group), BATCH_FILES)]
+              for group in by_dir.values()]
+    return [c[k] for k in range(max(map(len, chunks), default=0)) for c in chunks if k < len(c)]
 
 
 def _errors_of(report: parallel.Report[Any, list[str]], what: str) -> list[str]:
@@ -436,8 +448,7 @@ async def merge(
                 async def copy(batch: list[tuple[str, str, int]]) -> list[str]:
                     return await _in_thread(pool, stop, writer.copy_batch, batch)
 
-                batches = [copies[i:i + BATCH_FILES] for i in range(0, len(copies), BATCH_FILES)]
-                report = await parallel.run(copy, batches, limit=limit)
+                report = await parallel.run(copy, _batches(copies), limit=limit)
                 return errs + _errors_of(report, "copy")
 
             async def call(item: tuple[ResolverRule, Conflict]) -> tuple[str, bytes]:
