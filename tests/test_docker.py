@@ -8,20 +8,25 @@ After every test, no container or volume labelled with the test's sessions may r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import yaml
 
 from boride.model import load
 from boride.pipeline import BuildOptions, BuildResult, build
@@ -263,6 +268,86 @@ async def test_missing_image_is_reported_before_anything_starts(
     assert "not on the Docker engine" in res.errors[0]
     assert runtime.sessions == []  # nothing was started, no session was even opened
     assert managed_sessions() - before == set()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """A private image registry on loopback (Debian's docker-registry): host:port."""
+    exe = shutil.which("docker-registry")
+    if exe is None:
+        message = f"docker-registry is not installed ({SETUP} installs it)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem:\n"
+                      f"    rootdirectory: {tmp_path / 'registry'}\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    log = open(tmp_path / "registry.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "registry.log").read_text()
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+async def test_missing_image_is_pulled_from_a_registry_when_allowed(
+        tmp_path: Path, template: Path, registry: str, runtime: RecordingRuntime) -> None:
+    repo = f"{registry}/boride/pulled-{uuid.uuid4().hex[:8]}"
+    image = f"{repo}:1"
+    client = connect()
+    try:
+        client.api.tag(image_of("ok_processor"), repo, tag="1")
+        for chunk in client.api.push(repo, tag="1", stream=True, decode=True):
+            assert "error" not in chunk, chunk
+        client.api.remove_image(image)
+        pipeline = tmp_path / "p.yaml"
+        pipeline.write_text(yaml.safe_dump({
+            "template": str(template),
+            "processors": [{"name": "pulled", "image": image, "config": {}, "files": [
+                {"glob": "**/*.*", "exclude": ["**/*.bak"], "type": "template"}]}]}))
+        component = [Component("pulled", Kind.PROCESSOR, image=image)]
+        no_pull = DockerRuntime(pull=False)
+        try:
+            assert "is not on the Docker engine" in " ".join(no_pull.problems(component))
+        finally:
+            await no_pull.aclose()
+        runtime.pull = True
+        res = await run_build(pipeline, runtime, tmp_path, out=tmp_path / "out")
+        assert res.ok, res.errors
+        assert (tmp_path / "out" / "src" / "a.txt").read_text() == "alpha\n"
+        client.images.get(image)  # pulled
+        assert_clean(res, runtime, tmp_path / "work")
+    finally:
+        with contextlib.suppress(Exception):
+            client.api.remove_image(image)
+        client.close()
+
+
+async def test_failed_pull_is_reported_before_anything_starts() -> None:
+    rt = DockerRuntime(pull=True)
+    try:
+        problems = rt.problems([Component("p", Kind.PROCESSOR, image="127.0.0.1:9/none/x:1")])
+    finally:
+        await rt.aclose()
+    assert len(problems) == 1
+    assert "processor 'p': image '127.0.0.1:9/none/x:1' is not on the Docker engine and " \
+           "pulling it failed" in problems[0]
 
 
 async def test_unreachable_engine_is_reported_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
