@@ -430,7 +430,8 @@ def test_idle_sessions_expire(tmp_path: Path) -> None:
         assert boride_processes() != []
         wait_for(lambda: sid not in server.service.sessions, timeout=10)
         wait_for(lambda: boride_processes() == [], timeout=10)
-        assert session_area_empty(tmp_path / "work")
+        # the area goes last, once every component is stopped
+        wait_for(lambda: session_area_empty(tmp_path / "work"), timeout=10)
         assert metric(http, "boride_sessions") == 0
         problem(http.delete(f"/executor/{sid}"), 404)
 
