@@ -535,3 +535,55 @@ async def test_clean_all_removes_every_session(tmp_path: Path, template: Path) -
     for s in sessions:
         assert session_leftovers(s) == []
         assert f"cyan-area-{s}" in removed and f"cyan-template-{s}" in removed
+
+
+async def test_reopening_a_session_a_killed_run_left_replaces_its_leftovers(
+        tmp_path: Path, template: Path) -> None:
+    session = str(uuid.uuid4())
+    first = DockerRuntime()
+    try:
+        ws = await first.open_workspace(session, template, tmp_path / "first")
+        await first.start(ws, Component("p", Kind.PROCESSOR, image=image_of("ok_processor")))
+    finally:
+        await first.aclose()  # killed: nothing stopped, nothing removed
+    second = DockerRuntime()
+    client = connect()
+    try:
+        ws = await second.open_workspace(session, template, tmp_path / "second")
+        with pytest.raises(RuntimeError_, match="open already"):
+            await second.open_workspace(session, template, tmp_path / "third")
+        area = client.api.inspect_volume(f"cyan-area-{session}")
+        assert area["Options"]["device"] == str((tmp_path / "second" / "area").resolve())
+        inst = await second.start(ws, Component("p", Kind.PROCESSOR,
+                                                image=image_of("ok_processor")))
+        from boride.health import wait_ready
+        await wait_ready(inst, 60)
+        await second.stop(inst)
+        await second.close_workspace(ws)
+        assert session_leftovers(session) == []
+    finally:
+        await second.close_workspace(Workspace(session, template, tmp_path, "", ""))
+        await second.aclose()
+        client.close()
+
+
+async def test_network_removed_behind_its_back_is_made_again(tmp_path: Path,
+                                                            template: Path) -> None:
+    network = f"cyanprint-test-{uuid.uuid4().hex[:8]}"
+    session = uuid.uuid4().hex
+    rt = DockerRuntime(network=network)
+    client = connect()
+    try:
+        ws = await rt.open_workspace(session, template, tmp_path / "root")
+        client.api.remove_network(network)
+        inst = await rt.start(ws, Component("p", Kind.PROCESSOR, image=image_of("ok_processor")))
+        from boride.health import wait_ready
+        await wait_ready(inst, 60)
+        await rt.stop(inst)
+    finally:
+        await rt.close_workspace(Workspace(session, template, tmp_path, "", ""))
+        await rt.aclose()
+        for net in client.api.networks(names=[network]):
+            client.api.remove_network(net["Id"])
+        client.close()
+    assert session_leftovers(session) == []

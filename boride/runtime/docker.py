@@ -442,8 +442,13 @@ class DockerRuntime(Runtime):
         if not tpl.is_dir():
             raise RuntimeError_(f"template folder {tpl} does not exist")
         workspace = Workspace(session_id, tpl, area, SEEN_TEMPLATE, SEEN_AREA)
+        if session_id in self._sessions:
+            raise RuntimeError_(f"session {session_id!r} is open already")
         self._sessions[session_id] = _Session(workspace)
         try:
+            # Whatever a killed run of the same session left goes first: a volume of the same
+            # name would still bind that run's (removed) folders.
+            await self._remove_session(session_id)
             await self._ensure_network()
             tpl_vol, area_vol = volume_names(session_id)
             specs = [(tpl_vol, tpl, "template"), (area_vol, area, "area")]
@@ -451,7 +456,8 @@ class DockerRuntime(Runtime):
                 lambda spec: self._run(self._create_volume, session_id, *spec), specs)
             report.raise_for_failures()
         except BaseException as exc:
-            await asyncio.shield(self._remove_session(session_id))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._remove_session(session_id))
             self._sessions.pop(session_id, None)
             if isinstance(exc, docker.errors.DockerException | parallel.ParallelError):
                 raise RuntimeError_(f"cannot prepare the session on Docker: {exc}") from None
@@ -470,22 +476,27 @@ class DockerRuntime(Runtime):
         session = self._sessions.get(workspace.session_id)
         if session is None:
             raise RuntimeError_(f"session {workspace.session_id!r} is not open")
-        network_id = await self._ensure_network()
-        # Create and start in one job that a cancellation cannot cut in half: a cancelled
-        # start waits for the job, then removes whatever it made.
-        job = asyncio.ensure_future(self._run(self._create_and_start, workspace, component,
-                                              network_id))
-        session.pending.add(job)
-        job.add_done_callback(session.pending.discard)
-        try:
-            container_id, name, address = await asyncio.shield(job)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                container_id, _, _ = await _finish(job)
-                await self._run(self._remove_container, container_id)
-            raise
-        except docker.errors.DockerException as exc:
-            raise RuntimeError_(f"cannot start container: {_reason(exc)}") from None
+        for attempt in (1, 2):
+            network_id = await self._ensure_network()
+            # Create and start in one job that a cancellation cannot cut in half: a cancelled
+            # start waits for the job, then removes whatever it made.
+            job = asyncio.ensure_future(self._run(self._create_and_start, workspace, component,
+                                                  network_id))
+            session.pending.add(job)
+            job.add_done_callback(session.pending.discard)
+            try:
+                container_id, name, address = await asyncio.shield(job)
+                break
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    container_id, _, _ = await _finish(job)
+                    await self._run(self._remove_container, container_id)
+                raise
+            except docker.errors.DockerException as exc:
+                if attempt == 1 and _network_gone(exc):
+                    self._network_id = None  # removed behind our back: make it again
+                    continue
+                raise RuntimeError_(f"cannot start container: {_reason(exc)}") from None
         port = component.kind.port
         if address:
             transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport()
@@ -589,6 +600,11 @@ class DockerRuntime(Runtime):
                 with contextlib.suppress(Exception):
                     self._client.close()
                 self._client = None
+
+
+def _network_gone(exc: BaseException) -> bool:
+    text = str(getattr(exc, "explanation", "") or exc).lower()
+    return "network" in text and "not found" in text
 
 
 async def _finish(job: asyncio.Future[T]) -> T:
