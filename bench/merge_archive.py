@@ -10,8 +10,10 @@ folder) plus a few large files, then, side by side in one run and alternating:
 * ``archive``: :func:`boride.archive.write_archive` of the merged tree;
 * ``tar czf``: ``tar czf dest.tar.gz -C tree .`` of the same tree.
 
-Every timed run starts after ``sync`` with a warm page cache (one untimed warm-up of each).
-Prints the median (and min/max) of ``--repeats`` runs and the ratios.
+Every timed run starts after ``sync`` with a warm page cache (one untimed warm-up of each), and
+the tools take turns. The merge and copy runs each write a fresh folder, deleted only after the
+series (see the comment in :func:`run`). Prints the median (and min/max) of ``--repeats`` runs
+and the ratios.
 
     .venv/bin/python bench/merge_archive.py            # 8 x 5,000 files + 3 x 50 MB, 5 repeats
     .venv/bin/python bench/merge_archive.py --quick    # small and fast, for a smoke test
@@ -109,7 +111,7 @@ def fresh(path: Path) -> Path:
 
 
 def timed(fn: Callable[[], object], prepare: Callable[[], object]) -> float:
-    prepare()  # not timed: remove the previous result
+    prepare()  # not timed
     subprocess.run(["sync"], check=True)
     start = time.perf_counter()
     fn()
@@ -172,42 +174,50 @@ def run(args: argparse.Namespace, base: Path) -> None:
     limits = ([int(x) for x in args.merge_limits.split(",")] if args.merge_limits
               else [parallel.default_limit()])
 
-    def merger(limit: int, dest: Path) -> Callable[[], object]:
-        return lambda: asyncio.run(merge.merge(outs, dest, rules, concat_resolver, limit=limit))
+    # Every timed run writes into a fresh folder and nothing is deleted until the series ends:
+    # on ext4 without a journal (like this machine's root file system) the allocation of new
+    # inodes skips over every inode deleted in the last 30-35 s, so a run right after
+    # deleting the previous 40,000-file result is several times slower, and by a random
+    # amount (seen: 2 to 23 s of system time for the same cp -a).
+    run_dir = base / "runs"
+    run_dir.mkdir()
 
-    def copier(flag: str, dest: Path) -> Callable[[], object]:
-        return lambda: subprocess.run(["cp", flag, *[f"{o}/." for o in outs], f"{dest}/"],
-                                      check=True)
+    def merger(limit: int) -> Callable[[Path], object]:
+        return lambda dest: asyncio.run(
+            merge.merge(outs, dest, rules, concat_resolver, limit=limit))
 
-    def prep(dest: Path, make: bool) -> Callable[[], object]:
-        return lambda: fresh(dest).mkdir() if make else fresh(dest)
+    def copier(flag: str) -> Callable[[Path], object]:
+        return lambda dest: subprocess.run(
+            ["cp", flag, *[f"{o}/." for o in outs], f"{dest}/"], check=True)
 
-    rows: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {}
+    rows: dict[str, tuple[Callable[[Path], object], bool]] = {}  # run, make the folder first
     for limit in limits:
-        dest = base / f"merged-{limit}"
-        rows[f"merge ({limit} thread{'s' if limit > 1 else ''})"] = (
-            merger(limit, dest), prep(dest, False))
-    rows["cp -a"] = copier("-a", base / "cp-a"), prep(base / "cp-a", True)
-    rows["cp -r"] = copier("-r", base / "cp-r"), prep(base / "cp-r", True)
-    for fn, prepare in rows.values():  # warm-up
-        prepare()
-        fn()
-    result = asyncio.run(merge.merge(outs, fresh(base / "merged"), rules, concat_resolver))
+        rows[f"merge ({limit} thread{'s' if limit > 1 else ''})"] = merger(limit), False
+    rows["cp -a"] = copier("-a"), True
+    rows["cp -r"] = copier("-r"), True
+    serial = iter(range(1 << 30))
+
+    def target(make: bool) -> Path:
+        dest = run_dir / str(next(serial))
+        if make:
+            dest.mkdir()
+        return dest
+
+    for fn, make in rows.values():  # warm-up
+        fn(target(make))
+    result = asyncio.run(merge.merge(outs, base / "merged", rules, concat_resolver))
     print(f"# merged tree: {result.files} files, {result.conflicts} conflicts, "
           f"{result.resolved} resolved; cp copies all {info['files']} files (later ones "
           "overwrite earlier ones)")
     times: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(args.repeats):
-        for name, (fn, prepare) in rows.items():
-            times[name].append(timed(fn, prepare))
+        for name, (fn, make) in rows.items():
+            times[name].append(timed(partial(fn, target(make)), lambda: None))
     cp_time = statistics.median(times["cp -a"])
     for name in rows:
         print(f"{name:<18} {stats(times[name])}   "
               f"ratio to cp -a {statistics.median(times[name]) / cp_time:.2f}")
-    for limit in limits:  # free the space before the archive runs
-        fresh(base / f"merged-{limit}")
-    fresh(base / "cp-a")
-    fresh(base / "cp-r")
+    shutil.rmtree(run_dir)
 
     if args.skip_archive:
         return
@@ -227,12 +237,12 @@ def run(args: argparse.Namespace, base: Path) -> None:
         name: archiver(level, dests[name]) for name, level in zip(names, levels, strict=False)}
     runs["tar czf"] = tar(dests["tar czf"])
     arc_times: dict[str, list[float]] = {name: [] for name in names}
-    for name, fn in runs.items():  # warm-up
+    for name, go in runs.items():  # warm-up
         fresh(dests[name])
-        fn()
+        go()
     for _ in range(args.repeats):
-        for name, fn in runs.items():
-            arc_times[name].append(timed(fn, partial(fresh, dests[name])))
+        for name, go in runs.items():
+            arc_times[name].append(timed(go, partial(fresh, dests[name])))
     tar_time = statistics.median(arc_times["tar czf"])
     tar_size = dests["tar czf"].stat().st_size
     for name in names:

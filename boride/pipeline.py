@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from boride import archive, fsutil, health, merge, parallel, protocol
 from boride.model import Pipeline
-from boride.runtime.base import Component, Instance, Kind, Runtime, Workspace
+from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeError_, Workspace
 
 T = TypeVar("T")
 STAGES = ("start", "process", "merge", "plugins", "output")
@@ -374,6 +374,7 @@ class Build:
 
     async def _plug(self, c: Component, tree: Path) -> Path:
         ws = self._workspace
+        await self.session.runtime.hand_over(self._instance(c.name), tree)
         output = await self._call(c, protocol.plug(self._instance(c.name).client,
                                                    ws.seen(tree), self.steps[c.name].config))
         try:
@@ -518,7 +519,7 @@ def _new_dir(area: Path) -> Path:
 
 
 def _message(error: BaseException | None) -> str:
-    if isinstance(error, protocol.ProtocolError | health.NotReady | BuildFailed):
+    if isinstance(error, protocol.ProtocolError | health.NotReady | BuildFailed | RuntimeError_):
         return str(error)
     return parallel.describe(error)
 
@@ -565,7 +566,13 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
                            errors=problems)
     session = Session(runtime, work_root=options.work_root, keep=options.keep)
     try:
-        await session.open(plan.template)
+        try:
+            await session.open(plan.template)
+        except (RuntimeError_, OSError) as exc:
+            return BuildResult(session=session.id, errors=[f"cannot open the work area: {exc}"],
+                               components=[ComponentResult(s.component.name,
+                                                           s.component.kind.value, "skipped")
+                                           for s in plan.steps])
         result = await Build(plan, session, options).run()
     finally:
         kept = await session.close()

@@ -31,9 +31,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import docker
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK_VERSION = "2.2.0"

@@ -14,6 +14,7 @@ import asyncio
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ NAMES = ["a", "b", "é", "日本", ".h", "x.md", "y.txt", "ü b"]
 DEEP = "/".join(["deep"] + [f"n{i}" for i in range(40)])
 
 # Globs, each with the model's own matcher (plain string operations, no glob library).
-GLOBS = {
+GLOBS: dict[str, Callable[[str], bool]] = {
     "**": lambda p: True,
     "**/*.md": lambda p: p.rsplit("/", 1)[-1].endswith(".md"),
     "a/**": lambda p: p.startswith("a/"),

@@ -142,5 +142,9 @@ class Runtime(abc.ABC):
     async def close_workspace(self, workspace: Workspace) -> None:
         """Remove whatever the runtime made for the session (beyond the area folder itself)."""
 
+    async def hand_over(self, instance: Instance, folder: Path) -> None:  # noqa: B027
+        """Let ``instance`` edit ``folder`` (a host folder in the area) in place; called before
+        each plugin call. Nothing to do where components run as boride's own user."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release runtime-wide resources."""

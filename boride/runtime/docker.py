@@ -35,7 +35,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
-import json
 import os
 import re
 import threading
@@ -44,12 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import docker
 import docker.errors
 import httpx
 import requests.exceptions
 from docker.types import Mount
 
-import docker
 from boride import parallel
 from boride.runtime.base import (
     Component,
@@ -176,33 +175,6 @@ class _Unreachable(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(self.why, request=request)
-
-
-class _PlugTransport(httpx.AsyncBaseTransport):
-    """Hands the folder a plugin is asked to edit to the container's user before the call.
-
-    The merged tree is written on the host by boride; a plugin edits it in place from an
-    unprivileged container user, which may not own those files. Only folders inside the
-    session's area are touched. Everything else passes through unchanged.
-    """
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, workspace: Workspace,
-                 owner: tuple[int, int], run: Callable[..., Awaitable[Any]]) -> None:
-        self.inner = inner
-        self.workspace = workspace
-        self.owner = owner
-        self.run = run
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST" and request.url.path == "/api/plug":
-            with contextlib.suppress(Exception):
-                body = json.loads(await request.aread())
-                host = self.workspace.host(str(body["directory"]))
-                await self.run(_chown_tree, host, *self.owner)
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
@@ -503,13 +475,17 @@ class DockerRuntime(Runtime):
         else:
             transport = _Unreachable(f"container {name} has no address on {self.network} "
                                      "(it is not running)")
-        if component.kind is Kind.PLUGIN and self._owner is not None:
-            transport = _PlugTransport(transport, workspace, self._owner, self._run)
         client = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False,
                                    base_url=f"http://{address or 'unreachable.invalid'}:{port}")
         instance = DockerInstance(component, container_id, name, address, client, self.api)
         self._instances.add(instance)
         return instance
+
+    async def hand_over(self, instance: Instance, folder: Path) -> None:
+        """The merged tree is written on the host by boride (root); a plugin edits it in place
+        as the unprivileged container user, so that user must own it first."""
+        if self._owner is not None:
+            await self._run(_chown_tree, folder, *self._owner)
 
     def _mounts(self, workspace: Workspace, kind: Kind) -> list[Mount]:
         tpl_vol, area_vol = volume_names(workspace.session_id)
