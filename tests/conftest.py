@@ -42,6 +42,42 @@ def no_leftovers() -> Iterator[None]:
     assert not left, f"processes left running: {left}"
 
 
+_DOCKER_SKIPPED: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a Docker engine the ``docker`` tests are left out, with one line saying why
+    (see pytest_terminal_summary), except under CI=true, where they must run and fail."""
+    marked = [i for i in items if i.get_closest_marker("docker") is not None]
+    if not marked:
+        return
+    from tests.docker_helpers import docker_problem, in_ci
+
+    problem = docker_problem()
+    if problem is None or in_ci():
+        return
+    items[:] = [i for i in items if i.get_closest_marker("docker") is None]
+    config.hook.pytest_deselected(items=marked)
+    _DOCKER_SKIPPED.append(f"Docker tests skipped ({len(marked)} tests): {problem}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _DOCKER_SKIPPED:
+        terminalreporter.write_line(line, yellow=True)
+
+
+@pytest.fixture(autouse=True)
+def _docker_required(request: pytest.FixtureRequest) -> None:
+    """Under CI=true the Docker tests never skip: a missing engine fails them."""
+    if request.node.get_closest_marker("docker") is None:
+        return
+    from tests.docker_helpers import SETUP, docker_problem
+
+    problem = docker_problem()
+    if problem is not None:
+        pytest.fail(f"CI=true but the Docker tests cannot run: {problem} ({SETUP})")
+
+
 def component(name: str) -> list[str]:
     return [sys.executable, str(COMPONENTS / f"{name}.py")]
 

@@ -3,6 +3,7 @@ pipeline files whose components run from the images ``.ci/docker-setup.sh`` buil
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ REQUIRED_TEST_IMAGES = ("ok_processor", "ok_resolver", "ok_plugin", "exit_at_sta
                         "never_ready", "die_during_call", "write_template", "fail_500")
 
 
+@functools.cache
 def docker_problem() -> str | None:
     """Why the Docker tests cannot run here (one line), or None."""
     try:

@@ -48,7 +48,6 @@ from tests.conftest import tree
 from tests.docker_helpers import (
     EXAMPLES,
     SETUP,
-    docker_problem,
     image_of,
     in_ci,
     managed_sessions,
@@ -58,15 +57,6 @@ from tests.docker_helpers import (
 
 pytestmark = pytest.mark.docker
 
-_PROBLEM = docker_problem()
-if _PROBLEM is not None and not in_ci():
-    pytest.skip(f"Docker tests skipped: {_PROBLEM}", allow_module_level=True)
-
-
-@pytest.fixture(autouse=True)
-def _engine_required() -> None:
-    if _PROBLEM is not None:  # only under CI: never skip there
-        pytest.fail(f"CI=true but the Docker tests cannot run: {_PROBLEM} ({SETUP})")
 
 
 class RecordingRuntime(DockerRuntime):
@@ -90,16 +80,6 @@ async def runtime() -> AsyncIterator[RecordingRuntime]:
         await rt.aclose()
         for session in rt.sessions:
             assert session_leftovers(session) == [], f"session {session} left things behind"
-
-
-@pytest.fixture
-def template(tmp_path: Path) -> Path:
-    tpl = tmp_path / "template"
-    (tpl / "src" / "deep").mkdir(parents=True)
-    (tpl / "src" / "a.txt").write_text("alpha\n")
-    (tpl / "src" / "deep" / "b.txt").write_text("beta\n")
-    (tpl / "README.md").write_text("# readme\n")
-    return tpl
 
 
 def modes(root: Path) -> dict[str, int]:
