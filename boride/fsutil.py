@@ -11,10 +11,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import threading
+from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CopyState",
@@ -140,3 +144,15 @@ def copy_fd(src: int, dst: int, size: int, dev: int, state: CopyState) -> int:
             view = view[os.write(dst, view):]
         done += len(chunk)
     return done
+
+
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree`` that also removes what components left read-only."""
+
+    def onerror(func: Any, p: str, exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+
+    shutil.rmtree(path, onerror=onerror)

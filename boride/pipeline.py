@@ -186,7 +186,7 @@ class Session:
             with contextlib.suppress(Exception):
                 await self.runtime.close_workspace(self.workspace)
         if self.root is not None and not self.keep:
-            await asyncio.to_thread(_rmtree, self.root)
+            await asyncio.to_thread(fsutil.remove_tree, self.root)
 
 
 class Build:
@@ -491,24 +491,13 @@ def _replace_folder(tree: Path, out: Path, replace: bool) -> Path:
             old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
             os.rename(out, old)
             os.rename(staging, out)
-            _rmtree(old)
+            fsutil.remove_tree(old)
         else:
             os.rename(staging, out)
     finally:
         if staging.exists():
-            _rmtree(staging)
+            fsutil.remove_tree(staging)
     return out
-
-
-def _rmtree(path: Path) -> None:
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        # Components may leave read-only folders behind: make them writable and retry.
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
 
 
 def _new_dir(area: Path) -> Path:

@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from boride import archive, health, merge, parallel, protocol
+from boride import archive, fsutil, health, merge, parallel, protocol
 from boride import registry as reg
 from boride.fsutil import is_within
 from boride.pipeline import Build, BuildOptions, BuildResult, Plan, Session, Step
@@ -666,7 +665,7 @@ class Service:
                 if name not in before:
                     path = area / name
                     if path.is_dir() and not path.is_symlink():
-                        _remove_tree(path)
+                        fsutil.remove_tree(path)
                     else:
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
@@ -816,12 +815,3 @@ def _summary(result: BuildResult) -> str:
     return "The build failed"
 
 
-def _remove_tree(path: Path) -> None:
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        # Components may leave read-only folders behind: make them writable and retry.
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
