@@ -325,3 +325,13 @@ def test_runs_as_an_ordinary_user(ordinary_tmp: Path) -> None:
     assert tree(out) == tree(EXAMPLES / "expected")
     assert out.stat().st_uid == 65534
     assert_work_area_gone(work)
+
+
+def test_keep_leaves_the_work_area_for_debugging(tmp_path: Path) -> None:
+    proc, data = run_json(EXAMPLES / "pipeline.yaml", "--out", tmp_path / "out", "--keep",
+                          work=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    kept = Path(data["work_dir"])
+    assert kept.parent == tmp_path / "work"
+    assert (kept / "area").is_dir() and any((kept / "area").iterdir())  # outputs and merge
+    assert f"work area kept in {kept}" in proc.stderr
