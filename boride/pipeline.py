@@ -165,14 +165,6 @@ class Session:
         self.instances[component.name] = await self.runtime.start(self.workspace, component)
         await health.wait_ready(self.instances[component.name], ready_timeout)
 
-    async def start(self, components: list[Component], *, limit: int | None = None,
-                    ready_timeout: float = health.DEFAULT_DEADLINE) -> list[str]:
-        """Start components in parallel (fail-fast); return every error, empty on success."""
-        report = await parallel.run(lambda c: self.start_one(c, ready_timeout), components,
-                                    limit=limit, fail_fast=True)
-        return [f"{o.item.kind.value} {o.item.name!r}: {_message(o.error)}"
-                for o in report.failures]
-
     async def close(self) -> Path | None:
         """Stop everything, remove the work area; return it instead when ``keep`` is set."""
         await _shielded(self._close())
@@ -267,7 +259,7 @@ class Build:
             if isinstance(o.error, parallel.DeadlineExceeded):
                 message = f"build timed out after {self.options.timeout:g}s"
             else:
-                message = _message(o.error)
+                message = describe_error(o.error)
             res.error = message
             self._event(stage, o.item.name, o.status.value)
             if o.status is parallel.Status.FAILED or isinstance(o.error,
@@ -507,7 +499,8 @@ def _new_dir(area: Path) -> Path:
     return path
 
 
-def _message(error: BaseException | None) -> str:
+def describe_error(error: BaseException | None) -> str:
+    """A component's error for the user: our own errors as they are, others with their type."""
     if isinstance(error, protocol.ProtocolError | health.NotReady | BuildFailed | RuntimeError_):
         return str(error)
     return parallel.describe(error)

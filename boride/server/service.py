@@ -33,7 +33,7 @@ import httpx
 from boride import archive, fsutil, health, merge, parallel, protocol
 from boride import registry as reg
 from boride.fsutil import is_within
-from boride.pipeline import Build, BuildOptions, BuildResult, Plan, Session, Step
+from boride.pipeline import Build, BuildOptions, BuildResult, Plan, Session, Step, describe_error
 from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeError_
 from boride.server.metrics import Metrics
 from boride.server.models import (
@@ -243,7 +243,7 @@ class Service:
             if o.ok:
                 continue
             self.metrics.component_failures.labels(o.item.kind.value).inc()
-            errors.append(f"{o.item.kind.value} {o.item.name!r}: {_describe(o.error)}")
+            errors.append(f"{o.item.kind.value} {o.item.name!r}: {describe_error(o.error)}")
             instance = session.instances.pop(o.item.name, None)
             if instance is not None:
                 failed.append(instance)
@@ -508,7 +508,7 @@ class Service:
                                "Some processors or plugins cannot be resolved to a version "
                                "pinned in the template",
                                [str(o.error) if isinstance(o.error, reg.RegistryError)
-                                else f"{o.item[1]}: {_describe(o.error)}"
+                                else f"{o.item[1]}: {describe_error(o.error)}"
                                 for o in report.failures])
         entries = [e for e in report.values if e is not None]
         # Each resolved version as the template pins it (and the registry runs it): the same
@@ -799,12 +799,6 @@ async def _exited(instance: Instance) -> bool:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     return bool(done)
-
-
-def _describe(error: BaseException | None) -> str:
-    if isinstance(error, protocol.ProtocolError | health.NotReady | RuntimeError_):
-        return str(error)
-    return parallel.describe(error)
 
 
 def _summary(result: BuildResult) -> str:
