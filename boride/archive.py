@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from boride import parallel
-from boride.fsutil import is_within
+from boride.fsutil import is_within, walk_entries
 
 __all__ = [
     "BLOCK_SIZE",
@@ -161,37 +161,29 @@ def _scan(src: Path) -> list[_Entry]:
         raise ArchiveError([f"{src} cannot be read: {exc}"]) from None
     entries: list[_Entry] = []
     errors: list[str] = []
-    stack = [("", root)]
-    while stack:
-        rel_dir, abs_dir = stack.pop()
-        prefix = rel_dir + "/" if rel_dir else ""
+
+    def unlistable(rel_dir: str, exc: OSError) -> None:
+        errors.append(f"{rel_dir or '.'!r}: cannot list: {exc.strerror or exc}")
+
+    for rel, e in walk_entries(root, unlistable):
+        key = os.fsencode(rel)
         try:
-            with os.scandir(abs_dir) as it:
-                listing = list(it)
-        except OSError as exc:
-            errors.append(f"{rel_dir or '.'!r}: cannot list: {exc.strerror or exc}")
-            continue
-        for e in listing:
-            rel = prefix + e.name
-            key = os.fsencode(rel)
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    entries.append(_Entry(key, rel, tarfile.DIRTYPE))
-                    stack.append((rel, e.path))
-                elif e.is_file(follow_symlinks=False):
-                    entries.append(_Entry(key, rel, tarfile.REGTYPE, path=e.path))
-                elif e.is_symlink():
-                    target = os.path.realpath(e.path)
-                    if is_within(target, root):
-                        link = os.path.relpath(target, os.path.dirname(e.path))
-                        entries.append(_Entry(key, rel, tarfile.SYMTYPE, link=link))
-                    else:
-                        errors.append(f"{rel!r}: symlink to {os.readlink(e.path)!r} leads "
-                                      f"outside {src}")
+            if e.is_dir(follow_symlinks=False):
+                entries.append(_Entry(key, rel, tarfile.DIRTYPE))
+            elif e.is_file(follow_symlinks=False):
+                entries.append(_Entry(key, rel, tarfile.REGTYPE, path=e.path))
+            elif e.is_symlink():
+                target = os.path.realpath(e.path)
+                if is_within(target, root):
+                    link = os.path.relpath(target, os.path.dirname(e.path))
+                    entries.append(_Entry(key, rel, tarfile.SYMTYPE, link=link))
                 else:
-                    errors.append(f"{rel!r}: not a regular file, directory or symlink")
-            except OSError as exc:
-                errors.append(f"{rel!r}: cannot read: {exc.strerror or exc}")
+                    errors.append(f"{rel!r}: symlink to {os.readlink(e.path)!r} leads "
+                                  f"outside {src}")
+            else:
+                errors.append(f"{rel!r}: not a regular file, directory or symlink")
+        except OSError as exc:
+            errors.append(f"{rel!r}: cannot read: {exc.strerror or exc}")
     if errors:
         raise ArchiveError(sorted(errors))
     entries.sort(key=lambda e: e.key)

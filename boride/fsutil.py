@@ -17,6 +17,7 @@ import fcntl
 import os
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,31 @@ def remove_tree(path: Path) -> None:
             func(p)
 
     shutil.rmtree(path, onerror=onerror)
+
+
+def walk_entries(root: str, on_unlistable: Callable[[str, OSError], None]
+                 ) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry below ``root`` with its relative path ("a/b"), symlinks never followed.
+
+    Iterative, so depth is bounded only by the OS. Folders are descended into after being
+    yielded; one that cannot be listed is reported to ``on_unlistable(rel_dir, error)``
+    (``rel_dir`` is "" for ``root`` itself) and skipped.
+    """
+    stack: list[tuple[str, str]] = [("", root)]
+    while stack:
+        rel_dir, abs_dir = stack.pop()
+        prefix = rel_dir + "/" if rel_dir else ""
+        try:
+            with os.scandir(abs_dir) as it:
+                listing = list(it)
+        except OSError as exc:
+            on_unlistable(rel_dir, exc)
+            continue
+        for entry in listing:
+            rel = prefix + entry.name
+            yield rel, entry
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((rel, entry.path))
+            except OSError:
+                pass  # the caller's own is_dir check reports it

@@ -79,7 +79,15 @@ from typing import Any, TypeVar
 from wcmatch import glob as wcglob
 
 from boride import parallel
-from boride.fsutil import CopyState, UnsafePath, copy_fd, current_umask, is_within, safe_relpath
+from boride.fsutil import (
+    CopyState,
+    UnsafePath,
+    copy_fd,
+    current_umask,
+    is_within,
+    safe_relpath,
+    walk_entries,
+)
 
 __all__ = [
     "Conflict",
@@ -179,32 +187,23 @@ def _scan(layer: int, root: str) -> _Layer:
         out.errors.append(f"{who}: output is not a directory")
         return out
     real_root = os.path.realpath(root)
-    stack: list[tuple[str, str]] = [("", root)]
-    while stack:
-        rel_dir, abs_dir = stack.pop()
-        prefix = rel_dir + "/" if rel_dir else ""
+    def unlistable(rel_dir: str, exc: OSError) -> None:
+        out.errors.append(f"{who}: directory {rel_dir or '.'!r} cannot be read: "
+                          f"{exc.strerror or exc}")
+
+    for rel, entry in walk_entries(root, unlistable):
         try:
-            with os.scandir(abs_dir) as it:
-                entries = list(it)
+            if entry.is_dir(follow_symlinks=False):
+                out.dirs.append(rel)
+            elif entry.is_file(follow_symlinks=False):
+                out.files.append((rel, entry.path))
+            elif entry.is_symlink():
+                _scan_symlink(out, who, real_root, rel, entry.path)
+            else:
+                out.errors.append(f"{who}: {rel!r} is not a regular file, directory or "
+                                  "symlink")
         except OSError as exc:
-            out.errors.append(f"{who}: directory {rel_dir or '.'!r} cannot be read: "
-                              f"{exc.strerror or exc}")
-            continue
-        for entry in entries:
-            rel = prefix + entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    out.dirs.append(rel)
-                    stack.append((rel, entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    out.files.append((rel, entry.path))
-                elif entry.is_symlink():
-                    _scan_symlink(out, who, real_root, rel, entry.path)
-                else:
-                    out.errors.append(f"{who}: {rel!r} is not a regular file, directory or "
-                                      "symlink")
-            except OSError as exc:
-                out.errors.append(f"{who}: {rel!r} cannot be read: {exc.strerror or exc}")
+            out.errors.append(f"{who}: {rel!r} cannot be read: {exc.strerror or exc}")
     return out
 
 
