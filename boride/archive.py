@@ -16,12 +16,15 @@ The archive
   byte for byte, whatever the files' owners, mtimes and the order the file system lists them in.
 * Format: POSIX ustar headers; a PAX extended header only where ustar cannot hold a value
   (non-ASCII or long names, files of 8 GiB and more), as :mod:`tarfile` writes them.
-* Symlinks are stored as symlinks only if their target, fully resolved, lies inside ``src``;
-  the stored target is then rewritten relative to the link (so it stays inside after
-  extraction). A symlink leading outside ``src`` (absolute or through ``..``) is an error;
-  nothing outside ``src`` is ever read. Other special files (FIFOs, sockets, devices) are errors.
-  These are detected by a scan before the first byte is produced (:class:`ArchiveError` lists
-  all of them). Names can never be absolute or contain ``..``: they come from directory listings.
+* Symlinks are stored as symlinks only if their target, resolved within ``src`` (see
+  :func:`boride.fsutil.resolve_link`), lies inside it; the stored target is then rewritten
+  relative to the link (so it stays inside after extraction). A symlink leading outside ``src``
+  (an absolute target elsewhere, ``..`` above it, also through other links) is an error naming
+  it. Other special files (FIFOs, sockets, devices) are errors. These are detected by a scan
+  before the first byte is produced (:class:`ArchiveError` lists all of them). Names can never
+  be absolute or contain ``..``: they come from directory listings.
+* Nothing outside ``src`` is ever read: the tree is walked and read through directory
+  descriptors only, so a component renaming folders meanwhile cannot lead the archiver out.
 
 Compression
 ===========
@@ -50,6 +53,7 @@ import struct
 import tarfile
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +62,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from boride import parallel
-from boride.fsutil import is_within, walk_entries
+from boride.fsutil import (
+    DirCache,
+    UnsafePath,
+    is_within,
+    link_text,
+    open_dir,
+    resolve_link,
+    walk,
+)
 
 __all__ = [
     "BLOCK_SIZE",
@@ -75,8 +87,6 @@ BLOCK_SIZE = 1 << 20  # uncompressed bytes per independently compressed block
 WINDOW = 1 << 15  # deflate's window: the preset dictionary taken from the previous block
 RECORD_SIZE = 20 * 512  # the tar stream is padded to a multiple of this, like tar and tarfile
 READ_CHUNK = 1 << 20
-
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 
 
 class ArchiveError(Exception):
@@ -148,42 +158,67 @@ class _Entry:
     key: bytes  # sort key: the relative path's file-system bytes
     rel: str
     kind: bytes  # tar type flag: REGTYPE, DIRTYPE or SYMTYPE
-    path: str = ""  # host path (files)
     link: str = ""  # stored link target (symlinks)
 
 
-def _scan(src: Path) -> list[_Entry]:
+def _open_root(src: Path, within: Path | None) -> int:
     try:
-        root = os.path.realpath(src)
-        if not os.path.isdir(root):
-            raise ArchiveError([f"{src} is not a directory"])
+        return open_dir(src, within)
+    except UnsafePath as exc:
+        raise ArchiveError([str(exc)]) from None
+    except NotADirectoryError:
+        raise ArchiveError([f"{src} is not a directory"]) from None
     except OSError as exc:
-        raise ArchiveError([f"{src} cannot be read: {exc}"]) from None
+        raise ArchiveError([f"{src} cannot be read: {exc.strerror or exc}"]) from None
+
+
+@dataclass
+class _Tree:
+    """An open tree to archive: its root's descriptor (owned) and its scanned entries."""
+
+    fd: int
+    entries: list[_Entry]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _load(src: Path, within: Path | None) -> _Tree:
+    fd = _open_root(src, within)
+    try:
+        return _Tree(fd, _scan(fd, src))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _scan(root_fd: int, src: Path) -> list[_Entry]:
+    """Every entry of the tree, through descriptors only (see :func:`boride.fsutil.walk`)."""
     entries: list[_Entry] = []
     errors: list[str] = []
 
     def unlistable(rel_dir: str, exc: OSError) -> None:
         errors.append(f"{rel_dir or '.'!r}: cannot list: {exc.strerror or exc}")
 
-    for rel, e in walk_entries(root, unlistable):
-        key = os.fsencode(rel)
-        try:
-            if e.is_dir(follow_symlinks=False):
-                entries.append(_Entry(key, rel, tarfile.DIRTYPE))
-            elif e.is_file(follow_symlinks=False):
-                entries.append(_Entry(key, rel, tarfile.REGTYPE, path=e.path))
-            elif e.is_symlink():
-                target = os.path.realpath(e.path)
-                if is_within(target, root):
-                    link = os.path.relpath(target, os.path.dirname(e.path))
-                    entries.append(_Entry(key, rel, tarfile.SYMTYPE, link=link))
-                else:
-                    errors.append(f"{rel!r}: symlink to {os.readlink(e.path)!r} leads "
-                                  f"outside {src}")
+    for e in walk(root_fd, unlistable):
+        key = os.fsencode(e.rel)
+        if e.kind == "dir":
+            entries.append(_Entry(key, e.rel, tarfile.DIRTYPE))
+        elif e.kind == "file":
+            entries.append(_Entry(key, e.rel, tarfile.REGTYPE))
+        elif e.kind == "link":
+            try:
+                target, _ = resolve_link(root_fd, e.rel)
+            except UnsafePath as exc:
+                errors.append(f"{exc} ({src})")
+            except OSError as exc:
+                errors.append(f"{e.rel!r}: cannot read: {exc.strerror or exc}")
             else:
-                errors.append(f"{rel!r}: not a regular file, directory or symlink")
-        except OSError as exc:
-            errors.append(f"{rel!r}: cannot read: {exc.strerror or exc}")
+                entries.append(_Entry(key, e.rel, tarfile.SYMTYPE, link=link_text(e.rel, target)))
+        else:
+            errors.append(f"{e.rel!r}: not a regular file, directory or symlink")
     if errors:
         raise ArchiveError(sorted(errors))
     entries.sort(key=lambda e: e.key)
@@ -221,8 +256,16 @@ def _header(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") ->
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def _tar_blocks(entries: list[_Entry], block_size: int) -> Iterator[tuple[bytes, bytes, bool]]:
-    """The uncompressed tar stream as (block, preset dictionary, is last) triples."""
+def _tar_blocks(entries: list[_Entry], root_fd: int, block_size: int
+                ) -> Iterator[tuple[bytes, bytes, bool]]:
+    """The uncompressed tar stream as (block, preset dictionary, is last) triples; files are
+    opened below ``root_fd`` through descriptors."""
+    with DirCache(root_fd) as dirs:
+        yield from _tar_stream(entries, dirs, block_size)
+
+
+def _tar_stream(entries: list[_Entry], dirs: DirCache, block_size: int
+                ) -> Iterator[tuple[bytes, bytes, bool]]:
     buf = bytearray()
     pending: bytes | None = None
     zdict = b""
@@ -241,7 +284,7 @@ def _tar_blocks(entries: list[_Entry], block_size: int) -> Iterator[tuple[bytes,
     for e in entries:
         if e.kind == tarfile.REGTYPE:
             try:
-                fd = os.open(e.path, _READ_FLAGS)
+                fd = dirs.open_file(e.rel)
             except OSError as exc:
                 raise ArchiveError([f"{e.rel!r}: cannot open: {exc.strerror or exc}"]) from None
             try:
@@ -300,7 +343,7 @@ def _gzip_header(level: int) -> bytes:
     return b"\x1f\x8b\x08\x00" + b"\0\0\0\0" + bytes([xfl, 255])  # no name, mtime 0, OS unknown
 
 
-async def _produce(entries: list[_Entry], level: int, threads: int, block_size: int,
+async def _produce(tree: _Tree, level: int, threads: int, block_size: int,
                    emit: Callable[[bytes], None]) -> None:
     """Compress the tar stream on ``threads`` threads; ``emit`` the gzip bytes in order."""
     loop = asyncio.get_running_loop()
@@ -314,7 +357,7 @@ async def _produce(entries: list[_Entry], level: int, threads: int, block_size: 
         emit(_gzip_header(level))
         crc = 0
         total = 0
-        async with parallel.stream(compress, _tar_blocks(entries, block_size),
+        async with parallel.stream(compress, _tar_blocks(tree.entries, tree.fd, block_size),
                                    limit=threads) as outcomes:
             async for outcome in outcomes:
                 if not outcome.ok or outcome.value is None:
@@ -338,7 +381,7 @@ class _Closed(Exception):
     """The consumer stopped reading."""
 
 
-def _gzip_stream(entries: list[_Entry], level: int, threads: int,
+def _gzip_stream(tree: _Tree, level: int, threads: int,
                  block_size: int) -> Iterator[bytes]:
     """Run :func:`_produce` on a private event loop in its own thread (so that this works from
     any thread, whether it runs an event loop or not) and yield what it emits."""
@@ -357,7 +400,7 @@ def _gzip_stream(entries: list[_Entry], level: int, threads: int,
 
     def run() -> None:
         try:
-            asyncio.run(_produce(entries, level, threads, block_size, emit))
+            asyncio.run(_produce(tree, level, threads, block_size, emit))
         except _Closed:
             return
         except BaseException as exc:
@@ -393,6 +436,7 @@ def _gzip_stream(entries: list[_Entry], level: int, threads: int,
             except queue.Empty:
                 pass
             worker.join(0.05)
+        tree.close()
 
 
 def _rechunk(pieces: Iterator[bytes], chunk_size: int) -> Iterator[bytes]:
@@ -417,20 +461,22 @@ def _check_args(chunk_size: int, level: int) -> None:
 
 
 def iter_archive(src: Path, chunk_size: int = 1 << 16, *, level: int = DEFAULT_LEVEL,
-                 threads: int | None = None) -> Iterator[bytes]:
+                 threads: int | None = None, within: Path | None = None) -> Iterator[bytes]:
     """The ``.tar.gz`` of ``src`` in chunks of ``chunk_size`` bytes (the last may be shorter).
 
     The tree is scanned now: :class:`ArchiveError` (symlinks leading out, special files) is
     raised by this call, before any byte. Reading and compressing happen while iterating,
-    with a bounded number of blocks in memory; closing the iterator early stops the work."""
+    with a bounded number of blocks in memory; closing the iterator early stops the work.
+    With ``within``, ``src`` must really lie at or below that folder when it is opened."""
     _check_args(chunk_size, level)
-    entries = _scan(src)
-    return _rechunk(_gzip_stream(entries, level, threads or parallel.default_limit(),
-                                 BLOCK_SIZE), chunk_size)
+    tree = _load(src, within)
+    stream = _gzip_stream(tree, level, threads or parallel.default_limit(), BLOCK_SIZE)
+    weakref.finalize(stream, tree.close)  # an iterator dropped before its first chunk
+    return _rechunk(stream, chunk_size)
 
 
 def write_archive(src: Path, dest: Path, *, level: int = DEFAULT_LEVEL,
-                  threads: int | None = None) -> ArchiveResult:
+                  threads: int | None = None, within: Path | None = None) -> ArchiveResult:
     """Write the ``.tar.gz`` of ``src`` to ``dest`` (the same bytes as :func:`iter_archive`)."""
     start = time.perf_counter()
     _check_args(1, level)
@@ -438,12 +484,12 @@ def write_archive(src: Path, dest: Path, *, level: int = DEFAULT_LEVEL,
                              os.path.basename(dest))
     if is_within(real_dest, os.path.realpath(src)):
         raise ArchiveError([f"the archive {dest} would be inside the tree {src}"])
-    entries = _scan(src)
-    files = sum(1 for e in entries if e.kind == tarfile.REGTYPE)
+    tree = _load(src, within)
+    files = sum(1 for e in tree.entries if e.kind == tarfile.REGTYPE)
     written = 0
     try:
         with open(dest, "wb") as f:
-            for chunk in _gzip_stream(entries, level, threads or parallel.default_limit(),
+            for chunk in _gzip_stream(tree, level, threads or parallel.default_limit(),
                                       BLOCK_SIZE):
                 f.write(chunk)
                 written += len(chunk)
@@ -451,4 +497,6 @@ def write_archive(src: Path, dest: Path, *, level: int = DEFAULT_LEVEL,
         with contextlib.suppress(OSError):
             os.unlink(dest)  # no truncated archive left behind
         raise
+    finally:
+        tree.close()
     return ArchiveResult(files, written, time.perf_counter() - start)

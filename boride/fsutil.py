@@ -1,4 +1,4 @@
-"""Small file-system helpers shared by the merge and the archive writer.
+"""Small file-system helpers shared by the merge, the archive writer and the output.
 
 * :func:`copy_fd` copies file data between two open descriptors as fast as the kernel allows:
   a reflink (``FICLONE``, copy-on-write, so the copy never shares writable blocks with its
@@ -7,6 +7,8 @@
 * :func:`safe_relpath` validates and normalises a relative posix path coming from outside.
 * :func:`is_within` checks containment of real paths.
 * :func:`current_umask` reads the process umask without changing it.
+* :func:`open_dir`, :func:`walk`, :class:`DirCache`, :func:`resolve_link`, :func:`chown_tree`:
+  walks of trees a component can still change, through directory descriptors only (see below).
 """
 
 from __future__ import annotations
@@ -15,19 +17,31 @@ import contextlib
 import errno
 import fcntl
 import os
+import posixpath
 import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CopyState",
+    "DirCache",
+    "Entry",
     "UnsafePath",
+    "chown_tree",
     "copy_fd",
     "current_umask",
     "is_within",
+    "link_text",
+    "open_dir",
+    "open_subdir",
+    "remove_tree",
+    "resolve_link",
     "safe_relpath",
+    "walk",
 ]
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
@@ -159,29 +173,233 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
-def walk_entries(root: str, on_unlistable: Callable[[str, OSError], None]
-                 ) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """Every entry below ``root`` with its relative path ("a/b"), symlinks never followed.
+# --------------------------------------------------------------------------------------------
+# Trees a component can still change, walked through descriptors only.
+#
+# A component may rename or swap anything in the work area at any moment (for example a folder
+# with a symlink to /etc, with renameat2(RENAME_EXCHANGE) in a loop). A walk by path can then
+# be led anywhere. So every walk of such a tree starts from an open descriptor of its root,
+# lists folders through their descriptors, and opens every folder and file relative to its
+# parent with O_NOFOLLOW: a swap can make an entry vanish or fail to open, never lead outside.
 
-    Iterative, so depth is bounded only by the OS. Folders are descended into after being
-    yielded; one that cannot be listed is reported to ``on_unlistable(rel_dir, error)``
-    (``rel_dir`` is "" for ``root`` itself) and skipped.
-    """
-    stack: list[tuple[str, str]] = [("", root)]
-    while stack:
-        rel_dir, abs_dir = stack.pop()
-        prefix = rel_dir + "/" if rel_dir else ""
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+_MAX_LINK_HOPS = 40  # the kernel's own limit (MAXSYMLINKS)
+
+
+def open_dir(path: os.PathLike[str] | str, within: os.PathLike[str] | str | None = None) -> int:
+    """Open the folder ``path`` (never a symlink in its place) and return its descriptor.
+
+    With ``within``, also check where the opened folder really is: at or below ``within``,
+    whatever a component did to the folders on the way meanwhile; else :class:`UnsafePath`."""
+    fd = os.open(path, DIR_FLAGS)
+    if within is None:
+        return fd
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if not is_within(real, os.path.realpath(within)):
+            raise UnsafePath(f"{os.fspath(path)} leads outside {os.fspath(within)}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a walk. ``dir_fd`` is its folder's descriptor, valid until the walk goes
+    on: use it with ``name`` (``os.open(e.name, ..., dir_fd=e.dir_fd)``)."""
+
+    rel: str  # relative posix path from the root ("a/b")
+    name: str
+    dir_fd: int
+    kind: str  # "dir", "file", "link" or "other"
+
+
+def _kind(entry: os.DirEntry[str]) -> str:
+    if entry.is_dir(follow_symlinks=False):
+        return "dir"
+    if entry.is_file(follow_symlinks=False):
+        return "file"
+    return "link" if entry.is_symlink() else "other"
+
+
+def _listing(fd: int) -> list[tuple[str, str]]:
+    with os.scandir(fd) as it:
+        return [(e.name, _kind(e)) for e in it]
+
+
+def walk(root_fd: int, on_error: Callable[[str, OSError], None]) -> Iterator[Entry]:
+    """Every entry below the folder ``root_fd``, depth first, each folder before its contents;
+    symlinks are never followed. A folder that cannot be listed or opened (a component swapped
+    it meanwhile, say) is reported to ``on_error(rel, error)`` (``rel`` is "" for the root) and
+    skipped. Open descriptors: one per level of depth; ``root_fd`` is left open."""
+    stack: list[tuple[str, int, Iterator[tuple[str, str]]]] = []
+
+    def descend(rel: str, fd: int) -> None:
         try:
-            with os.scandir(abs_dir) as it:
-                listing = list(it)
+            listing = _listing(fd)
         except OSError as exc:
-            on_unlistable(rel_dir, exc)
-            continue
-        for entry in listing:
-            rel = prefix + entry.name
-            yield rel, entry
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((rel, entry.path))
-            except OSError:
-                pass  # the caller's own is_dir check reports it
+            if fd != root_fd:
+                os.close(fd)
+            on_error(rel, exc)
+            return
+        stack.append((rel, fd, iter(listing)))
+
+    descend("", root_fd)
+    try:
+        while stack:
+            rel_dir, fd, items = stack[-1]
+            item = next(items, None)
+            if item is None:
+                stack.pop()
+                if fd != root_fd:
+                    os.close(fd)
+                continue
+            name, kind = item
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            yield Entry(rel, name, fd, kind)
+            if kind == "dir":
+                try:
+                    child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    on_error(rel, exc)
+                    continue
+                descend(rel, child)
+    finally:
+        for _, fd, _ in stack:
+            if fd != root_fd:
+                os.close(fd)
+
+
+def open_subdir(root_fd: int, rel_dir: str) -> int:
+    """Open the folder ``rel_dir`` below ``root_fd`` one component at a time, none followed
+    if it is a symlink. The caller closes the result (``root_fd`` itself when ``rel_dir`` is
+    empty: then a duplicate is returned)."""
+    fd = os.dup(root_fd)
+    for part in rel_dir.split("/") if rel_dir else ():
+        try:
+            child = os.open(part, DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+class DirCache:
+    """Opens files below a root descriptor by relative path through :func:`open_subdir`,
+    keeping the last folder open (callers go folder by folder). Not thread-safe."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self._rel: str | None = None
+        self._fd = -1
+
+    def dir(self, rel_dir: str) -> int:
+        if rel_dir != self._rel:
+            self.close()
+            self._fd = open_subdir(self.root_fd, rel_dir)
+            self._rel = rel_dir
+        return self._fd
+
+    def open_file(self, rel: str) -> int:
+        """A read-only descriptor of the file ``rel`` (refused if it is a symlink)."""
+        rel_dir, _, name = rel.rpartition("/")
+        return os.open(name, FILE_FLAGS, dir_fd=self.dir(rel_dir))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._rel = -1, None
+
+    def __enter__(self) -> DirCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def resolve_link(root_fd: int, rel: str) -> tuple[str, bool]:
+    """Where the symlink ``rel`` below ``root_fd`` leads, as a path relative to the root ("" is
+    the root itself), and whether that exists. Resolved as the kernel would, one component at
+    a time through descriptors, but confined: a target that climbs above the root, loops, or is
+    absolute (unless it names a place below the root's own real path, taken then as relative to
+    the root) raises :class:`UnsafePath`. The part of a dangling target after the first missing
+    component is taken as written."""
+    done = rel.split("/")[:-1]
+    root = os.readlink(f"/proc/self/fd/{root_fd}")
+    with DirCache(root_fd) as dirs:
+        target = os.readlink(rel.rpartition("/")[2], dir_fd=dirs.dir("/".join(done)))
+        if target.startswith("/"):
+            done = []
+        todo = _link_parts(rel, root, target)
+        hops, exists = 1, True
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not done:
+                    raise UnsafePath(f"symlink {rel!r} leads outside the tree")
+                done.pop()
+                continue
+            if exists:
+                try:
+                    st = os.lstat(part, dir_fd=dirs.dir("/".join(done)))
+                except (FileNotFoundError, NotADirectoryError):
+                    exists = False
+                else:
+                    if stat.S_ISLNK(st.st_mode):
+                        hops += 1
+                        if hops > _MAX_LINK_HOPS:
+                            raise UnsafePath(f"symlink {rel!r} loops")
+                        link_at = "/".join([*done, part])
+                        target = os.readlink(part, dir_fd=dirs.dir("/".join(done)))
+                        if target.startswith("/"):
+                            done = []
+                        todo[:0] = _link_parts(rel, root, target, via=link_at)
+                        continue
+                    if not stat.S_ISDIR(st.st_mode) and any(p not in ("", ".") for p in todo):
+                        exists = False  # a file used as a folder: dangling
+            done.append(part)
+    return "/".join(done), exists
+
+
+def _link_parts(rel: str, root: str, target: str, via: str | None = None) -> list[str]:
+    """A link's target as components to resolve: relative ones from the link's folder,
+    absolute ones below ``root`` from the root."""
+    if not target.startswith("/"):
+        return target.split("/")
+    if target == root or target.startswith(root.rstrip("/") + "/"):
+        return target[len(root):].split("/")
+    step = f" (through {via!r})" if via else ""
+    raise UnsafePath(f"symlink {rel!r}{step} leads to {target!r}, outside the tree")
+
+
+def link_text(rel: str, resolved: str) -> str:
+    """The relative link text that leads from the symlink ``rel`` to ``resolved`` (both
+    relative to the same root)."""
+    return posixpath.relpath("/" + resolved, "/" + posixpath.dirname(rel))
+
+
+def chown_tree(root_fd: int, uid: int, gid: int) -> list[str]:
+    """Give the folder ``root_fd`` and everything below it (symlinks themselves, never their
+    targets) to ``uid:gid``. Entries that vanish or change kind meanwhile (a component still at
+    work) are skipped; other failures are returned, one line each."""
+    errors: list[str] = []
+
+    def failed(rel: str, exc: OSError) -> None:
+        if exc.errno not in _RACED:
+            errors.append(f"{rel or '.'!r}: {exc.strerror or exc}")
+
+    os.chown(root_fd, uid, gid)
+    for e in walk(root_fd, failed):
+        try:
+            os.chown(e.name, uid, gid, dir_fd=e.dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            failed(e.rel, exc)
+    return errors
+
+
+# What a concurrent rename/swap/removal by a component looks like to a walk.
+_RACED = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})

@@ -18,7 +18,8 @@ kept. A path that is a directory in several outputs is not a conflict: their con
 
 *Conflicts.* A path that is a regular file in several outputs is a conflict. The first rule (in
 rule order) with a glob matching the path decides it: ``resolve(rule, conflict)`` is awaited with
-every version (``Version(layer, host path)``, in layer order) and returns ``(path, content)``;
+every version (``Version(layer, host path, content, executable)``, in layer order; the content
+read through descriptors, never by path) and returns ``(path, content)``;
 ``content`` is written at ``path``, executable iff the last layer's version is. The returned path
 must be a safe relative posix path (``str``, not absolute, no ``..`` component, no NUL; ``.`` and
 empty components are dropped), else the resolution fails. A resolved conflict contributes only
@@ -54,18 +55,23 @@ Safety and speed
 
 Nothing is written outside ``target``: every file and directory is created relative to an open
 descriptor of ``target`` with ``O_CREAT|O_EXCL|O_NOFOLLOW`` / ``mkdir`` (which never follow or
-reuse an existing entry), in a tree the merge itself creates from empty. Files are copies, never
-hard links (a plugin editing the merged tree in place must not change a processor's output): a
-reflink (``FICLONE``, copy-on-write) where the file system supports it, else
-``copy_file_range``. Scans, copies and resolver calls all fan out through :mod:`boride.parallel`,
-bounded by ``limit`` (default: the CPU count): at most ``limit`` resolver calls in flight, and
-copies in batches of :data:`BATCH_FILES` files on a private pool of ``limit`` threads (the
-kernel work of creating files then runs on several cores; see docs/benchmarks.md).
+reuse an existing entry), in a tree the merge itself creates from empty. Nothing outside the
+outputs is read: processors may still be running and renaming things in them, so each output is
+walked and read through directory descriptors (:func:`boride.fsutil.walk`), never by path. Files
+are copies, never hard links (a plugin editing the merged tree in place must not change a
+processor's output): a reflink (``FICLONE``, copy-on-write) where the file system supports it,
+else ``copy_file_range``. Scans, copies and resolver calls all fan out through
+:mod:`boride.parallel`, bounded by ``limit`` (default: the CPU count): at most ``limit``
+resolver calls in flight, and copies in batches of :data:`BATCH_FILES` files on a private pool
+of ``limit`` threads (the kernel work of creating files then runs on several cores; see
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import stat
 import threading
@@ -81,12 +87,17 @@ from wcmatch import glob as wcglob
 from boride import parallel
 from boride.fsutil import (
     CopyState,
+    DirCache,
+    Entry,
     UnsafePath,
     copy_fd,
     current_umask,
     is_within,
+    open_dir,
+    open_subdir,
+    resolve_link,
     safe_relpath,
-    walk_entries,
+    walk,
 )
 
 __all__ = [
@@ -106,9 +117,7 @@ GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.BRACE | wcglob.FORCEUNIX
 # A batch holds files of one folder only (see _batches).
 BATCH_FILES = 64
 
-_SRC_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 _DST_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 T = TypeVar("T")
 
@@ -122,7 +131,9 @@ class ResolverRule:
 @dataclass(frozen=True)
 class Version:
     layer: int  # processor index in the build (0 = first)
-    path: Path  # host path of this processor's file
+    path: Path  # host path of this processor's file (for messages: read ``content``)
+    content: bytes = field(default=b"", compare=False, repr=False)  # read through descriptors
+    executable: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -163,73 +174,71 @@ class MergeError(Exception):
 
 @dataclass
 class _Layer:
-    """What one output holds: files as (relative path, host path to read), directories."""
+    """What one output holds: files as (relative path, relative path to read: a symlink's
+    resolved target), directories."""
 
     files: list[tuple[str, str]] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    root: str = ""
 
 
 def _who(layer: int, root: str) -> str:
     return f"processor {layer} ({root})"
 
 
-def _scan(layer: int, root: str) -> _Layer:
-    """Walk one output without following symlinks (iteratively: depth is only bounded by the OS)."""
+def _scan(layer: int, root: str, root_fd: int) -> _Layer:
+    """Walk one output through descriptors (:func:`boride.fsutil.walk`), never following a
+    symlink out of it."""
     out = _Layer()
     who = _who(layer, root)
-    try:
-        st = os.stat(root)
-    except OSError as exc:
-        out.errors.append(f"{who}: output directory cannot be read: {exc.strerror or exc}")
-        return out
-    if not stat.S_ISDIR(st.st_mode):
-        out.errors.append(f"{who}: output is not a directory")
-        return out
-    real_root = os.path.realpath(root)
+
     def unlistable(rel_dir: str, exc: OSError) -> None:
         out.errors.append(f"{who}: directory {rel_dir or '.'!r} cannot be read: "
                           f"{exc.strerror or exc}")
 
-    for rel, entry in walk_entries(root, unlistable):
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                out.dirs.append(rel)
-            elif entry.is_file(follow_symlinks=False):
-                out.files.append((rel, entry.path))
-            elif entry.is_symlink():
-                _scan_symlink(out, who, real_root, rel, entry.path)
-            else:
-                out.errors.append(f"{who}: {rel!r} is not a regular file, directory or "
-                                  "symlink")
-        except OSError as exc:
-            out.errors.append(f"{who}: {rel!r} cannot be read: {exc.strerror or exc}")
+    for e in walk(root_fd, unlistable):
+        if e.kind == "dir":
+            out.dirs.append(e.rel)
+        elif e.kind == "file":
+            out.files.append((e.rel, e.rel))
+        elif e.kind == "link":
+            _scan_symlink(out, who, root_fd, e)
+        else:
+            out.errors.append(f"{who}: {e.rel!r} is not a regular file, directory or symlink")
     return out
 
 
-def _scan_symlink(out: _Layer, who: str, real_root: str, rel: str, path: str) -> None:
+def _scan_symlink(out: _Layer, who: str, root_fd: int, e: Entry) -> None:
     try:
-        link = os.readlink(path)
+        link = os.readlink(e.name, dir_fd=e.dir_fd)
     except OSError:
         link = "?"
-    target = os.path.realpath(path)
-    if not is_within(target, real_root):
-        out.errors.append(f"{who}: symlink {rel!r} -> {link!r} points outside the processor's "
-                          "output")
-        return
     try:
-        st = os.stat(target)
+        target, exists = resolve_link(root_fd, e.rel)
+        if not exists:
+            raise FileNotFoundError(errno.ENOENT, "dangling")
+        folder, _, name = target.rpartition("/")
+        dir_fd = open_subdir(root_fd, folder)
+        try:
+            st = os.stat(name or ".", dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.close(dir_fd)
+    except UnsafePath:
+        out.errors.append(f"{who}: symlink {e.rel!r} -> {link!r} points outside the "
+                          "processor's output")
+        return
     except OSError as exc:
-        out.errors.append(f"{who}: symlink {rel!r} -> {link!r} cannot be resolved: "
+        out.errors.append(f"{who}: symlink {e.rel!r} -> {link!r} cannot be resolved: "
                           f"{exc.strerror or exc}")
         return
     if stat.S_ISREG(st.st_mode):
-        out.files.append((rel, target))
+        out.files.append((e.rel, target))
     elif stat.S_ISDIR(st.st_mode):
-        out.errors.append(f"{who}: symlink {rel!r} -> {link!r} points to a directory "
+        out.errors.append(f"{who}: symlink {e.rel!r} -> {link!r} points to a directory "
                           "(not followed)")
     else:
-        out.errors.append(f"{who}: symlink {rel!r} -> {link!r} points to a special file")
+        out.errors.append(f"{who}: symlink {e.rel!r} -> {link!r} points to a special file")
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,8 +251,24 @@ class _Writer:
 
     dir_fd: int
     umask: int
+    roots: Sequence[int]  # the outputs' descriptors, by layer
     state: CopyState = field(default_factory=CopyState)
     stop: threading.Event = field(default_factory=threading.Event)
+
+    def read(self, layer: int, src: str) -> tuple[bytes, bool]:
+        """A version's content and executable bit, read through descriptors."""
+        with DirCache(self.roots[layer]) as cache:
+            fd = cache.open_file(src)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{src} is no longer a regular file")
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks), bool(st.st_mode & 0o111)
+        finally:
+            os.close(fd)
 
     def mkdirs(self, rels: Iterable[str]) -> list[str]:
         errors = []
@@ -257,14 +282,19 @@ class _Writer:
         return errors
 
     def copy_batch(self, jobs: Sequence[tuple[str, str, int]]) -> list[str]:
-        """Copy (relative path, source, layer) jobs; return one error per failed file."""
+        """Copy (relative path, path in its output, layer) jobs; return one error per failed
+        file. Sources are opened through descriptors (a batch is mostly one folder)."""
         errors = []
         dir_fd, umask, state, stop = self.dir_fd, self.umask, self.state, self.stop
+        sources: dict[int, DirCache] = {}
         for rel, src, layer in jobs:  # the hot loop of the merge: kept lean
             if stop.is_set():
                 break
             try:
-                sfd = os.open(src, _SRC_FLAGS)
+                cache = sources.get(layer)
+                if cache is None:
+                    cache = sources[layer] = DirCache(self.roots[layer])
+                sfd = cache.open_file(src)
                 try:
                     st = os.fstat(sfd)
                     if not stat.S_ISREG(st.st_mode):
@@ -283,16 +313,18 @@ class _Writer:
             except Exception as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 errors.append(f"{rel!r} from processor {layer} ({src}): copy failed: {reason}")
+        for cache in sources.values():
+            cache.close()
         return errors
 
-    def write_batch(self, jobs: Sequence[tuple[str, bytes, str, bool, str]]) -> list[str]:
-        """Write resolved contents: (path, content, file whose x bit to take, replace, origin)."""
+    def write_batch(self, jobs: Sequence[tuple[str, bytes, bool, bool, str]]) -> list[str]:
+        """Write resolved contents: (path, content, executable, replace, origin)."""
         errors = []
-        for rel, content, mode_from, replace, origin in jobs:
+        for rel, content, executable, replace, origin in jobs:
             if self.stop.is_set():
                 break
             try:
-                mode = 0o755 if os.stat(mode_from).st_mode & 0o111 else 0o644
+                mode = 0o755 if executable else 0o644
                 if replace:
                     os.unlink(rel, dir_fd=self.dir_fd)
                 fd = os.open(rel, _DST_FLAGS, mode, dir_fd=self.dir_fd)
@@ -367,14 +399,43 @@ async def merge(
     resolve: ResolveFn,
     *,
     limit: int | None = None,
+    within: Path | None = None,
 ) -> MergeResult:
-    """Merge ``outputs`` (in processor order) into ``target``; see the module docstring."""
+    """Merge ``outputs`` (in processor order) into ``target``; see the module docstring.
+
+    With ``within``, every output and the target must really lie at or below that folder when
+    they are opened (components may still be renaming things in it)."""
     start = time.perf_counter()
     if limit is None:
         limit = parallel.default_limit()
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    matchers, errors = _compile(rules)
+    roots = [os.fspath(p) for p in outputs]
+    errors += _check_target(target, roots)
+    if errors:
+        raise MergeError(errors)
+    with contextlib.ExitStack() as fds, \
+            ThreadPoolExecutor(max_workers=limit, thread_name_prefix="boride-merge") as pool:
+        root_fds: list[int] = []
+        for layer, root in enumerate(roots):
+            root_fds.append(_open(fds, root, within, errors, _who(layer, root) + ": output"))
+        target_fd = _open(fds, os.fspath(target), within, errors, f"target {target}")
+        if errors:
+            raise MergeError(errors)
+        writer = _Writer(target_fd, current_umask(), root_fds)
+        job = _Job(pool, writer, limit)
+        layers = await job.scan_all(roots)
+        plan = _plan(layers, rules, matchers)
+        if plan.errors:
+            raise MergeError(plan.errors)
+        winners, resolved = await job.copy_and_resolve(plan, resolve)
+        await job.write_winners(plan, winners)
+    return MergeResult(files=len(plan.plain | winners.keys()), conflicts=plan.conflicts,
+                       resolved=resolved, seconds=time.perf_counter() - start)
 
+
+def _compile(rules: Sequence[ResolverRule]) -> tuple[list[Any], list[str]]:
     matchers: list[Any] = []
     errors: list[str] = []
     for rule in rules:
@@ -384,134 +445,177 @@ async def merge(
         except Exception as exc:
             matchers.append(None)
             errors.append(f"resolver rule {rule.name!r}: invalid glob: {exc}")
-    roots = [os.fspath(p) for p in outputs]
-    errors += _check_target(target, roots)
-    if errors:
-        raise MergeError(errors)
+    return matchers, errors
 
-    with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="boride-merge") as pool:
-        stop = threading.Event()
 
-        async def scan(item: tuple[int, str]) -> _Layer:
-            return await _in_thread(pool, stop, _scan, *item)
+def _open(fds: contextlib.ExitStack, path: str, within: Path | None, errors: list[str],
+          what: str) -> int:
+    try:
+        fd = open_dir(path, within)
+    except UnsafePath as exc:
+        errors.append(f"{what}: {exc}")
+        return -1
+    except NotADirectoryError:
+        errors.append(f"{what} is not a directory")
+        return -1
+    except OSError as exc:
+        errors.append(f"{what} cannot be read: {exc.strerror or exc}")
+        return -1
+    fds.callback(os.close, fd)
+    return fd
 
-        scans = await parallel.run(scan, list(enumerate(roots)), limit=limit)
+
+@dataclass
+class _Plan:
+    """What the scans ask for: plain copies, conflicts to resolve, and the tree's folders."""
+
+    dirs: dict[str, list[int]]  # relative path -> layers having it as a folder
+    copies: list[tuple[str, str, int]]  # (path, path in its output, layer)
+    to_resolve: list[tuple[ResolverRule, Conflict, tuple[str, ...]]]  # + paths in outputs
+    conflicts: int
+    errors: list[str]
+
+    @property
+    def plain(self) -> set[str]:
+        return {job[0] for job in self.copies}
+
+
+def _plan(layers: Sequence[_Layer], rules: Sequence[ResolverRule],
+          matchers: Sequence[Any]) -> _Plan:
+    files: dict[str, list[tuple[int, str]]] = {}
+    dirs: dict[str, list[int]] = {}
+    errors: list[str] = []
+    for layer, scanned in enumerate(layers):
+        errors += scanned.errors
+        for rel, src in scanned.files:
+            files.setdefault(rel, []).append((layer, src))
+        for rel in scanned.dirs:
+            dirs.setdefault(rel, []).append(layer)
+    for rel in sorted(files.keys() & dirs.keys()):
+        errors.append(f"{rel!r} is a file in {_plural(v[0] for v in files[rel])} and a "
+                      f"directory in {_plural(dirs[rel])}")
+    plan = _Plan(dirs, [], [], 0, errors)
+    for rel in sorted(files):
+        versions = files[rel]
+        if len(versions) > 1:
+            plan.conflicts += 1
+            matched = _first_rule(rules, matchers, rel)
+            if matched is not None:
+                conflict = Conflict(rel, tuple(Version(layer, Path(layers[layer].root, src))
+                                               for layer, src in versions))
+                plan.to_resolve.append((matched, conflict, tuple(src for _, src in versions)))
+                continue
+        layer, src = versions[-1]
+        plan.copies.append((rel, src, layer))
+    return plan
+
+
+@dataclass
+class _Job:
+    """The threads and the writer of one merge, and its phases that use them."""
+
+    pool: ThreadPoolExecutor
+    writer: _Writer
+    limit: int
+
+    async def thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await _in_thread(self.pool, self.writer.stop, fn, *args)
+
+    async def scan_all(self, roots: Sequence[str]) -> list[_Layer]:
+        async def scan(layer: int) -> _Layer:
+            return await self.thread(_scan, layer, roots[layer], self.writer.roots[layer])
+
         layers: list[_Layer] = []
-        for outcome in scans.outcomes:
+        for outcome in (await parallel.run(scan, range(len(roots)), limit=self.limit)).outcomes:
             if outcome.ok and outcome.value is not None:
                 layers.append(outcome.value)
-                errors += outcome.value.errors
             else:
-                layers.append(_Layer())
-                errors.append(f"{_who(outcome.index, roots[outcome.index])}: scan failed: "
-                              f"{parallel.describe(outcome.error)}")
+                layers.append(_Layer(errors=[
+                    f"{_who(outcome.index, roots[outcome.index])}: scan failed: "
+                    f"{parallel.describe(outcome.error)}"]))
+            layers[-1].root = roots[outcome.index]
+        return layers
 
-        # Every path's files (layer, host path) in layer order, and its directory layers.
-        files: dict[str, list[tuple[int, str]]] = {}
-        dirs: dict[str, list[int]] = {}
-        for layer, scanned in enumerate(layers):
-            for rel, src in scanned.files:
-                files.setdefault(rel, []).append((layer, src))
-            for rel in scanned.dirs:
-                dirs.setdefault(rel, []).append(layer)
-        for rel in sorted(files.keys() & dirs.keys()):
-            errors.append(f"{rel!r} is a file in {_plural(v[0] for v in files[rel])} and a "
-                          f"directory in {_plural(dirs[rel])}")
+    async def copy_and_resolve(self, plan: _Plan, resolve: ResolveFn
+                               ) -> tuple[dict[str, tuple[bytes, bool, str]], int]:
+        """Copy the plain files while the resolvers decide the conflicts; return the winner
+        of each resolved path (content, executable, origin) and how many were resolved."""
+        async def copy_all() -> list[str]:
+            errs = await self.thread(self.writer.mkdirs, sorted(plan.dirs))
+
+            async def copy(batch: list[tuple[str, str, int]]) -> list[str]:
+                return await self.thread(self.writer.copy_batch, batch)
+
+            report = await parallel.run(copy, _batches(plan.copies), limit=self.limit)
+            return errs + _errors_of(report, "copy")
+
+        async def call(item: tuple[ResolverRule, Conflict, tuple[str, ...]]
+                       ) -> tuple[tuple[str, bytes], bool]:
+            rule, conflict, srcs = item
+            versions = []
+            for v, src in zip(conflict.versions, srcs, strict=True):
+                content, executable = await self.thread(self.writer.read, v.layer, src)
+                versions.append(Version(v.layer, v.path, content, executable))
+            return await resolve(rule, Conflict(conflict.path, tuple(versions))), executable
+
+        async with asyncio.TaskGroup() as group:
+            copying = group.create_task(copy_all())
+            resolving = group.create_task(parallel.run(call, plan.to_resolve, limit=self.limit))
+        errors = copying.result()
+        winners: dict[str, tuple[bytes, bool, str]] = {}
+        resolved = 0
+        for done in resolving.result().outcomes:  # in conflict path order
+            by, conflict, _ = done.item
+            origin = f"conflict {conflict.path!r}, resolver {by.name!r}"
+            if not done.ok or done.value is None:
+                errors.append(f"{origin}: failed: {parallel.describe(done.error)}")
+                continue
+            try:
+                dest, content = _check_resolution(done.value[0])
+            except (TypeError, ValueError) as exc:
+                errors.append(f"{origin}: invalid result: {exc}")
+                continue
+            resolved += 1
+            winners.setdefault(dest, (content, done.value[1], origin))
+        errors += _check_winners(plan, winners)
+        if errors:
+            raise MergeError(errors)
+        return winners, resolved
+
+    async def write_winners(self, plan: _Plan,
+                            winners: dict[str, tuple[bytes, bool, str]]) -> None:
+        if not winners:
+            return
+        plain = plan.plain
+        new_dirs = {parent for dest in winners for parent in _ancestors(dest)
+                    if parent not in plan.dirs}
+        errors = await self.thread(self.writer.mkdirs, sorted(new_dirs))
+        writes = [(dest, content, executable, dest in plain, origin)
+                  for dest, (content, executable, origin) in sorted(winners.items())]
+
+        async def write(batch: list[tuple[str, bytes, bool, bool, str]]) -> list[str]:
+            return await self.thread(self.writer.write_batch, batch)
+
+        chunks = [writes[i:i + BATCH_FILES] for i in range(0, len(writes), BATCH_FILES)]
+        errors += _errors_of(await parallel.run(write, chunks, limit=self.limit), "write")
         if errors:
             raise MergeError(errors)
 
-        # Plan: plain copies (one version, or no rule: the last), and conflicts to resolve.
-        copies: list[tuple[str, str, int]] = []
-        to_resolve: list[tuple[ResolverRule, Conflict]] = []
-        conflicts = 0
-        for rel in sorted(files):
-            versions = files[rel]
-            if len(versions) > 1:
-                conflicts += 1
-                matched = _first_rule(rules, matchers, rel)
-                if matched is not None:
-                    to_resolve.append((matched, Conflict(rel, tuple(
-                        Version(layer, Path(src)) for layer, src in versions))))
-                    continue
-            layer, src = versions[-1]
-            copies.append((rel, src, layer))
 
-        umask = current_umask()
-        dir_fd = os.open(target, _DIR_FLAGS)
-        try:
-            writer = _Writer(dir_fd, umask, stop=stop)
-
-            async def copy_all() -> list[str]:
-                errs = await _in_thread(pool, stop, writer.mkdirs, sorted(dirs))
-
-                async def copy(batch: list[tuple[str, str, int]]) -> list[str]:
-                    return await _in_thread(pool, stop, writer.copy_batch, batch)
-
-                report = await parallel.run(copy, _batches(copies), limit=limit)
-                return errs + _errors_of(report, "copy")
-
-            async def call(item: tuple[ResolverRule, Conflict]) -> tuple[str, bytes]:
-                return await resolve(*item)
-
-            async with asyncio.TaskGroup() as group:
-                copying = group.create_task(copy_all())
-                resolving = group.create_task(parallel.run(call, to_resolve, limit=limit))
-            errors += copying.result()
-
-            # Check the resolutions, in conflict path order (to_resolve is sorted).
-            winners: dict[str, tuple[bytes, Conflict, ResolverRule]] = {}
-            resolved = 0
-            for done in resolving.result().outcomes:
-                by, conflict = done.item
-                origin = f"conflict {conflict.path!r}, resolver {by.name!r}"
-                if not done.ok:
-                    errors.append(f"{origin}: failed: {parallel.describe(done.error)}")
-                    continue
-                try:
-                    dest, content = _check_resolution(done.value)
-                except (TypeError, ValueError) as exc:
-                    errors.append(f"{origin}: invalid result: {exc}")
-                    continue
-                resolved += 1
-                winners.setdefault(dest, (content, conflict, by))
-
-            plain = {job[0] for job in copies}
-            new_dirs: set[str] = set()
-            for dest, (_, conflict, by) in winners.items():
-                origin = f"conflict {conflict.path!r}, resolver {by.name!r}"
-                if dest in dirs:
-                    errors.append(f"{origin}: returned {dest!r}, which is a directory of the "
-                                  f"merged tree (in {_plural(dirs[dest])})")
-                    continue
-                for parent in _ancestors(dest):
-                    if parent in plain or parent in winners:
-                        errors.append(f"{origin}: returned {dest!r}, below the file {parent!r}")
-                        break
-                    if parent not in dirs:
-                        new_dirs.add(parent)
-            if errors:
-                raise MergeError(errors)
-
-            writes = [
-                (dest, content, os.fspath(conflict.versions[-1].path), dest in plain,
-                 f"conflict {conflict.path!r}, resolver {by.name!r}")
-                for dest, (content, conflict, by) in sorted(winners.items())
-            ]
-            if writes:
-                errors += await _in_thread(pool, stop, writer.mkdirs, sorted(new_dirs))
-
-                async def write(batch: list[tuple[str, bytes, str, bool, str]]) -> list[str]:
-                    return await _in_thread(pool, stop, writer.write_batch, batch)
-
-                chunks = [writes[i:i + BATCH_FILES] for i in range(0, len(writes), BATCH_FILES)]
-                errors += _errors_of(await parallel.run(write, chunks, limit=limit), "write")
-            if errors:
-                raise MergeError(errors)
-        finally:
-            os.close(dir_fd)
-
-    return MergeResult(files=len(plain | winners.keys()), conflicts=conflicts,
-                       resolved=resolved, seconds=time.perf_counter() - start)
+def _check_winners(plan: _Plan, winners: dict[str, tuple[bytes, bool, str]]) -> list[str]:
+    """Resolved paths that would replace a folder or lie below a file."""
+    errors = []
+    plain = plan.plain
+    for dest, (_, _, origin) in winners.items():
+        if dest in plan.dirs:
+            errors.append(f"{origin}: returned {dest!r}, which is a directory of the "
+                          f"merged tree (in {_plural(plan.dirs[dest])})")
+            continue
+        for parent in _ancestors(dest):
+            if parent in plain or parent in winners:
+                errors.append(f"{origin}: returned {dest!r}, below the file {parent!r}")
+                break
+    return errors
 
 
 def _check_target(target: Path, roots: Sequence[str]) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from boride import archive, fsutil, health, merge, parallel, protocol
+from boride import archive, fsutil, health, merge, output, parallel, protocol
 from boride.model import Pipeline
 from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeError_, Workspace
 
@@ -304,6 +303,7 @@ class Build:
         ws = self._workspace
         step = self.steps[c.name]
         write_dir = _new_dir(ws.host_area)
+        await self.session.runtime.hand_over(ws, self._instance(c.name), write_dir)
         self.running_processors.add(c.name)
         self.suspects.add(c.name)
         try:
@@ -345,7 +345,7 @@ class Build:
         files = []
         for v in conflict.versions:
             try:
-                content = v.path.read_bytes().decode("utf-8")
+                content = v.content.decode("utf-8")
             except UnicodeDecodeError:
                 raise protocol.ProtocolError(
                     f"cannot send {conflict.path!r} to resolver {rule.name!r}: "
@@ -366,7 +366,7 @@ class Build:
 
     async def _plug(self, c: Component, tree: Path) -> Path:
         ws = self._workspace
-        await self.session.runtime.hand_over(self._instance(c.name), tree)
+        await self.session.runtime.hand_over(ws, self._instance(c.name), tree)
         output = await self._call(c, protocol.plug(self._instance(c.name).client,
                                                    ws.seen(tree), self.steps[c.name].config))
         try:
@@ -423,7 +423,8 @@ class Build:
             rules = [merge.ResolverRule(r.component.name, tuple(r.files))
                      for r in self.plan.resolvers]
             try:
-                merged = merge.merge(outputs, target, rules, self._resolve, limit=self.limit)
+                merged = merge.merge(outputs, target, rules, self._resolve, limit=self.limit,
+                                     within=ws.host_area)
                 remaining = self._remaining()
                 await (asyncio.wait_for(merged, remaining) if remaining else merged)
             except merge.MergeError as exc:
@@ -450,52 +451,32 @@ class Build:
                 await asyncio.to_thread(self._output, tree)
 
     def _output(self, tree: Path) -> None:
-        if self.options.archive is not None:
-            dest = self.options.archive
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-            try:
-                archive.write_archive(tree, tmp)
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
-            self.result.archive = dest
-        if self.options.out is not None:
-            self.result.output = _replace_folder(tree, self.options.out, self.options.replace)
-
-
-def _replace_folder(tree: Path, out: Path, replace: bool) -> Path:
-    """Copy ``tree`` to ``out``; an existing non-empty ``out`` is replaced only when allowed, and
-    only once the new copy is complete, so a failure never leaves half a result behind."""
-    if out.exists() and not out.is_dir():
-        raise BuildFailed([f"output {out} exists and is not a folder"])
-    if out.exists() and any(out.iterdir()) and not replace:
-        raise BuildFailed([f"output folder {out} exists and is not empty (use --force to "
-                           "replace it)"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.new")
-    try:
-        shutil.copytree(tree, staging, symlinks=True)
-        # The work area's folders are open to every user (container users differ from ours);
-        # the result gets the user's usual permissions.
-        os.chmod(staging, 0o777 & ~fsutil.current_umask())
-        if out.exists():
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            os.rename(out, old)
-            os.rename(staging, out)
-            fsutil.remove_tree(old)
-        else:
-            os.rename(staging, out)
-    finally:
-        if staging.exists():
-            fsutil.remove_tree(staging)
-    return out
+        area = self._workspace.host_area
+        try:
+            if self.options.archive is not None:
+                dest = self.options.archive
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+                try:
+                    archive.write_archive(tree, tmp, within=area)
+                    os.replace(tmp, dest)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                self.result.archive = dest
+            if self.options.out is not None:
+                self.result.output = output.write_folder(
+                    tree, self.options.out, replace=self.options.replace, within=area)
+        except (archive.ArchiveError, output.OutputError) as exc:
+            raise BuildFailed([f"output: {e}" for e in exc.errors[:output.MAX_SHOWN]] + (
+                [f"output: ... and {len(exc.errors) - output.MAX_SHOWN} more"]
+                if len(exc.errors) > output.MAX_SHOWN else [])) from None
 
 
 def _new_dir(area: Path) -> Path:
+    """A fresh folder in the area, private to boride's user until handed over to a component
+    (:meth:`Runtime.hand_over`): never open to everyone."""
     path = area / uuid.uuid4().hex
-    path.mkdir()
-    os.chmod(path, 0o777)  # container users may differ from ours
+    path.mkdir(0o700)
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,25 @@ COMPONENTS = ROOT / "tests" / "components"
 EXAMPLES = ROOT / "examples"
 
 
+# Every process this test run starts inherits this mark, so that processes of other test runs
+# on the same machine (other clones, other sessions) are never taken for this run's leftovers.
+_RUN_MARK = f"BORIDE_TEST_RUN={os.getpid()}-{uuid.uuid4().hex}"
+os.environ["BORIDE_TEST_RUN"] = _RUN_MARK.partition("=")[2]
+
+
+def _ours(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return _RUN_MARK.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def boride_processes() -> list[str]:
-    """Command lines of every process still running a component for boride."""
+    """Command lines of every process of this test run still running a component for boride."""
     found = []
     for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
+        if not pid.isdigit() or int(pid) == os.getpid() or not _ours(pid):
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -56,7 +56,7 @@ async def never(rule: ResolverRule, conflict: Conflict) -> tuple[str, bytes]:
 
 
 async def concat(rule: ResolverRule, conflict: Conflict) -> tuple[str, bytes]:
-    parts = [f"{rule.name}:{v.layer}:".encode() + v.path.read_bytes() for v in conflict.versions]
+    parts = [f"{rule.name}:{v.layer}:".encode() + v.content for v in conflict.versions]
     return conflict.path, b"|".join(parts)
 
 
@@ -308,7 +308,7 @@ async def test_random_resolver_delays_give_the_same_tree(tmp_path: Path) -> None
                 active -= 1
             i = int(conflict.path.rsplit("f", 1)[1].split(".")[0])
             dest = ["same.txt", conflict.path, f"d{i % 5}/f{(i + 1) % 60}.txt"][i % 3]
-            return dest, b"+".join(v.path.read_bytes() for v in conflict.versions)
+            return dest, b"+".join(v.content for v in conflict.versions)
 
         return resolve
 

@@ -142,9 +142,12 @@ class Runtime(abc.ABC):
     async def close_workspace(self, workspace: Workspace) -> None:
         """Remove whatever the runtime made for the session (beyond the area folder itself)."""
 
-    async def hand_over(self, instance: Instance, folder: Path) -> None:  # noqa: B027
-        """Let ``instance`` edit ``folder`` (a host folder in the area) in place; called before
-        each plugin call. Nothing to do where components run as boride's own user."""
+    async def hand_over(self, workspace: Workspace, instance: Instance,  # noqa: B027
+                        folder: Path) -> None:
+        """Let ``instance`` write in ``folder`` (a host folder in ``workspace``'s area, made
+        private to boride's user): a processor's fresh ``writeDir``, the tree a plugin edits
+        in place. Nothing to do where components run as boride's own user. Components may be
+        changing the area meanwhile: a runtime must touch it through descriptors only."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release runtime-wide resources."""

@@ -49,7 +49,7 @@ import httpx
 import requests.exceptions
 from docker.types import Mount
 
-from boride import parallel
+from boride import fsutil, parallel
 from boride.runtime.base import (
     Component,
     ExitInfo,
@@ -177,13 +177,21 @@ class _Unreachable(httpx.AsyncBaseTransport):
         raise httpx.ConnectError(self.why, request=request)
 
 
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.lchown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            with contextlib.suppress(OSError):
-                os.lchown(os.path.join(dirpath, name), uid, gid)
+def _chown_tree(root: Path, area: Path, uid: int, gid: int) -> None:
+    """Hand ``root`` (in the work area ``area``, where other containers of the session may be
+    renaming things right now) to ``uid:gid``, through descriptors only."""
+    try:
+        fd = fsutil.open_dir(root, within=area)
+    except (OSError, fsutil.UnsafePath) as exc:
+        raise RuntimeError_(f"cannot hand {root} to the container user: {exc}") from None
+    try:
+        errors = fsutil.chown_tree(fd, uid, gid)
+    finally:
+        os.close(fd)
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise RuntimeError_(f"cannot hand {root} to the container user: "
+                            f"{'; '.join(errors[:3])}{more}")
 
 
 class DockerInstance(Instance):
@@ -481,11 +489,12 @@ class DockerRuntime(Runtime):
         self._instances.add(instance)
         return instance
 
-    async def hand_over(self, instance: Instance, folder: Path) -> None:
-        """The merged tree is written on the host by boride (root); a plugin edits it in place
-        as the unprivileged container user, so that user must own it first."""
+    async def hand_over(self, workspace: Workspace, instance: Instance, folder: Path) -> None:
+        """Folders in the area are made by boride (root), private; a processor writes its
+        ``writeDir`` and a plugin edits the merged tree as the unprivileged container user, so
+        that user must own them first."""
         if self._owner is not None:
-            await self._run(_chown_tree, folder, *self._owner)
+            await self._run(_chown_tree, folder, workspace.host_area, *self._owner)
 
     def _mounts(self, workspace: Workspace, kind: Kind) -> list[Mount]:
         tpl_vol, area_vol = volume_names(workspace.session_id)

@@ -752,7 +752,7 @@ class Service:
         async def resolve(rule: merge.ResolverRule, conflict: merge.Conflict
                           ) -> tuple[str, bytes]:
             files = [{"path": conflict.path,
-                      "content": v.path.read_bytes().decode("utf-8", errors="replace"),
+                      "content": v.content.decode("utf-8", errors="replace"),
                       "origin": {"template": template_name, "layer": v.layer}}
                      for v in conflict.versions]
             path, content = await protocol.resolve(running[rule.name].client,
