@@ -103,12 +103,12 @@ class _Copier:
         with fsutil.DirCache(self.dst_fd) as dirs:
             for e in fsutil.walk(self.src_fd, unlistable):
                 try:
-                    self._one(e, dirs.dir(e.rel.rpartition("/")[0]))
+                    self._one(e, dirs)
                 except (OSError, fsutil.UnsafePath) as exc:
                     self.errors.append(f"{e.rel!r}: {_reason(exc)}")
         return sorted(self.errors)
 
-    def _one(self, e: fsutil.Entry, dst_dir: int) -> None:
+    def _one(self, e: fsutil.Entry, dirs: fsutil.DirCache) -> None:
         if self.errors:
             # After the first problem nothing more is written; the scan goes on to name
             # every link or special file at once.
@@ -117,6 +117,7 @@ class _Copier:
             elif e.kind == "other":
                 raise OSError("not a regular file, folder or symlink")
             return
+        dst_dir = dirs.dir(e.rel.rpartition("/")[0])
         if e.kind == "dir":
             os.mkdir(e.name, 0o755 & ~self.umask, dir_fd=dst_dir)
         elif e.kind == "file":
