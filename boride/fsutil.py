@@ -13,18 +13,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
+import functools
 import os
 import posixpath
-import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 __all__ = [
     "CopyState",
@@ -159,18 +157,6 @@ def copy_fd(src: int, dst: int, size: int, dev: int, state: CopyState) -> int:
             view = view[os.write(dst, view):]
         done += len(chunk)
     return done
-
-
-def remove_tree(path: Path) -> None:
-    """``shutil.rmtree`` that also removes what components left read-only."""
-
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,6 +385,75 @@ def chown_tree(root_fd: int, uid: int, gid: int) -> list[str]:
         except OSError as exc:
             failed(e.rel, exc)
     return errors
+
+
+def remove_tree(path: Path, within: Path | None = None) -> None:
+    """Remove the folder ``path`` and everything in it, through descriptors only (components
+    may still be renaming things in it), also what components left read-only: each folder is
+    made writable through its own descriptor first. A missing ``path`` is fine; the first
+    failure is raised once everything else is removed."""
+    try:
+        root = open_dir(path, within)
+    except FileNotFoundError:
+        return
+    try:
+        errors = _empty(root)
+    finally:
+        os.close(root)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def _empty(root: int) -> list[OSError]:
+    """Remove everything below the folder ``root``, deepest first, without recursion."""
+    errors: list[OSError] = []
+    stack: list[tuple[int, Iterator[tuple[str, str]], str]] = []
+
+    def enter(fd: int, name: str) -> None:
+        try:
+            os.fchmod(fd, 0o700)
+            listing = _listing(fd)
+        except OSError as exc:
+            errors.append(exc)
+            listing = []
+        stack.append((fd, iter(listing), name))
+
+    enter(os.dup(root), "")
+    while stack:
+        fd, items, name = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            os.close(fd)
+            if stack:
+                _remove(functools.partial(os.rmdir, name, dir_fd=stack[-1][0]), errors)
+            continue
+        child, kind = item
+        if kind == "dir":
+            try:
+                enter(os.open(child, DIR_FLAGS, dir_fd=fd), child)
+                continue
+            except OSError as exc:
+                if exc.errno not in _RACED:
+                    errors.append(exc)
+                    continue
+        _remove(functools.partial(os.unlink, child, dir_fd=fd), errors)
+    return errors
+
+
+def _remove(remove: Callable[[], None], errors: list[OSError]) -> None:
+    try:
+        remove()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        errors.append(exc)
 
 
 # What a concurrent rename/swap/removal by a component looks like to a walk.

@@ -7,6 +7,7 @@ import time
 
 import httpx
 
+from boride import diagnose
 from boride.runtime.base import Instance
 
 FIRST_DELAY = 0.002
@@ -50,9 +51,7 @@ async def wait_ready(instance: Instance, deadline: float = DEFAULT_DEADLINE, *,
     if poll in done:
         return time.perf_counter() - start
     if died in done:
-        raise NotReady(f"{died.result().describe()} before it was ready")
-    tail = instance.log_tail(5)
-    text = f"not ready after {deadline:g}s (GET / never answered 200)"
-    if tail:
-        text += "; last output:\n    " + "\n    ".join(tail)
-    raise NotReady(text)
+        info = died.result()
+        raise NotReady(f"{info.headline()} before it was ready{diagnose.summary(info.log_tail)}")
+    raise NotReady(f"not ready after {deadline:g}s (GET / never answered 200)"
+                   f"{diagnose.summary(instance.log_tail())}")

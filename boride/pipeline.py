@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from boride import archive, fsutil, health, merge, output, parallel, protocol
+from boride import archive, diagnose, fsutil, health, merge, output, parallel, protocol
 from boride.model import Pipeline
 from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeError_, Workspace
 
@@ -289,6 +289,9 @@ class Build:
         if died.done() and not died.cancelled():
             raise protocol.ProtocolError(f"died during its call: {died.result().describe()}")
         died.cancel()
+        error = task.exception()
+        if isinstance(error, protocol.ProtocolError):
+            raise protocol.ProtocolError(f"{error}{await _own_words(instance)}") from None
         return task.result()  # raises the call's own error
 
     # -- stages ----------------------------------------------------------------------------
@@ -470,6 +473,17 @@ class Build:
             raise BuildFailed([f"output: {e}" for e in exc.errors[:output.MAX_SHOWN]] + (
                 [f"output: ... and {len(exc.errors) - output.MAX_SHOWN} more"]
                 if len(exc.errors) > output.MAX_SHOWN else [])) from None
+
+
+async def _own_words(instance: Instance) -> str:
+    """What a component that failed a call printed about it: its error line and last output.
+    A server may log the exception just after answering 500: look again briefly for it."""
+    for pause in (0.05, 0.1, 0.2, 0.4, 0):
+        lines = await asyncio.to_thread(instance.log_tail)
+        if diagnose.error_line(lines) is not None or not pause:
+            return diagnose.summary(lines)
+        await asyncio.sleep(pause)
+    return ""
 
 
 def _new_dir(area: Path) -> Path:

@@ -48,6 +48,15 @@ def boride_processes() -> list[str]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the folder they are started from (after `make demo` it holds
+    ./out, for one): each runs in its own empty folder, and so does every process it starts."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
 @pytest.fixture
 def no_leftovers() -> Iterator[None]:
     """Fail the test if any component process outlives it."""

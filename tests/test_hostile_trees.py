@@ -157,3 +157,19 @@ def _contents(root: Path) -> bytes:
         return b""
     return b"".join(p.read_bytes() for p in sorted(root.rglob("*"))
                     if p.is_file() and not p.is_symlink())
+
+
+def test_removal_never_reaches_outside(tmp_path: Path, victim: Path) -> None:
+    """Removing a work folder while a component swaps things in it removes nothing outside
+    and changes no permission outside (read-only folders inside are still removed)."""
+    victim.chmod(0o755)
+    for n in range(ROUNDS // 4):
+        tree = tmp_path / "area" / f"tree{n}"
+        (tree / "ro" / "deep").mkdir(parents=True)
+        (tree / "ro" / "deep" / "f").write_bytes(b"x")
+        (tree / "ro").chmod(0o500)
+        with Swapper(tree, victim), contextlib.suppress(OSError):
+            fsutil.remove_tree(tree, within=tmp_path / "area")
+        assert (victim / "secret").read_bytes() == SECRET
+        assert victim.stat().st_mode & 0o777 == 0o755
+        assert not (tree / "ro").exists()

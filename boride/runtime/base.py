@@ -14,6 +14,8 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 
+from boride import diagnose
+
 
 class Kind(enum.Enum):
     TEMPLATE = "template"
@@ -83,6 +85,11 @@ class Workspace:
         return resolved
 
 
+# Lines of a component's output kept to explain a failure: enough to reach past a long stack
+# (Node prints its message above dozens of frames); diagnose.summary shows a bounded part.
+LOG_TAIL = 200
+
+
 @dataclass
 class ExitInfo:
     """How a component's process or container ended."""
@@ -91,10 +98,10 @@ class ExitInfo:
     log_tail: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        text = f"exited with code {self.code}" if self.code is not None else "was killed"
-        if self.log_tail:
-            text += "; last output:\n    " + "\n    ".join(self.log_tail)
-        return text
+        return self.headline() + diagnose.summary(self.log_tail)
+
+    def headline(self) -> str:
+        return f"exited with code {self.code}" if self.code is not None else "was killed"
 
 
 class Instance(abc.ABC):
@@ -108,7 +115,7 @@ class Instance(abc.ABC):
         """Block until the component stops on its own (or is stopped); never raises."""
 
     @abc.abstractmethod
-    def log_tail(self, lines: int = 20) -> list[str]:
+    def log_tail(self, lines: int = LOG_TAIL) -> list[str]:
         """The last lines the component printed (stdout and stderr)."""
 
 

@@ -51,6 +51,7 @@ from docker.types import Mount
 
 from boride import fsutil, parallel
 from boride.runtime.base import (
+    LOG_TAIL,
     Component,
     ExitInfo,
     Instance,
@@ -80,7 +81,6 @@ NOBODY = "65534:65534"
 DEFAULT_CPUS = 1.0
 DEFAULT_MEMORY = "512m"
 DEFAULT_PIDS = 256
-_LOG_TAIL = 20
 _API_TIMEOUT = 120
 _PULL_TIMEOUT = 900
 
@@ -228,7 +228,7 @@ class DockerInstance(Instance):
                 break
         if self._final_tail is None and not self._closed.is_set():
             # (once stopped on purpose, nobody needs its output: spare the engine the call)
-            self._final_tail = self._logs(_LOG_TAIL)
+            self._final_tail = self._logs(LOG_TAIL)
         tail = self._final_tail or []
         info = ExitInfo(code, tail)
 
@@ -249,7 +249,7 @@ class DockerInstance(Instance):
     async def wait_exit(self) -> ExitInfo:
         return await asyncio.shield(self._exit)
 
-    def log_tail(self, lines: int = 20) -> list[str]:
+    def log_tail(self, lines: int = LOG_TAIL) -> list[str]:
         if self._final_tail is not None:
             return self._final_tail[-lines:]
         return self._logs(lines)
@@ -257,7 +257,7 @@ class DockerInstance(Instance):
     def snapshot_logs(self) -> None:
         """Keep the last lines before the container goes away."""
         if self._final_tail is None:
-            self._final_tail = self._logs(_LOG_TAIL)
+            self._final_tail = self._logs(LOG_TAIL)
 
 
 @dataclass

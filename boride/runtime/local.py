@@ -23,7 +23,15 @@ from pathlib import Path
 
 import httpx
 
-from boride.runtime.base import Component, ExitInfo, Instance, Kind, Runtime, Workspace
+from boride.runtime.base import (
+    LOG_TAIL,
+    Component,
+    ExitInfo,
+    Instance,
+    Kind,
+    Runtime,
+    Workspace,
+)
 
 _STOP_GRACE = 5.0
 _SOCKET_DIR_MAX = 80  # leaves room for "/NNNN-processor.sock" within the 107-byte limit
@@ -94,7 +102,7 @@ class LocalInstance(Instance):
 
     async def _watch(self) -> ExitInfo:
         code = await self.process.wait()
-        return ExitInfo(code if code >= 0 else None, self.log_tail())
+        return ExitInfo(code if code >= 0 else None, self.log_tail(LOG_TAIL))
 
     def log_tail(self, lines: int = 20) -> list[str]:
         try:

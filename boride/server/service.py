@@ -576,7 +576,7 @@ class Service:
                 await self._after_failure(state, result, area, before)
                 raise ProblemError(400, "Build failed", _summary(result), result.errors)
             try:
-                chunks = archive.iter_archive(tree)
+                chunks = archive.iter_archive(tree, within=area)
             except archive.ArchiveError as exc:
                 await self._remove_new(area, before)
                 raise ProblemError(400, "Cannot archive the output",
@@ -665,7 +665,7 @@ class Service:
                 if name not in before:
                     path = area / name
                     if path.is_dir() and not path.is_symlink():
-                        fsutil.remove_tree(path)
+                        fsutil.remove_tree(path, within=area)
                     else:
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
