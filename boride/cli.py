@@ -222,6 +222,10 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
             err.print("  " + line.replace("\n", "\n  "), highlight=False, markup=False)
     if result.work_dir is not None:
         err.print(f"boride: work area kept in {result.work_dir}", highlight=False, markup=False)
+    if result.leftovers:
+        err.print("boride: clean-up incomplete:", style="bold yellow", highlight=False)
+        for line in result.leftovers:
+            err.print("  " + line.replace("\n", "\n  "), highlight=False, markup=False)
 
 
 @main.command()

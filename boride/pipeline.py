@@ -26,6 +26,7 @@ from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeError
 T = TypeVar("T")
 STAGES = ("start", "process", "merge", "plugins", "output")
 _DEATH_GRACE = 2.0  # after a broken connection, how long to wait to learn if the component died
+CLEANUP_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0)  # pauses before trying a failed clean-up again
 
 
 @dataclass
@@ -51,6 +52,7 @@ class BuildResult:
     output: Path | None = None
     archive: Path | None = None
     work_dir: Path | None = None  # kept only with keep=True
+    leftovers: list[str] = field(default_factory=list)  # what clean-up could not remove, and how
 
     @property
     def ok(self) -> bool:
@@ -66,6 +68,7 @@ class BuildResult:
             "output": str(self.output) if self.output else None,
             "archive": str(self.archive) if self.archive else None,
             "work_dir": str(self.work_dir) if self.work_dir else None,
+            "leftovers": list(self.leftovers),
         }
 
 
@@ -147,6 +150,7 @@ class Session:
         self.work_root = work_root
         self.keep = keep
         self.root: Path | None = None
+        self.leftovers: list[str] = []  # what the last close could not remove, and how
         self.workspace: Workspace | None = None
         self.instances: dict[str, Instance] = {}
 
@@ -172,12 +176,36 @@ class Session:
     async def _close(self) -> None:
         instances = list(self.instances.values())
         self.instances.clear()
-        await parallel.run(self.runtime.stop, instances, limit=max(len(instances), 1))
+        report = await parallel.run(self.runtime.stop, instances, limit=max(len(instances), 1))
+        problems = [f"{o.item.component.kind.value} {o.item.component.name!r}: "
+                    f"{parallel.describe(o.error)}" for o in report.outcomes if not o.ok]
         if self.workspace is not None:
-            with contextlib.suppress(Exception):
-                await self.runtime.close_workspace(self.workspace)
+            left = await self._close_workspace(self.workspace)
+            # Closing the workspace removes whatever the stops could not: only what it
+            # could not remove is left behind.
+            problems = [left] if left else []
         if self.root is not None and not self.keep:
-            await asyncio.to_thread(fsutil.remove_tree, self.root)
+            try:
+                await asyncio.to_thread(fsutil.remove_tree, self.root)
+            except OSError as exc:
+                problems.append(f"the work area {self.root} could not be removed "
+                                f"({exc.strerror or exc}): remove it with rm -rf {self.root}")
+        self.leftovers = problems
+
+    async def _close_workspace(self, workspace: Workspace) -> str | None:
+        """Close the workspace; when that fails (say the engine is restarting), try again for
+        a few seconds. Return what is left behind, or None."""
+        error: BaseException | None = None
+        for pause in (*CLEANUP_RETRIES, None):
+            try:
+                await self.runtime.close_workspace(workspace)
+                return None
+            except Exception as exc:
+                error = exc
+            if pause is not None:
+                await asyncio.sleep(pause)
+        why = str(error) if isinstance(error, RuntimeError_) else parallel.describe(error)
+        return f"clean-up failed: {why}"
 
 
 class Build:
@@ -555,4 +583,5 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
         kept = await session.close()
     result.work_dir = kept
     result.session = session.id
+    result.leftovers = session.leftovers
     return result

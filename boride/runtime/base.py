@@ -143,11 +143,15 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self, instance: Instance) -> None:
-        """Stop a component and release everything it holds; idempotent, never raises."""
+        """Stop a component and release everything it holds; idempotent. Raises
+        :class:`RuntimeError_` naming what is left when it cannot (``close_workspace`` then
+        tries again)."""
 
     @abc.abstractmethod
     async def close_workspace(self, workspace: Workspace) -> None:
-        """Remove whatever the runtime made for the session (beyond the area folder itself)."""
+        """Remove whatever the runtime made for the session (beyond the area folder itself),
+        also what ``stop`` could not. Raises :class:`RuntimeError_` saying what is left and
+        how to remove it when it cannot."""
 
     async def hand_over(self, workspace: Workspace, instance: Instance,  # noqa: B027
                         folder: Path) -> None:

@@ -130,6 +130,8 @@ def connect(timeout: int = _API_TIMEOUT, pool: int = 128) -> docker.DockerClient
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return f"no answer from the Docker engine at {engine_address()}"
     text = str(exc).strip()
     if isinstance(exc, docker.errors.APIError) and exc.explanation:
         text = str(exc.explanation)
@@ -557,17 +559,27 @@ class DockerRuntime(Runtime):
     async def stop(self, instance: Instance) -> None:
         assert isinstance(instance, DockerInstance)
         instance._closed.set()
-        with contextlib.suppress(Exception):
-            await instance.client.aclose()
-        with contextlib.suppress(Exception):
-            await self._run(self._remove_container, instance.container_id)
         self._instances.discard(instance)
+        await instance.client.aclose()
+        try:
+            await self._run(self._remove_container, instance.container_id)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise RuntimeError_(f"container {instance.name} could not be removed: "
+                                f"{_reason(exc)}") from None
 
     async def close_workspace(self, workspace: Workspace) -> None:
         session = self._sessions.get(workspace.session_id)
         if session is not None and session.pending:
             await asyncio.gather(*session.pending, return_exceptions=True)
-        await self._remove_session(workspace.session_id)
+        try:
+            await self._remove_session(workspace.session_id)
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                RuntimeError_) as exc:
+            sid = workspace.session_id
+            raise RuntimeError_(
+                f"the session's containers and volumes (label {LABEL_SESSION}={sid}) could not "
+                f"be removed ({_reason(exc)}); remove them with: boride clean --session {sid}"
+            ) from None
         self._sessions.pop(workspace.session_id, None)
 
     async def _remove_session(self, session: str) -> list[str]:

@@ -1,0 +1,164 @@
+"""Docker clean-up when the engine goes away mid-build: boride tries again for a few seconds,
+and what it cannot remove is reported with the command that removes it; never swallowed.
+
+The engine "goes away" through a real Unix-socket proxy in front of the real engine (the
+runtime's DOCKER_HOST), which the test cuts and restores: the same to boride as an engine
+restart, without disturbing anything else on the machine's engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from boride.model import load
+from boride.pipeline import BuildOptions, BuildResult, build
+from boride.runtime.base import Component, Instance, Workspace
+from boride.runtime.docker import DockerRuntime
+from tests.docker_helpers import session_leftovers, write_pipeline
+
+pytestmark = pytest.mark.docker
+
+ENGINE = "/var/run/docker.sock"
+
+
+class EngineProxy:
+    """Forwards a Unix socket to the engine's; ``cut()`` makes the engine unreachable (the
+    socket goes, open connections are broken) until ``restore()``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.path))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self.listener is not None
+        self.listener.close()
+        self.listener = None
+        self.path.unlink()
+        with self.lock:
+            for c in self.conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            self.conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            engine.connect(ENGINE)
+            with self.lock:
+                self.conns += [client, engine]
+            for a, b in ((client, engine), (engine, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+class OutageRuntime(DockerRuntime):
+    """The Docker runtime through the proxy: the engine goes away once the components are up;
+    with ``back_after_failures``, it comes back after that many failed clean-ups."""
+
+    def __init__(self, proxy: EngineProxy, back_after_failures: int | None) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self.back_after = back_after_failures
+        self.failures = 0
+        self.started = 0
+        self.sessions: list[str] = []
+
+    async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
+        self.sessions.append(session_id)
+        return await super().open_workspace(session_id, template, root)
+
+    async def start(self, workspace: Workspace, component: Component) -> Instance:
+        instance = await super().start(workspace, component)
+        self.started += 1
+        if self.started == 2:  # both components run: the engine goes away mid-build
+            self.proxy.cut()
+        return instance
+
+    async def close_workspace(self, workspace: Workspace) -> None:
+        try:
+            await super().close_workspace(workspace)
+        except Exception:
+            self.failures += 1
+            if self.failures == self.back_after:
+                self.proxy.restore()
+            raise
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineProxy]:
+    p = EngineProxy(tmp_path / "engine.sock")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{p.path}")
+    yield p
+    if p.listener is not None:
+        p.listener.close()
+
+
+async def outage_build(tmp_path: Path, template: Path, runtime: OutageRuntime) -> BuildResult:
+    pipeline = write_pipeline(tmp_path / "pipeline.yaml", template,
+                              [("ok", "ok_processor", {}), ("stuck", "hang", {})])
+    try:
+        return await build(load(pipeline), runtime, BuildOptions(
+            out=tmp_path / "out", work_root=tmp_path / "work", timeout=8))
+    finally:
+        await runtime.aclose()
+
+
+async def test_clean_up_tries_again_when_the_engine_comes_back(
+        tmp_path: Path, template: Path, proxy: EngineProxy) -> None:
+    runtime = OutageRuntime(proxy, back_after_failures=1)
+    result = await outage_build(tmp_path, template, runtime)
+    assert not result.ok
+    assert runtime.failures == 1, "the first clean-up should have failed"
+    assert result.leftovers == []
+    assert session_leftovers(runtime.sessions[0]) == []
+
+
+async def test_what_clean_up_cannot_remove_is_reported_with_the_command(
+        tmp_path: Path, template: Path, proxy: EngineProxy) -> None:
+    runtime = OutageRuntime(proxy, back_after_failures=None)
+    result = await outage_build(tmp_path, template, runtime)
+    session = runtime.sessions[0]
+    assert not result.ok and runtime.failures > 1
+    (left,) = result.leftovers
+    assert f"boride clean --session {session}" in left
+    assert len(left) < 1000
+    proxy.restore()
+    assert session_leftovers(session) != []  # really left behind, as reported
+    proc = subprocess.run([sys.executable, "-m", "boride", "clean", "--session", session],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "DOCKER_HOST": f"unix://{ENGINE}"})
+    assert proc.returncode == 0, proc.stderr
+    assert session_leftovers(session) == []
