@@ -32,6 +32,7 @@ __all__ = [
     "chown_tree",
     "copy_fd",
     "current_umask",
+    "is_full",
     "is_within",
     "link_text",
     "open_dir",
@@ -78,6 +79,15 @@ def is_within(path: str, root: str) -> bool:
         return True
     prefix = root if root.endswith("/") else root + "/"
     return path.startswith(prefix)
+
+
+def is_full(path: os.PathLike[str] | str, reserve: int = 1 << 16) -> bool:
+    """Whether the file system holding ``path`` has (almost) no space or no inodes left."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < reserve or (st.f_files > 0 and st.f_favail == 0)
 
 
 def current_umask() -> int:

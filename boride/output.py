@@ -16,6 +16,7 @@ copied.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import uuid
@@ -26,6 +27,7 @@ from boride import fsutil
 
 __all__ = ["OutputError", "write_folder"]
 
+_DESTINATION_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 _DST_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 MAX_SHOWN = 10
 
@@ -78,7 +80,7 @@ def _copy(tree: Path, dest: Path, within: Path | None) -> None:
     try:
         dst_fd = fsutil.open_dir(dest)
         try:
-            copier = _Copier(src_fd, dst_fd, fsutil.current_umask())
+            copier = _Copier(src_fd, dst_fd, fsutil.current_umask(), dest)
             errors = copier.run()
         finally:
             os.close(dst_fd)
@@ -93,6 +95,7 @@ class _Copier:
     src_fd: int
     dst_fd: int
     umask: int
+    dest: Path  # for messages
     errors: list[str] = field(default_factory=list)
     state: fsutil.CopyState = field(default_factory=fsutil.CopyState)
 
@@ -118,15 +121,21 @@ class _Copier:
                 raise OSError("not a regular file, folder or symlink")
             return
         dst_dir = dirs.dir(e.rel.rpartition("/")[0])
-        if e.kind == "dir":
-            os.mkdir(e.name, 0o755 & ~self.umask, dir_fd=dst_dir)
-        elif e.kind == "file":
-            self._file(e, dst_dir)
-        elif e.kind == "link":
-            target, _ = fsutil.resolve_link(self.src_fd, e.rel)
-            os.symlink(fsutil.link_text(e.rel, target), e.name, dir_fd=dst_dir)
-        else:
-            raise OSError("not a regular file, folder or symlink")
+        try:
+            if e.kind == "dir":
+                os.mkdir(e.name, 0o755 & ~self.umask, dir_fd=dst_dir)
+            elif e.kind == "file":
+                self._file(e, dst_dir)
+            elif e.kind == "link":
+                target, _ = fsutil.resolve_link(self.src_fd, e.rel)
+                os.symlink(fsutil.link_text(e.rel, target), e.name, dir_fd=dst_dir)
+            else:
+                raise OSError("not a regular file, folder or symlink")
+        except OSError as exc:
+            if exc.errno in _DESTINATION_ERRORS:  # the destination's fault: say which
+                raise OSError(exc.errno, f"cannot write in {self.dest.parent}: "
+                                         f"{exc.strerror}") from None
+            raise
 
     def _file(self, e: fsutil.Entry, dst_dir: int) -> None:
         sfd = os.open(e.name, fsutil.FILE_FLAGS, dir_fd=e.dir_fd)

@@ -405,6 +405,14 @@ class Build:
         except ValueError as exc:
             raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
 
+    def _explain_full_disk(self) -> None:
+        """Components rarely say that the disk is full (they may not even manage to print):
+        when a build fails on a full work area, say so."""
+        ws = self.session.workspace
+        if ws is not None and fsutil.is_full(ws.host_area):
+            self.result.errors.append(f"the work area's file system is full ({ws.host_area}): "
+                                      "free some space, or give another work folder (TMPDIR)")
+
     @property
     def _workspace(self) -> Workspace:
         assert self.session.workspace is not None, "the session is not open"
@@ -425,6 +433,8 @@ class Build:
         except Exception as exc:  # a bug: still report it as a failed build, not a traceback
             self.result.errors.append(f"unexpected error: {parallel.describe(exc)}")
         finally:
+            if not self.result.ok:
+                self._explain_full_disk()
             for res in self.result.components:
                 if res.status == "pending":
                     res.status = "ok" if self.result.status == "ok" else "skipped"
@@ -491,6 +501,9 @@ class Build:
                 try:
                     archive.write_archive(tree, tmp, within=area)
                     os.replace(tmp, dest)
+                except OSError as exc:
+                    raise BuildFailed([f"output: cannot write the archive {dest}: "
+                                       f"{exc.strerror or exc}"]) from None
                 finally:
                     tmp.unlink(missing_ok=True)
                 self.result.archive = dest
