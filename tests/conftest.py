@@ -16,8 +16,22 @@ COMPONENTS = ROOT / "tests" / "components"
 EXAMPLES = ROOT / "examples"
 
 
+def _this_checkout(pid: str, cmd: str) -> bool:
+    """Whether a process was started from this checkout (other checkouts of boride may run
+    their tests on the same machine at the same time): its command line or its environment
+    (boride puts its interpreter's folder first on the components' PATH) names it."""
+    mark = f"{ROOT}/"
+    if mark in cmd:
+        return True
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return mark.encode() in f.read()
+    except OSError:
+        return False
+
+
 def boride_processes() -> list[str]:
-    """Command lines of every process still running a component for boride."""
+    """Command lines of every process of this checkout still running a component."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -27,8 +41,9 @@ def boride_processes() -> list[str]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "boride.runtime.nsinit" in cmd or str(COMPONENTS) in cmd or (
-                "/tests/components/" in cmd and "pytest" not in cmd):
+        if ("boride.runtime.nsinit" in cmd or str(COMPONENTS) in cmd or (
+                "/tests/components/" in cmd and "pytest" not in cmd)) \
+                and _this_checkout(pid, cmd):
             found.append(f"{pid}: {cmd.strip()}")
     return found
 

@@ -455,3 +455,83 @@ def test_starting_again_restarts_dead_components(tmp_path: Path) -> None:
         r = http.post(f"/executor/{sid}", json=build_body(template, [("me/one", None)]))
         assert r.status_code == 200, r.text
         http.delete(f"/executor/{sid}")
+
+
+def test_a_try_session_never_changes_a_registry_template(tmp_path: Path) -> None:
+    """The attack of issue 8 item 2, through the API: a try whose ``localTemplateId`` is a
+    registry template's id, pointing at another folder. Only the try session builds that
+    folder; every other session (before, during, after) builds the registry's files; deleting
+    the try session leaves nothing of it; a refused try leaves nothing at all."""
+    p = entry("me/one", "ok_processor")
+    shipped = tmp_path / "shipped"
+    (shipped / "src").mkdir(parents=True)
+    (shipped / "src" / "a.txt").write_text("registry\n")
+    tpl = {"ref": "me/site", "version": 1, "id": new_id(), "path": str(shipped)}
+    dev = tmp_path / "dev"
+    (dev / "evil" / "src").mkdir(parents=True)
+    (dev / "evil" / "src" / "a.txt").write_text("evil\n")
+    registry = write_registry(tmp_path / "r.yaml", processors=[p], templates=[tpl])
+    config = ServerConfig(registry=(str(registry),), dev_root=dev, work_root=tmp_path / "work",
+                          max_sessions=3)
+    template = template_body(tpl["id"], [p])
+    registry_files = {"src/a.txt": b"registry\n"}
+    with running_server(config) as server, server.client() as http:
+        service = server.service
+
+        def build(sid: str) -> dict[str, bytes]:
+            r = http.post(f"/executor/{sid}", json=build_body(template, [("me/one", None)]))
+            assert r.status_code == 200, r.text
+            return files_of(r.content)
+
+        def session(sid: str) -> dict[str, bytes]:
+            assert http.post(f"/executor/{sid}/warm", json=template).status_code == 200
+            assert http.post("/executor", json={"session_id": sid, "template": template}
+                             ).json() == {"status": "OK"}
+            return build(sid)
+
+        def try_(sid: str, local_id: str, path: str, **extra: Any) -> httpx.Response:
+            return http.post("/executor/try", json={
+                "sessionId": sid, "localTemplateId": local_id, "source": "path",
+                "path": path, "template": template_body(local_id, [p]), **extra})
+
+        first = new_id()
+        assert session(first) == registry_files
+        attacker = new_id()
+        assert try_(attacker, tpl["id"], "evil").status_code == 200
+        # the try session builds its own folder, also through the Go client's warm + start
+        assert build(attacker) == {"src/a.txt": b"evil\n"}
+        try_template = template_body(tpl["id"], [p])
+        assert http.post(f"/executor/{attacker}/warm", json=try_template).status_code == 200
+        assert http.post("/executor", json={"session_id": attacker, "template": try_template}
+                         ).json() == {"status": "OK"}
+        assert build(attacker) == {"src/a.txt": b"evil\n"}
+        # everyone else still builds the registry's files
+        second = new_id()
+        assert session(second) == registry_files
+        assert build(first) == registry_files
+        assert http.delete(f"/executor/{attacker}").json() == {"status": "OK"}
+        assert attacker not in service.sessions
+        assert service.templates[tpl["id"]].folder == shipped
+        # a try of a fresh local id owns nothing once its session is deleted (CLI note 13)
+        local_sid, local_id = new_id(), "10ca1" + new_id()[5:]
+        assert try_(local_sid, local_id, "evil").status_code == 200
+        assert http.delete(f"/executor/{local_sid}").json() == {"status": "OK"}
+        assert set(service.templates) == {tpl["id"]}
+        assert set(service.sessions) == {first, second}
+        third = new_id()
+        assert session(third) == registry_files
+
+        # refused tries leave nothing in the tables: 429 (3 sessions), 403, 400
+        sessions, templates = dict(service.sessions), dict(service.templates)
+        for local in (tpl["id"], "local-refused"):
+            assert problem(try_(new_id(), local, "evil"), 429)["title"] == "Too many sessions"
+            assert problem(try_(new_id(), local, str(shipped)), 403)["title"] == \
+                "Path outside the development root"
+            assert problem(try_(new_id(), local, "missing"), 400)["title"] == "Not a folder"
+            assert problem(try_(third, local, "evil"), 409)["title"] == "Session collision"
+            assert service.sessions == sessions and service.templates == templates
+            assert service.templates[tpl["id"]].folder == shipped
+        assert build(third) == registry_files
+        for sid in (first, second, third):
+            assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+    assert session_area_empty(tmp_path / "work")
