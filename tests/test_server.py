@@ -388,11 +388,14 @@ web.run_app(app, host="0.0.0.0", port=5550)
 
 
 def test_merge_and_zip_routes_stay_in_the_session_area(tmp_path: Path) -> None:
+    """The merger's internal routes: served by create_internal_app only, never on the public
+    listener; paths outside the session areas are refused."""
     res = entry("me/join", "ok_resolver")
     config, folder, sid = _try_setup(tmp_path, processors=[], resolver=res)
     template = template_body("local-z", [], [], [
         {"id": res["id"], "version": 1, "config": {"separator": "/"}, "files": ["*.txt"]}])
-    with running_server(config) as server, server.client() as http:
+    with running_server(config, internal=True) as server, server.client() as http, \
+            server.internal_client() as internal:
         assert http.post("/executor/try", json={
             "sessionId": sid, "localTemplateId": "local-z", "source": "path",
             "path": str(folder), "template": template}).status_code == 200
@@ -401,18 +404,27 @@ def test_merge_and_zip_routes_stay_in_the_session_area(tmp_path: Path) -> None:
             (area / name).mkdir()
             (area / name / "same.txt").write_text(text)
             (area / name / f"only-{name}.md").write_text(name)
-        r = http.post(f"/merge/{sid}", json={"from_dirs": [str(area / "a"), str(area / "b")],
-                                             "to_dir": str(area / "m"), "template": template})
+        merge = {"from_dirs": [str(area / "a"), str(area / "b")], "to_dir": str(area / "m"),
+                 "template": template}
+        assert problem(http.post(f"/merge/{sid}", json=merge), 404)["title"] == "Not found"
+        assert problem(http.post("/zip", json={"target_dir": str(area / "a")}), 404)
+        assert not (area / "m").exists()
+        r = internal.post(f"/merge/{sid}", json=merge)
         assert r.json() == {"status": "OK"}, r.text
         assert tree(area / "m") == {"only-a.md": b"a", "only-b.md": b"b", "same.txt": b"one/two"}
-        r = http.post("/zip", json={"target_dir": str(area / "m")})
+        r = internal.post("/zip", json={"target_dir": str(area / "m")})
         assert r.headers["content-type"] == "application/x-gzip"
         assert files_of(r.content) == {"only-a.md": b"a", "only-b.md": b"b",
                                        "same.txt": b"one/two"}
-        problem(http.post("/zip", json={"target_dir": str(tmp_path)}), 400)
-        problem(http.post("/zip", json={"target_dir": "/etc"}), 400)
-        problem(http.post(f"/merge/{sid}", json={"from_dirs": ["/etc"],
-                                                 "to_dir": str(area / "n")}), 400)
+        problem(internal.post("/zip", json={"target_dir": str(tmp_path)}), 400)
+        problem(internal.post("/zip", json={"target_dir": "/etc"}), 400)
+        problem(internal.post("/zip", json={"target_dir": "/tmp/\x00"}), 400)
+        problem(internal.post(f"/merge/{sid}", json={"from_dirs": ["/etc"],
+                                                     "to_dir": str(area / "n")}), 400)
+        assert problem(internal.post(f"/merge/{new_id()}", json={
+            "from_dirs": [], "to_dir": "/x"}), 404)["title"] == "Unknown session"
+        assert problem(internal.post("/zip", content=b"{", headers={
+            "content-type": "application/json"}), 400)["title"] == "Malformed JSON"
         http.delete(f"/executor/{sid}")
 
 
