@@ -725,8 +725,8 @@ class Service:
                                [f"{type(exc).__name__}: {exc}".rstrip(": ")]) from None
 
     async def merge_dirs(self, state: SessionState, req: MergeReq) -> None:
-        """POST /merge/{id}: merge folders of the session's area (paths as components see
-        them), resolving conflicts with the template's running resolvers."""
+        """POST /merge/{id} (internal app): merge folders of the session's area (paths as
+        components see them), resolving conflicts with the template's running resolvers."""
         ws = state.session.workspace
         assert ws is not None
         errors = []
@@ -783,8 +783,8 @@ class Service:
                 raise ProblemError(400, "Merge failed", str(exc)) from None
 
     def zip_folder(self, target_dir: str) -> Path:
-        """POST /zip: a folder inside some session's work area (never anything else), named
-        as components see it or by its host path."""
+        """POST /zip (internal app): a folder inside some session's work area (never anything
+        else), named as components see it or by its host path."""
         for s in self.sessions.values():
             ws = s.session.workspace
             if ws is None:
