@@ -26,7 +26,7 @@ from boride.runtime.base import ComponentNetworks
 from boride.runtime.docker import NETWORK, DockerRuntime, connect
 from boride.runtime.local import LocalRuntime
 from boride.server import ServerConfig, create_app
-from tests.docker_helpers import image_of
+from tests.docker_helpers import image_of, session_leftovers
 from tests.test_server_cli import serving
 from tests.test_server_support import (
     build_body,
@@ -212,3 +212,4 @@ def test_a_component_cannot_drive_boride(tmp_path: Path) -> None:
                          ).status_code == 404  # the merger's routes are not served here
         assert http.delete(f"/executor/{victim}").json() == {"status": "OK"}  # still there
         assert http.delete(f"/executor/{attacker}").json() == {"status": "OK"}
+    assert session_leftovers(victim) == [] and session_leftovers(attacker) == []

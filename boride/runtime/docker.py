@@ -92,6 +92,7 @@ _PULL_TIMEOUT = 900
 #: How long the components' network's subnets are trusted before asking the engine again
 #: (sooner when this runtime made or found the network anew).
 NETWORKS_TTL = 5.0
+_NETWORKS_WAIT = 10.0  # how long a request waits for the engine's answer at most
 
 
 def validate_session(session: str) -> str:
@@ -421,8 +422,8 @@ class DockerRuntime(Runtime):
     async def component_networks(self) -> ComponentNetworks:
         """The subnets of the ``cyanprint`` network(s), from the engine (again when this runtime
         made or found the network anew, and after :data:`NETWORKS_TTL` seconds, in case someone
-        else re-created it); their gateways are the host's. While the engine does not answer,
-        the last answer."""
+        else re-created it); their gateways are the host's. While the engine does not answer
+        (within a few seconds), the last answer."""
         if self._networks_fresh():
             return self._networks
         if self._networks_lock is None:
@@ -432,8 +433,9 @@ class DockerRuntime(Runtime):
                 return self._networks
             network_id = self._network_id
             try:
-                self._networks = await self._run(self._read_networks)
-            except (RuntimeError_, docker.errors.DockerException,
+                self._networks = await asyncio.wait_for(self._run(self._read_networks),
+                                                        _NETWORKS_WAIT)
+            except (RuntimeError_, docker.errors.DockerException, TimeoutError,
                     requests.exceptions.RequestException, ValueError) as exc:
                 log.warning("cannot learn the subnets of the %s network (%s): using the last "
                             "known ones", self.network, _reason(exc))
