@@ -314,5 +314,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
               f"{describe(registry)}, at most {max_builds} builds at once"
               f"{', token required' if token else ''}); API docs at /docs",
               highlight=False, markup=False)
+    # No X-Forwarded-For: the client address is the connection's, which the refusal of
+    # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                access_log=log_level == "debug")
+                access_log=log_level == "debug", proxy_headers=False)

@@ -14,7 +14,9 @@ Layers, each built FROM the one before:
   ``local/boride-test-<name>:1`` (``ok_processor.py`` -> ``local/boride-test-ok-processor:1``).
 
 App and component images are rebuilt on every run; the engine's build cache makes that cheap
-when nothing changed. Usage: ``python docker/build_images.py [--pipeline FILE ...]``.
+when nothing changed. Usage: ``python docker/build_images.py [--pipeline FILE ...]``;
+``--only STEM`` (repeatable) builds just those test components (and their app image), leaving
+every other image as it is.
 """
 
 from __future__ import annotations
@@ -181,11 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="pipeline file whose components to build (default: the example)")
     parser.add_argument("--no-tests", action="store_true", help="skip tests/components")
     parser.add_argument("--rebuild-sdk", action="store_true")
+    parser.add_argument("--only", action="append", metavar="STEM",
+                        help="build only this tests/components image (repeatable; no example "
+                             "images unless --pipeline is given)")
     args = parser.parse_args(argv)
 
     client = docker.from_env(timeout=900)
     ensure_sdk_image(client, args.base, args.rebuild_sdk)
-    pipelines = args.pipeline or [ROOT / "examples" / "pipeline.yaml"]
+    pipelines = args.pipeline or ([] if args.only else [ROOT / "examples" / "pipeline.yaml"])
     for pipeline in pipelines:
         if not pipeline.is_file():
             raise SystemExit(f"{pipeline}: no such pipeline file")
@@ -194,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         build_app(client, f"boride/app-{name}:latest", folder, components_of(pipeline))
     if not args.no_tests and TEST_COMPONENTS.is_dir():
         comps = [(test_image(p.stem), ["python3", p.name])
-                 for p in sorted(TEST_COMPONENTS.glob("*.py")) if not p.name.startswith("_")]
+                 for p in sorted(TEST_COMPONENTS.glob("*.py")) if not p.name.startswith("_")
+                 and (not args.only or p.stem in args.only)]
+        if args.only and len(comps) != len(set(args.only)):
+            raise SystemExit(f"--only: no such component in {TEST_COMPONENTS}: {args.only}")
         build_app(client, "boride/app-tests:latest", TEST_COMPONENTS, comps)
     return 0
 

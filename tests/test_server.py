@@ -388,11 +388,14 @@ web.run_app(app, host="0.0.0.0", port=5550)
 
 
 def test_merge_and_zip_routes_stay_in_the_session_area(tmp_path: Path) -> None:
+    """The merger's internal routes: served by create_internal_app only, never on the public
+    listener; paths outside the session areas are refused."""
     res = entry("me/join", "ok_resolver")
     config, folder, sid = _try_setup(tmp_path, processors=[], resolver=res)
     template = template_body("local-z", [], [], [
         {"id": res["id"], "version": 1, "config": {"separator": "/"}, "files": ["*.txt"]}])
-    with running_server(config) as server, server.client() as http:
+    with running_server(config, internal=True) as server, server.client() as http, \
+            server.internal_client() as internal:
         assert http.post("/executor/try", json={
             "sessionId": sid, "localTemplateId": "local-z", "source": "path",
             "path": str(folder), "template": template}).status_code == 200
@@ -401,18 +404,27 @@ def test_merge_and_zip_routes_stay_in_the_session_area(tmp_path: Path) -> None:
             (area / name).mkdir()
             (area / name / "same.txt").write_text(text)
             (area / name / f"only-{name}.md").write_text(name)
-        r = http.post(f"/merge/{sid}", json={"from_dirs": [str(area / "a"), str(area / "b")],
-                                             "to_dir": str(area / "m"), "template": template})
+        merge = {"from_dirs": [str(area / "a"), str(area / "b")], "to_dir": str(area / "m"),
+                 "template": template}
+        assert problem(http.post(f"/merge/{sid}", json=merge), 404)["title"] == "Not found"
+        assert problem(http.post("/zip", json={"target_dir": str(area / "a")}), 404)
+        assert not (area / "m").exists()
+        r = internal.post(f"/merge/{sid}", json=merge)
         assert r.json() == {"status": "OK"}, r.text
         assert tree(area / "m") == {"only-a.md": b"a", "only-b.md": b"b", "same.txt": b"one/two"}
-        r = http.post("/zip", json={"target_dir": str(area / "m")})
+        r = internal.post("/zip", json={"target_dir": str(area / "m")})
         assert r.headers["content-type"] == "application/x-gzip"
         assert files_of(r.content) == {"only-a.md": b"a", "only-b.md": b"b",
                                        "same.txt": b"one/two"}
-        problem(http.post("/zip", json={"target_dir": str(tmp_path)}), 400)
-        problem(http.post("/zip", json={"target_dir": "/etc"}), 400)
-        problem(http.post(f"/merge/{sid}", json={"from_dirs": ["/etc"],
-                                                 "to_dir": str(area / "n")}), 400)
+        problem(internal.post("/zip", json={"target_dir": str(tmp_path)}), 400)
+        problem(internal.post("/zip", json={"target_dir": "/etc"}), 400)
+        problem(internal.post("/zip", json={"target_dir": "/tmp/\x00"}), 400)
+        problem(internal.post(f"/merge/{sid}", json={"from_dirs": ["/etc"],
+                                                     "to_dir": str(area / "n")}), 400)
+        assert problem(internal.post(f"/merge/{new_id()}", json={
+            "from_dirs": [], "to_dir": "/x"}), 404)["title"] == "Unknown session"
+        assert problem(internal.post("/zip", content=b"{", headers={
+            "content-type": "application/json"}), 400)["title"] == "Malformed JSON"
         http.delete(f"/executor/{sid}")
 
 
@@ -455,3 +467,113 @@ def test_starting_again_restarts_dead_components(tmp_path: Path) -> None:
         r = http.post(f"/executor/{sid}", json=build_body(template, [("me/one", None)]))
         assert r.status_code == 200, r.text
         http.delete(f"/executor/{sid}")
+
+
+class _Shipped:
+    """A registry template (``shipped``, "registry" in src/a.txt), a dev root with another
+    folder (``evil``), and the calls of the try tests."""
+
+    def __init__(self, http: httpx.Client, p: dict[str, Any],
+                 tpl: dict[str, Any]) -> None:
+        self.http, self.p, self.tpl = http, p, tpl
+        self.template = template_body(tpl["id"], [p])
+
+    @staticmethod
+    def config(tmp_path: Path) -> tuple[ServerConfig, dict[str, Any], dict[str, Any]]:
+        p = entry("me/one", "ok_processor")
+        shipped = tmp_path / "shipped"
+        (shipped / "src").mkdir(parents=True)
+        (shipped / "src" / "a.txt").write_text("registry\n")
+        tpl = {"ref": "me/site", "version": 1, "id": new_id(), "path": str(shipped)}
+        dev = tmp_path / "dev"
+        (dev / "evil" / "src").mkdir(parents=True)
+        (dev / "evil" / "src" / "a.txt").write_text("evil\n")
+        registry = write_registry(tmp_path / "r.yaml", processors=[p], templates=[tpl])
+        config = ServerConfig(registry=(str(registry),), dev_root=dev,
+                              work_root=tmp_path / "work", max_sessions=3)
+        return config, p, tpl
+
+    def build(self, sid: str) -> dict[str, bytes]:
+        r = self.http.post(f"/executor/{sid}",
+                           json=build_body(self.template, [("me/one", None)]))
+        assert r.status_code == 200, r.text
+        return files_of(r.content)
+
+    def warm_and_start(self, sid: str, template: dict[str, Any]) -> None:
+        assert self.http.post(f"/executor/{sid}/warm", json=template).status_code == 200
+        assert self.http.post("/executor", json={"session_id": sid, "template": template}
+                              ).json() == {"status": "OK"}
+
+    def session(self, sid: str) -> dict[str, bytes]:
+        self.warm_and_start(sid, self.template)
+        return self.build(sid)
+
+    def try_(self, sid: str, local_id: str, path: str) -> httpx.Response:
+        return self.http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": local_id, "source": "path", "path": path,
+            "template": template_body(local_id, [self.p])})
+
+
+REGISTRY_FILES = {"src/a.txt": b"registry\n"}
+
+
+def test_a_try_session_never_changes_a_registry_template(tmp_path: Path) -> None:
+    """The attack of issue 8 item 2, through the API: a try whose ``localTemplateId`` is a
+    registry template's id, pointing at another folder. Only the try session builds that
+    folder; every other session (before, during, after) builds the registry's files;
+    deleting the try session leaves nothing of it."""
+    config, p, tpl = _Shipped.config(tmp_path)
+    with running_server(config) as server, server.client() as http:
+        t = _Shipped(http, p, tpl)
+        first = new_id()
+        assert t.session(first) == REGISTRY_FILES
+        attacker = new_id()
+        assert t.try_(attacker, tpl["id"], "evil").status_code == 200
+        # the try session builds its own folder, also after the Go client's warm + start
+        assert t.build(attacker) == {"src/a.txt": b"evil\n"}
+        t.warm_and_start(attacker, template_body(tpl["id"], [p]))
+        assert t.build(attacker) == {"src/a.txt": b"evil\n"}
+        # everyone else still builds the registry's files
+        second = new_id()
+        assert t.session(second) == REGISTRY_FILES
+        assert t.build(first) == REGISTRY_FILES
+        assert http.delete(f"/executor/{attacker}").json() == {"status": "OK"}
+        assert attacker not in server.service.sessions
+        assert server.service.templates[tpl["id"]].folder == Path(tpl["path"])
+        # a try of a fresh local id owns nothing once its session is deleted (CLI note 13)
+        local_sid, local_id = new_id(), "10ca1" + new_id()[5:]
+        assert t.try_(local_sid, local_id, "evil").status_code == 200
+        assert http.delete(f"/executor/{local_sid}").json() == {"status": "OK"}
+        assert set(server.service.templates) == {tpl["id"]}
+        assert set(server.service.sessions) == {first, second}
+        third = new_id()
+        assert t.session(third) == REGISTRY_FILES
+        for sid in (first, second, third):
+            assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+    assert session_area_empty(tmp_path / "work")
+
+
+def test_a_refused_try_leaves_nothing_behind(tmp_path: Path) -> None:
+    """429 (the session limit), 403 (outside the dev root), 400 (no folder), 409 (a session
+    id in use): nothing of the try in the service's tables, the registry template intact."""
+    config, p, tpl = _Shipped.config(tmp_path)
+    with running_server(config) as server, server.client() as http:
+        t = _Shipped(http, p, tpl)
+        sids = [new_id() for _ in range(3)]
+        for sid in sids:  # max_sessions is 3
+            assert t.session(sid) == REGISTRY_FILES
+        service = server.service
+        sessions, templates = dict(service.sessions), dict(service.templates)
+        for local in (tpl["id"], "local-refused"):
+            assert problem(t.try_(new_id(), local, "evil"), 429)["title"] == \
+                "Too many sessions"
+            assert problem(t.try_(new_id(), local, tpl["path"]), 403)["title"] == \
+                "Path outside the development root"
+            assert problem(t.try_(new_id(), local, "missing"), 400)["title"] == "Not a folder"
+            assert problem(t.try_(sids[0], local, "evil"), 409)["title"] == "Session collision"
+            assert service.sessions == sessions and service.templates == templates
+            assert service.templates[tpl["id"]].folder == Path(tpl["path"])
+        assert t.build(sids[0]) == REGISTRY_FILES
+        for sid in sids:
+            assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+    assert session_area_empty(tmp_path / "work")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -119,6 +120,32 @@ class Instance(abc.ABC):
         """The last lines the component printed (stdout and stderr)."""
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class ComponentNetworks:
+    """Where a runtime's components have addresses the host can be reached from: the subnets
+    of their network(s), and the addresses in them that are the host's own (a bridge's
+    gateway: the host itself, and published ports, connect from there), not a component's."""
+
+    subnets: tuple[IPNetwork, ...] = ()
+    host: frozenset[IPAddress] = frozenset()
+
+    def holds(self, address: str) -> bool:
+        """Whether a client address (as a server sees it) is a component's."""
+        if not self.subnets:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False  # not an IP address (a Unix socket, a test client): not a component
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip not in self.host and any(ip in net for net in self.subnets)
+
+
 class RuntimeError_(Exception):
     """A runtime could not do what was asked; the message is for the user."""
 
@@ -159,6 +186,13 @@ class Runtime(abc.ABC):
         private to boride's user): a processor's fresh ``writeDir``, the tree a plugin edits
         in place. Nothing to do where components run as boride's own user. Components may be
         changing the area meanwhile: a runtime must touch it through descriptors only."""
+
+    async def component_networks(self) -> ComponentNetworks:
+        """The networks this runtime's components have addresses on, as the host sees them: a
+        request to boride from there comes from a component. By default none (components that
+        reach nothing of the host's network, like the local runtime's, which have only their
+        own loopback)."""
+        return ComponentNetworks()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release runtime-wide resources."""

@@ -35,9 +35,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
+import ipaddress
+import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,7 @@ from boride import fsutil, parallel
 from boride.runtime.base import (
     LOG_TAIL,
     Component,
+    ComponentNetworks,
     ExitInfo,
     Instance,
     Kind,
@@ -62,6 +66,8 @@ from boride.runtime.base import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 NETWORK = "cyanprint"
 SEEN_TEMPLATE = "/workspace/cyanprint"
@@ -83,6 +89,10 @@ DEFAULT_MEMORY = "512m"
 DEFAULT_PIDS = 256
 _API_TIMEOUT = 120
 _PULL_TIMEOUT = 900
+#: How long the components' network's subnets are trusted before asking the engine again
+#: (sooner when this runtime made or found the network anew).
+NETWORKS_TTL = 5.0
+_NETWORKS_WAIT = 10.0  # how long a request waits for the engine's answer at most
 
 
 def validate_session(session: str) -> str:
@@ -309,6 +319,9 @@ class DockerRuntime(Runtime):
         self._client_lock = threading.Lock()
         self._network_id: str | None = None
         self._network_lock: asyncio.Lock | None = None
+        self._networks = ComponentNetworks()  # what component_networks() answered last
+        self._networks_of: tuple[str | None, float] | None = None  # (network id, when)
+        self._networks_lock: asyncio.Lock | None = None
         self._sessions: dict[str, _Session] = {}
         self._instances: set[DockerInstance] = set()
         self._owner = self._plugin_owner()
@@ -410,6 +423,47 @@ class DockerRuntime(Runtime):
             if found:
                 return found
             raise
+
+    # -- where components live ----------------------------------------------------------------
+    def _networks_fresh(self) -> bool:
+        return (self._networks_of is not None and self._networks_of[0] == self._network_id
+                and time.monotonic() - self._networks_of[1] < NETWORKS_TTL)
+
+    async def component_networks(self) -> ComponentNetworks:
+        """The subnets of the ``cyanprint`` network(s), from the engine (again when this runtime
+        made or found the network anew, and after :data:`NETWORKS_TTL` seconds, in case someone
+        else re-created it); their gateways are the host's. While the engine does not answer
+        (within a few seconds), the last answer."""
+        if self._networks_fresh():
+            return self._networks
+        if self._networks_lock is None:
+            self._networks_lock = asyncio.Lock()
+        async with self._networks_lock:
+            if self._networks_fresh():
+                return self._networks
+            network_id = self._network_id
+            try:
+                self._networks = await asyncio.wait_for(self._run(self._read_networks),
+                                                        _NETWORKS_WAIT)
+            except (RuntimeError_, docker.errors.DockerException, TimeoutError,
+                    requests.exceptions.RequestException, ValueError) as exc:
+                log.warning("cannot learn the subnets of the %s network (%s): using the last "
+                            "known ones", self.network, _reason(exc))
+            self._networks_of = (network_id, time.monotonic())
+            return self._networks
+
+    def _read_networks(self) -> ComponentNetworks:
+        subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        gateways: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+        for net in self.api.networks(names=[self.network]):
+            if net.get("Name") != self.network:
+                continue
+            for config in (net.get("IPAM") or {}).get("Config") or []:
+                if config.get("Subnet"):
+                    subnets.append(ipaddress.ip_network(config["Subnet"], strict=False))
+                if config.get("Gateway"):
+                    gateways.add(ipaddress.ip_address(config["Gateway"]))
+        return ComponentNetworks(tuple(subnets), frozenset(gateways))
 
     async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
         try:

@@ -13,7 +13,12 @@ from boride import registry as reg
 from boride.runtime import get_runtime
 from boride.runtime.base import Runtime
 from boride.server import problems, routes
-from boride.server.middleware import AuthMiddleware, BodyLimitMiddleware, TraceMiddleware
+from boride.server.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    ComponentGuardMiddleware,
+    TraceMiddleware,
+)
 from boride.server.service import ServerConfig, Service
 
 DESCRIPTION = """\
@@ -52,9 +57,11 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
     app.state.service = service
     problems.install(app)
     app.include_router(routes.router)
-    # Added innermost first: the trace id wraps everything, then authentication, then the limit.
+    # Added innermost first: the trace id wraps everything, then the refusal of components'
+    # addresses, then authentication, then the limit.
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body)
     app.add_middleware(AuthMiddleware, token=config.token)
+    app.add_middleware(ComponentGuardMiddleware, networks=runtime.component_networks)
     app.add_middleware(TraceMiddleware)
     _document_problems(app)
     return app

@@ -1,14 +1,20 @@
 """Pure ASGI middleware (no buffering, so streaming and disconnects pass straight through):
-a trace id per request, bearer-token authentication, and a request body size limit."""
+a trace id per request, no requests from components, bearer-token authentication, and a
+request body size limit."""
 
 from __future__ import annotations
 
 import hmac
+import logging
+from collections.abc import Awaitable, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from boride.runtime.base import ComponentNetworks
 from boride.server.problems import TRACE_HEADER, problem_bytes, trace_id_of
+
+log = logging.getLogger("boride.server")
 
 _TRACE = TRACE_HEADER.lower().encode()
 
@@ -44,6 +50,33 @@ class TraceMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_trace)
+
+
+class ComponentGuardMiddleware:
+    """Refuses every request from a components' network with 403, before any route runs
+    (``GET /`` included): a component must not drive boride, token or not. ``networks`` is
+    the runtime's :meth:`~boride.runtime.base.Runtime.component_networks`."""
+
+    def __init__(self, app: ASGIApp,
+                 networks: Callable[[], Awaitable[ComponentNetworks]]) -> None:
+        self.app = app
+        self.networks = networks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if (scope["type"] not in ("http", "websocket") or not client
+                or not (await self.networks()).holds(str(client[0]))):
+            await self.app(scope, receive, send)
+            return
+        trace = trace_id_of(scope)
+        log.warning("[%s] refused %s %s from %s: a component's address", trace,
+                    scope.get("method", "WEBSOCKET"), scope.get("path", ""), client[0])
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await _send_problem(send, 403, "Forbidden for components",
+                            f"{client[0]} is on the components' network: components cannot "
+                            "call boride's API", trace)
 
 
 class AuthMiddleware:

@@ -1,4 +1,7 @@
-"""The routes of the Go coordinator (same paths, bodies and errors), plus ``/metrics``."""
+"""The public routes of the Go coordinator (same paths, bodies and errors), plus ``/metrics``.
+
+Its internal routes (``/merge``, ``/zip``: what its merger calls back) are not here but in
+:mod:`boride.server.internal`, which ``boride serve`` does not serve."""
 
 from __future__ import annotations
 
@@ -10,12 +13,10 @@ from fastapi import APIRouter, Path, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from boride import archive
 from boride.server.models import (
     CYAN_ID,
     SESSION_ID,
     BuildReq,
-    MergeReq,
     Problem,
     StartExecutorReq,
     StatusRes,
@@ -24,14 +25,12 @@ from boride.server.models import (
     TryRes,
     VolumeRef,
     WarmRes,
-    ZipReq,
 )
 from boride.server.problems import ProblemError, problem_response, trace_id_of
 from boride.server.service import Service
 from boride.server.streaming import (
     FILENAME,
     MEDIA_TYPE,
-    ArchiveResponse,
     ClientGone,
     WorkCancelled,
     until_disconnect,
@@ -200,33 +199,3 @@ async def proxy_template_validate(request: Request, cyanId: CyanId) -> Response:
 async def proxy_resolver(request: Request, cyanId: CyanId) -> Response:
     """Forward to a running resolver (``POST /api/resolve``), by resolver version id."""
     return await _forward(request, "/api/resolve", "resolver", cyanId)
-
-
-@router.post("/merge/{sessionId}", response_model=StatusRes, tags=["internal"],
-             responses=_problems(400, 404))
-async def merge_dirs(request: Request, sessionId: SessionId,
-                     body: MergeReq) -> StatusRes:
-    """Merge folders of the session's work area (paths as components see them) into
-    ``to_dir``, conflicts decided by the template's running resolvers."""
-    service = _service(request)
-    await service.merge_dirs(service.get_session(sessionId), body)
-    return StatusRes()
-
-
-@router.post("/zip", tags=["internal"], response_class=Response,
-             responses={**_ARCHIVE, **_problems(400)})
-async def zip_dir(request: Request, body: ZipReq) -> Response:
-    """Stream a folder of a session's work area as ``cyan-output.tar.gz``."""
-    service = _service(request)
-    folder = service.zip_folder(body.target_dir)
-    try:
-        chunks = archive.iter_archive(folder)
-    except archive.ArchiveError as exc:
-        raise ProblemError(400, "Cannot archive the folder", str(exc).splitlines()[0],
-                           exc.errors) from None
-
-    async def nothing(complete: bool) -> None:
-        return None
-
-    return ArchiveResponse(chunks, nothing, service.executor,
-                           on_bytes=service.metrics.archive_bytes.inc)

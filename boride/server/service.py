@@ -1,9 +1,12 @@
 """What the HTTP routes do: templates, sessions and builds, on one runtime and one registry.
 
-* A **template** (by its version id) is a folder of files (from the registry file, or the path
-  of a try session) plus, once warmed, its *shared* components: resolvers (and the template's
-  own Q&A server when the registry knows how to run it), started in a server-owned session
-  and used by every session of that template.
+* A **template** (by its version id) is a folder of files from the registry plus, once
+  warmed, its *shared* components: resolvers (and the template's own Q&A server when the
+  registry knows how to run it), started in a server-owned session and used by every session
+  of that template.
+* A **try** template (``POST /executor/try``) is not in that table: its folder and resolvers
+  belong to its one session and go with it, so a try can never shadow or change a registry
+  template, even under the same id.
 * A **session** is a :class:`boride.pipeline.Session` (a work area and the components running
   for it) kept across requests. Its builds run one at a time, each as a
   :class:`boride.pipeline.Build` over the already-running components; at most
@@ -281,9 +284,27 @@ class Service:
         return entry.path
 
     async def template(self, template: TemplateVersionRes) -> TemplateState:
+        """The registry template ``template`` names (never a try session's folder)."""
         tid = template.principal.id
         folder = await self._template_folder(tid)
         return self.templates.setdefault(tid, TemplateState(tid, folder))
+
+    async def _session_folder(self, session_id: str, template: TemplateVersionRes) -> Path:
+        """The folder session ``session_id`` builds for ``template``: a try session's own
+        folder (for the id it was tried with), else the registry template's."""
+        tid = template.principal.id
+        existing = self.sessions.get(session_id)
+        if existing is not None and not existing.closed:
+            if existing.template_id != tid:
+                raise _other_template(session_id, existing.template_id, tid)
+            if existing.try_session:
+                return existing.folder
+        return (await self.template(template)).folder
+
+    def _shared(self, state: SessionState) -> TemplateState | None:
+        """The registry template whose shared components a session uses (none for a try
+        session: it runs its own, whatever id it was tried with)."""
+        return None if state.try_session else self.templates.get(state.template_id)
 
     def _template_session_id(self, tid: str) -> str:
         return f"{RESERVED_PREFIX}t{hashlib.sha256(tid.encode()).hexdigest()[:24]}"
@@ -360,9 +381,7 @@ class Service:
                     raise ProblemError(409, "Session collision",
                                        f"session {session_id!r} exists already")
                 if existing.template_id != tid:
-                    raise ProblemError(409, "Session belongs to another template",
-                                       f"session {session_id!r} was started for template "
-                                       f"{existing.template_id!r}, not {tid!r}")
+                    raise _other_template(session_id, existing.template_id, tid)
                 existing.touch()
                 return existing, False
             if len(self.sessions) >= self.config.max_sessions:
@@ -383,8 +402,8 @@ class Service:
     async def warm_session(self, session_id: str, template: TemplateVersionRes) -> None:
         """POST /executor/{id}/warm: the session's area, and every image it needs present."""
         self.check_session_id(session_id)
-        t = await self.template(template)
-        _, created = await self._create_session(session_id, t.id, t.folder)
+        folder = await self._session_folder(session_id, template)
+        _, created = await self._create_session(session_id, template.principal.id, folder)
         components = (await self._components(Kind.PROCESSOR, template.processors)
                       + await self._components(Kind.PLUGIN, template.plugins))
         problems = await self._problems(components)
@@ -398,8 +417,8 @@ class Service:
                             merger_id: str) -> None:
         """POST /executor: the session's processors and plugins started and ready."""
         self.check_session_id(session_id)
-        t = await self.template(template)
-        state, _ = await self._create_session(session_id, t.id, t.folder)
+        folder = await self._session_folder(session_id, template)
+        state, _ = await self._create_session(session_id, template.principal.id, folder)
         state.merger_id = merger_id or state.merger_id
         components = (await self._components(Kind.PROCESSOR, template.processors)
                       + await self._components(Kind.PLUGIN, template.plugins))
@@ -438,12 +457,8 @@ class Service:
                                f"{req.path!r} is not below --dev-root {self.dev_root}")
         if not folder.is_dir():
             raise ProblemError(400, "Not a folder", f"{req.path!r} is not a folder")
+        # The try template lives in its session only (never in self.templates).
         tid = req.local_template_id
-        t = self.templates.get(tid)
-        if t is None:
-            t = self.templates[tid] = TemplateState(tid, folder)
-        else:
-            t.folder = folder  # the newest try of a local template wins for new sessions
         resolvers = await self._resolver_components(req.template.resolvers)
         others = (await self._components(Kind.PROCESSOR, req.template.processors)
                   + await self._components(Kind.PLUGIN, req.template.plugins))
@@ -538,11 +553,10 @@ class Service:
         resolver_steps = tuple(Step(c, r.config, tuple(r.files))
                                for r, c in await self._resolver_components(template.resolvers))
         shared: dict[str, Instance] = {}
-        if not state.try_session:
-            t = self.templates.get(state.template_id)
-            if t is not None:
-                shared = {s.component.name: t.instances[s.component.name]
-                          for s in resolver_steps if s.component.name in t.instances}
+        t = self._shared(state)
+        if t is not None:
+            shared = {s.component.name: t.instances[s.component.name]
+                      for s in resolver_steps if s.component.name in t.instances}
         plan = Plan(state.folder, processors, resolver_steps, plugins, self.config.parallelism)
         missing = [s.component for s in plan.steps
                    if s.component.name not in state.session.instances
@@ -646,7 +660,7 @@ class Service:
                 del state.resolvers[rid]
         if instances:
             await parallel.run(self.runtime.stop, instances, limit=len(instances))
-        t = self.templates.get(state.template_id)
+        t = self._shared(state)
         if t is not None and t.session is not None and any(n in t.instances for n in bad):
             # A shared resolver that failed: if it died, forget it (the next build or warm
             # starts another); if it only failed on this input, it keeps serving the others.
@@ -711,8 +725,8 @@ class Service:
                                [f"{type(exc).__name__}: {exc}".rstrip(": ")]) from None
 
     async def merge_dirs(self, state: SessionState, req: MergeReq) -> None:
-        """POST /merge/{id}: merge folders of the session's area (paths as components see
-        them), resolving conflicts with the template's running resolvers."""
+        """POST /merge/{id} (internal app): merge folders of the session's area (paths as
+        components see them), resolving conflicts with the template's running resolvers."""
         ws = state.session.workspace
         assert ws is not None
         errors = []
@@ -735,7 +749,7 @@ class Service:
             raise ProblemError(400, "Invalid folders",
                                "Merge folders must lie in the session's work area", errors)
         running: dict[str, Instance] = dict(state.session.instances)
-        t = self.templates.get(state.template_id)
+        t = self._shared(state)
         if t is not None:
             running.update(t.instances)
         rules: list[merge.ResolverRule] = []
@@ -769,8 +783,8 @@ class Service:
                 raise ProblemError(400, "Merge failed", str(exc)) from None
 
     def zip_folder(self, target_dir: str) -> Path:
-        """POST /zip: a folder inside some session's work area (never anything else), named
-        as components see it or by its host path."""
+        """POST /zip (internal app): a folder inside some session's work area (never anything
+        else), named as components see it or by its host path."""
         for s in self.sessions.values():
             ws = s.session.workspace
             if ws is None:
@@ -799,6 +813,12 @@ async def _exited(instance: Instance) -> bool:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     return bool(done)
+
+
+def _other_template(session_id: str, existing: str, tid: str) -> ProblemError:
+    return ProblemError(409, "Session belongs to another template",
+                        f"session {session_id!r} was started for template {existing!r}, "
+                        f"not {tid!r}")
 
 
 def _summary(result: BuildResult) -> str:
