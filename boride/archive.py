@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from boride import parallel
+from boride.errors import BorideError, describe
 from boride.fsutil import (
     DirCache,
     UnsafePath,
@@ -89,7 +90,7 @@ RECORD_SIZE = 20 * 512  # the tar stream is padded to a multiple of this, like t
 READ_CHUNK = 1 << 20
 
 
-class ArchiveError(Exception):
+class ArchiveError(BorideError):
     """The tree cannot be archived; ``errors`` lists every problem, each naming its path."""
 
     def __init__(self, errors: list[str]) -> None:
@@ -364,7 +365,7 @@ async def _produce(tree: _Tree, level: int, threads: int, block_size: int,
                     error = outcome.error
                     if isinstance(error, ArchiveError):
                         raise error
-                    raise ArchiveError([f"compression failed: {parallel.describe(error)}"])
+                    raise ArchiveError([f"compression failed: {describe(error)}"])
                 data, block_crc, length = outcome.value
                 op = ops.get(length)
                 if op is None:
@@ -377,7 +378,7 @@ async def _produce(tree: _Tree, level: int, threads: int, block_size: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Closed(Exception):
+class _Closed(BorideError):
     """The consumer stopped reading."""
 
 

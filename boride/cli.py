@@ -162,7 +162,7 @@ def clean(session: str | None, all_: bool, as_json: bool) -> None:
     if (session is None) == (not all_):
         err.print("boride: give exactly one of --session ID or --all", highlight=False)
         sys.exit(EXIT_USAGE)
-    from boride.runtime.base import RuntimeError_
+    from boride.runtime.base import RuntimeFailure
     from boride.runtime.docker import clean as docker_clean
 
     try:
@@ -170,7 +170,7 @@ def clean(session: str | None, all_: bool, as_json: bool) -> None:
     except ValueError as exc:
         err.print(f"boride: {exc}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
-    except RuntimeError_ as exc:
+    except RuntimeFailure as exc:
         err.print(f"boride: {exc}", highlight=False, markup=False)
         sys.exit(EXIT_FAILED)
     if as_json:
@@ -269,7 +269,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
 
     import uvicorn
 
-    from boride.registry import RegistryError, describe, open_registry
+    from boride.registry import RegistryError, location, open_registry
     from boride.server import ServerConfig, create_app
 
     err = Console(stderr=True, soft_wrap=True)
@@ -311,7 +311,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         err.print("boride serve: no --registry given: every component name is unknown "
                   "(try --registry examples/registry.yaml)", highlight=False, markup=False)
     err.print(f"boride serve: http://{host}:{port} (runtime {runtime}, registry "
-              f"{describe(registry)}, at most {max_builds} builds at once"
+              f"{location(registry)}, at most {max_builds} builds at once"
               f"{', token required' if token else ''}); API docs at /docs",
               highlight=False, markup=False)
     # No X-Forwarded-For: the client address is the connection's, which the refusal of

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from boride.errors import BorideError
+
 __all__ = [
     "CopyState",
     "DirCache",
@@ -51,7 +53,7 @@ _UNSUPPORTED = frozenset(
 )
 
 
-class UnsafePath(ValueError):
+class UnsafePath(BorideError, ValueError):
     """A path that would leave its root or cannot name a file."""
 
 

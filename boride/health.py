@@ -8,6 +8,7 @@ import time
 import httpx
 
 from boride import diagnose
+from boride.errors import BorideError
 from boride.runtime.base import Instance
 
 FIRST_DELAY = 0.002
@@ -15,7 +16,7 @@ MAX_DELAY = 0.2
 DEFAULT_DEADLINE = 60.0
 
 
-class NotReady(Exception):
+class NotReady(BorideError):
     """The component never answered ``GET /`` with 200; the message says why."""
 
 

@@ -85,6 +85,7 @@ from typing import Any, TypeVar
 from wcmatch import glob as wcglob
 
 from boride import parallel
+from boride.errors import BorideError, describe
 from boride.fsutil import (
     CopyState,
     DirCache,
@@ -153,7 +154,7 @@ class MergeResult:
     seconds: float
 
 
-class MergeError(Exception):
+class MergeError(BorideError):
     """The merge failed; ``errors`` lists every problem found, each naming its path/processor."""
 
     MAX_SHOWN = 50
@@ -371,7 +372,7 @@ def _errors_of(report: parallel.Report[Any, list[str]], what: str) -> list[str]:
         if outcome.ok:
             errors.extend(outcome.value or ())
         else:
-            errors.append(f"{what} failed: {parallel.describe(outcome.error)}")
+            errors.append(f"{what} failed: {describe(outcome.error)}")
     return errors
 
 
@@ -532,7 +533,7 @@ class _Job:
             else:
                 layers.append(_Layer(errors=[
                     f"{_who(outcome.index, roots[outcome.index])}: scan failed: "
-                    f"{parallel.describe(outcome.error)}"]))
+                    f"{describe(outcome.error)}"]))
             layers[-1].root = roots[outcome.index]
         return layers
 
@@ -568,7 +569,7 @@ class _Job:
             by, conflict, _ = done.item
             origin = f"conflict {conflict.path!r}, resolver {by.name!r}"
             if not done.ok or done.value is None:
-                errors.append(f"{origin}: failed: {parallel.describe(done.error)}")
+                errors.append(f"{origin}: failed: {describe(done.error)}")
                 continue
             try:
                 dest, content = _check_resolution(done.value[0])

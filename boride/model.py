@@ -12,12 +12,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from boride.errors import BorideError
 from boride.runtime.base import Component, Kind
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")]
 
 
-class PipelineError(Exception):
+class PipelineError(BorideError):
     """A pipeline file that cannot be used; ``str()`` is the whole message for the user."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boride import fsutil
+from boride.errors import BorideError
 
 __all__ = ["OutputError", "write_folder"]
 
@@ -32,7 +33,7 @@ _DST_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 MAX_SHOWN = 10
 
 
-class OutputError(Exception):
+class OutputError(BorideError):
     """The result cannot be written; ``errors`` has one line per problem, each naming a path."""
 
     def __init__(self, errors: list[str]) -> None:

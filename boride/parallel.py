@@ -26,6 +26,8 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from boride.errors import BorideError, BorideTimeout, describe
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -45,7 +47,7 @@ class Status(enum.Enum):
     SKIPPED = "skipped"  # never started: fail-fast or the deadline stopped the run first
 
 
-class ItemTimeout(TimeoutError):
+class ItemTimeout(BorideTimeout):
     """An item ran longer than its ``item_timeout``."""
 
     def __init__(self, seconds: float) -> None:
@@ -53,7 +55,7 @@ class ItemTimeout(TimeoutError):
         self.seconds = seconds
 
 
-class DeadlineExceeded(TimeoutError):
+class DeadlineExceeded(BorideTimeout):
     """The whole run went past its ``deadline``."""
 
     def __init__(self, seconds: float) -> None:
@@ -61,7 +63,7 @@ class DeadlineExceeded(TimeoutError):
         self.seconds = seconds
 
 
-class FailFastCancelled(Exception):
+class FailFastCancelled(BorideError):
     """This item was cancelled because another item failed first."""
 
     def __init__(self) -> None:
@@ -149,7 +151,7 @@ class Report(Generic[T, R]):
             raise ParallelError(self)
 
 
-class ParallelError(Exception):
+class ParallelError(BorideError):
     """Raised by :meth:`Report.raise_for_failures`; carries the whole report."""
 
     def __init__(self, report: Report[Any, Any]) -> None:
@@ -157,14 +159,6 @@ class ParallelError(Exception):
         lines = [f"item {o.index} ({o.item!r}): {describe(o.error)}" for o in report.failures]
         lines += [f"item {o.index} ({o.item!r}): {describe(o.error)}" for o in report.cancelled]
         super().__init__(f"{len(lines)} item(s) did not succeed:\n  " + "\n  ".join(lines))
-
-
-def describe(error: BaseException | None) -> str:
-    """A one-line description of an error, never empty."""
-    if error is None:
-        return "no error"
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class Fanout(Generic[T, R]):

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from boride import archive, diagnose, fsutil, health, merge, output, parallel, protocol
+from boride.errors import BorideError, describe
 from boride.model import Pipeline
-from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeError_, Workspace
+from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeFailure, Workspace
 
 T = TypeVar("T")
 STAGES = ("start", "process", "merge", "plugins", "output")
@@ -89,7 +90,7 @@ class BuildOptions:
     on_event: EventFn | None = None
 
 
-class BuildFailed(Exception):
+class BuildFailed(BorideError):
     """Raised inside a build to stop it; carries every error of the failing stage."""
 
     def __init__(self, errors: list[str]) -> None:
@@ -178,7 +179,7 @@ class Session:
         self.instances.clear()
         report = await parallel.run(self.runtime.stop, instances, limit=max(len(instances), 1))
         problems = [f"{o.item.component.kind.value} {o.item.component.name!r}: "
-                    f"{parallel.describe(o.error)}" for o in report.outcomes if not o.ok]
+                    f"{describe(o.error)}" for o in report.outcomes if not o.ok]
         if self.workspace is not None:
             left = await self._close_workspace(self.workspace)
             # Closing the workspace removes whatever the stops could not: only what it
@@ -204,8 +205,7 @@ class Session:
                 error = exc
             if pause is not None:
                 await asyncio.sleep(pause)
-        why = str(error) if isinstance(error, RuntimeError_) else parallel.describe(error)
-        return f"clean-up failed: {why}"
+        return f"clean-up failed: {describe(error)}"
 
 
 class Build:
@@ -286,7 +286,7 @@ class Build:
             if isinstance(o.error, parallel.DeadlineExceeded):
                 message = f"build timed out after {self.options.timeout:g}s"
             else:
-                message = describe_error(o.error)
+                message = describe(o.error)
             res.error = message
             self._event(stage, o.item.name, o.status.value)
             if o.status is parallel.Status.FAILED or isinstance(o.error,
@@ -431,7 +431,7 @@ class Build:
         except OSError as exc:  # e.g. the output folder cannot be written
             self.result.errors.append(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         except Exception as exc:  # a bug: still report it as a failed build, not a traceback
-            self.result.errors.append(f"unexpected error: {parallel.describe(exc)}")
+            self.result.errors.append(f"unexpected error: {describe(exc)}")
         finally:
             if not self.result.ok:
                 self._explain_full_disk()
@@ -535,13 +535,6 @@ def _new_dir(area: Path) -> Path:
     return path
 
 
-def describe_error(error: BaseException | None) -> str:
-    """A component's error for the user: our own errors as they are, others with their type."""
-    if isinstance(error, protocol.ProtocolError | health.NotReady | BuildFailed | RuntimeError_):
-        return str(error)
-    return parallel.describe(error)
-
-
 def fingerprint(root: Path) -> dict[str, tuple[int, int, int, int]]:
     """Path -> (mode, size, mtime_ns, inode) of everything below ``root``: any write changes it."""
     out: dict[str, tuple[int, int, int, int]] = {}
@@ -586,7 +579,7 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
     try:
         try:
             await session.open(plan.template)
-        except (RuntimeError_, OSError) as exc:
+        except (RuntimeFailure, OSError) as exc:
             return BuildResult(session=session.id, errors=[f"cannot open the work area: {exc}"],
                                components=[ComponentResult(s.component.name,
                                                            s.component.kind.value, "skipped")

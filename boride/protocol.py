@@ -8,8 +8,10 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
+from boride.errors import BorideError
 
-class ProtocolError(Exception):
+
+class ProtocolError(BorideError):
     """A component answered, but not as the protocol says (or not at all)."""
 
 

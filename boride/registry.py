@@ -41,6 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from boride import parallel
+from boride.errors import BorideError, describe
 from boride.runtime.base import Component, Kind
 
 __all__ = [
@@ -64,7 +65,7 @@ REFERENCE = re.compile(rf"(?P<user>{_SLUG})/(?P<name>{_SLUG})(?::(?P<version>[0-
 _RESOLVE_BATCH = 8  # versions looked up at once when walking down from the latest
 
 
-class RegistryError(Exception):
+class RegistryError(BorideError):
     """A lookup failed; the message is for the user."""
 
 
@@ -433,7 +434,7 @@ async def resolve(registry: Registry, kind: Kind, reference: str, pinned: Iterab
             error = failed[0].error
             if isinstance(error, RegistryError):
                 raise error
-            raise Unavailable(f"looking up {reference!r}: {parallel.describe(error)}")
+            raise Unavailable(f"looking up {reference!r}: {describe(error)}")
         for found in report.values:  # newest first
             if found is not None and found.id in allowed:
                 return found
@@ -442,10 +443,10 @@ async def resolve(registry: Registry, kind: Kind, reference: str, pinned: Iterab
                    "is pinned in the template")
 
 
-def describe(registry: Registry) -> str:
+def location(registry: Registry) -> str:
     """One line naming where names are looked up, for logs."""
     if isinstance(registry, ChainRegistry):
-        return " then ".join(describe(r) for r in registry.registries)
+        return " then ".join(location(r) for r in registry.registries)
     if isinstance(registry, HttpRegistry):
         return registry.url
     if isinstance(registry, FileRegistry):

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from boride.runtime.base import RuntimeError_
+from boride.runtime.base import RuntimeFailure
 from boride.runtime.docker import (
     LABEL_MANAGED,
     LABEL_SESSION,
@@ -47,7 +47,7 @@ def docker_problem() -> str | None:
     """Why the Docker tests cannot run here (one line), or None."""
     try:
         client = connect(timeout=20)
-    except RuntimeError_ as exc:
+    except RuntimeFailure as exc:
         return str(exc)
     try:
         missing = []

@@ -30,7 +30,7 @@ import yaml
 
 from boride.model import load
 from boride.pipeline import BuildOptions, BuildResult, build
-from boride.runtime.base import Component, Kind, RuntimeError_, Workspace
+from boride.runtime.base import Component, Kind, RuntimeFailure, Workspace
 from boride.runtime.docker import (
     LABEL_COMPONENT,
     LABEL_KIND,
@@ -472,7 +472,7 @@ async def test_invalid_session_ids_are_refused(tmp_path: Path, template: Path,
                                                bad: str) -> None:
     rt = DockerRuntime()
     try:
-        with pytest.raises(RuntimeError_, match="invalid session id"):
+        with pytest.raises(RuntimeFailure, match="invalid session id"):
             await rt.open_workspace(bad, template, tmp_path)
     finally:
         await rt.aclose()
@@ -530,7 +530,7 @@ async def test_reopening_a_session_a_killed_run_left_replaces_its_leftovers(
     client = connect()
     try:
         ws = await second.open_workspace(session, template, tmp_path / "second")
-        with pytest.raises(RuntimeError_, match="open already"):
+        with pytest.raises(RuntimeFailure, match="open already"):
             await second.open_workspace(session, template, tmp_path / "third")
         area = client.api.inspect_volume(f"cyan-area-{session}")
         assert area["Options"]["device"] == str((tmp_path / "second" / "area").resolve())

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from boride import diagnose
+from boride.errors import BorideError
 
 
 class Kind(enum.Enum):
@@ -146,7 +147,7 @@ class ComponentNetworks:
         return ip not in self.host and any(ip in net for net in self.subnets)
 
 
-class RuntimeError_(Exception):
+class RuntimeFailure(BorideError):
     """A runtime could not do what was asked; the message is for the user."""
 
 
@@ -171,13 +172,13 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def stop(self, instance: Instance) -> None:
         """Stop a component and release everything it holds; idempotent. Raises
-        :class:`RuntimeError_` naming what is left when it cannot (``close_workspace`` then
+        :class:`RuntimeFailure` naming what is left when it cannot (``close_workspace`` then
         tries again)."""
 
     @abc.abstractmethod
     async def close_workspace(self, workspace: Workspace) -> None:
         """Remove whatever the runtime made for the session (beyond the area folder itself),
-        also what ``stop`` could not. Raises :class:`RuntimeError_` saying what is left and
+        also what ``stop`` could not. Raises :class:`RuntimeFailure` saying what is left and
         how to remove it when it cannot."""
 
     async def hand_over(self, workspace: Workspace, instance: Instance,  # noqa: B027

@@ -53,6 +53,7 @@ import requests.exceptions
 from docker.types import Mount
 
 from boride import fsutil, parallel
+from boride.errors import describe
 from boride.runtime.base import (
     LOG_TAIL,
     Component,
@@ -61,7 +62,7 @@ from boride.runtime.base import (
     Instance,
     Kind,
     Runtime,
-    RuntimeError_,
+    RuntimeFailure,
     Workspace,
 )
 
@@ -127,13 +128,13 @@ def engine_address() -> str:
 
 
 def connect(timeout: int = _API_TIMEOUT, pool: int = 128) -> docker.DockerClient:
-    """A client for the engine ``DOCKER_HOST`` names; :class:`RuntimeError_` with a clear
+    """A client for the engine ``DOCKER_HOST`` names; :class:`RuntimeFailure` with a clear
     message when no engine answers there."""
     try:
         client = docker.from_env(version="auto", timeout=timeout, max_pool_size=pool)
         client.api.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise RuntimeError_(
+        raise RuntimeFailure(
             f"no Docker engine answers at {engine_address()} ({_reason(exc)}); start one "
             "(dockerd, or .ci/docker-setup.sh as root) or point DOCKER_HOST at one") from None
     return client
@@ -195,14 +196,14 @@ def _chown_tree(root: Path, area: Path, uid: int, gid: int) -> None:
     try:
         fd = fsutil.open_dir(root, within=area)
     except (OSError, fsutil.UnsafePath) as exc:
-        raise RuntimeError_(f"cannot hand {root} to the container user: {exc}") from None
+        raise RuntimeFailure(f"cannot hand {root} to the container user: {exc}") from None
     try:
         errors = fsutil.chown_tree(fd, uid, gid)
     finally:
         os.close(fd)
     if errors:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise RuntimeError_(f"cannot hand {root} to the container user: "
+        raise RuntimeFailure(f"cannot hand {root} to the container user: "
                             f"{'; '.join(errors[:3])}{more}")
 
 
@@ -356,7 +357,7 @@ class DockerRuntime(Runtime):
     def problems(self, components: list[Component]) -> list[str]:
         try:
             self.client  # noqa: B018 - connects, or says why not
-        except RuntimeError_ as exc:
+        except RuntimeFailure as exc:
             return [str(exc)]
         found: list[str] = []
         users: dict[str, list[Component]] = {}
@@ -368,7 +369,7 @@ class DockerRuntime(Runtime):
         if users:
             report = _run_sync(lambda: parallel.run(self._check_image, list(users)))
             for outcome in report.outcomes:
-                why = outcome.value if outcome.ok else parallel.describe(outcome.error)
+                why = outcome.value if outcome.ok else describe(outcome.error)
                 if why:
                     for c in users[outcome.item]:
                         found.append(f"{c.kind.value} {c.name!r}: {why}")
@@ -445,7 +446,7 @@ class DockerRuntime(Runtime):
             try:
                 self._networks = await asyncio.wait_for(self._run(self._read_networks),
                                                         _NETWORKS_WAIT)
-            except (RuntimeError_, docker.errors.DockerException, TimeoutError,
+            except (RuntimeFailure, docker.errors.DockerException, TimeoutError,
                     requests.exceptions.RequestException, ValueError) as exc:
                 log.warning("cannot learn the subnets of the %s network (%s): using the last "
                             "known ones", self.network, _reason(exc))
@@ -469,17 +470,17 @@ class DockerRuntime(Runtime):
         try:
             validate_session(session_id)
         except ValueError as exc:
-            raise RuntimeError_(str(exc)) from None
+            raise RuntimeFailure(str(exc)) from None
         area = root / "area"
         area.mkdir(parents=True, exist_ok=True)
         os.chmod(area, 0o755)  # the container user must reach the folders below it
         area = area.resolve()
         tpl = template.resolve()
         if not tpl.is_dir():
-            raise RuntimeError_(f"template folder {tpl} does not exist")
+            raise RuntimeFailure(f"template folder {tpl} does not exist")
         workspace = Workspace(session_id, tpl, area, SEEN_TEMPLATE, SEEN_AREA)
         if session_id in self._sessions:
-            raise RuntimeError_(f"session {session_id!r} is open already")
+            raise RuntimeFailure(f"session {session_id!r} is open already")
         self._sessions[session_id] = _Session(workspace)
         try:
             # Whatever a killed run of the same session left goes first: a volume of the same
@@ -496,7 +497,7 @@ class DockerRuntime(Runtime):
                 await asyncio.shield(self._remove_session(session_id))
             self._sessions.pop(session_id, None)
             if isinstance(exc, docker.errors.DockerException | parallel.ParallelError):
-                raise RuntimeError_(f"cannot prepare the session on Docker: {exc}") from None
+                raise RuntimeFailure(f"cannot prepare the session on Docker: {exc}") from None
             raise
         return workspace
 
@@ -508,10 +509,10 @@ class DockerRuntime(Runtime):
 
     async def start(self, workspace: Workspace, component: Component) -> Instance:
         if not component.image:
-            raise RuntimeError_(f"{component.kind.value} {component.name!r} has no image")
+            raise RuntimeFailure(f"{component.kind.value} {component.name!r} has no image")
         session = self._sessions.get(workspace.session_id)
         if session is None:
-            raise RuntimeError_(f"session {workspace.session_id!r} is not open")
+            raise RuntimeFailure(f"session {workspace.session_id!r} is not open")
         for attempt in (1, 2):
             network_id = await self._ensure_network()
             # Create and start in one job that a cancellation cannot cut in half: a cancelled
@@ -532,7 +533,7 @@ class DockerRuntime(Runtime):
                 if attempt == 1 and _network_gone(exc):
                     self._network_id = None  # removed behind our back: make it again
                     continue
-                raise RuntimeError_(f"cannot start container: {_reason(exc)}") from None
+                raise RuntimeFailure(f"cannot start container: {_reason(exc)}") from None
         port = component.kind.port
         if address:
             transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport()
@@ -618,7 +619,7 @@ class DockerRuntime(Runtime):
         try:
             await self._run(self._remove_container, instance.container_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise RuntimeError_(f"container {instance.name} could not be removed: "
+            raise RuntimeFailure(f"container {instance.name} could not be removed: "
                                 f"{_reason(exc)}") from None
 
     async def close_workspace(self, workspace: Workspace) -> None:
@@ -628,9 +629,9 @@ class DockerRuntime(Runtime):
         try:
             await self._remove_session(workspace.session_id)
         except (docker.errors.DockerException, requests.exceptions.RequestException,
-                RuntimeError_) as exc:
+                RuntimeFailure) as exc:
             sid = workspace.session_id
-            raise RuntimeError_(
+            raise RuntimeFailure(
                 f"the session's containers and volumes (label {LABEL_SESSION}={sid}) could not "
                 f"be removed ({_reason(exc)}); remove them with: boride clean --session {sid}"
             ) from None
@@ -715,8 +716,8 @@ async def remove_labelled(api: docker.APIClient, labels: dict[str, str | None],
     removed += [str(v) for v in vreport.values if v]
     errors = [o for o in report.outcomes + vreport.outcomes if not o.ok]
     if errors:
-        raise RuntimeError_("could not remove " + "; ".join(
-            f"{o.item.get('Names') or o.item.get('Name')}: {parallel.describe(o.error)}"
+        raise RuntimeFailure("could not remove " + "; ".join(
+            f"{o.item.get('Names') or o.item.get('Name')}: {describe(o.error)}"
             for o in errors))
     return removed
 
@@ -746,5 +747,5 @@ async def aclean(session: str | None = None, all_: bool = False) -> list[str]:
 
 def clean(session: str | None = None, all_: bool = False) -> list[str]:
     """``boride clean [--session ID | --all]``: see :func:`aclean`. Raises ``ValueError`` for a
-    bad session id and :class:`RuntimeError_` when no engine answers or a removal fails."""
+    bad session id and :class:`RuntimeFailure` when no engine answers or a removal fails."""
     return _run_sync(lambda: aclean(session, all_))

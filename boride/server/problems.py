@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from boride.errors import BorideError
+
 log = logging.getLogger("boride.server")
 
 MEDIA_TYPE = "application/problem+json"
@@ -41,7 +43,7 @@ def type_url(status: int) -> str:
     return f"https://developer.mozilla.org/en-US/docs/Web/HTTP/Status/{status}"
 
 
-class ProblemError(Exception):
+class ProblemError(BorideError):
     """Raise anywhere in a request to answer with a problem."""
 
     def __init__(self, status: int, title: str, detail: str,

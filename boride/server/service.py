@@ -35,9 +35,10 @@ import httpx
 
 from boride import archive, fsutil, health, merge, parallel, protocol
 from boride import registry as reg
+from boride.errors import describe
 from boride.fsutil import is_within
-from boride.pipeline import Build, BuildOptions, BuildResult, Plan, Session, Step, describe_error
-from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeError_
+from boride.pipeline import Build, BuildOptions, BuildResult, Plan, Session, Step
+from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeFailure
 from boride.server.metrics import Metrics
 from boride.server.models import (
     RESERVED_PREFIX,
@@ -246,7 +247,7 @@ class Service:
             if o.ok:
                 continue
             self.metrics.component_failures.labels(o.item.kind.value).inc()
-            errors.append(f"{o.item.kind.value} {o.item.name!r}: {describe_error(o.error)}")
+            errors.append(f"{o.item.kind.value} {o.item.name!r}: {describe(o.error)}")
             instance = session.instances.pop(o.item.name, None)
             if instance is not None:
                 failed.append(instance)
@@ -348,7 +349,7 @@ class Service:
                                   work_root=self.config.work_root)
                 try:
                     await session.open(t.folder)
-                except (RuntimeError_, OSError) as exc:
+                except (RuntimeFailure, OSError) as exc:
                     await session.close()
                     raise ProblemError(503, "Failed to warm template", str(exc)) from None
                 t.session = session
@@ -391,7 +392,7 @@ class Service:
             session = Session(self.runtime, session_id, work_root=self.config.work_root)
             try:
                 await session.open(folder)
-            except (RuntimeError_, OSError) as exc:
+            except (RuntimeFailure, OSError) as exc:
                 await session.close()
                 raise ProblemError(503, "Failed to prepare the session", str(exc)) from None
             state = SessionState(session_id, tid, folder, session, try_session=try_session)
@@ -523,7 +524,7 @@ class Service:
                                "Some processors or plugins cannot be resolved to a version "
                                "pinned in the template",
                                [str(o.error) if isinstance(o.error, reg.RegistryError)
-                                else f"{o.item[1]}: {describe_error(o.error)}"
+                                else f"{o.item[1]}: {describe(o.error)}"
                                 for o in report.failures])
         entries = [e for e in report.values if e is not None]
         # Each resolved version as the template pins it (and the registry runs it): the same

@@ -20,6 +20,8 @@ from typing import TypeVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from boride.errors import BorideError
+
 log = logging.getLogger("boride.server")
 T = TypeVar("T")
 
@@ -27,11 +29,11 @@ FILENAME = "cyan-output.tar.gz"
 MEDIA_TYPE = "application/x-gzip"
 
 
-class ClientGone(Exception):
+class ClientGone(BorideError):
     """The client closed the connection before the answer was ready."""
 
 
-class WorkCancelled(Exception):
+class WorkCancelled(BorideError):
     """The work was cancelled by someone else (e.g. its session was deleted)."""
 
 
