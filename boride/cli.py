@@ -21,17 +21,19 @@ from boride import __version__
 from boride.model import PipelineError, load
 from boride.pipeline import STAGES, BuildOptions, BuildResult, build
 from boride.runtime import RUNTIMES, get_runtime
+from boride.types import Status
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-_STYLE = {"ok": "green", "done": "green", "failed": "bold red", "running": "yellow",
-          "cancelled": "magenta", "skipped": "dim", "pending": "dim"}
+_STYLE = {Status.OK: "green", Status.DONE: "green", Status.FAILED: "bold red",
+          Status.RUNNING: "yellow", Status.CANCELLED: "magenta", Status.SKIPPED: "dim",
+          Status.PENDING: "dim"}
 
 
 @dataclass
 class _Row:
     kind: str
-    status: str = "pending"
+    status: Status = Status.PENDING
     stage: str = ""
     seconds: float = 0.0
 
@@ -56,28 +58,29 @@ class Progress:
         if self.live is not None:
             self.live.__exit__(None, None, None)
 
-    def event(self, stage: str, name: str | None, status: str) -> None:
+    def event(self, stage: str, name: str | None, status: Status) -> None:
         now = time.monotonic()
         if name is None:
             self.stages[stage] = status
-            if self.live is None and status == "running":
+            if self.live is None and status == Status.RUNNING:
                 self.console.print(f"boride: {stage} ...", highlight=False)
             return
         row = self.rows.get(name)
         if row is None:
             return
-        if status == "running":
+        if status == Status.RUNNING:
             self.started[name] = now
         elif name in self.started:
             row.seconds += now - self.started.pop(name)
         row.status, row.stage = status, stage
-        if self.live is None and status != "running":
+        if self.live is None and status != Status.RUNNING:
             self.console.print(f"boride: {stage} {row.kind} {name}: {status}", highlight=False)
 
     def _render(self) -> Group:
         stages = Text("  ").join(
             Text(f"{s}: {self.stages.get(s, 'waiting')}",
-                 style=_STYLE.get(self.stages.get(s, ""), "dim")) for s in STAGES)
+                 style=_STYLE.get(Status(self.stages[s]), "dim") if s in self.stages else "dim")
+            for s in STAGES)
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         for col in ("component", "kind", "stage", "status", "seconds"):
             table.add_column(col)

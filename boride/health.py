@@ -7,9 +7,9 @@ import time
 
 import httpx
 
-from boride import diagnose
+from boride import aio, diagnose
 from boride.errors import BorideError
-from boride.runtime.base import Instance
+from boride.runtime.base import ExitInfo, Instance
 
 FIRST_DELAY = 0.002
 MAX_DELAY = 0.2
@@ -40,19 +40,12 @@ async def wait_ready(instance: Instance, deadline: float = DEFAULT_DEADLINE, *,
     Raises :class:`NotReady` at the deadline, or at once when the component exits first.
     """
     start = time.perf_counter()
-    poll = asyncio.ensure_future(_poll(instance, first_delay, max_delay))
-    died = asyncio.ensure_future(instance.wait_exit())
-    try:
-        done, _ = await asyncio.wait({poll, died}, timeout=deadline,
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        poll.cancel()
-        died.cancel()
-        await asyncio.gather(poll, died, return_exceptions=True)
-    if poll in done:
-        return time.perf_counter() - start
-    if died in done:
-        info = died.result()
-        raise NotReady(f"{info.headline()} before it was ready{diagnose.summary(info.log_tail)}")
-    raise NotReady(f"not ready after {deadline:g}s (GET / never answered 200)"
-                   f"{diagnose.summary(instance.log_tail())}")
+    first = await aio.race(_poll(instance, first_delay, max_delay), instance.wait_exit(),
+                           timeout=deadline)
+    if first is None:
+        raise NotReady(f"not ready after {deadline:g}s (GET / never answered 200)"
+                       f"{diagnose.summary(instance.log_tail())}")
+    value = first.result()
+    if isinstance(value, ExitInfo):
+        raise NotReady(f"{value.headline()} before it was ready{diagnose.summary(value.log_tail)}")
+    return time.perf_counter() - start

@@ -84,7 +84,7 @@ from typing import Any, TypeVar
 
 from wcmatch import glob as wcglob
 
-from boride import parallel
+from boride import aio, parallel
 from boride.errors import BorideError, describe
 from boride.fsutil import (
     CopyState,
@@ -342,18 +342,6 @@ class _Writer:
         return errors
 
 
-async def _in_thread(pool: ThreadPoolExecutor, stop: threading.Event,
-                     fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn`` on ``pool``; if cancelled, tell the thread to stop and wait until it has."""
-    future = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        stop.set()
-        await asyncio.wait([future])
-        raise
-
-
 def _batches(jobs: list[tuple[str, str, int]]) -> list[list[tuple[str, str, int]]]:
     """Copy jobs in batches of one folder each (at most BATCH_FILES files), ordered round-robin
     over the folders: threads running side by side then create files in different folders
@@ -520,7 +508,7 @@ class _Job:
     limit: int
 
     async def thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await _in_thread(self.pool, self.writer.stop, fn, *args)
+        return await aio.in_thread(self.pool, fn, *args, stop=self.writer.stop)
 
     async def scan_all(self, roots: Sequence[str]) -> list[_Layer]:
         async def scan(layer: int) -> _Layer:

@@ -18,7 +18,6 @@ huge inputs) and :func:`run` (collects a :class:`Report`, for the usual list of 
 from __future__ import annotations
 
 import asyncio
-import enum
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sized
@@ -26,7 +25,9 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from boride import aio
 from boride.errors import BorideError, BorideTimeout, describe
+from boride.types import Status
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -38,13 +39,6 @@ def default_limit() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-class Status(enum.Enum):
-    OK = "ok"
-    FAILED = "failed"  # the operation raised (or timed out on its own item timeout)
-    CANCELLED = "cancelled"  # stopped because another item failed (fail-fast) or the deadline hit
-    SKIPPED = "skipped"  # never started: fail-fast or the deadline stopped the run first
 
 
 class ItemTimeout(BorideTimeout):
@@ -419,23 +413,7 @@ async def stream(
         for w in run.workers:
             w.cancel()
         # Wait for every worker to finish its clean-up, even if we are being cancelled ourselves.
-        await _wait_shielded(run.workers)
-
-
-async def _wait_shielded(tasks: list[asyncio.Task[None]]) -> None:
-    pending = [t for t in tasks if not t.done()]
-    cancelled_meanwhile = False
-    while pending:
-        try:
-            await asyncio.shield(asyncio.wait(pending))
-        except asyncio.CancelledError:
-            cancelled_meanwhile = True
-        pending = [t for t in pending if not t.done()]
-    for t in tasks:  # retrieve results so that nothing is logged as "never retrieved"
-        if not t.cancelled():
-            t.exception()
-    if cancelled_meanwhile:
-        raise asyncio.CancelledError
+        await aio.shielded(asyncio.gather(*run.workers, return_exceptions=True))
 
 
 async def run(

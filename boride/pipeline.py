@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from boride import archive, diagnose, fsutil, health, merge, output, parallel, protocol
+from boride import aio, archive, diagnose, fsutil, health, merge, output, parallel, protocol
 from boride.errors import BorideError, describe
 from boride.model import Pipeline
-from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeFailure, Workspace
+from boride.runtime.base import Instance, Runtime, RuntimeFailure, Workspace
+from boride.types import Component, Kind, Status
 
 T = TypeVar("T")
 STAGES = ("start", "process", "merge", "plugins", "output")
@@ -34,7 +35,7 @@ CLEANUP_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0)  # pauses before trying a failed cl
 class ComponentResult:
     name: str
     kind: str
-    status: str = "pending"  # pending, running, ok, failed, cancelled, skipped
+    status: Status = Status.PENDING
     seconds: float = 0.0
     error: str | None = None
 
@@ -45,7 +46,7 @@ class ComponentResult:
 
 @dataclass
 class BuildResult:
-    status: str = "failed"
+    status: Status = Status.FAILED
     session: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
     components: list[ComponentResult] = field(default_factory=list)
@@ -57,7 +58,7 @@ class BuildResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == Status.OK
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -74,7 +75,7 @@ class BuildResult:
 
 
 # Progress events for displays: (stage, component name or None, status)
-EventFn = Callable[[str, str | None, str], None]
+EventFn = Callable[[str, str | None, Status], None]
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Session:
 
     async def close(self) -> Path | None:
         """Stop everything, remove the work area; return it instead when ``keep`` is set."""
-        await _shielded(self._close())
+        await aio.shielded(self._close())
         return self.root if self.keep else None
 
     async def _close(self) -> None:
@@ -235,7 +236,7 @@ class Build:
         self.template_changed: str | None = None
 
     # -- helpers ---------------------------------------------------------------------------
-    def _event(self, stage: str, name: str | None, status: str) -> None:
+    def _event(self, stage: str, name: str | None, status: Status) -> None:
         if self.options.on_event is not None:
             with contextlib.suppress(Exception):
                 self.options.on_event(stage, name, status)
@@ -250,13 +251,13 @@ class Build:
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
-        self._event(name, None, "running")
+        self._event(name, None, Status.RUNNING)
         start = time.perf_counter()
         try:
             yield
         finally:
             self.result.stages[name] = time.perf_counter() - start
-            self._event(name, None, "done")
+            self._event(name, None, Status.DONE)
 
     async def _fan_out(self, stage: str, fn: Callable[[Component], Awaitable[T]],
                        items: list[Component], fail_fast: bool = False
@@ -265,8 +266,8 @@ class Build:
 
         async def tracked(c: Component) -> T:
             res = self.results[c.name]
-            res.status = "running"
-            self._event(stage, c.name, "running")
+            res.status = Status.RUNNING
+            self._event(stage, c.name, Status.RUNNING)
             start = time.perf_counter()
             try:
                 value = await fn(c)
@@ -279,44 +280,34 @@ class Build:
         errors = []
         for o in report.outcomes:
             res = self.results[o.item.name]
-            res.status = o.status.value
-            if o.status is parallel.Status.OK:
-                self._event(stage, o.item.name, "ok")
+            res.status = o.status
+            if o.status is Status.OK:
+                self._event(stage, o.item.name, Status.OK)
                 continue
             if isinstance(o.error, parallel.DeadlineExceeded):
                 message = f"build timed out after {self.options.timeout:g}s"
             else:
                 message = describe(o.error)
             res.error = message
-            self._event(stage, o.item.name, o.status.value)
-            if o.status is parallel.Status.FAILED or isinstance(o.error,
-                                                                parallel.DeadlineExceeded):
+            self._event(stage, o.item.name, o.status)
+            if o.status is Status.FAILED or isinstance(o.error, parallel.DeadlineExceeded):
                 errors.append(f"{o.item.kind.value} {o.item.name!r}: {message}")
         if errors:
             raise BuildFailed(errors)
         return report
 
     async def _call(self, component: Component, call: Awaitable[T]) -> T:
-        """Run a call to a component; if the component dies meanwhile, say so."""
+        """Run a call to a component; if the component dies meanwhile, say so, and on any
+        failure show what the component itself printed about it."""
         instance = self._instance(component.name)
         task = asyncio.ensure_future(call)
-        died = asyncio.ensure_future(instance.wait_exit())
-        try:
-            await asyncio.wait({task, died}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            died.cancel()
-            if not task.done():
-                task.cancel()
-            await asyncio.gather(task, died, return_exceptions=True)
-        if task.done() and not task.cancelled() and task.exception() is None:
-            return task.result()
-        if died.cancelled() and isinstance(task.exception(), protocol.TransportFailed):
+        first = await aio.race(task, instance.wait_exit())
+        died = first if first is not task else None
+        if died is None and isinstance(task.exception(), protocol.TransportFailed):
             # The connection broke: if the component is dying, say that rather than "disconnected".
-            died = asyncio.ensure_future(instance.wait_exit())
-            await asyncio.wait({died}, timeout=_DEATH_GRACE)
-        if died.done() and not died.cancelled():
+            died = await aio.race(instance.wait_exit(), timeout=_DEATH_GRACE)
+        if died is not None:
             raise protocol.ProtocolError(f"died during its call: {died.result().describe()}")
-        died.cancel()
         error = task.exception()
         if isinstance(error, protocol.ProtocolError):
             raise protocol.ProtocolError(f"{error}{await _own_words(instance)}") from None
@@ -366,7 +357,7 @@ class Build:
                    f"({', '.join(paths[:5])}{', ...' if len(paths) > 5 else ''})")
         self.template_changed = message
         for name in suspects:
-            self.results[name].status = "failed"
+            self.results[name].status = Status.FAILED
             self.results[name].error = message
         raise BuildFailed([message])
 
@@ -389,7 +380,7 @@ class Build:
                 self._instance(rule.name).client, step.config, files))
         except protocol.ProtocolError as exc:
             res = self.results[rule.name]
-            res.status = "failed"
+            res.status = Status.FAILED
             res.error = f"on {conflict.path!r}: {exc}"
             raise protocol.ProtocolError(f"resolver {rule.name!r} on {conflict.path!r}: {exc}")\
                 from None
@@ -425,7 +416,7 @@ class Build:
         """Run the stages in the (open) session; the caller closes the session."""
         try:
             await self._stages()
-            self.result.status = "ok"
+            self.result.status = Status.OK
         except BuildFailed as exc:
             self.result.errors.extend(exc.errors)
         except OSError as exc:  # e.g. the output folder cannot be written
@@ -436,8 +427,8 @@ class Build:
             if not self.result.ok:
                 self._explain_full_disk()
             for res in self.result.components:
-                if res.status == "pending":
-                    res.status = "ok" if self.result.status == "ok" else "skipped"
+                if res.status == Status.PENDING:
+                    res.status = Status.OK if self.result.status == Status.OK else Status.SKIPPED
         return self.result
 
     async def _stages(self) -> None:
@@ -451,7 +442,7 @@ class Build:
                        if c.name not in self.instances and c.name not in self.shared]
             await self._fan_out("start", self._start, missing, fail_fast=True)
         for res in self.results.values():
-            res.status = "pending"  # started and ready; each stage sets its own status below
+            res.status = Status.PENDING  # started and ready; each stage sets its own status below
 
         with self._stage("process"):
             self.template_print = fingerprint(ws.host_template)
@@ -474,8 +465,8 @@ class Build:
                 raise BuildFailed([f"build timed out after {self.options.timeout:g}s "
                                    "(during the merge)"]) from None
             for r in resolvers:
-                if self.results[r.name].status == "pending":
-                    self.results[r.name].status = "ok"
+                if self.results[r.name].status == Status.PENDING:
+                    self.results[r.name].status = Status.OK
 
         with self._stage("plugins"):
             tree = target
@@ -550,20 +541,6 @@ def fingerprint(root: Path) -> dict[str, tuple[int, int, int, int]]:
     return out
 
 
-async def _shielded(coro: Awaitable[None]) -> None:
-    """Run clean-up to the end even if the caller is cancelled meanwhile (then re-raise)."""
-    task = asyncio.ensure_future(coro)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError
-
-
 async def build(pipeline: Pipeline | Plan, runtime: Runtime,
                 options: BuildOptions | None = None) -> BuildResult:
     """Run one build in a session of its own, closed (everything stopped and removed) before
@@ -573,7 +550,7 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
     problems = runtime.problems([s.component for s in plan.steps])
     if problems:
         return BuildResult(components=[ComponentResult(s.component.name, s.component.kind.value,
-                                                       "skipped") for s in plan.steps],
+                                                       Status.SKIPPED) for s in plan.steps],
                            errors=problems)
     session = Session(runtime, work_root=options.work_root, keep=options.keep)
     try:
@@ -582,7 +559,7 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
         except (RuntimeFailure, OSError) as exc:
             return BuildResult(session=session.id, errors=[f"cannot open the work area: {exc}"],
                                components=[ComponentResult(s.component.name,
-                                                           s.component.kind.value, "skipped")
+                                                           s.component.kind.value, Status.SKIPPED)
                                            for s in plan.steps])
         result = await Build(plan, session, options).run()
     finally:

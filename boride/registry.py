@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from boride import parallel
 from boride.errors import BorideError, describe
-from boride.runtime.base import Component, Kind
+from boride.types import Component, Kind
 
 __all__ = [
     "ChainRegistry",

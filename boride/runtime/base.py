@@ -8,7 +8,6 @@ container, ...) and how boride reaches it. The pipeline only sees :class:`Runtim
 from __future__ import annotations
 
 import abc
-import enum
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -17,31 +16,7 @@ import httpx
 
 from boride import diagnose
 from boride.errors import BorideError
-
-
-class Kind(enum.Enum):
-    TEMPLATE = "template"
-    PROCESSOR = "processor"
-    PLUGIN = "plugin"
-    RESOLVER = "resolver"
-
-    @property
-    def port(self) -> int:
-        return _PORTS[self]
-
-
-_PORTS = {Kind.TEMPLATE: 5550, Kind.PROCESSOR: 5551, Kind.PLUGIN: 5552, Kind.RESOLVER: 5553}
-
-
-@dataclass(frozen=True)
-class Component:
-    """What to run. ``command`` is for the local runtime (run in ``cwd``), ``image`` for Docker."""
-
-    name: str
-    kind: Kind
-    command: tuple[str, ...] | None = None
-    image: str | None = None
-    cwd: Path | None = None
+from boride.types import Component
 
 
 @dataclass(frozen=True)

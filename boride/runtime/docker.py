@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -52,19 +53,18 @@ import httpx
 import requests.exceptions
 from docker.types import Mount
 
-from boride import fsutil, parallel
+from boride import aio, fsutil, parallel
 from boride.errors import describe
 from boride.runtime.base import (
     LOG_TAIL,
-    Component,
     ComponentNetworks,
     ExitInfo,
     Instance,
-    Kind,
     Runtime,
     RuntimeFailure,
     Workspace,
 )
+from boride.types import Component, Kind
 
 T = TypeVar("T")
 
@@ -350,8 +350,15 @@ class DockerRuntime(Runtime):
         return self.client.api
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        return await aio.in_thread(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def _discard(self, job: asyncio.Future[tuple[str, str, str]]) -> None:
+        """Remove the container a cancelled start was making, once that job has ended."""
+        try:
+            container_id, _, _ = await job
+        except Exception:
+            return
+        await self._run(self._remove_container, container_id)
 
     # -- checks -----------------------------------------------------------------------------
     def problems(self, components: list[Component]) -> list[str]:
@@ -525,9 +532,7 @@ class DockerRuntime(Runtime):
                 container_id, name, address = await asyncio.shield(job)
                 break
             except asyncio.CancelledError:
-                with contextlib.suppress(BaseException):
-                    container_id, _, _ = await _finish(job)
-                    await self._run(self._remove_container, container_id)
+                await aio.shielded(self._discard(job))
                 raise
             except docker.errors.DockerException as exc:
                 if attempt == 1 and _network_gone(exc):
@@ -657,14 +662,6 @@ class DockerRuntime(Runtime):
 def _network_gone(exc: BaseException) -> bool:
     text = str(getattr(exc, "explanation", "") or exc).lower()
     return "network" in text and "not found" in text
-
-
-async def _finish(job: asyncio.Future[T]) -> T:
-    """Wait for ``job`` to end even while being cancelled; return its result."""
-    while not job.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(job)
-    return job.result()
 
 
 def _split_image(image: str) -> tuple[str, str]:

@@ -23,15 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from boride.runtime.base import (
-    LOG_TAIL,
-    Component,
-    ExitInfo,
-    Instance,
-    Kind,
-    Runtime,
-    Workspace,
-)
+from boride.runtime.base import LOG_TAIL, ExitInfo, Instance, Runtime, Workspace
+from boride.types import Component, Kind
 
 _STOP_GRACE = 5.0
 _SOCKET_DIR_MAX = 80  # leaves room for "/NNNN-processor.sock" within the 107-byte limit

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from boride.pipeline import STAGES, BuildResult
-from boride.runtime.base import Kind
+from boride.types import Kind, Status
 
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                   120.0, 300.0)
@@ -52,7 +52,7 @@ class Metrics:
             self.stage_seconds.labels(stage).observe(seconds)
         self.build_seconds.observe(sum(result.stages.values()))
         for c in result.components:
-            if c.status == "failed":
+            if c.status == Status.FAILED:
                 self.component_failures.labels(c.kind).inc()
 
     def render(self) -> bytes:

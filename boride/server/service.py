@@ -38,7 +38,7 @@ from boride import registry as reg
 from boride.errors import describe
 from boride.fsutil import is_within
 from boride.pipeline import Build, BuildOptions, BuildResult, Plan, Session, Step
-from boride.runtime.base import Component, Instance, Kind, Runtime, RuntimeFailure
+from boride.runtime.base import Instance, Runtime, RuntimeFailure
 from boride.server.metrics import Metrics
 from boride.server.models import (
     RESERVED_PREFIX,
@@ -52,6 +52,7 @@ from boride.server.models import (
 )
 from boride.server.problems import ProblemError
 from boride.server.streaming import ArchiveResponse, finish
+from boride.types import Component, Kind, Status
 
 log = logging.getLogger("boride.server")
 
@@ -654,7 +655,7 @@ class Service:
                              before: set[str]) -> None:
         """A failed build: stop the components that failed or were cut off (dead, or in an
         unknown state; the next build starts them again) and remove the build's folders."""
-        bad = [c.name for c in result.components if c.status in ("failed", "cancelled")]
+        bad = [c.name for c in result.components if c.status in (Status.FAILED, Status.CANCELLED)]
         instances = [i for n in bad if (i := state.session.instances.pop(n, None)) is not None]
         for rid, name in list(state.resolvers.items()):
             if name in bad:
@@ -823,7 +824,7 @@ def _other_template(session_id: str, existing: str, tid: str) -> ProblemError:
 
 
 def _summary(result: BuildResult) -> str:
-    failed = [c for c in result.components if c.status == "failed"]
+    failed = [c for c in result.components if c.status == Status.FAILED]
     if failed:
         names = ", ".join(f"{c.kind} {c.name!r}" for c in failed[:5])
         return f"The build failed ({names})"
