@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from boride import parallel  # noqa: E402
+from boride.config import Limits  # noqa: E402
 from boride.model import load  # noqa: E402
 from boride.pipeline import BuildOptions, build  # noqa: E402
 from boride.runtime.docker import NETWORK, DockerRuntime, connect  # noqa: E402
@@ -117,7 +118,7 @@ async def boride_once(pipeline_file: Path, work: Path, parallelism: int) -> dict
     try:
         t0 = time.perf_counter()
         res = await build(load(pipeline_file), runtime,
-                          BuildOptions(parallelism=parallelism, work_root=work))
+                          BuildOptions(limits=Limits(parallelism=parallelism), work_root=work))
         total = time.perf_counter() - t0
     finally:
         await runtime.aclose()

@@ -22,8 +22,9 @@ from pathlib import Path
 import httpx
 
 from boride import health, parallel
-from boride.runtime.base import Component, Instance, Kind
+from boride.runtime.base import Instance
 from boride.runtime.local import LocalRuntime
+from boride.types import Component, Kind
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSOR = ROOT / "tests" / "components" / "ok_processor.py"

@@ -18,11 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from boride import __version__
+from boride.config import Limits, Timeouts
 from boride.model import PipelineError, load
 from boride.pipeline import STAGES, BuildOptions, BuildResult, build
 from boride.runtime import RUNTIMES, get_runtime
 from boride.types import Status
 
+LIMITS, TIMEOUTS = Limits(), Timeouts()  # the defaults shown by --help
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 _STYLE = {Status.OK: "green", Status.DONE: "green", Status.FAILED: "bold red",
@@ -111,7 +113,8 @@ def main() -> None:
               help="Components in flight at once [default: the file's, else CPU count].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               help="Seconds the whole build may take.")
-@click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+@click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=TIMEOUTS.ready,
               show_default=True, help="Seconds a component may take to become ready.")
 @click.option("--keep", is_flag=True, help="Keep the session's work area (for debugging).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the build.")
@@ -137,7 +140,8 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print(f"boride: cannot use output folder {out}: {exc.strerror}", highlight=False,
                   markup=False)
         sys.exit(EXIT_USAGE)
-    options = BuildOptions(parallelism=parallelism, timeout=timeout, ready_timeout=ready_timeout,
+    options = BuildOptions(limits=Limits(parallelism=parallelism),
+                           timeouts=Timeouts(ready=ready_timeout, build=timeout),
                            out=out.absolute() if out else None,
                            archive=archive.absolute() if archive else None,
                            replace=force, keep=keep)
@@ -243,20 +247,23 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
 @click.option("--token", envvar="BORIDE_TOKEN", metavar="TOKEN",
               help="Require 'Authorization: Bearer TOKEN' on every route but GET / "
               "(also read from BORIDE_TOKEN).")
-@click.option("--max-builds", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--max-builds", type=click.IntRange(min=1), default=LIMITS.max_builds,
+              show_default=True,
               help="Builds (and component start-ups) running at once; the others wait.")
 @click.option("--dev-root", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Allow POST /executor/try with source 'path' for folders below DIR.")
-@click.option("--max-body", type=click.IntRange(min=1024), default=8 * 1024 * 1024,
+@click.option("--max-body", type=click.IntRange(min=1024), default=LIMITS.max_body,
               show_default=True, help="Largest request body accepted, in bytes.")
-@click.option("--max-sessions", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--session-ttl", type=click.FloatRange(min=0), default=3600.0,
+@click.option("--max-sessions", type=click.IntRange(min=1), default=LIMITS.max_sessions,
+              show_default=True)
+@click.option("--session-ttl", type=click.FloatRange(min=0), default=TIMEOUTS.session_idle,
               show_default=True, help="Seconds before an idle session is removed (0: never).")
 @click.option("--work-root", type=click.Path(path_type=Path, file_okay=False),
               help="Where session work areas go [default: the system temp folder].")
 @click.option("--parallelism", type=click.IntRange(min=1),
               help="Components in flight at once within a build [default: CPU count].")
-@click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+@click.option("--ready-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=TIMEOUTS.ready,
               show_default=True, help="Seconds a component may take to become ready.")
 @click.option("--build-timeout", type=click.FloatRange(min=0, min_open=True),
               help="Seconds a build may take.")
@@ -291,11 +298,13 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     if token is not None and len(token) < 16:
         fail("--token must be at least 16 characters long")
     config = ServerConfig(
-        runtime=runtime, registry=registries, token=token, max_builds=max_builds,
-        dev_root=dev_root.resolve() if dev_root else None, max_body=max_body,
-        max_sessions=max_sessions, session_ttl=session_ttl or None,
-        work_root=work_root.absolute() if work_root else None, parallelism=parallelism,
-        ready_timeout=ready_timeout, build_timeout=build_timeout)
+        runtime=runtime, registry=registries, token=token,
+        dev_root=dev_root.resolve() if dev_root else None,
+        work_root=work_root.absolute() if work_root else None,
+        limits=Limits(parallelism=parallelism, max_builds=max_builds, max_body=max_body,
+                      max_sessions=max_sessions),
+        timeouts=Timeouts(ready=ready_timeout, build=build_timeout,
+                          session_idle=session_ttl or None))
     try:
         registry = open_registry(registries)
     except RegistryError as exc:

@@ -1,4 +1,4 @@
-"""Readiness: poll ``GET /`` with fast backoff until 200, a deadline, or the component's death."""
+"""Readiness: poll ``GET /`` with fast backoff until 200, a timeout, or the component's death."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import time
 import httpx
 
 from boride import aio, diagnose
+from boride.config import Timeouts
 from boride.errors import BorideError
 from boride.runtime.base import ExitInfo, Instance
 
 FIRST_DELAY = 0.002
 MAX_DELAY = 0.2
-DEFAULT_DEADLINE = 60.0
 
 
 class NotReady(BorideError):
@@ -33,17 +33,17 @@ async def _poll(instance: Instance, first_delay: float, max_delay: float) -> Non
         delay = min(delay * 2, max_delay)
 
 
-async def wait_ready(instance: Instance, deadline: float = DEFAULT_DEADLINE, *,
+async def wait_ready(instance: Instance, timeout: float = Timeouts.ready, *,
                      first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY) -> float:
     """Wait until ``instance`` is healthy; return the seconds it took.
 
-    Raises :class:`NotReady` at the deadline, or at once when the component exits first.
+    Raises :class:`NotReady` after ``timeout`` seconds, or at once when the component exits first.
     """
     start = time.perf_counter()
     first = await aio.race(_poll(instance, first_delay, max_delay), instance.wait_exit(),
-                           timeout=deadline)
+                           timeout=timeout)
     if first is None:
-        raise NotReady(f"not ready after {deadline:g}s (GET / never answered 200)"
+        raise NotReady(f"not ready after {timeout:g}s (GET / never answered 200)"
                        f"{diagnose.summary(instance.log_tail())}")
     value = first.result()
     if isinstance(value, ExitInfo):

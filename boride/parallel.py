@@ -8,7 +8,7 @@ resolver calls, removals. Compared with the Go coordinator's semaphore-per-gorou
 * outcomes come back in input order, each with its own error: nothing is dropped or swallowed;
 * an operation that raises anything (``KeyboardInterrupt`` and ``SystemExit`` included) becomes a
   failed outcome; it never escapes into the event loop and never takes the process down;
-* per-item timeouts, a deadline for the whole run, optional fail-fast, and cancellation of the
+* per-item timeouts, a timeout for the whole run, optional fail-fast, and cancellation of the
   caller cancels every item in flight and waits for their clean-up before returning.
 
 Two entry points: :func:`stream` (an async context manager yielding outcomes in input order, for
@@ -18,7 +18,6 @@ huge inputs) and :func:`run` (collects a :class:`Report`, for the usual list of 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sized
 from contextlib import asynccontextmanager, suppress
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from boride import aio
+from boride.config import cpu_count
 from boride.errors import BorideError, BorideTimeout, describe
 from boride.types import Status
 
@@ -34,11 +34,8 @@ R = TypeVar("R")
 
 
 def default_limit() -> int:
-    """The CPU count available to this process (the seed's rule), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """The default limit: the CPU count (the seed's rule)."""
+    return cpu_count()
 
 
 class ItemTimeout(BorideTimeout):
@@ -49,11 +46,11 @@ class ItemTimeout(BorideTimeout):
         self.seconds = seconds
 
 
-class DeadlineExceeded(BorideTimeout):
-    """The whole run went past its ``deadline``."""
+class RunTimeout(BorideTimeout):
+    """The whole run went past its ``timeout``."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(f"deadline of {seconds:g}s exceeded")
+        super().__init__(f"the run's timeout of {seconds:g}s passed")
         self.seconds = seconds
 
 
@@ -167,7 +164,7 @@ class Fanout(Generic[T, R]):
         items: Iterable[T],
         limit: int,
         item_timeout: float | None,
-        deadline: float | None,
+        timeout: float | None,
         fail_fast: bool,
         on_event: ProgressCallback | None,
     ) -> None:
@@ -175,7 +172,7 @@ class Fanout(Generic[T, R]):
         self.items = iter(items)
         self.limit = limit
         self.item_timeout = item_timeout
-        self.deadline = deadline
+        self.timeout = timeout
         self.fail_fast = fail_fast
         self.on_event = on_event
         self.progress = Progress(total=len(items) if isinstance(items, Sized) else None)
@@ -286,8 +283,8 @@ class Fanout(Generic[T, R]):
                 seconds = time.perf_counter() - start
                 del self.running[index]
                 if self.stopping is not None and task.cancelling():
-                    # Cancelled by fail-fast or the deadline: record it and keep the worker alive
-                    # so that it can drain (take returns None now).
+                    # Cancelled by fail-fast or the run's timeout: record it and keep the worker
+                    # alive so that it can drain (take returns None now).
                     task.uncancel()
                     outcome: Outcome[T, R] = Outcome(
                         index, item, Status.CANCELLED, error=self.stop_error, seconds=seconds
@@ -329,11 +326,11 @@ class Fanout(Generic[T, R]):
         self._stop_on_failure()
 
     def expire(self) -> None:
-        """The deadline passed: cancel what runs, start nothing more."""
+        """The run's timeout passed: cancel what runs, start nothing more."""
         if self.stopping is None:
-            assert self.deadline is not None
+            assert self.timeout is not None
             self.stopping = Status.CANCELLED
-            self.stop_error = DeadlineExceeded(self.deadline)
+            self.stop_error = RunTimeout(self.timeout)
             self._cancel_running()
             self.wake_workers.set()
 
@@ -382,7 +379,7 @@ async def stream(
     *,
     limit: int | None = None,
     item_timeout: float | None = None,
-    deadline: float | None = None,
+    timeout: float | None = None,
     fail_fast: bool = False,
     on_event: ProgressCallback | None = None,
 ) -> AsyncIterator[Fanout[T, R]]:
@@ -395,13 +392,13 @@ async def stream(
         limit = default_limit()
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    for name, value in (("item_timeout", item_timeout), ("deadline", deadline)):
+    for name, value in (("item_timeout", item_timeout), ("timeout", timeout)):
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    run = Fanout(fn, items, limit, item_timeout, deadline, fail_fast, on_event)
+    run = Fanout(fn, items, limit, item_timeout, timeout, fail_fast, on_event)
     run.workers = [asyncio.create_task(run.worker()) for _ in range(limit)]
     loop = asyncio.get_running_loop()
-    timer = loop.call_later(deadline, run.expire) if deadline is not None else None
+    timer = loop.call_later(timeout, run.expire) if timeout is not None else None
     try:
         yield run
     finally:
@@ -422,14 +419,14 @@ async def run(
     *,
     limit: int | None = None,
     item_timeout: float | None = None,
-    deadline: float | None = None,
+    timeout: float | None = None,
     fail_fast: bool = False,
     on_event: ProgressCallback | None = None,
 ) -> Report[T, R]:
     """Run ``fn`` over every item and wait for all; return every outcome in input order."""
     report: Report[T, R] = Report()
     async with stream(
-        fn, items, limit=limit, item_timeout=item_timeout, deadline=deadline,
+        fn, items, limit=limit, item_timeout=item_timeout, timeout=timeout,
         fail_fast=fail_fast, on_event=on_event,
     ) as outcomes:
         async for outcome in outcomes:

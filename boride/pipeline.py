@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from boride import aio, archive, diagnose, fsutil, health, merge, output, parallel, protocol
+from boride.config import Limits, Timeouts
 from boride.errors import BorideError, describe
 from boride.model import Pipeline
 from boride.runtime.base import Instance, Runtime, RuntimeFailure, Workspace
@@ -80,9 +81,9 @@ EventFn = Callable[[str, str | None, Status], None]
 
 @dataclass
 class BuildOptions:
-    parallelism: int | None = None  # default: the pipeline's, else the CPU count
-    timeout: float | None = None  # the whole build
-    ready_timeout: float = health.DEFAULT_DEADLINE
+    # parallelism: this, else the pipeline file's, else the CPUs
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)  # ready (per component), build
     out: Path | None = None  # copy the result here (must not exist, or be empty)
     replace: bool = False  # replace ``out`` if it exists with content
     archive: Path | None = None  # write the result as tar.gz here
@@ -164,7 +165,8 @@ class Session:
         self.workspace = await self.runtime.open_workspace(self.id, template, self.root)
         return self.workspace
 
-    async def start_one(self, component: Component, ready_timeout: float) -> None:
+    async def start_one(self, component: Component, ready_timeout: float = Timeouts.ready
+                        ) -> None:
         """Start a component and wait until it is ready (it is stopped by ``close``)."""
         assert self.workspace is not None, "open() first"
         self.instances[component.name] = await self.runtime.start(self.workspace, component)
@@ -219,7 +221,7 @@ class Build:
         self.plan = plan
         self.session = session
         self.options = options
-        self.limit = options.parallelism or plan.parallelism or parallel.default_limit()
+        self.limit = options.limits.build_parallelism(plan.parallelism)
         self.steps = {s.component.name: s for s in plan.steps}
         self.components = [s.component for s in plan.steps]
         self.results = {c.name: ComponentResult(c.name, c.kind.value) for c in self.components}
@@ -228,7 +230,8 @@ class Build:
         self.shared = shared or {}
         self.result = BuildResult(components=list(self.results.values()))
         self.tree: Path | None = None  # the final tree in the work area, once plugins are done
-        self.deadline_at = (time.monotonic() + options.timeout) if options.timeout else None
+        timeout = options.timeouts.build
+        self.deadline = (time.monotonic() + timeout) if timeout else None  # on the monotonic clock
         # Template-change detection (see _check_template)
         self.template_print: dict[str, tuple[int, int, int, int]] = {}
         self.running_processors: set[str] = set()
@@ -242,12 +245,15 @@ class Build:
                 self.options.on_event(stage, name, status)
 
     def _remaining(self) -> float | None:
-        if self.deadline_at is None:
+        if self.deadline is None:
             return None
-        left = self.deadline_at - time.monotonic()
+        left = self.deadline - time.monotonic()
         if left <= 0:
-            raise BuildFailed([f"build timed out after {self.options.timeout:g}s"])
+            raise BuildFailed([self._timed_out()])
         return left
+
+    def _timed_out(self, during: str = "") -> str:
+        return f"build timed out after {self.options.timeouts.build:g}s{during}"
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -276,7 +282,7 @@ class Build:
             return value
 
         report = await parallel.run(tracked, items, limit=self.limit, fail_fast=fail_fast,
-                                    deadline=self._remaining())
+                                    timeout=self._remaining())
         errors = []
         for o in report.outcomes:
             res = self.results[o.item.name]
@@ -284,13 +290,13 @@ class Build:
             if o.status is Status.OK:
                 self._event(stage, o.item.name, Status.OK)
                 continue
-            if isinstance(o.error, parallel.DeadlineExceeded):
-                message = f"build timed out after {self.options.timeout:g}s"
+            if isinstance(o.error, parallel.RunTimeout):
+                message = self._timed_out()
             else:
                 message = describe(o.error)
             res.error = message
             self._event(stage, o.item.name, o.status)
-            if o.status is Status.FAILED or isinstance(o.error, parallel.DeadlineExceeded):
+            if o.status is Status.FAILED or isinstance(o.error, parallel.RunTimeout):
                 errors.append(f"{o.item.kind.value} {o.item.name!r}: {message}")
         if errors:
             raise BuildFailed(errors)
@@ -315,11 +321,11 @@ class Build:
 
     # -- stages ----------------------------------------------------------------------------
     async def _start(self, c: Component) -> None:
-        deadline = self.options.ready_timeout
+        timeout = self.options.timeouts.ready
         remaining = self._remaining()
         if remaining is not None:
-            deadline = min(deadline, remaining)
-        await self.session.start_one(c, deadline)
+            timeout = min(timeout, remaining)
+        await self.session.start_one(c, timeout)
 
     async def _process(self, c: Component) -> Path:
         ws = self._workspace
@@ -462,8 +468,7 @@ class Build:
             except merge.MergeError as exc:
                 raise BuildFailed([f"merge: {e}" for e in exc.errors]) from None
             except TimeoutError:
-                raise BuildFailed([f"build timed out after {self.options.timeout:g}s "
-                                   "(during the merge)"]) from None
+                raise BuildFailed([self._timed_out(" (during the merge)")]) from None
             for r in resolvers:
                 if self.results[r.name].status == Status.PENDING:
                     self.results[r.name].status = Status.OK

@@ -30,7 +30,7 @@ import yaml
 
 from boride.model import load
 from boride.pipeline import BuildOptions, BuildResult, build
-from boride.runtime.base import Component, Kind, RuntimeFailure, Workspace
+from boride.runtime.base import RuntimeFailure, Workspace
 from boride.runtime.docker import (
     LABEL_COMPONENT,
     LABEL_KIND,
@@ -44,6 +44,7 @@ from boride.runtime.docker import (
     container_name,
 )
 from boride.runtime.local import LocalRuntime
+from boride.types import Component, Kind
 from tests.conftest import tree
 from tests.docker_helpers import (
     EXAMPLES,

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from boride.config import Timeouts
 from boride.model import load
 from boride.pipeline import BuildOptions, BuildResult, build
-from boride.runtime.base import Component, Instance, Workspace
+from boride.runtime.base import Instance, Workspace
 from boride.runtime.docker import DockerRuntime
+from boride.types import Component
 from tests.docker_helpers import session_leftovers, write_pipeline
 
 pytestmark = pytest.mark.docker
@@ -131,7 +133,7 @@ async def outage_build(tmp_path: Path, template: Path, runtime: OutageRuntime) -
                               [("ok", "ok_processor", {}), ("stuck", "hang", {})])
     try:
         return await build(load(pipeline), runtime, BuildOptions(
-            out=tmp_path / "out", work_root=tmp_path / "work", timeout=8))
+            out=tmp_path / "out", work_root=tmp_path / "work", timeouts=Timeouts(build=8)))
     finally:
         await runtime.aclose()
 

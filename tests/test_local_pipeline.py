@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from boride.config import Limits
 from tests.conftest import EXAMPLES, PipelineFactory, boride_processes, tree
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -190,7 +191,7 @@ async def test_template_change_is_detected_and_names_the_processor(
     pipeline = load(make_pipeline([("fine", "ok_processor", {}),
                                    ("tamper", "write_template", {})]))
     runtime = LocalRuntime(readonly_template=False)  # as on a platform without mount namespaces
-    result = await build(pipeline, runtime, BuildOptions(parallelism=1,
+    result = await build(pipeline, runtime, BuildOptions(limits=Limits(parallelism=1),
                                                          work_root=tmp_path / "work"))
     assert result.status == "failed"
     assert any("'tamper'" in e and "changed the template" in e for e in result.errors)

@@ -8,7 +8,7 @@ import pytest
 
 from boride.model import PipelineError, load
 from boride.pipeline import Plan
-from boride.runtime.base import Kind
+from boride.types import Kind
 
 
 def write(tmp_path: Path, text: str) -> Path:

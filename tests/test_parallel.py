@@ -20,13 +20,13 @@ from typing import Any, TypeVar
 import pytest
 
 from boride.parallel import (
-    DeadlineExceeded,
     Event,
     FailFastCancelled,
     ItemTimeout,
     Outcome,
     ParallelError,
     Report,
+    RunTimeout,
     Status,
     default_limit,
     run,
@@ -520,14 +520,14 @@ async def test_deadline_cancels_running_and_skips_the_rest() -> None:
             cleaned.append(i)
         return i
 
-    report = await guarded(run(op, list(range(20)), limit=3, deadline=0.05))
+    report = await guarded(run(op, list(range(20)), limit=3, timeout=0.05))
     assert started == [0, 1, 2, 3, 4]
     assert sorted(cleaned) == [2, 3, 4]
     assert [o.status for o in report.outcomes[:5]] == [Status.OK] * 2 + [Status.CANCELLED] * 3
     assert all(o.status is Status.SKIPPED for o in report.outcomes[5:])
     assert [o.item for o in report.skipped] == list(range(5, 20))
     for o in report.cancelled + report.skipped:
-        assert isinstance(o.error, DeadlineExceeded) and o.error.seconds == 0.05
+        assert isinstance(o.error, RunTimeout) and o.error.seconds == 0.05
     assert report.failures == [] and report.root is None and not report.ok
     with pytest.raises(ParallelError):
         report.raise_for_failures()
@@ -540,7 +540,7 @@ async def test_deadline_with_unsized_input_cancels_running() -> None:
         await forever()
         return i
 
-    report = await guarded(run(op, source, limit=2, deadline=0.05))
+    report = await guarded(run(op, source, limit=2, timeout=0.05))
     assert [o.status for o in report.outcomes] == [Status.CANCELLED] * 2
     assert source.taken == 2
 
@@ -550,7 +550,7 @@ async def test_deadline_not_reached() -> None:
         await asyncio.sleep(0)
         return i
 
-    report = await guarded(run(op, range(50), limit=4, deadline=HANG_GUARD))
+    report = await guarded(run(op, range(50), limit=4, timeout=HANG_GUARD))
     assert report.ok and report.values == list(range(50))
 
 
@@ -908,8 +908,8 @@ async def test_default_limit_with_the_real_cpu_count() -> None:
         {"limit": -3},
         {"item_timeout": 0},
         {"item_timeout": -1.5},
-        {"deadline": 0},
-        {"deadline": -0.1},
+        {"timeout": 0},
+        {"timeout": -0.1},
     ],
 )
 async def test_invalid_arguments(kwargs: dict[str, Any]) -> None:
@@ -1109,7 +1109,7 @@ async def test_progress_events_with_deadline() -> None:
         await forever()
         return i
 
-    report = await guarded(run(op, range(30), limit=2, deadline=0.05, on_event=on_event))
+    report = await guarded(run(op, range(30), limit=2, timeout=0.05, on_event=on_event))
     check_events(seen, report, limit=2, total=30)
     assert len(report.cancelled) == 2 and len(report.skipped) == 23
 

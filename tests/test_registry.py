@@ -28,8 +28,8 @@ from boride.registry import (
     parse_reference,
     resolve,
 )
-from boride.runtime.base import Kind
 from boride.server import ServerConfig
+from boride.types import Kind
 from tests.conftest import EXAMPLES
 from tests.test_server_support import (
     build_body,

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from boride.archive import iter_archive
+from boride.config import Limits, Timeouts
 from boride.server import ServerConfig
 from tests.conftest import EXAMPLES, boride_processes, tree
 from tests.test_server_support import (
@@ -286,7 +287,7 @@ def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) 
 def test_sessions_build_at_once_isolated_and_at_most_max_builds(tmp_path: Path) -> None:
     p = entry("me/slow", "ok_processor")
     config, folder, _ = _try_setup(tmp_path, processors=[p])
-    config.max_builds = 1
+    config.limits = Limits(max_builds=1)
     template = template_body("local-m", [p])
     sids = [new_id(), new_id()]
     with running_server(config) as server, server.client() as http:
@@ -432,7 +433,7 @@ def test_idle_sessions_expire(tmp_path: Path) -> None:
     p = entry("me/one", "ok_processor")
     res = entry("me/join", "ok_resolver")
     config, folder, sid = _try_setup(tmp_path, processors=[p], resolver=res)
-    config.session_ttl = 1.0
+    config.timeouts = Timeouts(session_idle=1.0)
     template = template_body("local-e", [p], [], [
         {"id": res["id"], "version": 1, "config": {}, "files": ["**"]}])
     with running_server(config) as server, server.client() as http:
@@ -490,7 +491,7 @@ class _Shipped:
         (dev / "evil" / "src" / "a.txt").write_text("evil\n")
         registry = write_registry(tmp_path / "r.yaml", processors=[p], templates=[tpl])
         config = ServerConfig(registry=(str(registry),), dev_root=dev,
-                              work_root=tmp_path / "work", max_sessions=3)
+                              work_root=tmp_path / "work", limits=Limits(max_sessions=3))
         return config, p, tpl
 
     def build(self, sid: str) -> dict[str, bytes]:

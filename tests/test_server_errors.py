@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from boride.config import Limits, Timeouts
 from boride.server import ServerConfig
 from tests.conftest import boride_processes
 from tests.test_server_support import (
@@ -41,8 +42,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     bad = entry("me/dies", "exit_at_start")
     registry = write_registry(root / "extra.yaml", processors=[bad])
     config = ServerConfig(registry=(str(EXAMPLE_REGISTRY), str(registry)), dev_root=dev,
-                          work_root=root / "work", max_body=64 * 1024, max_sessions=3,
-                          ready_timeout=20)
+                          work_root=root / "work", timeouts=Timeouts(ready=20),
+                          limits=Limits(max_body=64 * 1024, max_sessions=3))
     with running_server(config) as running:
         running.app.state.test_dev = dev
         running.app.state.test_bad = bad

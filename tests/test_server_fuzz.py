@@ -17,6 +17,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from boride.config import Limits, Timeouts
 from boride.server import ServerConfig, create_app
 from tests.conftest import boride_processes
 from tests.test_server_support import EXAMPLE_REGISTRY, Running, running_server
@@ -34,7 +35,8 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("fuzz")
     (root / "dev" / "tpl").mkdir(parents=True)
     config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), dev_root=root / "dev",
-                          work_root=root / "work", max_sessions=16, ready_timeout=20)
+                          work_root=root / "work", limits=Limits(max_sessions=16),
+                          timeouts=Timeouts(ready=20))
     with running_server(config) as server:
         yield server
     assert boride_processes() == []

@@ -59,7 +59,7 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
     app.include_router(routes.router)
     # Added innermost first: the trace id wraps everything, then the refusal of components'
     # addresses, then authentication, then the limit.
-    app.add_middleware(BodyLimitMiddleware, limit=config.max_body)
+    app.add_middleware(BodyLimitMiddleware, limit=config.limits.max_body)
     app.add_middleware(AuthMiddleware, token=config.token)
     app.add_middleware(ComponentGuardMiddleware, networks=runtime.component_networks)
     app.add_middleware(TraceMiddleware)

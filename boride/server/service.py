@@ -33,8 +33,9 @@ from typing import Any
 
 import httpx
 
-from boride import archive, fsutil, health, merge, parallel, protocol
+from boride import archive, fsutil, merge, parallel, protocol
 from boride import registry as reg
+from boride.config import Limits, Timeouts
 from boride.errors import describe
 from boride.fsutil import is_within
 from boride.pipeline import Build, BuildOptions, BuildResult, Plan, Session, Step
@@ -66,15 +67,10 @@ class ServerConfig:
     runtime: str = "local"
     registry: tuple[str, ...] = ()
     token: str | None = None
-    max_builds: int = 4
     dev_root: Path | None = None
-    max_body: int = 8 * 1024 * 1024
-    max_sessions: int = 256
-    session_ttl: float | None = 3600.0  # idle sessions are removed after this long
     work_root: Path | None = None
-    parallelism: int | None = None
-    ready_timeout: float = health.DEFAULT_DEADLINE
-    build_timeout: float | None = None
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
 
 
 @dataclass
@@ -128,8 +124,8 @@ class Service:
         self.metrics = metrics or Metrics()
         self.sessions: dict[str, SessionState] = {}
         self.templates: dict[str, TemplateState] = {}
-        self.slots = asyncio.Semaphore(config.max_builds)
-        self.executor = ThreadPoolExecutor(max_workers=max(16, 4 * config.max_builds),
+        self.slots = asyncio.Semaphore(config.limits.max_builds)
+        self.executor = ThreadPoolExecutor(max_workers=max(16, 4 * config.limits.max_builds),
                                            thread_name_prefix="boride-stream")
         self._create_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
@@ -137,8 +133,8 @@ class Service:
 
     # -- life cycle ---------------------------------------------------------------------------
     def start_background(self) -> None:
-        if self.config.session_ttl and self._reaper is None:
-            self._reaper = asyncio.ensure_future(self._reap(self.config.session_ttl))
+        if self.config.timeouts.session_idle and self._reaper is None:
+            self._reaper = asyncio.ensure_future(self._reap(self.config.timeouts.session_idle))
 
     async def _reap(self, ttl: float) -> None:
         while True:
@@ -240,8 +236,8 @@ class Service:
                                "Some components cannot run on this server's runtime", problems)
         async with self.slots:
             report = await parallel.run(
-                lambda c: session.start_one(c, self.config.ready_timeout), missing,
-                limit=self.config.parallelism or max(len(missing), 1))
+                lambda c: session.start_one(c, self.config.timeouts.ready), missing,
+                limit=self.config.limits.parallelism or max(len(missing), 1))
         errors = []
         failed = []
         for o in report.outcomes:
@@ -386,9 +382,9 @@ class Service:
                     raise _other_template(session_id, existing.template_id, tid)
                 existing.touch()
                 return existing, False
-            if len(self.sessions) >= self.config.max_sessions:
+            if len(self.sessions) >= self.config.limits.max_sessions:
                 raise ProblemError(429, "Too many sessions",
-                                   f"this server holds at most {self.config.max_sessions} "
+                                   f"this server holds at most {self.config.limits.max_sessions} "
                                    "sessions; delete finished ones (DELETE /executor/{id})")
             session = Session(self.runtime, session_id, work_root=self.config.work_root)
             try:
@@ -559,7 +555,8 @@ class Service:
         if t is not None:
             shared = {s.component.name: t.instances[s.component.name]
                       for s in resolver_steps if s.component.name in t.instances}
-        plan = Plan(state.folder, processors, resolver_steps, plugins, self.config.parallelism)
+        plan = Plan(state.folder, processors, resolver_steps, plugins,
+                    self.config.limits.parallelism)
         missing = [s.component for s in plan.steps
                    if s.component.name not in state.session.instances
                    and s.component.name not in shared]
@@ -625,9 +622,7 @@ class Service:
         try:
             m.builds_started.inc()
             m.builds_in_flight.inc()
-            options = BuildOptions(parallelism=self.config.parallelism,
-                                   timeout=self.config.build_timeout,
-                                   ready_timeout=self.config.ready_timeout,
+            options = BuildOptions(limits=self.config.limits, timeouts=self.config.timeouts,
                                    work_root=self.config.work_root)
             b = Build(plan, state.session, options, shared=shared)
             result = await b.run()
