@@ -267,66 +267,73 @@ def _tar_blocks(entries: list[_Entry], root_fd: int, block_size: int
 
 def _tar_stream(entries: list[_Entry], dirs: DirCache, block_size: int
                 ) -> Iterator[tuple[bytes, bytes, bool]]:
-    buf = bytearray()
-    pending: bytes | None = None
-    zdict = b""
-
-    def cut() -> Iterator[tuple[bytes, bytes, bool]]:
-        nonlocal pending, zdict
-        while len(buf) >= block_size:
-            block = bytes(buf[:block_size])
-            del buf[:block_size]
-            if pending is not None:
-                yield pending, zdict, False
-                zdict = pending[-WINDOW:]
-            pending = block
-
+    blocks = _Blocks(block_size)
     total = 0
     for e in entries:
-        if e.kind == tarfile.REGTYPE:
-            try:
-                fd = dirs.open_file(e.rel)
-            except OSError as exc:
-                raise ArchiveError([f"{e.rel!r}: cannot open: {exc.strerror or exc}"]) from None
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise ArchiveError([f"{e.rel!r}: no longer a regular file"])
-                size = st.st_size
-                head = _header(e.rel, e.kind, 0o755 if st.st_mode & 0o111 else 0o644, size)
-                buf += head
-                left = size
-                while left:
-                    chunk = os.read(fd, min(left, READ_CHUNK))
-                    if not chunk:
-                        raise ArchiveError([f"{e.rel!r}: shrank while being archived"])
-                    buf += chunk
-                    left -= len(chunk)
-                    if len(buf) >= block_size:
-                        yield from cut()
-            except OSError as exc:
-                raise ArchiveError([f"{e.rel!r}: cannot read: {exc.strerror or exc}"]) from None
-            finally:
-                os.close(fd)
-            buf += bytes(-size % 512)
-            total += len(head) + size + (-size % 512)
-        else:
-            head = _header(e.rel, e.kind, 0o755 if e.kind == tarfile.DIRTYPE else 0o777,
-                           link=e.link)
-            buf += head
-            total += len(head)
-        if len(buf) >= block_size:
-            yield from cut()
-    end = 1024 + (-(total + 1024) % RECORD_SIZE)  # two zero blocks, then pad the record
-    buf += bytes(end)
-    yield from cut()
-    if buf:
-        if pending is not None:
-            yield pending, zdict, False
-            zdict = pending[-WINDOW:]
-        pending = bytes(buf)
-    assert pending is not None  # the stream is at least one record long
-    yield pending, zdict, True
+        for piece in _entry_bytes(e, dirs):
+            total += len(piece)
+            yield from blocks.add(piece)
+    yield from blocks.add(bytes(1024 + (-(total + 1024) % RECORD_SIZE)))  # two zero blocks, pad
+    yield from blocks.finish()
+
+
+def _entry_bytes(e: _Entry, dirs: DirCache) -> Iterator[bytes]:
+    """One entry of the tar stream: its header, then a file's content padded to 512 bytes."""
+    if e.kind != tarfile.REGTYPE:
+        yield _header(e.rel, e.kind, 0o755 if e.kind == tarfile.DIRTYPE else 0o777, link=e.link)
+        return
+    try:
+        fd = dirs.open_file(e.rel)
+    except OSError as exc:
+        raise ArchiveError([f"{e.rel!r}: cannot open: {exc.strerror or exc}"]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArchiveError([f"{e.rel!r}: no longer a regular file"])
+        yield _header(e.rel, e.kind, 0o755 if st.st_mode & 0o111 else 0o644, st.st_size)
+        left = st.st_size
+        while left:
+            chunk = os.read(fd, min(left, READ_CHUNK))
+            if not chunk:
+                raise ArchiveError([f"{e.rel!r}: shrank while being archived"])
+            yield chunk
+            left -= len(chunk)
+    except OSError as exc:
+        raise ArchiveError([f"{e.rel!r}: cannot read: {exc.strerror or exc}"]) from None
+    finally:
+        os.close(fd)
+    yield bytes(-st.st_size % 512)
+
+
+class _Blocks:
+    """Cuts a byte stream into (block, preset dictionary, is last) triples: blocks of ``size``
+    bytes, each with the previous block's last 32 KiB as its dictionary."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = bytearray()
+        self.pending: bytes | None = None
+        self.zdict = b""
+
+    def add(self, data: bytes) -> Iterator[tuple[bytes, bytes, bool]]:
+        self.buf += data
+        while len(self.buf) >= self.size:
+            block = bytes(self.buf[:self.size])
+            del self.buf[:self.size]
+            yield from self._hold(block)
+
+    def finish(self) -> Iterator[tuple[bytes, bytes, bool]]:
+        if self.buf:
+            yield from self._hold(bytes(self.buf))
+        assert self.pending is not None  # the stream is at least one record long
+        yield self.pending, self.zdict, True
+
+    def _hold(self, block: bytes) -> Iterator[tuple[bytes, bytes, bool]]:
+        """Keep ``block`` back (it may be the last) and emit the one held before."""
+        if self.pending is not None:
+            yield self.pending, self.zdict, False
+            self.zdict = self.pending[-WINDOW:]
+        self.pending = block
 
 
 def _deflate(item: tuple[bytes, bytes, bool], level: int) -> tuple[bytes, int, int]:

@@ -274,7 +274,6 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
           session_ttl: float, work_root: Path | None, parallelism: int | None,
           ready_timeout: float, build_timeout: float | None, log_level: str) -> None:
     """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md."""
-    import ipaddress
     import logging
 
     import uvicorn
@@ -288,15 +287,9 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         err.print(f"boride serve: {message}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
 
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not token:
-        fail(f"--host {host} is not a loopback address: anyone who can reach it could run "
-             "components here, so give --token TOKEN (or BORIDE_TOKEN) too")
-    if token is not None and len(token) < 16:
-        fail("--token must be at least 16 characters long")
+    exposure = _exposure_problem(host, token)
+    if exposure is not None:
+        fail(exposure)
     config = ServerConfig(
         runtime=runtime, registry=registries, token=token,
         dev_root=dev_root.resolve() if dev_root else None,
@@ -330,3 +323,19 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
                 access_log=log_level == "debug", proxy_headers=False)
+
+
+def _exposure_problem(host: str, token: str | None) -> str | None:
+    """Why ``boride serve`` must not listen on ``host`` with this token, if it must not."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        return (f"--host {host} is not a loopback address: anyone who can reach it could run "
+                "components here, so give --token TOKEN (or BORIDE_TOKEN) too")
+    if token is not None and len(token) < 16:
+        return "--token must be at least 16 characters long"
+    return None

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sized
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 from boride import aio
 from boride.config import cpu_count
@@ -413,22 +413,22 @@ async def stream(
         await aio.shielded(asyncio.gather(*run.workers, return_exceptions=True))
 
 
-async def run(
-    fn: Callable[[T], Awaitable[R]],
-    items: Iterable[T],
-    *,
-    limit: int | None = None,
-    item_timeout: float | None = None,
-    timeout: float | None = None,
-    fail_fast: bool = False,
-    on_event: ProgressCallback | None = None,
-) -> Report[T, R]:
-    """Run ``fn`` over every item and wait for all; return every outcome in input order."""
+class Options(TypedDict, total=False):
+    """The keyword options of :func:`stream`, which :func:`run` passes on."""
+
+    limit: int | None
+    item_timeout: float | None
+    timeout: float | None
+    fail_fast: bool
+    on_event: ProgressCallback | None
+
+
+async def run(fn: Callable[[T], Awaitable[R]], items: Iterable[T],
+              **options: Unpack[Options]) -> Report[T, R]:
+    """Run ``fn`` over every item and wait for all (options as for :func:`stream`); return
+    every outcome in input order."""
     report: Report[T, R] = Report()
-    async with stream(
-        fn, items, limit=limit, item_timeout=item_timeout, timeout=timeout,
-        fail_fast=fail_fast, on_event=on_event,
-    ) as outcomes:
+    async with stream(fn, items, **options) as outcomes:
         async for outcome in outcomes:
             report.outcomes.append(outcome)
         # The root failure is the first one that happened, not the first in input order.
