@@ -18,9 +18,10 @@ huge inputs) and :func:`run` (collects a :class:`Report`, for the usual list of 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sized
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
@@ -29,6 +30,7 @@ from boride.config import cpu_count
 from boride.errors import BorideError, BorideTimeout, describe
 from boride.types import Status
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -194,8 +196,10 @@ class Fanout(Generic[T, R]):
 
     def _emit(self, kind: str, index: int, item: T, outcome: Outcome[T, R] | None) -> None:
         assert self.on_event is not None
-        with suppress(Exception):  # a broken progress display must not break the run
+        try:
             self.on_event(Event(kind, index, item, self.progress, outcome))
+        except Exception:  # a broken progress display must not break the run
+            log.debug("progress callback failed on %s of item %d", kind, index, exc_info=True)
 
     def _take(self) -> tuple[int, T] | None:
         """The next item to run, or None when there is nothing more for this worker."""

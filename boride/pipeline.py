@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -26,6 +27,7 @@ from boride.model import Pipeline
 from boride.runtime.base import Instance, Runtime, RuntimeFailure, Workspace
 from boride.types import Component, Kind, Status
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 STAGES = ("start", "process", "merge", "plugins", "output")
 _DEATH_GRACE = 2.0  # after a broken connection, how long to wait to learn if the component died
@@ -240,9 +242,12 @@ class Build:
 
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, stage: str, name: str | None, status: Status) -> None:
-        if self.options.on_event is not None:
-            with contextlib.suppress(Exception):
-                self.options.on_event(stage, name, status)
+        if self.options.on_event is None:
+            return
+        try:
+            self.options.on_event(stage, name, status)
+        except Exception:  # a broken progress display must not break the build
+            log.debug("progress display failed on %s %s %s", stage, name, status, exc_info=True)
 
     def _remaining(self) -> float | None:
         if self.deadline is None:
