@@ -22,7 +22,11 @@ The archive
   (an absolute target elsewhere, ``..`` above it, also through other links) is an error naming
   it. Other special files (FIFOs, sockets, devices) are errors. These are detected by a scan
   before the first byte is produced (:class:`ArchiveError` lists all of them). Names can never
-  be absolute or contain ``..``: they come from directory listings.
+  be absolute or contain ``..``: they come from directory listings. With ``copy_links`` (the
+  HTTP API's builds: the CyanPrint CLI's unpacker turns links into empty files), an in-tree
+  symlink is stored as what it leads to instead: a file's content, a folder's entries below the
+  link's name; links that would repeat forever (to a folder above them, or in a ring) are
+  errors naming the link.
 * Nothing outside ``src`` is ever read: the tree is walked and read through directory
   descriptors only, so a component renaming folders meanwhile cannot lead the archiver out.
 
@@ -47,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import posixpath
 import queue
 import stat
 import struct
@@ -57,7 +62,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,6 +74,7 @@ from boride.fsutil import (
     is_within,
     link_text,
     open_dir,
+    open_subdir,
     resolve_link,
     walk,
 )
@@ -157,9 +163,10 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
 @dataclass(frozen=True, slots=True)
 class _Entry:
     key: bytes  # sort key: the relative path's file-system bytes
-    rel: str
+    rel: str  # the name in the archive
     kind: bytes  # tar type flag: REGTYPE, DIRTYPE or SYMTYPE
     link: str = ""  # stored link target (symlinks)
+    src: str = ""  # files: where to read the content, relative to the root (default: rel)
 
 
 def _open_root(src: Path, within: Path | None) -> int:
@@ -186,44 +193,99 @@ class _Tree:
             self.fd = -1
 
 
-def _load(src: Path, within: Path | None) -> _Tree:
+def _load(src: Path, within: Path | None, copy_links: bool) -> _Tree:
     fd = _open_root(src, within)
     try:
-        return _Tree(fd, _scan(fd, src))
+        return _Tree(fd, _scan(fd, src, copy_links))
     except BaseException:
         os.close(fd)
         raise
 
 
-def _scan(root_fd: int, src: Path) -> list[_Entry]:
+def _scan(root_fd: int, src: Path, copy_links: bool = False) -> list[_Entry]:
     """Every entry of the tree, through descriptors only (see :func:`boride.fsutil.walk`)."""
-    entries: list[_Entry] = []
-    errors: list[str] = []
+    scanner = _Scanner(root_fd, src, copy_links)
+    scanner.walk(root_fd, "", "", ("",))
+    if scanner.errors:
+        raise ArchiveError(sorted(scanner.errors))
+    return sorted(scanner.entries, key=lambda e: e.key)
 
-    def unlistable(rel_dir: str, exc: OSError) -> None:
-        errors.append(f"{rel_dir or '.'!r}: cannot list: {exc.strerror or exc}")
 
-    for e in walk(root_fd, unlistable):
-        key = os.fsencode(e.rel)
-        if e.kind == "dir":
-            entries.append(_Entry(key, e.rel, tarfile.DIRTYPE))
-        elif e.kind == "file":
-            entries.append(_Entry(key, e.rel, tarfile.REGTYPE))
-        elif e.kind == "link":
-            try:
-                target, _ = resolve_link(root_fd, e.rel)
-            except UnsafePath as exc:
-                errors.append(f"{exc} ({src})")
-            except OSError as exc:
-                errors.append(f"{e.rel!r}: cannot read: {exc.strerror or exc}")
+@dataclass
+class _Scanner:
+    """The scan of a tree. With ``copy_links``, an in-tree symlink is stored as what it leads
+    to: a file's content, or a folder's entries (walked again below the link's name); a
+    cycle of links is an error naming the link."""
+
+    root_fd: int
+    src: Path
+    copy_links: bool
+    entries: list[_Entry] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def walk(self, dir_fd: int, prefix: str, real: str, expanding: tuple[str, ...]) -> None:
+        """Entries below ``dir_fd``, named ``prefix`` + their path; ``real`` is the folder's
+        own path from the root; ``expanding``: the folders being walked through links."""
+        def unlistable(rel_dir: str, exc: OSError) -> None:
+            self.errors.append(f"{prefix + rel_dir or '.'!r}: cannot list: "
+                               f"{exc.strerror or exc}")
+
+        for e in walk(dir_fd, unlistable):
+            name, source = prefix + e.rel, posixpath.join(real, e.rel)
+            if e.kind == "dir":
+                self._add(name, tarfile.DIRTYPE)
+            elif e.kind == "file":
+                self._add(name, tarfile.REGTYPE, src=source)
+            elif e.kind == "link":
+                self._link(name, source, expanding)
             else:
-                entries.append(_Entry(key, e.rel, tarfile.SYMTYPE, link=link_text(e.rel, target)))
-        else:
-            errors.append(f"{e.rel!r}: not a regular file, directory or symlink")
-    if errors:
-        raise ArchiveError(sorted(errors))
-    entries.sort(key=lambda e: e.key)
-    return entries
+                self.errors.append(f"{name!r}: not a regular file, directory or symlink")
+
+    def _add(self, name: str, kind: bytes, link: str = "", src: str = "") -> None:
+        self.entries.append(_Entry(os.fsencode(name), name, kind, link, src or name))
+
+    def _link(self, name: str, source: str, expanding: tuple[str, ...]) -> None:
+        try:
+            target, exists = resolve_link(self.root_fd, source)
+            if not self.copy_links:
+                self._add(name, tarfile.SYMTYPE, link=link_text(source, target))
+                return
+            if not exists:
+                raise UnsafePath(f"symlink {name!r} leads to {target!r}, which does not exist")
+            folder, _, base = target.rpartition("/")
+            fd = open_subdir(self.root_fd, folder)
+            try:
+                st = os.stat(base or ".", dir_fd=fd, follow_symlinks=False)
+            finally:
+                os.close(fd)
+            if stat.S_ISREG(st.st_mode):
+                self._add(name, tarfile.REGTYPE, src=target)
+            elif stat.S_ISDIR(st.st_mode):
+                self._expand(name, source, target, expanding)
+            else:
+                self.errors.append(f"{name!r}: symlink to a special file")
+        except UnsafePath as exc:
+            self.errors.append(f"{exc} ({self.src})")
+        except OSError as exc:
+            self.errors.append(f"{name!r}: cannot read: {exc.strerror or exc}")
+
+    def _expand(self, name: str, source: str, target: str, expanding: tuple[str, ...]) -> None:
+        """The folder ``target`` stored again under ``name``, unless that never ends."""
+        around = (*expanding, posixpath.dirname(source))
+        if any(_at_or_above(target, folder) for folder in around):
+            self.errors.append(f"{name!r}: symlink to {target or '.'!r} makes a cycle")
+            return
+        self._add(name, tarfile.DIRTYPE)
+        fd = open_subdir(self.root_fd, target)
+        try:
+            self.walk(fd, name + "/", target, (*expanding, target))
+        finally:
+            os.close(fd)
+
+
+def _at_or_above(folder: str, path: str) -> bool:
+    """Whether ``folder`` is ``path`` or one of its parents (paths relative to one root)."""
+    return folder == "" or path == folder or path.startswith(folder + "/")
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +345,7 @@ def _entry_bytes(e: _Entry, dirs: DirCache) -> Iterator[bytes]:
         yield _header(e.rel, e.kind, 0o755 if e.kind == tarfile.DIRTYPE else 0o777, link=e.link)
         return
     try:
-        fd = dirs.open_file(e.rel)
+        fd = dirs.open_file(e.src)
     except OSError as exc:
         raise ArchiveError([f"{e.rel!r}: cannot open: {exc.strerror or exc}"]) from None
     try:
@@ -469,22 +531,26 @@ def _check_args(chunk_size: int, level: int) -> None:
 
 
 def iter_archive(src: Path, chunk_size: int = 1 << 16, *, level: int = DEFAULT_LEVEL,
-                 threads: int | None = None, within: Path | None = None) -> Iterator[bytes]:
+                 threads: int | None = None, within: Path | None = None,
+                 copy_links: bool = False) -> Iterator[bytes]:
     """The ``.tar.gz`` of ``src`` in chunks of ``chunk_size`` bytes (the last may be shorter).
 
     The tree is scanned now: :class:`ArchiveError` (symlinks leading out, special files) is
     raised by this call, before any byte. Reading and compressing happen while iterating,
     with a bounded number of blocks in memory; closing the iterator early stops the work.
-    With ``within``, ``src`` must really lie at or below that folder when it is opened."""
+    With ``within``, ``src`` must really lie at or below that folder when it is opened. With
+    ``copy_links``, in-tree symlinks are stored as what they lead to (for unpackers that
+    cannot make links, like the CyanPrint CLI's)."""
     _check_args(chunk_size, level)
-    tree = _load(src, within)
+    tree = _load(src, within, copy_links)
     stream = _gzip_stream(tree, level, threads or parallel.default_limit(), BLOCK_SIZE)
     weakref.finalize(stream, tree.close)  # an iterator dropped before its first chunk
     return _rechunk(stream, chunk_size)
 
 
 def write_archive(src: Path, dest: Path, *, level: int = DEFAULT_LEVEL,
-                  threads: int | None = None, within: Path | None = None) -> ArchiveResult:
+                  threads: int | None = None, within: Path | None = None,
+                  copy_links: bool = False) -> ArchiveResult:
     """Write the ``.tar.gz`` of ``src`` to ``dest`` (the same bytes as :func:`iter_archive`)."""
     start = time.perf_counter()
     _check_args(1, level)
@@ -492,7 +558,7 @@ def write_archive(src: Path, dest: Path, *, level: int = DEFAULT_LEVEL,
                              os.path.basename(dest))
     if is_within(real_dest, os.path.realpath(src)):
         raise ArchiveError([f"the archive {dest} would be inside the tree {src}"])
-    tree = _load(src, within)
+    tree = _load(src, within, copy_links)
     files = sum(1 for e in tree.entries if e.kind == tarfile.REGTYPE)
     written = 0
     try:

@@ -309,3 +309,67 @@ def test_failure_while_writing_leaves_no_file(tmp_path: Path,
     assert not dest.exists()
     assert not [t for t in threading.enumerate()
                 if t.name.startswith(("boride-archive", "boride-gzip"))]
+
+
+# -- copy_links: links stored as what they lead to (the CyanPrint CLI's unpacker) ------------
+
+def _members(data: bytes) -> dict[str, bytes | None]:
+    """Name -> content (None for folders) of every member; fails on any link member."""
+    out: dict[str, bytes | None] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar.getmembers():
+            assert not m.issym() and not m.islnk(), m.name
+            f = tar.extractfile(m) if m.isfile() else None
+            out[m.name] = f.read() if f is not None else None
+    return out
+
+
+def test_copy_links_stores_files_and_folders_links_lead_to(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "lib" / "deep").mkdir(parents=True)
+    (src / "lib" / "a.txt").write_text("A")
+    (src / "lib" / "deep" / "b.txt").write_text("B")
+    (src / "file-link").symlink_to("lib/a.txt")
+    (src / "dir-link").symlink_to("lib")
+    (src / "chain").symlink_to("dir-link")
+    (src / "lib" / "up-and-over").symlink_to("../lib/deep/b.txt")
+    members = _members(b"".join(iter_archive(src, copy_links=True)))
+    assert members["file-link"] == b"A"
+    assert members["dir-link"] is None and members["dir-link/a.txt"] == b"A"
+    assert members["dir-link/deep/b.txt"] == b"B"
+    assert members["chain/deep/b.txt"] == b"B"
+    assert members["lib/up-and-over"] == b"B"
+    assert members["dir-link/up-and-over"] == b"B"
+
+
+@pytest.mark.parametrize("links", [
+    {"lib/loop": ".."},  # a folder above the link
+    {"lib/self": "."},
+    {"p/to-q": "../q", "q/to-p": "../p"},  # a ring through two folders
+    {"root": "."},
+])
+def test_copy_links_refuses_cycles_naming_the_link(tmp_path: Path, links: dict[str, str]
+                                                   ) -> None:
+    src = tmp_path / "src"
+    for folder in ("lib", "p", "q"):
+        (src / folder).mkdir(parents=True)
+        (src / folder / "f.txt").write_text("x")
+    for name, target in links.items():
+        (src / name).symlink_to(target)
+    with pytest.raises(ArchiveError) as err:
+        iter_archive(src, copy_links=True)
+    assert "makes a cycle" in str(err.value)
+    assert any(repr(name).strip("'") in str(err.value) for name in links)
+
+
+def test_copy_links_still_refuses_links_leading_outside(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "secret").write_text("s")
+    (src / "out").symlink_to("../secret")
+    (src / "abs").symlink_to("/etc")
+    (src / "dangling").symlink_to("nowhere")
+    with pytest.raises(ArchiveError) as err:
+        iter_archive(src, copy_links=True)
+    text = str(err.value)
+    assert "'out'" in text and "'abs'" in text and "'dangling'" in text
