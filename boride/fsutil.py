@@ -147,6 +147,17 @@ def copy_fd(src: int, dst: int, size: int, dev: int, state: CopyState) -> int:
     return done
 
 
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    """Give ``root`` and everything below it to ``uid``:``gid`` (links themselves, not their
+    targets); what cannot be changed is left as it is."""
+    with contextlib.suppress(OSError):
+        os.lchown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            with contextlib.suppress(OSError):
+                os.lchown(os.path.join(dirpath, name), uid, gid)
+
+
 def remove_tree(path: Path) -> None:
     """``shutil.rmtree`` that also removes what components left read-only."""
 

@@ -27,7 +27,8 @@ def boride_processes() -> list[str]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "boride.runtime.nsinit" in cmd or str(COMPONENTS) in cmd or (
+        if "boride.runtime.nsinit" in cmd or "boride/runtime/nsinit" in cmd or (
+                str(COMPONENTS) in cmd) or (
                 "/tests/components/" in cmd and "pytest" not in cmd):
             found.append(f"{pid}: {cmd.strip()}")
     return found
@@ -84,6 +85,9 @@ def component(name: str) -> list[str]:
 
 @pytest.fixture
 def template(tmp_path: Path) -> Path:
+    # As root, local components run as nobody, who must be able to enter the pipeline's folder
+    # (pytest makes it private to root).
+    tmp_path.chmod(0o755)
     tpl = tmp_path / "template"
     (tpl / "src" / "deep").mkdir(parents=True)
     (tpl / "src" / "a.txt").write_text("alpha\n")

@@ -49,7 +49,7 @@ import httpx
 import requests.exceptions
 from docker.types import Mount
 
-from boride import parallel
+from boride import fsutil, parallel
 from boride.runtime.base import (
     Component,
     ExitInfo,
@@ -175,15 +175,6 @@ class _Unreachable(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(self.why, request=request)
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.lchown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            with contextlib.suppress(OSError):
-                os.lchown(os.path.join(dirpath, name), uid, gid)
 
 
 class DockerInstance(Instance):
@@ -485,7 +476,7 @@ class DockerRuntime(Runtime):
         """The merged tree is written on the host by boride (root); a plugin edits it in place
         as the unprivileged container user, so that user must own it first."""
         if self._owner is not None:
-            await self._run(_chown_tree, folder, *self._owner)
+            await self._run(fsutil.chown_tree, folder, *self._owner)
 
     def _mounts(self, workspace: Workspace, kind: Kind) -> list[Mount]:
         tpl_vol, area_vol = volume_names(workspace.session_id)

@@ -40,8 +40,8 @@ def sockets(write_dir: Path) -> list[Path]:
     for root in roots:
         try:
             found += [p for p in root.rglob("*") if stat.S_ISSOCK(p.lstat().st_mode)]
-        except OSError:
-            pass
+        except OSError as e:
+            print(f"cannot list {root}: {e}", flush=True)  # not there, or not ours to see
     return found
 
 
