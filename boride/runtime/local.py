@@ -44,7 +44,7 @@ from boride.runtime.base import (
 _STOP_GRACE = 5.0
 _SOCKET_DIR_MAX = 80  # leaves room for "/NNNN-processor/sock" within the 107-byte limit
 NOBODY = (65534, 65534)  # who components run as when boride runs as root
-DEFAULT_MEMORY = "1g"
+DEFAULT_MEMORY = "512m"
 DEFAULT_PIDS = 256
 _TMP_SIZE = 64 << 20  # the private /tmp, like the Docker runtime's
 _SYSTEM = ("/usr", "/etc", "/opt")
@@ -73,7 +73,7 @@ class Limits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
-        """From ``BORIDE_LOCAL_MEMORY`` / ``BORIDE_LOCAL_PIDS`` (defaults 1g and 256)."""
+        """From ``BORIDE_LOCAL_MEMORY`` / ``BORIDE_LOCAL_PIDS`` (defaults 512m and 256)."""
         pids = int(env.get("BORIDE_LOCAL_PIDS", DEFAULT_PIDS))
         if pids <= 0:
             raise ValueError(f"BORIDE_LOCAL_PIDS must be positive, got {pids}")
