@@ -27,11 +27,17 @@ def boride_processes() -> list[str]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "boride.runtime.nsinit" in cmd or "boride/runtime/nsinit" in cmd or (
-                str(COMPONENTS) in cmd) or (
-                "/tests/components/" in cmd and "pytest" not in cmd):
+        if _of_this_checkout(cmd):
             found.append(f"{pid}: {cmd.strip()}")
     return found
+
+
+def _of_this_checkout(cmd: str) -> bool:
+    """Whether a command line runs a component (or its sandbox) for this checkout: other
+    checkouts of boride may run their tests on the same machine at the same time."""
+    helper = "boride.runtime.nsinit" in cmd or "boride/runtime/nsinit" in cmd
+    component = "/tests/components/" in cmd and "pytest" not in cmd
+    return (helper or component) and f"{ROOT}/" in cmd
 
 
 @pytest.fixture

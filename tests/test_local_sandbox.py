@@ -163,3 +163,44 @@ def test_process_and_memory_limits_stop_a_greedy_component(
     found = report(out, "limits-report.json")
     assert found["started"] < 64 and found["fork_error"] is not None, found
     assert found["allocated"] is False, found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root switches components to nobody")
+def test_template_closed_to_nobody_is_reported_before_the_processor_starts(
+        tmp_path: Path, template: Path, make_pipeline: PipelineFactory) -> None:
+    template.chmod(0o700)
+    pipeline = make_pipeline([("p", "ok_processor", {})])
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "boride", "run", str(pipeline), "--json"],
+                          env={**os.environ, "TMPDIR": str(work)}, capture_output=True,
+                          text=True, timeout=240, check=False)
+    assert proc.returncode == 1
+    assert f"nobody may not enter {template}" in json.loads(proc.stdout)["errors"][0]
+
+
+def test_limits_come_from_the_environment() -> None:
+    from boride.runtime.local import Limits, parse_size
+
+    assert parse_size("512m") == 512 << 20 and parse_size("1G") == 1 << 30
+    assert parse_size("4096") == 4096 and parse_size("64KiB") == 64 << 10
+    for bad in ("", "m", "-1m", "0", "1.5g", "12t"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    assert Limits.from_env({}) == Limits(512 << 20, 256)
+    assert Limits.from_env({"BORIDE_LOCAL_MEMORY": "1g", "BORIDE_LOCAL_PIDS": "64"}) == Limits(
+        1 << 30, 64)
+    with pytest.raises(ValueError):
+        Limits.from_env({"BORIDE_LOCAL_PIDS": "0"})
+
+
+def test_bad_limit_is_reported_before_anything_starts(tmp_path: Path,
+                                                      make_pipeline: PipelineFactory) -> None:
+    pipeline = make_pipeline([("p", "ok_processor", {})])
+    proc = subprocess.run([sys.executable, "-m", "boride", "run", str(pipeline), "--json"],
+                          env={**os.environ, "TMPDIR": str(tmp_path),
+                               "BORIDE_LOCAL_MEMORY": "lots"},
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert data["stages"] == {} and "BORIDE_LOCAL_MEMORY: not a size: 'lots'" in data["errors"][0]

@@ -74,10 +74,14 @@ class Limits:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
         """From ``BORIDE_LOCAL_MEMORY`` / ``BORIDE_LOCAL_PIDS`` (defaults 512m and 256)."""
-        pids = int(env.get("BORIDE_LOCAL_PIDS", DEFAULT_PIDS))
-        if pids <= 0:
-            raise ValueError(f"BORIDE_LOCAL_PIDS must be positive, got {pids}")
-        return cls(parse_size(env.get("BORIDE_LOCAL_MEMORY", DEFAULT_MEMORY)), pids)
+        text = env.get("BORIDE_LOCAL_PIDS", str(DEFAULT_PIDS))
+        if not text.strip().isdigit() or int(text) <= 0:
+            raise ValueError(f"BORIDE_LOCAL_PIDS must be a positive number, got {text!r}")
+        try:
+            memory = parse_size(env.get("BORIDE_LOCAL_MEMORY", DEFAULT_MEMORY))
+        except ValueError as exc:
+            raise ValueError(f"BORIDE_LOCAL_MEMORY: {exc}") from None
+        return cls(memory, int(text))
 
 
 def _namespaces() -> list[str]:
@@ -123,10 +127,6 @@ def sandbox_problem() -> str | None:
     return None
 
 
-def _is_within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 def _prefix(executable: str) -> str:
     """The installation an executable belongs to: ``/opt/x`` for ``/opt/x/bin/python``."""
     folder = os.path.dirname(executable)
@@ -138,7 +138,7 @@ def _outside_system(paths: list[str]) -> list[str]:
     inside another one."""
     kept: list[str] = []
     for path in sorted(set(paths), key=len):
-        if path == "/" or any(_is_within(path, root) for root in (*_SYSTEM, *kept)):
+        if path == "/" or any(fsutil.is_within(path, root) for root in (*_SYSTEM, *kept)):
             continue
         kept.append(path)
     return kept
@@ -169,7 +169,7 @@ def _command_dirs(command: tuple[str, ...], cwd: Path, exe: str | None) -> list[
 def _closed_to_others(target: str, readonly: list[str]) -> str | None:
     """The first folder on the way to ``target`` that others (nobody) may not enter, counting
     only host folders (those from the outermost read-only bind above it down to it)."""
-    above = [d for d in readonly if _is_within(target, d)]
+    above = [d for d in readonly if fsutil.is_within(target, d)]
     start = min(above, key=len) if above else target
     path = Path(target)
     chain = [path, *path.parents]
@@ -253,7 +253,14 @@ class LocalRuntime(Runtime):
     def __init__(self, *, limits: Limits | None = None, readonly_template: bool = True) -> None:
         # readonly_template=False exists for tests of the template-change detection.
         self.readonly_template = readonly_template
-        self.limits = Limits.from_env(os.environ) if limits is None else limits
+        self._limits_problem: str | None = None
+        if limits is None:
+            try:
+                limits = Limits.from_env(os.environ)
+            except ValueError as exc:  # reported by problems(), before anything starts
+                self._limits_problem = f"the local runtime's limits: {exc}"
+                limits = Limits(parse_size(DEFAULT_MEMORY), DEFAULT_PIDS)
+        self.limits = limits
         self.env = component_env()
         # As root components run as nobody; otherwise as boride's own user (no other choice).
         self.user = NOBODY if os.geteuid() == 0 else None
@@ -264,9 +271,7 @@ class LocalRuntime(Runtime):
 
     def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
-        problem = sandbox_problem()
-        if problem is not None:
-            found.append(problem)
+        found += [p for p in (sandbox_problem(), self._limits_problem) if p is not None]
         for c in components:
             if not c.command:
                 found.append(f"{c.kind.value} {c.name!r}: no 'command' to run it locally")
@@ -297,10 +302,10 @@ class LocalRuntime(Runtime):
         bind again what was read-only below it (a component folder holding the work folder)."""
         root = self._roots[session_id]
         mask = str(root.parent)
-        if any(_is_within(d, mask) for d in _SYSTEM + _MERGED_USR):
+        if any(fsutil.is_within(d, mask) for d in _SYSTEM + _MERGED_USR):
             mask = str(root)
         return [*_mount("--tmpfs", mask),
-                *_ro_binds([d for d in readonly if _is_within(d, mask)])]
+                *_ro_binds([d for d in readonly if fsutil.is_within(d, mask)])]
 
     def _check_reachable(self, path: str, readonly: list[str]) -> None:
         closed = _closed_to_others(path, readonly) if self.user is not None else None
