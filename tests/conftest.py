@@ -49,6 +49,13 @@ def no_leftovers() -> Iterator[None]:
     assert not left, f"processes left running: {left}"
 
 
+@pytest.fixture(autouse=True)
+def _open_tmp_path(tmp_path: Path) -> None:
+    """As root, local components run as nobody, who must be able to enter the test's folder
+    (templates, pipeline files and work areas live there); pytest makes it private to root."""
+    tmp_path.chmod(0o755)
+
+
 _DOCKER_SKIPPED: list[str] = []
 
 
@@ -91,9 +98,6 @@ def component(name: str) -> list[str]:
 
 @pytest.fixture
 def template(tmp_path: Path) -> Path:
-    # As root, local components run as nobody, who must be able to enter the pipeline's folder
-    # (pytest makes it private to root).
-    tmp_path.chmod(0o755)
     tpl = tmp_path / "template"
     (tpl / "src" / "deep").mkdir(parents=True)
     (tpl / "src" / "a.txt").write_text("alpha\n")

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import os
 import resource
@@ -33,9 +32,12 @@ _PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
 
 
+# The C library, loaded here rather than in the child between fork and exec.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def _libc_call(name: str, *args: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if getattr(libc, name)(*args) != 0:
+    if getattr(_LIBC, name)(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{name}: {os.strerror(err)}")
 
