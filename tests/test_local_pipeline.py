@@ -183,14 +183,16 @@ def test_template_is_read_only_to_processors(tmp_path: Path, template: Path,
 
 
 async def test_template_change_is_detected_and_names_the_processor(
-        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+        tmp_path: Path, template: Path, make_pipeline: PipelineFactory) -> None:
     from boride.model import load
     from boride.pipeline import BuildOptions, build
     from boride.runtime.local import LocalRuntime
 
     pipeline = load(make_pipeline([("fine", "ok_processor", {}),
                                    ("tamper", "write_template", {})]))
-    runtime = LocalRuntime(readonly_template=False)  # as on a platform without mount namespaces
+    for path in [template, *template.rglob("*")]:  # writable by the component user (nobody)
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    runtime = LocalRuntime(readonly_template=False)  # as if the sandbox let it through
     result = await build(pipeline, runtime, BuildOptions(limits=Limits(parallelism=1),
                                                          work_root=tmp_path / "work"))
     assert result.status == "failed"

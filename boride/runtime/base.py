@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import abc
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import httpx
 
-from boride import diagnose
+from boride import diagnose, fsutil
 from boride.errors import BorideError
 from boride.types import Component
 
@@ -172,3 +173,22 @@ class Runtime(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release runtime-wide resources."""
+
+
+def give_tree(folder: Path, area: Path, owner: tuple[int, int]) -> None:
+    """Give ``folder`` (in the work area ``area``) and everything in it to ``owner`` (uid, gid)
+    for a component to write in: through descriptors only, since other components of the
+    session may be renaming things in the area right now (:func:`boride.fsutil.chown_tree`).
+    Raises :class:`RuntimeFailure` naming what could not be given."""
+    try:
+        fd = fsutil.open_dir(folder, within=area)
+    except (OSError, fsutil.UnsafePath) as exc:
+        raise RuntimeFailure(f"cannot hand {folder} to the component's user: {exc}") from None
+    try:
+        errors = fsutil.chown_tree(fd, *owner)
+    finally:
+        os.close(fd)
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise RuntimeFailure(f"cannot hand {folder} to the component's user: "
+                             f"{'; '.join(errors[:3])}{more}")

@@ -53,7 +53,7 @@ import httpx
 import requests.exceptions
 from docker.types import Mount
 
-from boride import aio, fsutil, parallel
+from boride import aio, parallel
 from boride.errors import describe
 from boride.runtime.base import (
     LOG_TAIL,
@@ -63,6 +63,7 @@ from boride.runtime.base import (
     Runtime,
     RuntimeFailure,
     Workspace,
+    give_tree,
 )
 from boride.types import Component, Kind
 
@@ -188,23 +189,6 @@ class _Unreachable(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(self.why, request=request)
-
-
-def _chown_tree(root: Path, area: Path, uid: int, gid: int) -> None:
-    """Hand ``root`` (in the work area ``area``, where other containers of the session may be
-    renaming things right now) to ``uid:gid``, through descriptors only."""
-    try:
-        fd = fsutil.open_dir(root, within=area)
-    except (OSError, fsutil.UnsafePath) as exc:
-        raise RuntimeFailure(f"cannot hand {root} to the container user: {exc}") from None
-    try:
-        errors = fsutil.chown_tree(fd, uid, gid)
-    finally:
-        os.close(fd)
-    if errors:
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise RuntimeFailure(f"cannot hand {root} to the container user: "
-                            f"{'; '.join(errors[:3])}{more}")
 
 
 class DockerInstance(Instance):
@@ -556,7 +540,7 @@ class DockerRuntime(Runtime):
         ``writeDir`` and a plugin edits the merged tree as the unprivileged container user, so
         that user must own them first."""
         if self._owner is not None:
-            await self._run(_chown_tree, folder, workspace.host_area, *self._owner)
+            await self._run(give_tree, folder, workspace.host_area, self._owner)
 
     def _mounts(self, workspace: Workspace, kind: Kind) -> list[Mount]:
         tpl_vol, area_vol = volume_names(workspace.session_id)

@@ -1,10 +1,14 @@
-"""The embedded local runtime: each component is a local process in its own namespaces.
+"""The embedded local runtime: each component is a local process in a bubblewrap sandbox.
 
 CyanPrint SDK servers bind ``0.0.0.0`` on a fixed port, so eight processors at once need eight
-network views. Each component runs under ``unshare`` in a new network, mount and PID namespace
-(plus a user namespace when not root) with :mod:`boride.runtime.nsinit` as PID 1, which brings
-loopback up, makes the template read-only for processors, starts the component and forwards a
-Unix socket in the session folder to the component's port. boride talks HTTP over that socket.
+network views. Each component runs under ``bwrap`` (bubblewrap) in new network, PID, IPC, UTS and
+mount namespaces (plus a user namespace when boride is not root) that show it the file system the
+way a container would: system folders, the Python installation and its own folder read-only, the
+template read-only (processors), the session's work area writable (processors, plugins), a
+private ``/tmp``, and nothing else of the host (no other session's files, no other component's
+socket). :mod:`boride.runtime.nsinit` runs first in the sandbox: it starts the component as an
+unprivileged user with process and memory limits and forwards a Unix socket in the component's
+own socket folder to the component's port. boride talks HTTP over that socket.
 """
 
 from __future__ import annotations
@@ -14,47 +18,180 @@ import contextlib
 import functools
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from boride.runtime.base import LOG_TAIL, ExitInfo, Instance, Runtime, Workspace
+from boride import fsutil
+from boride.runtime.base import (
+    LOG_TAIL,
+    ExitInfo,
+    Instance,
+    Runtime,
+    RuntimeFailure,
+    Workspace,
+    give_tree,
+)
 from boride.types import Component, Kind
 
 _STOP_GRACE = 5.0
-_SOCKET_DIR_MAX = 80  # leaves room for "/NNNN-processor.sock" within the 107-byte limit
+_SOCKET_DIR_MAX = 80  # leaves room for "/NNNN-processor/sock" within the 107-byte limit
+NOBODY = (65534, 65534)  # who components run as when boride runs as root
+DEFAULT_MEMORY = "512m"
+DEFAULT_PIDS = 256
+_TMP_SIZE = 64 << 20  # the private /tmp, like the Docker runtime's
+_SYSTEM = ("/usr", "/etc", "/opt")
+_MERGED_USR = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_NSINIT = Path(__file__).with_name("nsinit.py")
+_INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap), "
+                 "or use --runtime docker")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"512m"``, ``"1g"``, ``"1048576"`` (k, m, g: powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)i?b?\s*", text.lower())
+    if m is None or int(m.group(1)) <= 0:
+        raise ValueError(f"not a size: {text!r} (use e.g. 512m or 1g)")
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2)]
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """What one component may take. ``memory``: bytes of data (heap and other private memory)
+    per process (``RLIMIT_DATA``); ``pids``: processes and threads (``RLIMIT_NPROC``, counted
+    per sandbox)."""
+
+    memory: int
+    pids: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SandboxLimits:
+        """From ``BORIDE_LOCAL_MEMORY`` / ``BORIDE_LOCAL_PIDS`` (defaults 512m and 256)."""
+        text = env.get("BORIDE_LOCAL_PIDS", str(DEFAULT_PIDS))
+        if not text.strip().isdigit() or int(text) <= 0:
+            raise ValueError(f"BORIDE_LOCAL_PIDS must be a positive number, got {text!r}")
+        try:
+            memory = parse_size(env.get("BORIDE_LOCAL_MEMORY", DEFAULT_MEMORY))
+        except ValueError as exc:
+            raise ValueError(f"BORIDE_LOCAL_MEMORY: {exc}") from None
+        return cls(memory, int(text))
+
+
+def _namespaces() -> list[str]:
+    # As root no user namespace: nsinit must stay root (in the host's user namespace) to
+    # switch the component to NOBODY, whose files the host then sees as NOBODY's.
+    flags = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+             "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    return flags if os.geteuid() == 0 else ["--unshare-user", *flags]
+
+
+def _system_binds() -> list[str]:
+    """The host's programs and libraries, read-only; /dev, /proc and a private /tmp."""
+    args: list[str] = []
+    for path in _SYSTEM:
+        if os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in _MERGED_USR:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return [*args, "--dev", "/dev", "--proc", "/proc",
+            "--perms", "1777", "--size", str(_TMP_SIZE), "--tmpfs", "/tmp"]
 
 
 @functools.cache
-def namespace_flags() -> tuple[str, ...]:
-    """The ``unshare`` options that isolate a component here (root needs no user namespace)."""
-    base = ("--net", "--mount", "--pid", "--fork", "--kill-child")
-    return base if os.geteuid() == 0 else ("--user", "--map-root-user", *base)
-
-
-@functools.cache
-def namespace_problem() -> str | None:
-    """Why components cannot be isolated on this machine, or None when they can."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return "the local runtime needs the 'unshare' command (Debian/Ubuntu package util-linux)"
+def sandbox_problem() -> str | None:
+    """Why components cannot be sandboxed on this machine, or None when they can."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return f"the local runtime needs bubblewrap ('bwrap' not found): {_INSTALL_HINT}"
     try:
-        proc = subprocess.run([unshare, *namespace_flags(), "true"], capture_output=True,
-                              text=True, timeout=30, check=False)
+        proc = subprocess.run([bwrap, *_namespaces(), *_system_binds(), "true"],
+                              capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run unshare: {exc}"
+        return f"cannot run bwrap: {exc}"
     if proc.returncode != 0:
         why = proc.stderr.strip() or f"exit code {proc.returncode}"
         hint = ("run as root, or enable unprivileged user namespaces "
                 "(sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces), "
                 "or use --runtime docker")
-        return f"the local runtime cannot create namespaces ({why}): {hint}"
+        return f"the local runtime cannot create its sandbox ({why}): {hint}"
     return None
+
+
+def _prefix(executable: str) -> str:
+    """The installation an executable belongs to: ``/opt/x`` for ``/opt/x/bin/python``."""
+    folder = os.path.dirname(executable)
+    return os.path.dirname(folder) if os.path.basename(folder) == "bin" else folder
+
+
+def _outside_system(paths: list[str]) -> list[str]:
+    """The paths the system binds do not cover (and never ``/``), without repeats or paths
+    inside another one."""
+    kept: list[str] = []
+    for path in sorted(set(paths), key=len):
+        if path == "/" or any(fsutil.is_within(path, root) for root in (*_SYSTEM, *kept)):
+            continue
+        kept.append(path)
+    return kept
+
+
+@functools.cache
+def _python_dirs() -> tuple[str, ...]:
+    """boride's Python installation and import path: ``python3`` in a pipeline file is boride's
+    interpreter (see component_env). boride's working folder (``sys.path[0]`` under ``-m``) is
+    not among them."""
+    cwd = os.getcwd()
+    dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+            _prefix(os.path.realpath(sys.executable))]
+    dirs += [p for p in sys.path if p and p != cwd and os.path.isdir(p)]
+    return tuple(_outside_system([os.path.abspath(d) for d in dirs]))
+
+
+def _command_dirs(command: tuple[str, ...], cwd: Path, exe: str | None) -> list[str]:
+    """What a component's command needs to be seen: its folder, the folders of absolute paths
+    it names (``python3 /x/tool.py``) and the installation of its program."""
+    dirs = [str(cwd)]
+    dirs += [os.path.dirname(a) for a in command if a.startswith("/") and os.path.isfile(a)]
+    if exe is not None:
+        dirs += [_prefix(os.path.abspath(exe)), _prefix(os.path.realpath(exe))]
+    return dirs
+
+
+def _closed_to_others(target: str, readonly: list[str]) -> str | None:
+    """The first folder on the way to ``target`` that others (nobody) may not enter, counting
+    only host folders (those from the outermost read-only bind above it down to it)."""
+    above = [d for d in readonly if fsutil.is_within(target, d)]
+    start = min(above, key=len) if above else target
+    path = Path(target)
+    chain = [path, *path.parents]
+    for folder in reversed(chain[:len(chain) - len(Path(start).parents)]):
+        with contextlib.suppress(OSError):
+            if folder.stat().st_mode & 0o005 != 0o005:
+                return str(folder)
+    return None
+
+
+def _mount(option: str, path: str) -> list[str]:
+    """bwrap options mounting ``path`` at the same place in the sandbox. The folders leading to
+    it are made first with ``--dir``: bwrap would make them private to root (0700), which would
+    lock the component user out."""
+    parent = os.path.dirname(path)
+    made = ["--dir", parent] if parent != "/" else []
+    return [*made, option, path] if option == "--tmpfs" else [*made, option, path, path]
+
+
+def _ro_binds(paths: list[str]) -> list[str]:
+    return [arg for p in paths if os.path.exists(p) for arg in _mount("--ro-bind", p)]
 
 
 def component_env() -> dict[str, str]:
@@ -97,7 +234,7 @@ class LocalInstance(Instance):
         code = await self.process.wait()
         return ExitInfo(code if code >= 0 else None, self.log_tail(LOG_TAIL))
 
-    def log_tail(self, lines: int = 20) -> list[str]:
+    def log_tail(self, lines: int = LOG_TAIL) -> list[str]:
         try:
             with open(self.log_path, encoding="utf-8", errors="replace") as f:
                 tail = deque(f, maxlen=lines)
@@ -107,23 +244,36 @@ class LocalInstance(Instance):
 
 
 class LocalRuntime(Runtime):
-    """Components as local processes; see the module docstring."""
+    """Components as local processes, each in its own sandbox; see the module docstring.
+
+    ``limits``: what each component may take (default: :meth:`SandboxLimits.from_env`).
+    """
 
     name = "local"
 
-    def __init__(self, *, readonly_template: bool = True) -> None:
+    def __init__(self, *, limits: SandboxLimits | None = None,
+                 readonly_template: bool = True) -> None:
         # readonly_template=False exists for tests of the template-change detection.
         self.readonly_template = readonly_template
+        self._limits_problem: str | None = None
+        if limits is None:
+            try:
+                limits = SandboxLimits.from_env(os.environ)
+            except ValueError as exc:  # reported by problems(), before anything starts
+                self._limits_problem = f"the local runtime's limits: {exc}"
+                limits = SandboxLimits(parse_size(DEFAULT_MEMORY), DEFAULT_PIDS)
+        self.limits = limits
         self.env = component_env()
+        # As root components run as nobody; otherwise as boride's own user (no other choice).
+        self.user = NOBODY if os.geteuid() == 0 else None
         self._seq = itertools.count()
+        self._roots: dict[str, Path] = {}  # session -> its work folder (area and run below)
         self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
         self._socket_dirs: dict[str, Path] = {}  # session -> short folder made for sockets
 
     def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
-        ns = namespace_problem()
-        if ns is not None:
-            found.append(ns)
+        found += [p for p in (sandbox_problem(), self._limits_problem) if p is not None]
         for c in components:
             if not c.command:
                 found.append(f"{c.kind.value} {c.name!r}: no 'command' to run it locally")
@@ -137,29 +287,67 @@ class LocalRuntime(Runtime):
     async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
         for sub in ("area", "run"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / "area", 0o755)  # the component user must reach the folders below it
         area = (root / "area").resolve()
         run = (root / "run").resolve()
         if len(str(run)) > _SOCKET_DIR_MAX:
             # Unix socket paths are limited to 107 bytes: use a short private folder instead.
             run = Path(tempfile.mkdtemp(prefix="boride-", dir="/tmp"))
             self._socket_dirs[session_id] = run
+        self._roots[session_id] = root.resolve()
         self._run_dirs[session_id] = run
         tpl = template.resolve()
         return Workspace(session_id, tpl, area, str(tpl), str(area))
+
+    def _hidden(self, session_id: str, readonly: list[str]) -> list[str]:
+        """Hide the work folder of every session (this one's area is bound again after), then
+        bind again what was read-only below it (a component folder holding the work folder)."""
+        root = self._roots[session_id]
+        mask = str(root.parent)
+        if any(fsutil.is_within(d, mask) for d in _SYSTEM + _MERGED_USR):
+            mask = str(root)
+        return [*_mount("--tmpfs", mask),
+                *_ro_binds([d for d in readonly if fsutil.is_within(d, mask)])]
+
+    def _check_reachable(self, path: str, readonly: list[str]) -> None:
+        closed = _closed_to_others(path, readonly) if self.user is not None else None
+        if closed is not None:
+            raise RuntimeFailure(f"components run as nobody (uid {NOBODY[0]}) when boride runs "
+                                f"as root, and nobody may not enter {closed}: allow others in "
+                                "(chmod o+rx), or run boride as an ordinary user")
+
+    def _sandbox(self, workspace: Workspace, component: Component, socket_dir: Path) -> list[str]:
+        """The ``bwrap`` options that show ``component`` only what it needs."""
+        assert component.command
+        cwd = component.cwd or Path.cwd()
+        exe = _find_executable(component.command, cwd, self.env)
+        readonly = _outside_system([*_python_dirs(), str(_NSINIT),
+                                    *_command_dirs(component.command, cwd, exe)])
+        args = ["bwrap", *_namespaces(), *_system_binds(), *_ro_binds(readonly),
+                *self._hidden(workspace.session_id, readonly)]
+        tpl, area = str(workspace.host_template), str(workspace.host_area)
+        if component.kind in (Kind.PROCESSOR, Kind.TEMPLATE):
+            self._check_reachable(tpl, readonly)
+            args += _mount("--ro-bind" if self.readonly_template else "--bind", tpl)
+        if component.kind in (Kind.PROCESSOR, Kind.PLUGIN):
+            args += _mount("--bind", area)
+        return [*args, *_mount("--bind", str(socket_dir)), "--chdir", "/"]
 
     async def start(self, workspace: Workspace, component: Component) -> Instance:
         assert component.command, "checked by problems()"
         run = self._run_dirs[workspace.session_id]
         stem = f"{next(self._seq):04d}-{component.kind.value}"
-        socket_path, log_path = run / f"{stem}.sock", run / f"{stem}.log"
-        cwd = component.cwd or Path.cwd()
-        readonly = ["--readonly", str(workspace.host_template)] if (
-            component.kind is Kind.PROCESSOR and self.readonly_template) else []
+        socket_dir, log_path = run / stem, run / f"{stem}.log"
+        socket_dir.mkdir(mode=0o700)
+        socket_path = socket_dir / "sock"
+        user = ["--uid", str(self.user[0]), "--gid", str(self.user[1])] if self.user else []
         argv = [
-            "unshare", *namespace_flags(), "--",
-            sys.executable, "-m", "boride.runtime.nsinit",
+            *self._sandbox(workspace, component, socket_dir),
+            sys.executable, "-I", str(_NSINIT),
             "--socket", str(socket_path), "--port", str(component.kind.port),
-            "--cwd", str(cwd), *readonly, "--", *component.command,
+            "--cwd", str(component.cwd or Path.cwd()), *user,
+            "--memory", str(self.limits.memory), "--pids", str(self.limits.pids),
+            "--", *component.command,
         ]
         with open(log_path, "wb") as log:
             process = await asyncio.create_subprocess_exec(
@@ -167,14 +355,19 @@ class LocalRuntime(Runtime):
                 env=self.env, start_new_session=True)
         return LocalInstance(component, process, socket_path, log_path)
 
+    async def hand_over(self, workspace: Workspace, instance: Instance, folder: Path) -> None:
+        """Folders in the area are made by boride (root), private; a processor writes its
+        ``writeDir`` and a plugin edits the merged tree as nobody, so nobody must own them."""
+        if self.user is not None:
+            await asyncio.to_thread(give_tree, folder, workspace.host_area, self.user)
+
     async def stop(self, instance: Instance) -> None:
         assert isinstance(instance, LocalInstance)
         proc = instance.process
-        with contextlib.suppress(Exception):
-            await instance.client.aclose()
+        await instance.client.aclose()
         if proc.returncode is None:
-            # Closing its stdin tells nsinit (PID 1 of the namespace) to exit, which kills
-            # everything in the namespace.
+            # Closing its stdin tells nsinit to exit; bwrap (PID 1 of the namespace) follows,
+            # which kills everything in the namespace.
             if proc.stdin is not None:
                 proc.stdin.close()
             try:
@@ -187,8 +380,11 @@ class LocalRuntime(Runtime):
             proc.stdin.close()
         with contextlib.suppress(FileNotFoundError):
             instance.socket_path.unlink()
+        with contextlib.suppress(OSError):
+            instance.socket_path.parent.rmdir()
 
     async def close_workspace(self, workspace: Workspace) -> None:
+        self._roots.pop(workspace.session_id, None)
         self._run_dirs.pop(workspace.session_id, None)
         short = self._socket_dirs.pop(workspace.session_id, None)
         if short is not None:

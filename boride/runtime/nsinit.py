@@ -1,15 +1,15 @@
-"""The first process inside a local component's private namespaces.
+"""The first process of a local component's sandbox, between bubblewrap and the component.
 
-Run by the local runtime as ``unshare ... --pid --fork python -m boride.runtime.nsinit ...``, so
-this is PID 1 of a fresh PID namespace with its own network (and mount) namespace:
+Run by the local runtime as ``bwrap ... python -I .../nsinit.py ...`` inside the sandbox (own
+network, PID, IPC and mount namespaces; bwrap has brought loopback up and is PID 1):
 
-* brings the loopback interface up, so the component can bind ``0.0.0.0:<port>`` as if alone;
-* optionally re-mounts paths read-only (the template, for processors);
-* starts the component and forwards connections from a Unix socket (in the session's folder, on
-  the host's file system) to ``127.0.0.1:<port>`` inside the namespace;
+* starts the component as the sandbox user (when started as root: setuid to ``--uid``, in a user
+  namespace of its own), with ``RLIMIT_NPROC``/``RLIMIT_DATA`` limits and ``no_new_privs``;
+* forwards connections from a Unix socket (in the component's own socket folder, bound from the
+  host) to ``127.0.0.1:<port>`` inside the sandbox;
 * exits with the component's exit code when it ends, and as soon as its standard input closes:
-  boride holds the other end, so when boride stops it (or dies in any way) this exits. Being
-  PID 1, its exit makes the kernel kill every process left in the namespace: nothing survives.
+  boride holds the other end, so when boride stops it (or dies in any way) this exits, bwrap
+  (PID 1) follows, and the kernel kills every process left in the PID namespace.
 
 Only the standard library is used here; it must start fast.
 """
@@ -20,57 +20,56 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
-import fcntl
+import functools
 import os
+import resource
 import signal
-import socket
-import struct
+import subprocess
 import sys
 
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
-
-_MS_RDONLY = 1
-_MS_NOSUID = 2
-_MS_NODEV = 4
-_MS_NOEXEC = 8
-_MS_REMOUNT = 32
-_MS_NOATIME = 1024
-_MS_NODIRATIME = 2048
-_MS_BIND = 4096
-_MS_REC = 16384
-_MS_RELATIME = 1 << 21
-# statvfs f_flag bits (ST_*) and the mount flag (MS_*) each one must be carried over as: a
-# read-only remount inside a user namespace must keep the flags the outer mount locked.
-_ST_TO_MS = {1: _MS_RDONLY, 2: _MS_NOSUID, 4: _MS_NODEV, 8: _MS_NOEXEC, 1024: _MS_NOATIME,
-             2048: _MS_NODIRATIME, 4096: _MS_RELATIME}
+_CLONE_NEWUSER = 0x10000000
+_PR_SET_DUMPABLE = 4
+_PR_SET_NO_NEW_PRIVS = 38
 
 
-def loopback_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifreq = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, _SIOCGIFFLAGS, ifreq))[1]
-        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+# The C library, loaded here rather than in the child between fork and exec.
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def bind_readonly(path: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                           ctypes.c_void_p]
-    target = os.fsencode(path)
-    if libc.mount(target, target, None, _MS_BIND | _MS_REC, None) != 0:
+def _libc_call(name: str, *args: int) -> None:
+    if getattr(_LIBC, name)(*args) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"bind mount of {path}: {os.strerror(err)}")
-    kept = 0
-    for st, ms in _ST_TO_MS.items():
-        if os.statvfs(path).f_flag & st:
-            kept |= ms
-    flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept
-    if libc.mount(None, target, None, flags, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"read-only remount of {path}: {os.strerror(err)}")
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def become(uid: int, gid: int) -> None:
+    """Switch to ``uid``/``gid`` (from root), in a user namespace of this process's own.
+
+    The own user namespace makes ``RLIMIT_NPROC`` count this component's processes only
+    (process counts are kept per user namespace), not every process of ``uid`` on the machine.
+    """
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    _libc_call("prctl", _PR_SET_DUMPABLE, 1, 0, 0, 0)  # else /proc/self/*_map stay root's
+    _libc_call("unshare", _CLONE_NEWUSER)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def confine(user: tuple[int, int] | None, memory: int, pids: int) -> None:
+    """Run in the component's process just before it starts (``preexec_fn``)."""
+    try:
+        if user is not None:
+            become(*user)
+        resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
+        resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+        _libc_call("prctl", _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    except OSError as exc:  # the parent only learns that preexec_fn failed: say why here
+        os.write(2, f"boride: {exc}\n".encode())
+        raise
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -107,8 +106,11 @@ async def _stdin_closed() -> None:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    user = (args.uid, args.gid) if args.uid is not None else None
+    # cwd is entered before the switch of user: a folder only root may enter still works.
     child = await asyncio.create_subprocess_exec(
-        *args.command, cwd=args.cwd, stdin=asyncio.subprocess.DEVNULL)
+        *args.command, cwd=args.cwd, stdin=asyncio.subprocess.DEVNULL,
+        preexec_fn=functools.partial(confine, user, args.memory, args.pids))
     server = await asyncio.start_unix_server(
         lambda r, w: _forward(args.port, r, w), path=args.socket)
     os.chmod(args.socket, 0o600)
@@ -123,44 +125,44 @@ async def serve(args: argparse.Namespace) -> int:
     else:
         code = exited.result()
         code = code if code >= 0 else 128 - code
-    # Leave at once: tearing the event loop down would only cancel forwarders noisily, and the
-    # kernel ends everything else in the namespace when PID 1 exits.
+    # Leave at once: tearing the event loop down would only cancel forwarders noisily; bwrap
+    # (PID 1) exits with us and the kernel ends everything else in the namespace.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="boride-nsinit")
     parser.add_argument("--socket", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cwd", required=True)
-    parser.add_argument("--readonly", action="append", default=[])
+    parser.add_argument("--uid", type=int)
+    parser.add_argument("--gid", type=int)
+    parser.add_argument("--memory", type=int, required=True)
+    parser.add_argument("--pids", type=int, required=True)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     if args.command[:1] == ["--"]:
         args.command = args.command[1:]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # PID 1 ignores it otherwise
-    try:
-        loopback_up()
-        for path in args.readonly:
-            bind_readonly(path)
-    except OSError as exc:
-        print(f"boride: cannot isolate the component: {exc}", file=sys.stderr, flush=True)
-        sys.exit(125)
+    return args
+
+
+def main() -> None:
+    args = _arguments()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    failure = {FileNotFoundError: 127, PermissionError: 126}
     try:
         code = asyncio.run(serve(args))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PermissionError) as exc:
         print(f"boride: cannot start {args.command[0]!r}: {exc.strerror}", file=sys.stderr,
               flush=True)
-        code = 127
-    except PermissionError as exc:
-        print(f"boride: cannot start {args.command[0]!r}: {exc.strerror}", file=sys.stderr,
-              flush=True)
-        code = 126
+        code = failure[type(exc)]
+    except subprocess.SubprocessError as exc:  # confine() failed in the child
+        print(f"boride: cannot confine {args.command[0]!r}: {exc}", file=sys.stderr, flush=True)
+        code = 125
     sys.stdout.flush()
     os._exit(code)
-
 
 if __name__ == "__main__":
     main()
