@@ -186,13 +186,25 @@ async def test_template_change_is_detected_and_names_the_processor(
         tmp_path: Path, template: Path, make_pipeline: PipelineFactory) -> None:
     from boride.model import load
     from boride.pipeline import BuildOptions, build
+    from boride.runtime.base import Workspace
     from boride.runtime.local import LocalRuntime
+    from boride.types import Component
 
     pipeline = load(make_pipeline([("fine", "ok_processor", {}),
                                    ("tamper", "write_template", {})]))
     for path in [template, *template.rglob("*")]:  # writable by the component user (nobody)
         path.chmod(0o777 if path.is_dir() else 0o666)
-    runtime = LocalRuntime(readonly_template=False)  # as if the sandbox let it through
+    class WritableTemplate(LocalRuntime):
+        """As if the sandbox let writes to the template through."""
+
+        def _sandbox(self, workspace: Workspace, component: Component,
+                     socket_dir: Path) -> list[str]:
+            args = super()._sandbox(workspace, component, socket_dir)
+            tpl = str(workspace.host_template)
+            return ["--bind" if a == "--ro-bind" and args[i + 1] == tpl else a
+                    for i, a in enumerate(args)]
+
+    runtime = WritableTemplate()
     result = await build(pipeline, runtime, BuildOptions(limits=Limits(parallelism=1),
                                                          work_root=tmp_path / "work"))
     assert result.status == "failed"

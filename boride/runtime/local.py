@@ -251,10 +251,7 @@ class LocalRuntime(Runtime):
 
     name = "local"
 
-    def __init__(self, *, limits: SandboxLimits | None = None,
-                 readonly_template: bool = True) -> None:
-        # readonly_template=False exists for tests of the template-change detection.
-        self.readonly_template = readonly_template
+    def __init__(self, *, limits: SandboxLimits | None = None) -> None:
         self._limits_problem: str | None = None
         if limits is None:
             try:
@@ -328,7 +325,7 @@ class LocalRuntime(Runtime):
         tpl, area = str(workspace.host_template), str(workspace.host_area)
         if component.kind in (Kind.PROCESSOR, Kind.TEMPLATE):
             self._check_reachable(tpl, readonly)
-            args += _mount("--ro-bind" if self.readonly_template else "--bind", tpl)
+            args += _mount("--ro-bind", tpl)
         if component.kind in (Kind.PROCESSOR, Kind.PLUGIN):
             args += _mount("--bind", area)
         return [*args, *_mount("--bind", str(socket_dir)), "--chdir", "/"]
