@@ -28,6 +28,7 @@ import httpx
 import pytest
 import yaml
 
+from boride.config import Timeouts
 from boride.model import load
 from boride.pipeline import BuildOptions, BuildResult, build
 from boride.runtime.base import RuntimeFailure, Workspace
@@ -347,7 +348,7 @@ async def test_container_exiting_at_start_gives_code_and_log(
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
                               [("good", "ok_processor", {}), ("dies", "exit_at_start", {})])
     start = time.monotonic()
-    res = await run_build(pipeline, runtime, tmp_path, ready_timeout=120)
+    res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(ready=120))
     assert time.monotonic() - start < 60  # at once, not at the readiness deadline
     assert res.status == "failed"
     error = errors_of(res)["dies"]
@@ -360,7 +361,7 @@ async def test_never_ready_fails_at_the_deadline(tmp_path: Path, template: Path,
                                                  runtime: RecordingRuntime) -> None:
     pipeline = write_pipeline(tmp_path / "p.yaml", template, [("slow", "never_ready", {})])
     start = time.monotonic()
-    res = await run_build(pipeline, runtime, tmp_path, ready_timeout=3)
+    res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(ready=3))
     elapsed = time.monotonic() - start
     assert res.status == "failed"
     assert "not ready after 3s" in errors_of(res)["slow"]
