@@ -374,7 +374,7 @@ async def test_call_hanging_past_the_timeout(tmp_path: Path, template: Path,
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
                               [("good", "ok_processor", {}), ("stuck", "hang", {})])
     start = time.monotonic()
-    res = await run_build(pipeline, runtime, tmp_path, timeout=10)
+    res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(build=10))
     assert time.monotonic() - start < 40
     assert res.status == "failed"
     assert "timed out" in errors_of(res)["stuck"]
@@ -404,8 +404,8 @@ async def test_container_killed_during_its_call(tmp_path: Path, template: Path,
         if stage == "process" and name == "victim" and status == "running":
             calling.set()
 
-    task = asyncio.ensure_future(run_build(pipeline, runtime, tmp_path, timeout=120,
-                                           on_event=on_event))
+    task = asyncio.ensure_future(run_build(pipeline, runtime, tmp_path,
+                                           timeouts=Timeouts(build=120), on_event=on_event))
     await asyncio.wait_for(calling.wait(), 90)
     await asyncio.sleep(0.5)
     client = connect()
