@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -40,6 +41,7 @@ from boride.runtime.docker import (
     SEEN_AREA,
     SEEN_TEMPLATE,
     DockerRuntime,
+    aclean,
     clean,
     connect,
     container_name,
@@ -306,10 +308,10 @@ async def test_missing_image_is_pulled_from_a_registry_when_allowed(
         component = [Component("pulled", Kind.PROCESSOR, image=image)]
         no_pull = DockerRuntime(pull=False)
         try:
-            assert "is not on the Docker engine" in " ".join(no_pull.problems(component))
+            assert "is not on the Docker engine" in " ".join(await no_pull.problems(component))
         finally:
             await no_pull.aclose()
-        runtime.pull = True
+        runtime.settings = dataclasses.replace(runtime.settings, pull=True)
         res = await run_build(pipeline, runtime, tmp_path, out=tmp_path / "out")
         assert res.ok, res.errors
         assert (tmp_path / "out" / "src" / "a.txt").read_text() == "alpha\n"
@@ -324,7 +326,8 @@ async def test_missing_image_is_pulled_from_a_registry_when_allowed(
 async def test_failed_pull_is_reported_before_anything_starts() -> None:
     rt = DockerRuntime(pull=True)
     try:
-        problems = rt.problems([Component("p", Kind.PROCESSOR, image="127.0.0.1:9/none/x:1")])
+        problems = await rt.problems([Component("p", Kind.PROCESSOR,
+                                                image="127.0.0.1:9/none/x:1")])
     finally:
         await rt.aclose()
     assert len(problems) == 1
@@ -336,7 +339,7 @@ async def test_unreachable_engine_is_reported_clearly(monkeypatch: pytest.Monkey
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     rt = DockerRuntime()
     try:
-        problems = rt.problems([Component("p", Kind.PROCESSOR, image="x:1")])
+        problems = await rt.problems([Component("p", Kind.PROCESSOR, image="x:1")])
     finally:
         await rt.aclose()
     assert len(problems) == 1
@@ -513,7 +516,7 @@ async def test_clean_all_removes_every_session(tmp_path: Path, template: Path) -
             await rt.open_workspace(s, template, tmp_path / s)
     finally:
         await rt.aclose()
-    removed = clean(all_=True)  # also works from inside a running loop
+    removed = await aclean(all_=True)
     for s in sessions:
         assert session_leftovers(s) == []
         assert f"cyan-area-{s}" in removed and f"cyan-template-{s}" in removed

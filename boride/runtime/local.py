@@ -119,7 +119,7 @@ class LocalRuntime(Runtime):
         self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
         self._socket_dirs: dict[str, Path] = {}  # session -> short folder made for sockets
 
-    def problems(self, components: list[Component]) -> list[str]:
+    async def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
         ns = namespace_problem()
         if ns is not None:
