@@ -68,7 +68,7 @@ def create_and_start(api: docker.APIClient, settings: DockerSettings, workspace:
     try:
         api.start(container_id)
         info = api.inspect_container(container_id)
-    except BaseException:
+    except BaseException:  # whatever stopped it (an interrupt too): no half-made container
         remove_container(api, container_id)
         raise
     nets = (info.get("NetworkSettings") or {}).get("Networks") or {}

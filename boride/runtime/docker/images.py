@@ -24,6 +24,10 @@ def split_image(image: str) -> tuple[str, str]:
     return image, "latest"
 
 
+def _inspect(api: docker.APIClient, image: str) -> None:
+    api.inspect_image(image)  # type: ignore[no-untyped-call]
+
+
 def _pull(client: docker.DockerClient, image: str) -> None:
     repo, tag = split_image(image)
     client.images.pull(repo, tag=tag)  # raises when the image did not come
@@ -32,7 +36,7 @@ def _pull(client: docker.DockerClient, image: str) -> None:
 async def image_problem(engine: Engine, image: str, pull: bool) -> str | None:
     """None when ``image`` is on the engine (pulled first if ``pull``), else why not."""
     try:
-        await engine.call(docker.APIClient.inspect_image, image)
+        await engine.call(_inspect, image)
         return None
     except docker.errors.ImageNotFound:
         pass

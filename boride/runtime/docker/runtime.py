@@ -103,7 +103,7 @@ class DockerRuntime(Runtime):
             await self._remove_session(session_id)
             await self.network.ensure()
             await volumes.create_volumes(self.engine, workspace)
-        except BaseException as exc:
+        except BaseException as exc:  # whatever stopped it (a cancellation too): undo, re-raise
             await aio.shielded(self._undo_open(session_id, exc))
             raise
         return workspace
