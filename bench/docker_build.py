@@ -46,7 +46,7 @@ from boride import parallel  # noqa: E402
 from boride.config import Limits  # noqa: E402
 from boride.model import load  # noqa: E402
 from boride.pipeline import BuildOptions, build  # noqa: E402
-from boride.runtime.docker import NETWORK, DockerRuntime, connect  # noqa: E402
+from boride.runtime.docker import NETWORK, DockerRuntime, connect, find_or_create  # noqa: E402
 
 IMAGE = "local/boride-test-ok-processor:1"
 N = 8
@@ -277,7 +277,7 @@ async def main_async(reps: int, write: bool) -> dict[str, Any]:
     except Exception:
         raise SystemExit(f"{IMAGE} is missing: run .ci/docker-setup.sh") from None
     # the network exists (created by the runtime otherwise)
-    DockerRuntime()._find_or_create_network()
+    find_or_create(api, NETWORK)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2 * N)
     results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "reps": reps,
                                "load_before": os.getloadavg()[0]}

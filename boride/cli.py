@@ -304,7 +304,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         fail(f"cannot use the registry:\n{exc}")
         return
     runtime_ = get_runtime(runtime)
-    problems = runtime_.problems([])
+    problems = asyncio.run(runtime_.problems([]))
     if problems:
         fail("the {} runtime cannot run components here:\n  {}".format(
             runtime, "\n  ".join(problems)))

@@ -557,7 +557,7 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
     returning, also when cancelled. Never raises for build failures: see ``BuildResult``."""
     options = options or BuildOptions()
     plan = Plan.from_pipeline(pipeline) if isinstance(pipeline, Pipeline) else pipeline
-    problems = runtime.problems([s.component for s in plan.steps])
+    problems = await runtime.problems([s.component for s in plan.steps])
     if problems:
         return BuildResult(components=[ComponentResult(s.component.name, s.component.kind.value,
                                                        Status.SKIPPED) for s in plan.steps],

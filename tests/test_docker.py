@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -28,6 +29,7 @@ import httpx
 import pytest
 import yaml
 
+from boride.config import Timeouts
 from boride.model import load
 from boride.pipeline import BuildOptions, BuildResult, build
 from boride.runtime.base import RuntimeFailure, Workspace
@@ -39,6 +41,7 @@ from boride.runtime.docker import (
     SEEN_AREA,
     SEEN_TEMPLATE,
     DockerRuntime,
+    aclean,
     clean,
     connect,
     container_name,
@@ -305,10 +308,10 @@ async def test_missing_image_is_pulled_from_a_registry_when_allowed(
         component = [Component("pulled", Kind.PROCESSOR, image=image)]
         no_pull = DockerRuntime(pull=False)
         try:
-            assert "is not on the Docker engine" in " ".join(no_pull.problems(component))
+            assert "is not on the Docker engine" in " ".join(await no_pull.problems(component))
         finally:
             await no_pull.aclose()
-        runtime.pull = True
+        runtime.settings = dataclasses.replace(runtime.settings, pull=True)
         res = await run_build(pipeline, runtime, tmp_path, out=tmp_path / "out")
         assert res.ok, res.errors
         assert (tmp_path / "out" / "src" / "a.txt").read_text() == "alpha\n"
@@ -323,7 +326,8 @@ async def test_missing_image_is_pulled_from_a_registry_when_allowed(
 async def test_failed_pull_is_reported_before_anything_starts() -> None:
     rt = DockerRuntime(pull=True)
     try:
-        problems = rt.problems([Component("p", Kind.PROCESSOR, image="127.0.0.1:9/none/x:1")])
+        problems = await rt.problems([Component("p", Kind.PROCESSOR,
+                                                image="127.0.0.1:9/none/x:1")])
     finally:
         await rt.aclose()
     assert len(problems) == 1
@@ -335,7 +339,7 @@ async def test_unreachable_engine_is_reported_clearly(monkeypatch: pytest.Monkey
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     rt = DockerRuntime()
     try:
-        problems = rt.problems([Component("p", Kind.PROCESSOR, image="x:1")])
+        problems = await rt.problems([Component("p", Kind.PROCESSOR, image="x:1")])
     finally:
         await rt.aclose()
     assert len(problems) == 1
@@ -347,7 +351,7 @@ async def test_container_exiting_at_start_gives_code_and_log(
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
                               [("good", "ok_processor", {}), ("dies", "exit_at_start", {})])
     start = time.monotonic()
-    res = await run_build(pipeline, runtime, tmp_path, ready_timeout=120)
+    res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(ready=120))
     assert time.monotonic() - start < 60  # at once, not at the readiness deadline
     assert res.status == "failed"
     error = errors_of(res)["dies"]
@@ -360,7 +364,7 @@ async def test_never_ready_fails_at_the_deadline(tmp_path: Path, template: Path,
                                                  runtime: RecordingRuntime) -> None:
     pipeline = write_pipeline(tmp_path / "p.yaml", template, [("slow", "never_ready", {})])
     start = time.monotonic()
-    res = await run_build(pipeline, runtime, tmp_path, ready_timeout=3)
+    res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(ready=3))
     elapsed = time.monotonic() - start
     assert res.status == "failed"
     assert "not ready after 3s" in errors_of(res)["slow"]
@@ -373,7 +377,7 @@ async def test_call_hanging_past_the_timeout(tmp_path: Path, template: Path,
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
                               [("good", "ok_processor", {}), ("stuck", "hang", {})])
     start = time.monotonic()
-    res = await run_build(pipeline, runtime, tmp_path, timeout=10)
+    res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(build=10))
     assert time.monotonic() - start < 40
     assert res.status == "failed"
     assert "timed out" in errors_of(res)["stuck"]
@@ -403,8 +407,8 @@ async def test_container_killed_during_its_call(tmp_path: Path, template: Path,
         if stage == "process" and name == "victim" and status == "running":
             calling.set()
 
-    task = asyncio.ensure_future(run_build(pipeline, runtime, tmp_path, timeout=120,
-                                           on_event=on_event))
+    task = asyncio.ensure_future(run_build(pipeline, runtime, tmp_path,
+                                           timeouts=Timeouts(build=120), on_event=on_event))
     await asyncio.wait_for(calling.wait(), 90)
     await asyncio.sleep(0.5)
     client = connect()
@@ -512,7 +516,7 @@ async def test_clean_all_removes_every_session(tmp_path: Path, template: Path) -
             await rt.open_workspace(s, template, tmp_path / s)
     finally:
         await rt.aclose()
-    removed = clean(all_=True)  # also works from inside a running loop
+    removed = await aclean(all_=True)
     for s in sessions:
         assert session_leftovers(s) == []
         assert f"cyan-area-{s}" in removed and f"cyan-template-{s}" in removed

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from boride.runtime.base import ComponentNetworks
-from boride.runtime.docker import NETWORK, DockerRuntime, connect
+from boride.runtime.docker import NETWORK, DockerRuntime, Engine, connect
 from boride.runtime.local import LocalRuntime
 from boride.server import ServerConfig, create_app
 from tests.docker_helpers import image_of, session_leftovers
@@ -146,10 +146,19 @@ class _Api:
                 {"Name": NETWORK + "-other", "IPAM": {"Config": [{"Subnet": "10.9.0.0/16"}]}}]
 
 
+class _Client:
+    """An engine client whose API is an :class:`_Api`."""
+
+    def __init__(self, api: _Api) -> None:
+        self.api = api
+
+    def close(self) -> None:
+        pass
+
+
 async def test_docker_runtime_learns_the_networks_from_the_engine() -> None:
-    runtime = DockerRuntime()
     api = _Api()
-    runtime._client = type("Client", (), {"api": api})()  # type: ignore[assignment]
+    runtime = DockerRuntime(engine=Engine(client=_Client(api)))  # type: ignore[arg-type]
     try:
         nets = await runtime.component_networks()
         assert nets.holds("172.30.0.7") and not nets.holds("172.30.0.1")
@@ -157,15 +166,14 @@ async def test_docker_runtime_learns_the_networks_from_the_engine() -> None:
         assert await runtime.component_networks() == nets and api.calls == 1  # cached
         # the runtime made (or found) the network anew: asked again at once
         api.subnet = "172.31.0.0/16"
-        runtime._network_id = "recreated"
+        runtime.network.id = "recreated"
         nets = await runtime.component_networks()
         assert api.calls == 2 and nets.holds("172.31.0.7") and not nets.holds("172.30.0.7")
         # an engine that does not answer: the last known networks stay
         api.broken = True
-        runtime._network_id = "again"
+        runtime.network.id = "again"
         assert await runtime.component_networks() == nets and api.calls == 3
     finally:
-        runtime._client = None
         await runtime.aclose()
 
 

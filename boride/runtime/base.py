@@ -133,8 +133,9 @@ class Runtime(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def problems(self, components: list[Component]) -> list[str]:
-        """Everything that would stop these components from starting, found before starting."""
+    async def problems(self, components: list[Component]) -> list[str]:
+        """Everything that would stop these components from starting, found before starting
+        (blocking checks run off the event loop)."""
 
     @abc.abstractmethod
     async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:

@@ -268,9 +268,10 @@ class LocalRuntime(Runtime):
         self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
         self._socket_dirs: dict[str, Path] = {}  # session -> short folder made for sockets
 
-    def problems(self, components: list[Component]) -> list[str]:
+    async def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
-        found += [p for p in (sandbox_problem(), self._limits_problem) if p is not None]
+        sandbox = await asyncio.to_thread(sandbox_problem)  # runs bwrap once: off the loop
+        found += [p for p in (sandbox, self._limits_problem) if p is not None]
         for c in components:
             if not c.command:
                 found.append(f"{c.kind.value} {c.name!r}: no 'command' to run it locally")

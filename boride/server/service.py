@@ -198,7 +198,7 @@ class Service:
     async def _problems(self, components: list[Component]) -> list[str]:
         if not components:
             return []
-        return await asyncio.to_thread(self.runtime.problems, components)
+        return await self.runtime.problems(components)
 
     async def _known(self, kind: Kind, id_: str) -> reg.Entry | None:
         try:

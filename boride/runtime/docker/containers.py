@@ -1,0 +1,109 @@
+"""Containers ``cyan-<kind>-<component id without dashes>-<s>``: made unprivileged (a non-root
+user, every capability dropped, ``no-new-privileges``, a read-only root file system with a
+small ``/tmp``), with CPU, memory and PID limits and no published port (boride reaches them by
+their address on the network: the host routes to bridge addresses on Linux); and removed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+
+from boride.runtime.base import Workspace
+from boride.runtime.docker.names import (
+    LABEL_COMPONENT,
+    LABEL_KIND,
+    container_name,
+    session_labels,
+)
+from boride.runtime.docker.settings import DockerSettings
+from boride.runtime.docker.volumes import mounts
+from boride.types import Component
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container that was started: its id, its name, its address on the network ("" when it
+    has none: it stopped before getting one)."""
+
+    id: str
+    name: str
+    address: str
+
+
+def _host_config(api: docker.APIClient, settings: DockerSettings, workspace: Workspace,
+                 component: Component) -> dict[str, Any]:
+    return api.create_host_config(
+        mounts=mounts(workspace, component.kind),
+        network_mode=settings.network,
+        nano_cpus=int(settings.cpus * 1e9),
+        mem_limit=settings.memory,
+        memswap_limit=settings.memory,
+        pids_limit=settings.pids,
+        security_opt=["no-new-privileges:true"],
+        cap_drop=["ALL"],
+        read_only=settings.read_only_rootfs,
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"},
+    )
+
+
+def create_and_start(api: docker.APIClient, settings: DockerSettings, workspace: Workspace,
+                     component: Component) -> Container:
+    """Make and start ``component``'s container; removes it again when it cannot start."""
+    assert component.image
+    session = workspace.session_id
+    name = container_name(component.kind, component.name, session)
+    labels = {**session_labels(session, "component"), LABEL_KIND: component.kind.value,
+              LABEL_COMPONENT: component.name}
+    created = api.create_container(
+        component.image, name=name, labels=labels, user=settings.user,
+        environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+        host_config=_host_config(api, settings, workspace, component),
+        networking_config=api.create_networking_config(
+            {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
+    container_id = str(created["Id"])
+    try:
+        api.start(container_id)
+        info = api.inspect_container(container_id)
+    except BaseException:  # whatever stopped it (an interrupt too): no half-made container
+        remove_container(api, container_id)
+        raise
+    nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    address = str((nets.get(settings.network) or {}).get("IPAddress") or "")
+    return Container(container_id, name, address)
+
+
+def remove_container(api: docker.APIClient, container_id: str) -> None:
+    """Remove a container, running or not; nothing to do when it is gone already."""
+    try:
+        api.remove_container(container_id, force=True, v=False)
+    except docker.errors.NotFound:
+        return  # gone already
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # 409: its removal is in progress already
+            raise
+
+
+class _Unreachable(httpx.AsyncBaseTransport):
+    """The transport of a container that has no address (it stopped before getting one)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(self.why, request=request)
+
+
+def http_client(container: Container, port: int, network: str) -> httpx.AsyncClient:
+    """A client reaching ``container``'s ``port`` at its address on ``network``."""
+    if container.address:
+        transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport()
+    else:
+        transport = _Unreachable(f"container {container.name} has no address on {network} "
+                                 "(it is not running)")
+    return httpx.AsyncClient(transport=transport, timeout=None, trust_env=False,
+                             base_url=f"http://{container.address or 'unreachable.invalid'}:"
+                                      f"{port}")

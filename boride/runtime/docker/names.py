@@ -1,0 +1,55 @@
+"""What things are called on the engine: the network, the paths components see, the labels
+clean-up finds things by, and the names of a session's containers and volumes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from boride.types import Kind
+
+NETWORK = "cyanprint"
+SEEN_TEMPLATE = "/workspace/cyanprint"
+SEEN_AREA = "/workspace/area"
+
+LABEL_MANAGED = "boride.managed"
+LABEL_SESSION = "boride.session"
+LABEL_KIND = "boride.kind"
+LABEL_COMPONENT = "boride.component"
+LABEL_ROLE = "boride.role"
+
+#: Session ids: letters, digits and inner dashes, at most 64 characters (UUIDs, with or
+#: without dashes, fit).
+SESSION_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?")
+
+
+def validate_session(session: str) -> str:
+    """Return ``session`` if it is a valid session id, else raise ``ValueError``."""
+    if not isinstance(session, str) or not SESSION_PATTERN.fullmatch(session):
+        raise ValueError(f"invalid session id {session!r}: use 1 to 64 letters, digits and "
+                         "inner dashes (a UUID, for example)")
+    return session
+
+
+def component_id(name: str) -> str:
+    """A component name as it may appear in a container name: dashes dropped, other characters
+    Docker refuses dropped too; a short hash keeps two such names apart."""
+    plain = name.replace("-", "")
+    cid = re.sub(r"[^A-Za-z0-9_.]", "", plain)
+    if cid != plain or not cid:
+        cid = f"{cid}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return cid
+
+
+def container_name(kind: Kind, name: str, session: str) -> str:
+    return f"cyan-{kind.value}-{component_id(name)}-{session}"
+
+
+def volume_names(session: str) -> tuple[str, str]:
+    """(template volume, area volume) of a session."""
+    return f"cyan-template-{session}", f"cyan-area-{session}"
+
+
+def session_labels(session: str, role: str) -> dict[str, str]:
+    """The labels of everything made for ``session`` (a ``role``: component, template, area)."""
+    return {LABEL_MANAGED: "1", LABEL_SESSION: session, LABEL_ROLE: role}

@@ -1,0 +1,215 @@
+""":class:`DockerRuntime`: the sessions and components of one runtime, on the pieces of this
+package (settings, engine, network, volumes, images, containers, clean-up)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker.errors
+
+from boride import aio, parallel
+from boride.errors import describe
+from boride.runtime.base import (
+    ComponentNetworks,
+    Instance,
+    Runtime,
+    RuntimeFailure,
+    Workspace,
+    give_tree,
+)
+from boride.runtime.docker import containers, volumes
+from boride.runtime.docker.cleanup import left_behind, remove_labelled
+from boride.runtime.docker.containers import Container
+from boride.runtime.docker.engine import ENGINE_ERRORS, Engine, reason
+from boride.runtime.docker.images import image_problems
+from boride.runtime.docker.instance import DockerInstance
+from boride.runtime.docker.names import (
+    LABEL_SESSION,
+    NETWORK,
+    SEEN_AREA,
+    SEEN_TEMPLATE,
+    validate_session,
+)
+from boride.runtime.docker.network import Network, network_gone
+from boride.runtime.docker.settings import DockerSettings
+from boride.types import Component
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Session:
+    workspace: Workspace
+    pending: set[asyncio.Future[Container]] = field(default_factory=set)  # start jobs
+
+
+class DockerRuntime(Runtime):
+    """Components as Docker containers; see :mod:`boride.runtime.docker`.
+
+    ``cpus``/``memory``/``pids``: limits of each container (defaults: 1 CPU, 512 MiB, 256
+    processes, or the variables ``BORIDE_DOCKER_CPUS``, ``BORIDE_DOCKER_MEMORY``,
+    ``BORIDE_DOCKER_PIDS``). ``user``: the user components run as (default: ``65534:65534``,
+    nobody, when boride runs as root; else boride's own uid:gid, so that boride can remove
+    what components write). ``pull``: pull missing images from their registry before
+    starting (default: the ``BORIDE_DOCKER_PULL`` variable, off). ``engine``: the engine to
+    use (default: the one ``DOCKER_HOST`` names, connected on first use).
+    """
+
+    name = "docker"
+
+    def __init__(self, *, cpus: float | None = None, memory: str | int | None = None,
+                 pids: int | None = None, user: str | None = None, network: str = NETWORK,
+                 pull: bool | None = None, read_only_rootfs: bool = True,
+                 workers: int = 32, engine: Engine | None = None) -> None:
+        self.settings = DockerSettings.from_env(
+            cpus=cpus, memory=memory, pids=pids, user=user, network=network, pull=pull,
+            read_only_rootfs=read_only_rootfs)
+        self.engine = engine or Engine(workers)
+        self.network = Network(self.engine, self.settings.network)
+        self._sessions: dict[str, _Session] = {}
+        self._instances: set[DockerInstance] = set()
+
+    # -- checks -----------------------------------------------------------------------------
+    async def problems(self, components: list[Component]) -> list[str]:
+        try:
+            await self.engine.connected()
+        except RuntimeFailure as exc:
+            return [str(exc)]
+        return await image_problems(self.engine, components, self.settings.pull)
+
+    async def component_networks(self) -> ComponentNetworks:
+        """The subnets of the components' network, from the engine (again when this runtime
+        made or found the network anew, and every few seconds); their gateways are the host's.
+        While the engine does not answer (within a few seconds), the last answer."""
+        return await self.network.subnets()
+
+    # -- sessions ---------------------------------------------------------------------------
+    async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
+        try:
+            validate_session(session_id)
+        except ValueError as exc:
+            raise RuntimeFailure(str(exc)) from None
+        area = root / "area"
+        area.mkdir(parents=True, exist_ok=True)
+        os.chmod(area, 0o755)  # the container user must reach the folders below it
+        area = area.resolve()
+        tpl = template.resolve()
+        if not tpl.is_dir():
+            raise RuntimeFailure(f"template folder {tpl} does not exist")
+        workspace = Workspace(session_id, tpl, area, SEEN_TEMPLATE, SEEN_AREA)
+        if session_id in self._sessions:
+            raise RuntimeFailure(f"session {session_id!r} is open already")
+        self._sessions[session_id] = _Session(workspace)
+        try:
+            # Whatever a killed run of the same session left goes first: a volume of the same
+            # name would still bind that run's (removed) folders.
+            await self._remove_session(session_id)
+            await self.network.ensure()
+            await volumes.create_volumes(self.engine, workspace)
+        except BaseException as exc:  # whatever stopped it (a cancellation too): undo, re-raise
+            await aio.shielded(self._undo_open(session_id, exc))
+            raise
+        return workspace
+
+    async def _undo_open(self, session_id: str, error: BaseException) -> None:
+        """Remove what a failed :meth:`open_workspace` made; raise what the caller should see
+        instead of ``error``: a :class:`RuntimeFailure` for the engine's errors, and one
+        naming what is left when the removal failed too (nothing when cancelled: the
+        cancellation goes on, what is left is logged)."""
+        self._sessions.pop(session_id, None)
+        why = reason(error) if isinstance(error, ENGINE_ERRORS) else describe(error)
+        try:
+            await self._remove_session(session_id)
+        except (*ENGINE_ERRORS, RuntimeFailure) as exc:
+            left = left_behind(session_id, exc)
+            if not isinstance(error, Exception):
+                log.error("%s", left)
+                return
+            raise RuntimeFailure(f"cannot prepare the session on Docker ({why}); {left}"
+                                 ) from None
+        if isinstance(error, (*ENGINE_ERRORS, parallel.ParallelError)):
+            raise RuntimeFailure(f"cannot prepare the session on Docker: {why}") from None
+
+    async def close_workspace(self, workspace: Workspace) -> None:
+        session = self._sessions.get(workspace.session_id)
+        if session is not None and session.pending:
+            # Starts still under way end first (their outcomes go to their callers).
+            await asyncio.wait(session.pending)
+        try:
+            await self._remove_session(workspace.session_id)
+        except (*ENGINE_ERRORS, RuntimeFailure) as exc:
+            raise RuntimeFailure(left_behind(workspace.session_id, exc)) from None
+        self._sessions.pop(workspace.session_id, None)
+
+    async def _remove_session(self, session: str) -> list[str]:
+        client = await self.engine.connected()
+        return await remove_labelled(client.api, {LABEL_SESSION: session}, self.engine.run)
+
+    # -- components -------------------------------------------------------------------------
+    async def start(self, workspace: Workspace, component: Component) -> Instance:
+        if not component.image:
+            raise RuntimeFailure(f"{component.kind.value} {component.name!r} has no image")
+        session = self._sessions.get(workspace.session_id)
+        if session is None:
+            raise RuntimeFailure(f"session {workspace.session_id!r} is not open")
+        for attempt in (1, 2):
+            try:
+                container = await self._start_container(session, component)
+                break
+            except docker.errors.DockerException as exc:
+                if attempt == 1 and network_gone(exc):
+                    self.network.forget()  # removed behind our back: make it again
+                    continue
+                raise RuntimeFailure(f"cannot start container: {reason(exc)}") from None
+        instance = DockerInstance(component, container, self.settings.network, self.engine.api)
+        self._instances.add(instance)
+        return instance
+
+    async def _start_container(self, session: _Session, component: Component) -> Container:
+        """Create and start in one job that a cancellation cannot cut in half: a cancelled
+        start waits for the job, then removes whatever it made."""
+        await self.network.ensure()
+        job = asyncio.ensure_future(self.engine.call(
+            containers.create_and_start, self.settings, session.workspace, component))
+        session.pending.add(job)
+        job.add_done_callback(session.pending.discard)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            await aio.shielded(self._discard(job))
+            raise
+
+    async def _discard(self, job: asyncio.Future[Container]) -> None:
+        """Remove the container a cancelled start was making, once that job has ended (a job
+        that failed removed what it made itself)."""
+        await asyncio.wait({job})
+        if not job.cancelled() and job.exception() is None:
+            await self.engine.call(containers.remove_container, job.result().id)
+
+    async def hand_over(self, workspace: Workspace, instance: Instance, folder: Path) -> None:
+        """Hand ``folder`` to the container user (:func:`~boride.runtime.base.give_tree`,
+        through descriptors), when boride runs as root; else components run as boride's own
+        user already."""
+        owner = self.settings.owner
+        if owner is not None:
+            await self.engine.run(give_tree, folder, workspace.host_area, owner)
+
+    async def stop(self, instance: Instance) -> None:
+        assert isinstance(instance, DockerInstance)
+        self._instances.discard(instance)
+        await instance.release()
+        try:
+            await self.engine.call(containers.remove_container, instance.container.id)
+        except ENGINE_ERRORS as exc:
+            raise RuntimeFailure(f"container {instance.name} could not be removed: "
+                                 f"{reason(exc)}") from None
+
+    async def aclose(self) -> None:
+        for instance in list(self._instances):
+            await instance.release()
+        self._instances.clear()
+        self.engine.close()

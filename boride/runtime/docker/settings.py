@@ -1,0 +1,65 @@
+"""How containers are made: their limits (``BORIDE_DOCKER_CPUS``, ``BORIDE_DOCKER_MEMORY``,
+``BORIDE_DOCKER_PIDS``), the user they run as, the network they join, whether missing images
+are pulled (``BORIDE_DOCKER_PULL``)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from boride.runtime.docker.names import NETWORK
+
+NOBODY = "65534:65534"
+DEFAULT_CPUS = 1.0
+DEFAULT_MEMORY = "512m"
+DEFAULT_PIDS = 256
+
+
+@dataclass(frozen=True)
+class DockerSettings:
+    """What every container of a runtime gets. ``user``: the user components run as;
+    ``read_only_rootfs``: a read-only root file system (with a small writable ``/tmp``)."""
+
+    cpus: float = DEFAULT_CPUS
+    memory: str | int = DEFAULT_MEMORY
+    pids: int = DEFAULT_PIDS
+    user: str = NOBODY
+    network: str = NETWORK
+    pull: bool = False
+    read_only_rootfs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cpus <= 0 or self.pids <= 0:
+            raise ValueError(f"cpus and pids must be positive, got {self.cpus} and {self.pids}")
+
+    @classmethod
+    def from_env(cls, *, cpus: float | None = None, memory: str | int | None = None,
+                 pids: int | None = None, user: str | None = None, network: str = NETWORK,
+                 pull: bool | None = None, read_only_rootfs: bool = True,
+                 env: Mapping[str, str] = os.environ) -> DockerSettings:
+        """The values given; for those left out, the ``BORIDE_DOCKER_*`` variables, else the
+        defaults. The default user is nobody when boride runs as root, else boride's own
+        uid:gid (so that boride can remove what components write)."""
+        if user is None:
+            user = NOBODY if os.geteuid() == 0 else f"{os.geteuid()}:{os.getegid()}"
+        if pull is None:
+            pull = env.get("BORIDE_DOCKER_PULL", "").lower() in ("1", "true", "yes")
+        return cls(
+            cpus=float(env.get("BORIDE_DOCKER_CPUS", DEFAULT_CPUS)) if cpus is None else cpus,
+            memory=env.get("BORIDE_DOCKER_MEMORY", DEFAULT_MEMORY) if memory is None else memory,
+            pids=int(env.get("BORIDE_DOCKER_PIDS", DEFAULT_PIDS)) if pids is None else pids,
+            user=user, network=network, pull=pull, read_only_rootfs=read_only_rootfs)
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) to hand the folders components write to: the container user, when boride
+        (root) can; None when there is nothing to do (boride is not root, or the user is root
+        or a name)."""
+        m = re.fullmatch(r"(\d+)(?::(\d+))?", self.user)
+        if m is None or os.geteuid() != 0:
+            return None
+        uid = int(m.group(1))
+        gid = int(m.group(2)) if m.group(2) else uid
+        return None if uid == 0 else (uid, gid)
