@@ -48,11 +48,16 @@ class PropertyRes(_Go):
     templateDockerTag: Text = ""
 
 
-class TemplateVersionPrincipalRes(_Go):
+class _Version(_Go):
+    """A version in the registry: its id, number, date and description."""
+
     id: Annotated[str, Field(min_length=1, max_length=128)]
     version: int = 0
     createdAt: Text = ""
     description: Text = ""
+
+
+class TemplateVersionPrincipalRes(_Version):
     properties: PropertyRes | None = None
 
 
@@ -68,13 +73,9 @@ class TemplatePrincipalRes(_Go):
     userId: Text = ""
 
 
-class ComponentRes(_Go):
+class ComponentRes(_Version):
     """A processor or plugin version pinned by a template."""
 
-    id: Annotated[str, Field(min_length=1, max_length=128)]
-    version: int = 0
-    createdAt: Text = ""
-    description: Text = ""
     dockerReference: Text = ""
     dockerTag: Text = ""
 
