@@ -4,10 +4,11 @@ registry, the metrics, the build slots and the streaming threads."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from boride import registry as reg
 from boride.config import Limits, Timeouts
@@ -15,6 +16,8 @@ from boride.pipeline import BuildOptions, CannotRun, ComponentsFailed, Session, 
 from boride.runtime.base import Runtime
 from boride.server.metrics import Metrics
 from boride.types import Component
+
+V = TypeVar("V")
 
 
 @dataclass
@@ -72,3 +75,19 @@ class Context:
                 for c in exc.failed:
                     self.metrics.component_failures.labels(c.kind.value).inc()
                 raise
+
+
+class Table(Mapping[str, V]):
+    """A part's table by id: others read it as a mapping, only its owner changes it."""
+
+    def __init__(self) -> None:
+        self._table: dict[str, V] = {}
+
+    def __getitem__(self, key: str) -> V:
+        return self._table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from boride.errors import describe
 from boride.pipeline import Session
 from boride.runtime.base import Instance
 from boride.server.components import Catalog
-from boride.server.context import Context
+from boride.server.context import Context, Table
 from boride.server.errors import (
     InvalidSessionId,
     OtherTemplate,
@@ -65,24 +64,15 @@ def check_id(session_id: str) -> str:
     return session_id
 
 
-class Sessions(Mapping[str, SessionState]):
+class Sessions(Table[SessionState]):
     """The open sessions, by id."""
 
     def __init__(self, ctx: Context, catalog: Catalog, templates: Templates) -> None:
+        super().__init__()
         self.ctx = ctx
         self.catalog = catalog
         self.templates = templates
-        self._table: dict[str, SessionState] = {}
         self._create_lock = asyncio.Lock()
-
-    def __getitem__(self, session_id: str) -> SessionState:
-        return self._table[session_id]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._table)
-
-    def __len__(self) -> int:
-        return len(self._table)
 
     def find(self, session_id: str) -> SessionState:
         check_id(session_id)

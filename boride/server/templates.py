@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from boride.errors import describe
 from boride.pipeline import Session
 from boride.runtime.base import Instance
 from boride.server.components import Catalog
-from boride.server.context import Context
+from boride.server.context import Context, Table
 from boride.server.errors import NoQuestionServer, TemplateNotWarm
 from boride.server.models import RESERVED_PREFIX, TemplateVersionRes
 
@@ -43,22 +42,13 @@ def _session_id(template_id: str) -> str:
     return f"{RESERVED_PREFIX}t{hashlib.sha256(template_id.encode()).hexdigest()[:24]}"
 
 
-class Templates(Mapping[str, TemplateState]):
+class Templates(Table[TemplateState]):
     """The registry templates this server has seen, by id."""
 
     def __init__(self, ctx: Context, catalog: Catalog) -> None:
+        super().__init__()
         self.ctx = ctx
         self.catalog = catalog
-        self._table: dict[str, TemplateState] = {}
-
-    def __getitem__(self, template_id: str) -> TemplateState:
-        return self._table[template_id]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._table)
-
-    def __len__(self) -> int:
-        return len(self._table)
 
     async def of(self, template: TemplateVersionRes) -> TemplateState:
         """The registry template ``template`` names (never a try session's folder)."""
