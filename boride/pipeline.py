@@ -248,6 +248,9 @@ class Session:
             await session.open(template)
         except (RuntimeFailure, OSError) as exc:
             await session.close()
+            if session.leftovers:
+                log.warning("session %s: left behind: %s", session_id,
+                            "; ".join(session.leftovers))
             raise AreaUnavailable(describe(exc)) from None
         return session
 

@@ -184,9 +184,10 @@ class Sessions(Table[SessionState]):
             await asyncio.sleep(max(0.05, min(ttl / 4, 30.0)))
             now = time.monotonic()
             for s in list(self._table.values()):
-                if now - s.last_used > ttl and not s.lock.locked() and not s.tasks:
+                idle = now - s.last_used > ttl and not s.lock.locked() and not s.tasks
+                if idle and self._table.get(s.id) is s:  # not deleted (or made anew) meanwhile
                     log.info("session %s idle for %.0fs: removing it", s.id, now - s.last_used)
-                    await self.delete_if_open(s.id)
+                    await self.delete(s.id)
 
     async def close_all(self) -> None:
         ids = list(self._table)
