@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 STAGES = ("start", "process", "merge", "plugins", "output")
 _DEATH_GRACE = 2.0  # after a broken connection, how long to wait to learn if the component died
+_EXIT_GLANCE = 0.05  # how long to wait to learn whether a component has stopped
 CLEANUP_RETRIES = (0.25, 0.5, 1.0, 2.0, 4.0)  # pauses before trying a failed clean-up again
 
 
@@ -102,6 +103,50 @@ class BuildFailed(BorideError):
         self.errors = errors
 
 
+class ComponentsFailed(BuildFailed):
+    """Components that failed (to start, to become ready, a call): every one's error, and which
+    components they were."""
+
+    def __init__(self, errors: list[str], failed: Sequence[Component]) -> None:
+        super().__init__(errors)
+        self.failed = list(failed)
+
+
+class MergeFailed(BuildFailed):
+    """The outputs cannot be merged: every problem, each naming its path."""
+
+
+class CannotRun(BorideError):
+    """Components that cannot run on this runtime (found before starting anything)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.errors = problems
+
+
+class AreaUnavailable(BorideError):
+    """A session's work area cannot be made (the runtime or the file system refused)."""
+
+
+class ArchiveFailed(BorideError):
+    """A tree cannot be archived: every problem, each naming its path."""
+
+    def __init__(self, error: archive.ArchiveError) -> None:
+        super().__init__(str(error).splitlines()[0])
+        self.errors = error.errors
+
+
+class BuildError(BorideError):
+    """A build that failed, as its result tells: which components, and every error."""
+
+    def __init__(self, result: BuildResult) -> None:
+        failed = [c for c in result.components if c.status == Status.FAILED]
+        names = ", ".join(f"{c.kind} {c.name!r}" for c in failed[:5])
+        super().__init__(f"The build failed ({names})" if failed else "The build failed")
+        self.result = result
+        self.errors = list(result.errors)
+
+
 @dataclass(frozen=True)
 class Step:
     """One component's part in a build: what to call and with which config/globs.
@@ -141,11 +186,45 @@ class Plan:
         return self.processors + self.resolvers + self.plugins
 
 
+async def fan_out(fn: Callable[[Component], Awaitable[T]], items: list[Component], *,
+                  limit: int, fail_fast: bool = False, timeout: float | None = None,
+                  timed_out: Callable[[], str] | None = None,
+                  seen: Callable[[parallel.Outcome[Component, T], str | None], None] | None = None
+                  ) -> parallel.Report[Component, T]:
+    """Run ``fn`` per component through the engine; raise :class:`ComponentsFailed` with every
+    failed component's error. ``seen`` is told each outcome with its message (None when it
+    went well); ``timed_out`` says what a run stopped by ``timeout`` reports."""
+    report = await parallel.run(fn, items, limit=limit, fail_fast=fail_fast, timeout=timeout)
+    errors: list[str] = []
+    failed: list[Component] = []
+    for o in report.outcomes:
+        message = None
+        if o.status is not Status.OK:
+            late = isinstance(o.error, parallel.RunTimeout)
+            message = timed_out() if late and timed_out is not None else describe(o.error)
+            if o.status is Status.FAILED or late:
+                errors.append(f"{o.item.kind.value} {o.item.name!r}: {message}")
+                failed.append(o.item)
+        if seen is not None:
+            seen(o, message)
+    if errors:
+        raise ComponentsFailed(errors, failed)
+    return report
+
+
+async def cannot_run(runtime: Runtime, components: Sequence[Component]) -> list[str]:
+    """Everything that would stop these components from starting on ``runtime``."""
+    if not components:
+        return []
+    return await runtime.problems(list(components))
+
+
 class Session:
     """A work area and the components running for it, on one runtime.
 
-    :func:`build` makes one per build; the HTTP server keeps them across requests. ``close``
-    stops every component and removes the work area, whatever state the session is in.
+    :func:`build` makes one per build; the HTTP server keeps them across requests, starting,
+    restarting and dropping components only through the methods here. ``close`` stops every
+    component and removes the work area, whatever state the session is in.
     """
 
     def __init__(self, runtime: Runtime, session_id: str | None = None, *,
@@ -159,6 +238,22 @@ class Session:
         self.workspace: Workspace | None = None
         self.instances: dict[str, Instance] = {}
 
+    @classmethod
+    async def opened(cls, runtime: Runtime, session_id: str, template: Path, *,
+                     work_root: Path | None = None) -> Session:
+        """A session with its work area open; :class:`AreaUnavailable` (nothing left behind)
+        when the area cannot be made."""
+        session = cls(runtime, session_id, work_root=work_root)
+        try:
+            await session.open(template)
+        except (RuntimeFailure, OSError) as exc:
+            await session.close()
+            if session.leftovers:
+                log.warning("session %s: left behind: %s", session_id,
+                            "; ".join(session.leftovers))
+            raise AreaUnavailable(describe(exc)) from None
+        return session
+
     async def open(self, template: Path) -> Workspace:
         parent = self.work_root or Path(tempfile.gettempdir())
         parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +262,12 @@ class Session:
         self.workspace = await self.runtime.open_workspace(self.id, template, self.root)
         return self.workspace
 
+    def missing(self, components: Iterable[Component], shared: Session | None = None
+                ) -> list[Component]:
+        """The components running neither here nor in ``shared``."""
+        return [c for c in components if c.name not in self.instances
+                and (shared is None or c.name not in shared.instances)]
+
     async def start_one(self, component: Component, ready_timeout: float = Timeouts.ready
                         ) -> None:
         """Start a component and wait until it is ready (it is stopped by ``close``)."""
@@ -174,17 +275,57 @@ class Session:
         self.instances[component.name] = await self.runtime.start(self.workspace, component)
         await health.wait_ready(self.instances[component.name], ready_timeout)
 
+    async def start(self, components: Iterable[Component], ready_timeout: float = Timeouts.ready,
+                    *, limit: int | None = None) -> list[Component]:
+        """Start the components not running yet, in parallel, and wait until each is ready;
+        return them. :class:`ComponentsFailed` with every failed one's error, as a build's start
+        stage reports them; those are stopped again, the others keep running."""
+        missing = self.missing(components)
+        if missing:
+            try:
+                await fan_out(lambda c: self.start_one(c, ready_timeout), missing,
+                              limit=limit or len(missing))
+            except ComponentsFailed as exc:
+                await self.drop(c.name for c in exc.failed)
+                raise
+        return missing
+
+    async def drop(self, names: Iterable[str]) -> list[str]:
+        """Stop these components and forget them (the next start starts them anew); what
+        could not be stopped, also logged (``close`` tries again)."""
+        instances = [i for n in dict.fromkeys(names) if (i := self.instances.pop(n, None))]
+        problems = await self._stop(instances)
+        for problem in problems:
+            log.warning("session %s: %s (closing the session tries again)", self.id, problem)
+        return problems
+
+    async def drop_dead(self) -> list[str]:
+        """Drop the components that have exited (the next start restarts them); their names."""
+        items = list(self.instances.items())
+        if not items:
+            return []
+        report = await parallel.run(lambda i: aio.race(i.wait_exit(), timeout=_EXIT_GLANCE),
+                                    [i for _, i in items], limit=len(items))
+        dead = [name for (name, _), ended in zip(items, report.values, strict=True) if ended]
+        await self.drop(dead)
+        return dead
+
     async def close(self) -> Path | None:
         """Stop everything, remove the work area; return it instead when ``keep`` is set."""
         await aio.shielded(self._close())
         return self.root if self.keep else None
 
+    async def _stop(self, instances: list[Instance]) -> list[str]:
+        if not instances:
+            return []
+        report = await parallel.run(self.runtime.stop, instances, limit=len(instances))
+        return [f"{o.item.component.kind.value} {o.item.component.name!r}: "
+                f"{describe(o.error)}" for o in report.outcomes if not o.ok]
+
     async def _close(self) -> None:
         instances = list(self.instances.values())
         self.instances.clear()
-        report = await parallel.run(self.runtime.stop, instances, limit=max(len(instances), 1))
-        problems = [f"{o.item.component.kind.value} {o.item.component.name!r}: "
-                    f"{describe(o.error)}" for o in report.outcomes if not o.ok]
+        problems = await self._stop(instances)
         if self.workspace is not None:
             left = await self._close_workspace(self.workspace)
             # Closing the workspace removes whatever the stops could not: only what it
@@ -216,10 +357,11 @@ class Session:
 class Build:
     """The stages of one build in an open :class:`Session`; ``tree`` is the result folder
     (inside the session's work area) once :meth:`run` succeeded. Without ``out``/``archive``
-    options the result stays there, for the caller to deliver (the HTTP server streams it)."""
+    options the result stays there, for the caller to deliver (the HTTP server streams it with
+    :meth:`stream`, then :meth:`release` s the session for the next build)."""
 
     def __init__(self, plan: Plan, session: Session, options: BuildOptions,
-                 shared: dict[str, Instance] | None = None) -> None:
+                 shared: Session | None = None) -> None:
         self.plan = plan
         self.session = session
         self.options = options
@@ -227,18 +369,17 @@ class Build:
         self.steps = {s.component.name: s for s in plan.steps}
         self.components = [s.component for s in plan.steps]
         self.results = {c.name: ComponentResult(c.name, c.kind.value) for c in self.components}
-        # Components running already (e.g. shared resolvers of the HTTP server) are used as is.
+        # Components running already (in the session, or shared: the HTTP server's template
+        # resolvers) are used as they are.
         self.instances: dict[str, Instance] = session.instances
-        self.shared = shared or {}
+        self.shared = shared
         self.result = BuildResult(components=list(self.results.values()))
         self.tree: Path | None = None  # the final tree in the work area, once plugins are done
         timeout = options.timeouts.build
         self.deadline = (time.monotonic() + timeout) if timeout else None  # on the monotonic clock
-        # Template-change detection (see _check_template)
-        self.template_print: dict[str, tuple[int, int, int, int]] = {}
-        self.running_processors: set[str] = set()
-        self.suspects: set[str] = set()
-        self.template_changed: str | None = None
+        self.watch = _TemplateWatch(self.results)
+        area = session.workspace.host_area if session.workspace is not None else None
+        self._before = set(os.listdir(area)) if area is not None else set()  # see discard()
 
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, stage: str, name: str | None, status: Status) -> None:
@@ -273,7 +414,7 @@ class Build:
     async def _fan_out(self, stage: str, fn: Callable[[Component], Awaitable[T]],
                        items: list[Component], fail_fast: bool = False
                        ) -> parallel.Report[Component, T]:
-        """Run ``fn`` per component through the engine, keeping each component's status."""
+        """Run ``fn`` per component through :func:`fan_out`, keeping each one's status."""
 
         async def tracked(c: Component) -> T:
             res = self.results[c.name]
@@ -286,26 +427,15 @@ class Build:
                 res.seconds += time.perf_counter() - start
             return value
 
-        report = await parallel.run(tracked, items, limit=self.limit, fail_fast=fail_fast,
-                                    timeout=self._remaining())
-        errors = []
-        for o in report.outcomes:
+        def seen(o: parallel.Outcome[Component, T], message: str | None) -> None:
             res = self.results[o.item.name]
             res.status = o.status
-            if o.status is Status.OK:
-                self._event(stage, o.item.name, Status.OK)
-                continue
-            if isinstance(o.error, parallel.RunTimeout):
-                message = self._timed_out()
-            else:
-                message = describe(o.error)
-            res.error = message
+            if message is not None:
+                res.error = message
             self._event(stage, o.item.name, o.status)
-            if o.status is Status.FAILED or isinstance(o.error, parallel.RunTimeout):
-                errors.append(f"{o.item.kind.value} {o.item.name!r}: {message}")
-        if errors:
-            raise BuildFailed(errors)
-        return report
+
+        return await fan_out(tracked, items, limit=self.limit, fail_fast=fail_fast,
+                             timeout=self._remaining(), timed_out=self._timed_out, seen=seen)
 
     async def _call(self, component: Component, call: Awaitable[T]) -> T:
         """Run a call to a component; if the component dies meanwhile, say so, and on any
@@ -337,40 +467,17 @@ class Build:
         step = self.steps[c.name]
         write_dir = _new_dir(ws.host_area)
         await self.session.runtime.hand_over(ws, self._instance(c.name), write_dir)
-        self.running_processors.add(c.name)
-        self.suspects.add(c.name)
+        self.watch.running(c.name)
         try:
             output = await self._call(c, protocol.process(
                 self._instance(c.name).client, ws.seen_template, ws.seen(write_dir),
                 list(step.files), step.config))
         finally:
-            self.running_processors.discard(c.name)
-            if self.template_changed is None:
-                self._check_template(c.name)
+            self.watch.ended(c.name, ws.host_template)
         try:
             return ws.host(output)
         except ValueError as exc:
             raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
-
-    def _check_template(self, just_ended: str | None = None) -> None:
-        """Fail the build if the template changed, naming the processors that may have done it:
-        those running since the last check that found it unchanged."""
-        ws = self._workspace
-        now = fingerprint(ws.host_template)
-        if now == self.template_print:
-            self.suspects = set(self.running_processors)
-            return
-        paths = sorted({p for p, _ in set(now.items()) ^ set(self.template_print.items())})
-        suspects = sorted(self.suspects | ({just_ended} if just_ended else set()))
-        who = (f"processor {suspects[0]!r}" if len(suspects) == 1
-               else "one of the processors " + ", ".join(repr(s) for s in suspects))
-        message = (f"{who} changed the template, which is read-only to processors "
-                   f"({', '.join(paths[:5])}{', ...' if len(paths) > 5 else ''})")
-        self.template_changed = message
-        for name in suspects:
-            self.results[name].status = Status.FAILED
-            self.results[name].error = message
-        raise BuildFailed([message])
 
     async def _resolve(self, rule: merge.ResolverRule, conflict: merge.Conflict
                        ) -> tuple[str, bytes]:
@@ -397,6 +504,21 @@ class Build:
                 from None
         return path, content.encode("utf-8")
 
+    async def merge_into(self, outputs: Sequence[Path], target: Path) -> None:
+        """Merge ``outputs`` (folders of the area, in order) into ``target``, conflicts sent
+        to the plan's resolvers; :class:`MergeFailed` with every problem."""
+        rules = [merge.ResolverRule(r.component.name, tuple(r.files))
+                 for r in self.plan.resolvers]
+        try:
+            merged = merge.merge(outputs, target, rules, self._resolve, limit=self.limit,
+                                 within=self._workspace.host_area)
+            remaining = self._remaining()
+            await (asyncio.wait_for(merged, remaining) if remaining else merged)
+        except merge.MergeError as exc:
+            raise MergeFailed([f"merge: {e}" for e in exc.errors]) from None
+        except TimeoutError:
+            raise BuildFailed([self._timed_out(" (during the merge)")]) from None
+
     async def _plug(self, c: Component, tree: Path) -> Path:
         ws = self._workspace
         await self.session.runtime.hand_over(ws, self._instance(c.name), tree)
@@ -407,21 +529,22 @@ class Build:
         except ValueError as exc:
             raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
 
-    def _explain_full_disk(self) -> None:
-        """Components rarely say that the disk is full (they may not even manage to print):
-        when a build fails on a full work area, say so."""
-        ws = self.session.workspace
-        if ws is not None and fsutil.is_full(ws.host_area):
-            self.result.errors.append(f"the work area's file system is full ({ws.host_area}): "
-                                      "free some space, or give another work folder (TMPDIR)")
-
     @property
     def _workspace(self) -> Workspace:
         assert self.session.workspace is not None, "the session is not open"
         return self.session.workspace
 
     def _instance(self, name: str) -> Instance:
-        return self.instances.get(name) or self.shared[name]
+        instance = self.instances.get(name)
+        if instance is None and self.shared is not None:
+            instance = self.shared.instances.get(name)
+        if instance is None:
+            raise protocol.ProtocolError(f"{name!r} is not running")
+        return instance
+
+    def missing(self) -> list[Component]:
+        """The components the build will start (running neither in the session nor shared)."""
+        return self.session.missing(self.components, self.shared)
 
     async def run(self) -> BuildResult:
         """Run the stages in the (open) session; the caller closes the session."""
@@ -436,7 +559,7 @@ class Build:
             self.result.errors.append(f"unexpected error: {describe(exc)}")
         finally:
             if not self.result.ok:
-                self._explain_full_disk()
+                self.result.errors.extend(_full_disk(self.session))
             for res in self.result.components:
                 if res.status == Status.PENDING:
                     res.status = Status.OK if self.result.status == Status.OK else Status.SKIPPED
@@ -445,41 +568,27 @@ class Build:
     async def _stages(self) -> None:
         ws = self._workspace
         processors = [c for c in self.components if c.kind is Kind.PROCESSOR]
-        resolvers = [c for c in self.components if c.kind is Kind.RESOLVER]
         plugins = [c for c in self.components if c.kind is Kind.PLUGIN]
 
         with self._stage("start"):
-            missing = [c for c in self.components
-                       if c.name not in self.instances and c.name not in self.shared]
-            await self._fan_out("start", self._start, missing, fail_fast=True)
+            await self._fan_out("start", self._start, self.missing(), fail_fast=True)
         for res in self.results.values():
             res.status = Status.PENDING  # started and ready; each stage sets its own status below
 
         with self._stage("process"):
-            self.template_print = fingerprint(ws.host_template)
+            self.watch.begin(ws.host_template)
             report = await self._fan_out("process", self._process, processors)
-            self._check_template()
+            self.watch.check(ws.host_template)
             outputs = [p for p in report.values if p is not None]
 
         with self._stage("merge"):
-            target = _new_dir(ws.host_area)
-            rules = [merge.ResolverRule(r.component.name, tuple(r.files))
-                     for r in self.plan.resolvers]
-            try:
-                merged = merge.merge(outputs, target, rules, self._resolve, limit=self.limit,
-                                     within=ws.host_area)
-                remaining = self._remaining()
-                await (asyncio.wait_for(merged, remaining) if remaining else merged)
-            except merge.MergeError as exc:
-                raise BuildFailed([f"merge: {e}" for e in exc.errors]) from None
-            except TimeoutError:
-                raise BuildFailed([self._timed_out(" (during the merge)")]) from None
-            for r in resolvers:
-                if self.results[r.name].status == Status.PENDING:
-                    self.results[r.name].status = Status.OK
+            tree = _new_dir(ws.host_area)
+            await self.merge_into(outputs, tree)
+            for r in self.plan.resolvers:
+                if self.results[r.component.name].status == Status.PENDING:
+                    self.results[r.component.name].status = Status.OK
 
         with self._stage("plugins"):
-            tree = target
             for c in plugins:
                 # One at a time: plugin N sees plugin N-1's changes.
                 async def plug(c: Component, tree: Path = tree) -> Path:
@@ -490,31 +599,152 @@ class Build:
         self.tree = tree
         if self.options.out is not None or self.options.archive is not None:
             with self._stage("output"):
-                await asyncio.to_thread(self._output, tree)
+                await asyncio.to_thread(_deliver, tree, ws.host_area, self.options, self.result)
 
-    def _output(self, tree: Path) -> None:
-        area = self._workspace.host_area
+    # -- after a build in a kept session (the HTTP server's) -------------------------------
+    def stream(self) -> Iterator[bytes]:
+        """The result as ``.tar.gz`` chunks, produced while iterating (after a successful
+        :meth:`run`); :class:`ArchiveFailed` when the tree cannot be archived."""
+        assert self.tree is not None, "the build has no result"
+        return archive_stream(self.tree, within=self._workspace.host_area)
+
+    async def release(self, *, cancelled: bool = False) -> list[str]:
+        """Ready the session for its next build: stop the components that failed or were cut
+        off (dead, or in an unknown state; the next build starts them again), all of them when
+        the build was cancelled (they may be busy with calls nobody waits for), and remove the
+        build's folders. Return the shared components that failed: whether they live on is
+        for their session's owner to decide."""
+        bad = [c.name for c in self.result.components
+               if c.status in (Status.FAILED, Status.CANCELLED)]
+        await self.session.drop(list(self.session.instances) if cancelled else bad)
+        await self.discard()
+        shared = self.shared.instances if self.shared is not None else {}
+        return [name for name in bad if name in shared]
+
+    async def discard(self) -> list[str]:
+        """Remove what the build made in the session's area (the session lives on); what
+        could not be removed, also logged."""
+        problems = await asyncio.to_thread(_remove_new, self._workspace.host_area, self._before)
+        for problem in problems:
+            log.warning("session %s: %s", self.session.id, problem)
+        return problems
+
+
+class _TemplateWatch:
+    """Fails a build whose template changed, naming the processors that may have done it:
+    those running since the last check that found it unchanged."""
+
+    def __init__(self, results: dict[str, ComponentResult]) -> None:
+        self.results = results
+        self.print: dict[str, tuple[int, int, int, int]] = {}
+        self.now_running: set[str] = set()
+        self.suspects: set[str] = set()
+        self.changed: str | None = None
+
+    def begin(self, template: Path) -> None:
+        self.print = fingerprint(template)
+
+    def running(self, name: str) -> None:
+        self.now_running.add(name)
+        self.suspects.add(name)
+
+    def ended(self, name: str, template: Path) -> None:
+        self.now_running.discard(name)
+        if self.changed is None:
+            self.check(template, name)
+
+    def check(self, template: Path, just_ended: str | None = None) -> None:
+        now = fingerprint(template)
+        if now == self.print:
+            self.suspects = set(self.now_running)
+            return
+        paths = sorted({p for p, _ in set(now.items()) ^ set(self.print.items())})
+        suspects = sorted(self.suspects | ({just_ended} if just_ended else set()))
+        who = (f"processor {suspects[0]!r}" if len(suspects) == 1
+               else "one of the processors " + ", ".join(repr(s) for s in suspects))
+        message = (f"{who} changed the template, which is read-only to processors "
+                   f"({', '.join(paths[:5])}{', ...' if len(paths) > 5 else ''})")
+        self.changed = message
+        for name in suspects:
+            self.results[name].status = Status.FAILED
+            self.results[name].error = message
+        raise BuildFailed([message])
+
+
+def _deliver(tree: Path, area: Path, options: BuildOptions, result: BuildResult) -> None:
+    """Write the result where the options say: an archive, a folder."""
+    try:
+        if options.archive is not None:
+            dest = options.archive
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                archive.write_archive(tree, tmp, within=area)
+                os.replace(tmp, dest)
+            except OSError as exc:
+                raise BuildFailed([f"output: cannot write the archive {dest}: "
+                                   f"{exc.strerror or exc}"]) from None
+            finally:
+                tmp.unlink(missing_ok=True)
+            result.archive = dest
+        if options.out is not None:
+            result.output = output.write_folder(tree, options.out, replace=options.replace,
+                                                within=area)
+    except (archive.ArchiveError, output.OutputError) as exc:
+        raise BuildFailed([f"output: {e}" for e in exc.errors[:output.MAX_SHOWN]] + (
+            [f"output: ... and {len(exc.errors) - output.MAX_SHOWN} more"]
+            if len(exc.errors) > output.MAX_SHOWN else [])) from None
+
+
+def _full_disk(session: Session) -> list[str]:
+    """Components rarely say that the disk is full (they may not even manage to print):
+    when a build fails on a full work area, say so."""
+    ws = session.workspace
+    if ws is not None and fsutil.is_full(ws.host_area):
+        return [f"the work area's file system is full ({ws.host_area}): "
+                "free some space, or give another work folder (TMPDIR)"]
+    return []
+
+
+def _remove_new(area: Path, before: set[str]) -> list[str]:
+    """Remove what is in ``area`` but was not in ``before``; what could not be removed."""
+    try:
+        names = os.listdir(area)
+    except FileNotFoundError:
+        return []
+    problems = []
+    for name in names:
+        if name in before:
+            continue
+        path = area / name
         try:
-            if self.options.archive is not None:
-                dest = self.options.archive
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-                try:
-                    archive.write_archive(tree, tmp, within=area)
-                    os.replace(tmp, dest)
-                except OSError as exc:
-                    raise BuildFailed([f"output: cannot write the archive {dest}: "
-                                       f"{exc.strerror or exc}"]) from None
-                finally:
-                    tmp.unlink(missing_ok=True)
-                self.result.archive = dest
-            if self.options.out is not None:
-                self.result.output = output.write_folder(
-                    tree, self.options.out, replace=self.options.replace, within=area)
-        except (archive.ArchiveError, output.OutputError) as exc:
-            raise BuildFailed([f"output: {e}" for e in exc.errors[:output.MAX_SHOWN]] + (
-                [f"output: ... and {len(exc.errors) - output.MAX_SHOWN} more"]
-                if len(exc.errors) > output.MAX_SHOWN else [])) from None
+            if path.is_dir() and not path.is_symlink():
+                fsutil.remove_tree(path, within=area)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            problems.append(f"{path} could not be removed ({describe(exc)}): "
+                            "it goes with the session's work area")
+    return problems
+
+
+def archive_stream(folder: Path, *, within: Path | None = None) -> Iterator[bytes]:
+    """``folder`` as ``.tar.gz`` chunks, produced while iterating; :class:`ArchiveFailed` when
+    it cannot be archived (links leading out, special files)."""
+    try:
+        return archive.iter_archive(folder, within=within)
+    except archive.ArchiveError as exc:
+        raise ArchiveFailed(exc) from None
+
+
+async def merge_folders(session: Session, template: Path, sources: Sequence[Path],
+                        target: Path, resolvers: Sequence[Step], *,
+                        shared: Session | None = None) -> None:
+    """Merge folders of the session's area into ``target`` the way a build of ``template``
+    merges its processors' outputs: conflicts go to ``resolvers`` (running in the session or
+    ``shared``) along the same path. :class:`MergeFailed` with every problem."""
+    plan = Plan(template, (), tuple(resolvers))
+    await Build(plan, session, BuildOptions(), shared=shared).merge_into(sources, target)
 
 
 async def _own_words(instance: Instance) -> str:
@@ -557,7 +787,7 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
     returning, also when cancelled. Never raises for build failures: see ``BuildResult``."""
     options = options or BuildOptions()
     plan = Plan.from_pipeline(pipeline) if isinstance(pipeline, Pipeline) else pipeline
-    problems = await runtime.problems([s.component for s in plan.steps])
+    problems = await cannot_run(runtime, [s.component for s in plan.steps])
     if problems:
         return BuildResult(components=[ComponentResult(s.component.name, s.component.kind.value,
                                                        Status.SKIPPED) for s in plan.steps],

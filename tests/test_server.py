@@ -429,6 +429,33 @@ def test_merge_and_zip_routes_stay_in_the_session_area(tmp_path: Path) -> None:
         http.delete(f"/executor/{sid}")
 
 
+
+def test_internal_merge_resolves_as_a_build_does(tmp_path: Path) -> None:
+    """The internal merge goes through the build's resolver path: a conflict on a file that
+    is not UTF-8 text is refused, named, as in a build (never sent mangled to the resolver)."""
+    res = entry("me/join", "ok_resolver")
+    config, folder, sid = _try_setup(tmp_path, processors=[], resolver=res)
+    template = template_body("local-u", [], [], [
+        {"id": res["id"], "version": 1, "config": {"separator": "/"}, "files": ["*.bin"]}])
+    with running_server(config, internal=True) as server, server.client() as http, \
+            server.internal_client() as internal:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": "local-u", "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        area = server.service.sessions[sid].session.workspace.host_area  # type: ignore[union-attr]
+        for name, data in (("a", b"\xff\xfe one"), ("b", b"\xff\xfe two")):
+            (area / name).mkdir()
+            (area / name / "same.bin").write_bytes(data)
+        r = internal.post(f"/merge/{sid}", json={
+            "from_dirs": [str(area / "a"), str(area / "b")], "to_dir": str(area / "m"),
+            "template": template})
+        data = problem(r, 400)
+        assert data["title"] == "Merge failed"
+        assert any("'same.bin'" in line and "not UTF-8 text" in line
+                   for line in data["data"]), data
+        assert not (area / "m" / "same.bin").exists()
+        http.delete(f"/executor/{sid}")
+
 def test_idle_sessions_expire(tmp_path: Path) -> None:
     p = entry("me/one", "ok_processor")
     res = entry("me/join", "ok_resolver")

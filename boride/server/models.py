@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
+from boride.model import Glob
+
 #: Session ids: letters, digits and inner dashes, at most 64 characters (UUIDs with or without
 #: dashes fit). The same rule as the Docker runtime's, so a session id is always a valid
 #: container and volume name suffix.
@@ -48,11 +50,16 @@ class PropertyRes(_Go):
     templateDockerTag: Text = ""
 
 
-class TemplateVersionPrincipalRes(_Go):
+class _Version(_Go):
+    """A version in the registry: its id, number, date and description."""
+
     id: Annotated[str, Field(min_length=1, max_length=128)]
     version: int = 0
     createdAt: Text = ""
     description: Text = ""
+
+
+class TemplateVersionPrincipalRes(_Version):
     properties: PropertyRes | None = None
 
 
@@ -68,13 +75,9 @@ class TemplatePrincipalRes(_Go):
     userId: Text = ""
 
 
-class ComponentRes(_Go):
+class ComponentRes(_Version):
     """A processor or plugin version pinned by a template."""
 
-    id: Annotated[str, Field(min_length=1, max_length=128)]
-    version: int = 0
-    createdAt: Text = ""
-    description: Text = ""
     dockerReference: Text = ""
     dockerTag: Text = ""
 
@@ -130,8 +133,8 @@ class GlobReq(_Go):
     type: Literal["template", "copy"] = "template"
 
     def wire(self) -> dict[str, Any]:
-        return {"root": self.root, "glob": self.glob, "exclude": list(self.exclude),
-                "type": self.type}
+        """As the component protocol sends it: the same as a pipeline file's glob."""
+        return Glob(**self.model_dump()).wire()
 
 
 class CyanProcessorReq(_Go):

@@ -1,6 +1,11 @@
 """RFC 7807 problem details for every failure, as the Go coordinator writes them:
 ``{"title", "status", "detail", "type", "trace_id", "data": [every error]}``.
 
+The service raises domain errors (:mod:`boride.server.errors`, the pipeline's, the
+registry's); :data:`TABLE` is the one place that says which status and title each class gets
+(in the spirit of httpx's mapping of transport errors). ``data`` is the error's ``errors``
+(every component's own error, say), else its message.
+
 Every request gets a trace id (``X-Trace-Id``, also in each problem body and in the server's
 log lines), so a user's error report can be matched with the log.
 """
@@ -11,6 +16,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,7 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from boride import pipeline
+from boride import registry as reg
 from boride.errors import BorideError
+from boride.server import errors as errs
+from boride.server.streaming import ClientGone
 
 log = logging.getLogger("boride.server")
 
@@ -43,18 +53,81 @@ def type_url(status: int) -> str:
     return f"https://developer.mozilla.org/en-US/docs/Web/HTTP/Status/{status}"
 
 
-class ProblemError(BorideError):
-    """Raise anywhere in a request to answer with a problem."""
+@dataclass(frozen=True)
+class Rule:
+    """How an error class is answered: its status and title, and a fixed ``detail`` (None:
+    the error's own message)."""
 
-    def __init__(self, status: int, title: str, detail: str,
-                 data: Sequence[str] | None = None, headers: dict[str, str] | None = None
-                 ) -> None:
-        super().__init__(f"{status} {title}: {detail}")
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.data = list(data) if data is not None else [detail]
-        self.headers = headers or {}
+    status: int
+    title: str
+    detail: str | None = None
+
+
+_STARTS = "Some components did not start or never became ready"
+_CANNOT_RUN = "Some components cannot run on this server's runtime"
+
+#: Every error class the service raises on purpose, and its problem (the most specific class
+#: of an error that is here wins). The Go coordinator's wording, status codes as docs/api.md.
+TABLE: dict[type[BaseException], Rule] = {
+    errs.InvalidSessionId: Rule(400, "Invalid session id"),
+    errs.SessionNotFound: Rule(404, "Unknown session"),
+    errs.SessionGone: Rule(409, "Build cancelled"),
+    errs.SessionExists: Rule(409, "Session collision"),
+    errs.OtherTemplate: Rule(409, "Session belongs to another template"),
+    errs.TooManySessions: Rule(429, "Too many sessions"),
+    errs.TemplateUnknown: Rule(400, "Unknown template"),
+    errs.TemplateNotWarm: Rule(404, "Unknown template"),
+    errs.NoQuestionServer: Rule(404, "No template component"),
+    errs.TemplateCannotRun: Rule(400, "Failed to warm executor"),
+    errs.UnknownNames: Rule(400, "Unknown component"),
+    errs.RegistryUnavailable: Rule(502, "Registry unavailable"),
+    reg.Unavailable: Rule(502, "Registry unavailable"),
+    reg.RegistryError: Rule(400, "Unknown component"),
+    errs.ResolverNotFound: Rule(404, "Unknown resolver"),
+    errs.ResolverNotRunning: Rule(400, "Resolver not running"),
+    errs.UpstreamFailed: Rule(502, "Upstream failed"),
+    errs.UnsupportedSource: Rule(400, "Unsupported source"),
+    errs.MissingPath: Rule(400, "Missing path"),
+    errs.TryDisabled: Rule(403, "Try from a path is disabled"),
+    errs.OutsideDevRoot: Rule(403, "Path outside the development root"),
+    errs.InvalidPath: Rule(400, "Invalid path"),
+    errs.NotAFolder: Rule(400, "Not a folder"),
+    errs.InvalidFolders: Rule(400, "Invalid folders"),
+    errs.InvalidTarget: Rule(400, "Invalid target_dir"),
+    pipeline.CannotRun: Rule(400, "Cannot run components", _CANNOT_RUN),
+    pipeline.ComponentsFailed: Rule(503, "Failed to start executor", _STARTS),
+    pipeline.AreaUnavailable: Rule(503, "Failed to prepare the session"),
+    pipeline.BuildError: Rule(400, "Build failed"),
+    pipeline.ArchiveFailed: Rule(400, "Cannot archive the output",
+                                 "The build's output cannot be archived"),
+    pipeline.MergeFailed: Rule(400, "Merge failed", "The folders cannot be merged"),
+    ClientGone: Rule(499, "Client closed request"),
+}
+
+#: Where a route words a problem its own way (by the route's function name).
+BY_ROUTE: dict[tuple[str, type[BaseException]], Rule] = {
+    ("warm_template", pipeline.ComponentsFailed): Rule(
+        503, "Failed to warm template", "Some of the template's components did not start"),
+    ("warm_template", pipeline.AreaUnavailable): Rule(503, "Failed to warm template"),
+    ("try_executor", pipeline.ComponentsFailed): Rule(
+        503, "Failed to set up the try session", "The template's resolvers did not start"),
+    ("try_executor", errs.TemplateCannotRun): Rule(400, "Failed to set up the try session"),
+    ("zip_dir", pipeline.ArchiveFailed): Rule(400, "Cannot archive the folder"),
+}
+
+
+def rule_for(error: BaseException, route: str | None) -> Rule | None:
+    """The problem of ``error`` raised by ``route``: its most specific class in the tables."""
+    for cls in type(error).__mro__:
+        rule = BY_ROUTE.get((route or "", cls)) or TABLE.get(cls)
+        if rule is not None:
+            return rule
+    return None
+
+
+def _route(request: Request) -> str | None:
+    endpoint = request.scope.get("endpoint")
+    return getattr(endpoint, "__name__", None)
 
 
 def body(status: int, title: str, detail: str, trace_id: str | None,
@@ -122,12 +195,16 @@ def install(app: FastAPI) -> None:
     """Answer every error with a problem, never a bare 500."""
 
     async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProblemError)
         trace = trace_id_of(request.scope)
-        level = logging.WARNING if exc.status >= 500 else logging.INFO
+        rule = rule_for(exc, _route(request))
+        if rule is None:  # a BorideError no table knows: a bug, answered as one
+            return await on_error(request, exc)
+        detail = rule.detail or str(exc)
+        data = list(getattr(exc, "errors", None) or [str(exc)])
+        level = logging.WARNING if rule.status >= 500 else logging.INFO
         log.log(level, "[%s] %s %s -> %d %s: %s", trace, request.method, request.url.path,
-                exc.status, exc.title, "; ".join(exc.data))
-        return problem_response(exc.status, exc.title, exc.detail, trace, exc.data, exc.headers)
+                rule.status, rule.title, "; ".join(data))
+        return problem_response(rule.status, rule.title, detail, trace, data)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -150,7 +227,7 @@ def install(app: FastAPI) -> None:
                                 f"under trace id {trace}", trace,
                                 [f"{type(exc).__name__}: {exc}"])
 
-    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(BorideError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_error)

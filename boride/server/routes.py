@@ -13,6 +13,8 @@ from fastapi import APIRouter, Path, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from boride.server import proxy
+from boride.server.errors import SessionGone
 from boride.server.models import (
     CYAN_ID,
     SESSION_ID,
@@ -26,7 +28,7 @@ from boride.server.models import (
     VolumeRef,
     WarmRes,
 )
-from boride.server.problems import ProblemError, problem_response, trace_id_of
+from boride.server.problems import trace_id_of
 from boride.server.service import Service
 from boride.server.streaming import (
     FILENAME,
@@ -113,20 +115,19 @@ async def build(request: Request, sessionId: SessionId, body: BuildReq) -> Respo
     Processors and plugins are named ``user/name`` or ``user/name:version`` and resolved to a
     version the template pins. A client that disconnects cancels the build."""
     service = _service(request)
-    state = service.get_session(sessionId)
-    plan, shared = await service.plan(state, body)
-    task = asyncio.ensure_future(service.build(state, plan, shared))
+    state = service.sessions.find(sessionId)
+    plan, shared = await service.builds.plan(state, body)
+    task = asyncio.ensure_future(service.builds.run(state, plan, shared))
     state.track(task)
     try:
         return await until_disconnect(request.receive, task)
     except ClientGone:
         log.info("[%s] client of session %s went away: build cancelled, components stopped",
                  trace_id_of(request.scope), sessionId)
-        return problem_response(499, "Client closed request", "The build was cancelled",
-                                trace_id_of(request.scope))
+        raise
     except WorkCancelled:
-        raise ProblemError(409, "Build cancelled",
-                           f"session {sessionId!r} was deleted during the build") from None
+        raise SessionGone(sessionId, f"session {sessionId!r} was deleted during the build") \
+            from None
 
 
 @router.delete("/executor/{sessionId}", response_model=StatusRes, tags=["executor"],
@@ -169,10 +170,10 @@ async def drop_template(request: Request, templateId: CyanId) -> StatusRes:
 async def _forward(request: Request, instance_path: str, kind: str, cyan_id: str) -> Response:
     service = _service(request)
     content = await request.body()
-    instance = (service.template_instance(cyan_id) if kind == "template"
-                else service.resolver_instance(cyan_id))
-    upstream = await service.forward(instance, instance_path, content,
-                                     request.headers.get("content-type"))
+    instance = (service.templates.question_server(cyan_id) if kind == "template"
+                else service.resolver(cyan_id))
+    upstream = await proxy.forward(instance, instance_path, content,
+                                   request.headers.get("content-type"))
     return Response(upstream.content, status_code=upstream.status_code,
                     media_type=upstream.headers.get("content-type", "application/json"))
 

@@ -1,0 +1,93 @@
+"""The server's configuration, and what every part of the service shares: the runtime, the
+registry, the metrics, the build slots and the streaming threads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from boride import registry as reg
+from boride.config import Limits, Timeouts
+from boride.pipeline import BuildOptions, CannotRun, ComponentsFailed, Session, cannot_run
+from boride.runtime.base import Runtime
+from boride.server.metrics import Metrics
+from boride.types import Component
+
+V = TypeVar("V")
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``boride serve`` can be told (see ``boride serve --help``)."""
+
+    runtime: str = "local"
+    registry: tuple[str, ...] = ()
+    token: str | None = None
+    dev_root: Path | None = None
+    work_root: Path | None = None
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+class Context:
+    """One server's shared parts. At most ``max_builds`` builds and component start-ups run at
+    once across all sessions (``slots``)."""
+
+    def __init__(self, config: ServerConfig, runtime: Runtime, registry: reg.Registry,
+                 metrics: Metrics) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.registry = registry
+        self.metrics = metrics
+        self.slots = asyncio.Semaphore(config.limits.max_builds)
+        self.executor = ThreadPoolExecutor(max_workers=max(16, 4 * config.limits.max_builds),
+                                           thread_name_prefix="boride-stream")
+
+    def build_options(self) -> BuildOptions:
+        return BuildOptions(limits=self.config.limits, timeouts=self.config.timeouts,
+                            work_root=self.config.work_root)
+
+    async def open_session(self, session_id: str, folder: Path) -> Session:
+        return await Session.opened(self.runtime, session_id, folder,
+                                    work_root=self.config.work_root)
+
+    async def cannot_run(self, components: Iterable[Component]) -> list[str]:
+        """Everything that would stop these components from starting on this runtime."""
+        return await cannot_run(self.runtime, list(components))
+
+    async def start(self, session: Session, components: Iterable[Component]) -> None:
+        """Start what of ``components`` is not running in ``session``, holding a slot:
+        :class:`CannotRun` before anything starts, :class:`ComponentsFailed` (every one's
+        error) when some do not start or never become ready."""
+        wanted = list(components)
+        problems = await self.cannot_run(session.missing(wanted))
+        if problems:
+            raise CannotRun(problems)
+        async with self.slots:
+            try:
+                await session.start(wanted, self.config.timeouts.ready,
+                                    limit=self.config.limits.parallelism)
+            except ComponentsFailed as exc:
+                for c in exc.failed:
+                    self.metrics.component_failures.labels(c.kind.value).inc()
+                raise
+
+
+class Table(Mapping[str, V]):
+    """A part's table by id: others read it as a mapping, only its owner changes it."""
+
+    def __init__(self) -> None:
+        self._table: dict[str, V] = {}
+
+    def __getitem__(self, key: str) -> V:
+        return self._table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)

@@ -1,0 +1,166 @@
+"""What the service refuses or fails at, as :class:`~boride.errors.BorideError` subclasses that
+name what a user needs (the session, the template, the component, the path). None of them
+knows HTTP: :mod:`boride.server.problems` maps each class to a status and a title, in one
+table. Their message is the problem's ``detail``; ``errors`` (when there are several) its
+``data``."""
+
+from __future__ import annotations
+
+from boride.errors import BorideError
+
+
+class SessionError(BorideError):
+    """About one session (``session_id``)."""
+
+    def __init__(self, session_id: str, message: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+
+class InvalidSessionId(SessionError):
+    """Not a session id the server accepts."""
+
+
+class SessionNotFound(SessionError):
+    """No such session (never made, deleted, or expired)."""
+
+
+class SessionGone(SessionError):
+    """The session was deleted while a request worked in it."""
+
+
+class SessionExists(SessionError):
+    """A try session whose id is in use already."""
+
+
+class OtherTemplate(SessionError):
+    """The session was made for another template."""
+
+    def __init__(self, session_id: str, template_id: str, asked: str) -> None:
+        super().__init__(session_id, f"session {session_id!r} was started for template "
+                                     f"{template_id!r}, not {asked!r}")
+        self.template_id = template_id
+        self.asked = asked
+
+
+class TooManySessions(BorideError):
+    """The server holds as many sessions as it may."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this server holds at most {limit} sessions; delete finished ones "
+                         "(DELETE /executor/{id})")
+        self.limit = limit
+
+
+class TemplateError(BorideError):
+    """About one template (``template_id``)."""
+
+    def __init__(self, template_id: str, message: str) -> None:
+        super().__init__(message)
+        self.template_id = template_id
+
+
+class TemplateUnknown(TemplateError):
+    """The registry gives no folder for the template."""
+
+
+class TemplateNotWarm(TemplateError):
+    """The template is not warm here (or was dropped)."""
+
+
+class NoQuestionServer(TemplateError):
+    """The warm template has no running Q&A server."""
+
+
+class TemplateCannotRun(BorideError):
+    """Components a template pins that cannot run on this server's runtime."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("Some of the template's components cannot run here")
+        self.errors = problems
+
+
+class UnknownNames(BorideError):
+    """Processors or plugins of a build that resolve to no version the template pins."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("Some processors or plugins cannot be resolved to a version pinned "
+                         "in the template")
+        self.errors = errors
+
+
+class RegistryUnavailable(BorideError):
+    """The registry could not be asked while resolving a build's names."""
+
+    def __init__(self, errors: list[str], first: str) -> None:
+        super().__init__(first)
+        self.errors = errors
+
+
+class ResolverNotFound(BorideError):
+    """No resolver of that id runs here."""
+
+    def __init__(self, resolver_id: str, message: str) -> None:
+        super().__init__(message)
+        self.resolver_id = resolver_id
+
+
+class ResolverNotRunning(ResolverNotFound):
+    """A merge names a resolver that is not running in the session or its template."""
+
+
+class UpstreamFailed(BorideError):
+    """A component a request was forwarded to could not be reached."""
+
+    def __init__(self, component: str, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.component = component
+        self.errors = [cause]
+
+
+class TryRefused(BorideError):
+    """A try session the server will not make, and why (``path``: what the client sent)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnsupportedSource(TryRefused):
+    """A try from an image (only folders are supported)."""
+
+
+class MissingPath(TryRefused):
+    """A try from a folder without the folder."""
+
+
+class TryDisabled(TryRefused):
+    """The server accepts no local paths (no ``--dev-root``)."""
+
+
+class OutsideDevRoot(TryRefused):
+    """A try folder outside ``--dev-root``."""
+
+
+class InvalidPath(TryRefused):
+    """A path that cannot be resolved."""
+
+
+class NotAFolder(TryRefused):
+    """A try path that is not a folder."""
+
+
+class InvalidFolders(BorideError):
+    """Folders of an internal merge outside the session's work area: every problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("Merge folders must lie in the session's work area")
+        self.errors = errors
+
+
+class InvalidTarget(BorideError):
+    """An internal zip of something else than a folder of a session's work area."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(f"{target!r} is not a folder in a session's work area")
+        self.target = target

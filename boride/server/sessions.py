@@ -1,0 +1,196 @@
+"""Sessions: each a :class:`boride.pipeline.Session` (a work area and the components running
+for it) kept across requests, for one template. Builds of one session run one after another
+(its ``lock``); an idle session is removed after ``--session-ttl``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boride import aio, parallel
+from boride.errors import describe
+from boride.pipeline import Session
+from boride.runtime.base import Instance
+from boride.server.components import Catalog
+from boride.server.context import Context, Table
+from boride.server.errors import (
+    InvalidSessionId,
+    OtherTemplate,
+    SessionExists,
+    SessionNotFound,
+    TemplateCannotRun,
+    TooManySessions,
+)
+from boride.server.models import RESERVED_PREFIX, SESSION_RE, TemplateVersionRes
+from boride.server.templates import Templates
+
+log = logging.getLogger("boride.server")
+
+
+@dataclass
+class SessionState:
+    id: str
+    template_id: str
+    folder: Path
+    session: Session
+    try_session: bool = False  # a try session owns its resolvers
+    merger_id: str = ""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: set[asyncio.Future[Any]] = field(default_factory=set)
+    resolvers: dict[str, str] = field(default_factory=dict)  # resolver id -> component name
+    last_used: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def check_id(session_id: str) -> str:
+    if not SESSION_RE.fullmatch(session_id):
+        raise InvalidSessionId(session_id, f"invalid session id {session_id!r}: use 1 to 64 "
+                                           "letters, digits and inner dashes (a UUID, for "
+                                           "example)")
+    if session_id.startswith(RESERVED_PREFIX):
+        raise InvalidSessionId(session_id, f"session ids starting with {RESERVED_PREFIX!r} are "
+                                           "reserved for the server's own use")
+    return session_id
+
+
+class Sessions(Table[SessionState]):
+    """The open sessions, by id."""
+
+    def __init__(self, ctx: Context, catalog: Catalog, templates: Templates) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.catalog = catalog
+        self.templates = templates
+        self._create_lock = asyncio.Lock()
+
+    def find(self, session_id: str) -> SessionState:
+        check_id(session_id)
+        s = self._table.get(session_id)
+        if s is None or s.closed:
+            raise SessionNotFound(session_id, (
+                f"no session {session_id!r} (start one with POST /executor, "
+                "POST /executor/{sessionId}/warm or POST /executor/try)"))
+        s.touch()
+        return s
+
+    def shared(self, state: SessionState) -> Session | None:
+        """The session of the registry template whose shared components ``state`` uses (none
+        for a try session: it runs its own, whatever id it was tried with)."""
+        return None if state.try_session else self.templates.shared(state.template_id)
+
+    def resolver(self, resolver_id: str) -> Instance | None:
+        for s in self._table.values():
+            name = s.resolvers.get(resolver_id)
+            if name is not None and name in s.session.instances:
+                return s.session.instances[name]
+        return None
+
+    async def _folder(self, session_id: str, template: TemplateVersionRes) -> Path:
+        """What session ``session_id`` builds for ``template``: a try session's own folder (for
+        the id it was tried with), else the registry template's."""
+        tid = template.principal.id
+        existing = self._table.get(session_id)
+        if existing is not None and not existing.closed:
+            if existing.template_id != tid:
+                raise OtherTemplate(session_id, existing.template_id, tid)
+            if existing.try_session:
+                return existing.folder
+        return (await self.templates.of(template)).folder
+
+    async def create(self, session_id: str, tid: str, folder: Path, *,
+                     try_session: bool = False, exists_ok: bool = True
+                     ) -> tuple[SessionState, bool]:
+        async with self._create_lock:
+            existing = self._table.get(session_id)
+            if existing is not None:
+                if not exists_ok:
+                    raise SessionExists(session_id, f"session {session_id!r} exists already")
+                if existing.template_id != tid:
+                    raise OtherTemplate(session_id, existing.template_id, tid)
+                existing.touch()
+                return existing, False
+            if len(self._table) >= self.ctx.config.limits.max_sessions:
+                raise TooManySessions(self.ctx.config.limits.max_sessions)
+            session = await self.ctx.open_session(session_id, folder)
+            state = SessionState(session_id, tid, folder, session, try_session=try_session)
+            self._table[session_id] = state
+            self.ctx.metrics.sessions.set(len(self._table))
+            return state, True
+
+    async def warm(self, session_id: str, template: TemplateVersionRes) -> None:
+        """The session's area, and every image (or command) it needs present."""
+        check_id(session_id)
+        folder = await self._folder(session_id, template)
+        _, created = await self.create(session_id, template.principal.id, folder)
+        problems = await self.ctx.cannot_run(await self.catalog.runnables(template))
+        if problems:
+            if created:
+                await self.delete_if_open(session_id)
+            raise TemplateCannotRun(problems)
+
+    async def start(self, session_id: str, template: TemplateVersionRes, merger_id: str) -> None:
+        """The session's processors and plugins started and ready (again, when dead)."""
+        check_id(session_id)
+        folder = await self._folder(session_id, template)
+        state, _ = await self.create(session_id, template.principal.id, folder)
+        state.merger_id = merger_id or state.merger_id
+        components = await self.catalog.runnables(template)
+        async with state.lock:
+            if state.closed:
+                raise SessionNotFound(session_id, f"session {session_id!r} was deleted")
+            await state.session.drop_dead()
+            try:
+                await self.ctx.start(state.session, components)
+            finally:
+                state.touch()
+
+    async def delete(self, session_id: str) -> None:
+        """Cancel what runs in the session, stop every component, remove the area."""
+        check_id(session_id)
+        state = self._table.pop(session_id, None)
+        self.ctx.metrics.sessions.set(len(self._table))
+        if state is None or state.closed:
+            raise SessionNotFound(session_id, f"no session {session_id!r}")
+        state.closed = True
+        tasks = list(state.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:  # their own clean-up included; their outcome is their requests' business
+            await aio.shielded(asyncio.gather(*tasks, return_exceptions=True))
+        async with state.lock:
+            await state.session.close()
+        if state.session.leftovers:
+            log.warning("session %s: left behind: %s", session_id,
+                        "; ".join(state.session.leftovers))
+
+    async def delete_if_open(self, session_id: str) -> None:
+        if session_id in self._table:  # no await between this test and delete's pop
+            await self.delete(session_id)
+
+    async def reap(self, ttl: float) -> None:
+        """Remove the sessions idle for ``ttl`` seconds, forever."""
+        while True:
+            await asyncio.sleep(max(0.05, min(ttl / 4, 30.0)))
+            now = time.monotonic()
+            for s in list(self._table.values()):
+                idle = now - s.last_used > ttl and not s.lock.locked() and not s.tasks
+                if idle and self._table.get(s.id) is s:  # not deleted (or made anew) meanwhile
+                    log.info("session %s idle for %.0fs: removing it", s.id, now - s.last_used)
+                    await self.delete(s.id)
+
+    async def close_all(self) -> None:
+        ids = list(self._table)
+        report = await parallel.run(self.delete_if_open, ids, limit=max(1, len(ids)))
+        for o in report.failures:
+            log.error("closing session %s failed: %s", o.item, describe(o.error))

@@ -1,0 +1,129 @@
+"""Registry templates (by version id): a folder of files plus, once warmed, its *shared*
+components, resolvers and the template's own Q&A server when the registry knows how to run
+it, started in a server-owned session and used by every session of that template.
+
+Try templates are not here: they belong to their one session (:mod:`boride.server.tries`)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from boride import parallel
+from boride.errors import describe
+from boride.pipeline import Session
+from boride.runtime.base import Instance
+from boride.server.components import Catalog
+from boride.server.context import Context, Table
+from boride.server.errors import NoQuestionServer, TemplateNotWarm
+from boride.server.models import RESERVED_PREFIX, TemplateVersionRes
+
+log = logging.getLogger("boride.server")
+
+
+@dataclass
+class TemplateState:
+    id: str
+    folder: Path
+    session: Session | None = None  # server-owned: the shared components
+    resolvers: dict[str, str] = field(default_factory=dict)  # resolver id -> component name
+    question_server: str | None = None  # name of its Q&A server's component
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def instances(self) -> dict[str, Instance]:
+        return self.session.instances if self.session is not None else {}
+
+
+def _session_id(template_id: str) -> str:
+    return f"{RESERVED_PREFIX}t{hashlib.sha256(template_id.encode()).hexdigest()[:24]}"
+
+
+class Templates(Table[TemplateState]):
+    """The registry templates this server has seen, by id."""
+
+    def __init__(self, ctx: Context, catalog: Catalog) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.catalog = catalog
+
+    async def of(self, template: TemplateVersionRes) -> TemplateState:
+        """The registry template ``template`` names (never a try session's folder)."""
+        tid = template.principal.id
+        known = self._table.get(tid)
+        folder = known.folder if known is not None else await self.catalog.template_folder(tid)
+        return self._table.setdefault(tid, TemplateState(tid, folder))
+
+    async def warm(self, template: TemplateVersionRes) -> None:
+        """The template's files, its resolvers and Q&A server running (again, when dead)."""
+        t = await self.of(template)
+        resolvers = await self.catalog.resolvers(template.resolvers)
+        qna = await self.catalog.question_server(template)
+        components = [c for _, c in resolvers] + ([qna] if qna is not None else [])
+        async with t.lock:
+            if t.session is None:
+                t.session = await self.ctx.open_session(_session_id(t.id), t.folder)
+            await t.session.drop_dead()
+            try:
+                await self.ctx.start(t.session, components)
+            finally:  # what started serves, whatever else failed
+                t.resolvers.update({r.id: c.name for r, c in resolvers if c.name in t.instances})
+                if qna is not None and qna.name in t.instances:
+                    t.question_server = qna.name
+
+    async def forget_dead(self, template_id: str) -> None:
+        """After a shared component failed in a build: if it died, drop it (the next build
+        or warm starts another); if it only failed on that input, it keeps serving."""
+        t = self._table.get(template_id)
+        if t is not None and t.session is not None:
+            async with t.lock:
+                await t.session.drop_dead()
+
+    async def drop(self, template_id: str) -> None:
+        t = self._table.pop(template_id, None)
+        if t is None:
+            raise TemplateNotWarm(template_id, f"no template {template_id!r} here")
+        async with t.lock:
+            await _close(t)
+
+    async def close_all(self) -> None:
+        templates = list(self._table.values())
+        self._table.clear()
+        report = await parallel.run(_close, templates, limit=max(1, len(templates)))
+        for o in report.failures:
+            log.error("closing template %s failed: %s", o.item.id, describe(o.error))
+
+    def shared(self, template_id: str) -> Session | None:
+        t = self._table.get(template_id)
+        return t.session if t is not None else None
+
+    def question_server(self, template_id: str) -> Instance:
+        t = self._table.get(template_id)
+        if t is None:
+            raise TemplateNotWarm(template_id, f"template {template_id!r} is not warm here "
+                                               "(POST /template/warm first)")
+        if t.question_server is None or t.question_server not in t.instances:
+            raise NoQuestionServer(template_id, (
+                f"template {template_id!r} has no running Q&A server (the registry gives no "
+                "command or image for it)"))
+        return t.instances[t.question_server]
+
+    def resolver(self, resolver_id: str) -> Instance | None:
+        for t in self._table.values():
+            name = t.resolvers.get(resolver_id)
+            if name is not None and name in t.instances:
+                return t.instances[name]
+        return None
+
+
+async def _close(t: TemplateState) -> None:
+    if t.session is not None:
+        await t.session.close()
+        if t.session.leftovers:
+            log.warning("template %s: left behind: %s", t.id, "; ".join(t.session.leftovers))
+        t.session = None
+    t.resolvers.clear()
+    t.question_server = None

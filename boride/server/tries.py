@@ -1,0 +1,79 @@
+"""Try sessions (``POST /executor/try``): a session building a local folder below
+``--dev-root``. The try template (its folder and its resolvers) belongs to that session alone,
+so a try can never shadow or change a registry template, even under the same id; a refused
+try leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from boride.fsutil import is_within
+from boride.server.components import Catalog
+from boride.server.context import Context
+from boride.server.errors import (
+    InvalidPath,
+    MissingPath,
+    NotAFolder,
+    OutsideDevRoot,
+    TemplateCannotRun,
+    TryDisabled,
+    UnsupportedSource,
+)
+from boride.server.models import TryReq
+from boride.server.sessions import Sessions, check_id
+
+
+def try_folder(req: TryReq, dev_root: Path | None) -> Path:
+    """The folder a try names, checked: a folder, really below ``dev_root``."""
+    if req.source != "path":
+        raise UnsupportedSource(req.path, "boride builds try sessions from a folder: use "
+                                          "source 'path' (source 'image' is not supported yet)")
+    if not req.path:
+        raise MissingPath(req.path, "path is required when source is 'path'")
+    if dev_root is None:
+        raise TryDisabled(req.path, "this server accepts no local paths: start it with "
+                                    "--dev-root DIR to allow folders below DIR")
+    candidate = Path(req.path)
+    if not candidate.is_absolute():
+        candidate = dev_root / candidate
+    try:
+        folder = Path(os.path.realpath(candidate))
+    except (OSError, ValueError) as exc:
+        raise InvalidPath(req.path, f"{req.path!r}: {exc}") from None
+    if not is_within(str(folder), str(dev_root)):
+        raise OutsideDevRoot(req.path, f"{req.path!r} is not below --dev-root {dev_root}")
+    if not folder.is_dir():
+        raise NotAFolder(req.path, f"{req.path!r} is not a folder")
+    return folder
+
+
+class Tries:
+    def __init__(self, ctx: Context, catalog: Catalog, sessions: Sessions) -> None:
+        self.ctx = ctx
+        self.catalog = catalog
+        self.sessions = sessions
+        dev_root = ctx.config.dev_root
+        self.dev_root = dev_root.resolve() if dev_root is not None else None
+
+    async def start(self, req: TryReq) -> None:
+        """Make the try session and start its resolvers (in the session)."""
+        check_id(req.session_id)
+        folder = try_folder(req, self.dev_root)
+        resolvers = await self.catalog.resolvers(req.template.resolvers)
+        problems = await self.ctx.cannot_run(await self.catalog.runnables(req.template))
+        if problems:
+            raise TemplateCannotRun(problems)
+        state, _ = await self.sessions.create(req.session_id, req.local_template_id, folder,
+                                              try_session=True, exists_ok=False)
+        state.merger_id = req.merger_id
+        try:
+            async with state.lock:
+                try:
+                    await self.ctx.start(state.session, [c for _, c in resolvers])
+                finally:
+                    state.resolvers.update({r.id: c.name for r, c in resolvers
+                                            if c.name in state.session.instances})
+        except BaseException:
+            await self.sessions.delete_if_open(req.session_id)
+            raise
