@@ -29,7 +29,9 @@ class Timeouts:
 
     ready: float = 60.0  # a component starting until it answers GET / with 200
     build: float | None = None  # a whole build, start to output
-    session_idle: float | None = 3600.0  # the API: an idle session is removed after this
+    #: the API: an idle session is removed after this; 12 hours like the Go coordinator's
+    #: clean-up, so a long interactive Q&A between bootstrap and build keeps its session
+    session_idle: float | None = 12 * 3600.0
 
 
 @dataclass(frozen=True)

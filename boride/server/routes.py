@@ -131,10 +131,11 @@ async def build(request: Request, sessionId: SessionId, body: BuildReq) -> Respo
 
 
 @router.delete("/executor/{sessionId}", response_model=StatusRes, tags=["executor"],
-               responses=_problems(400, 404))
+               responses=_problems(400))
 async def delete_executor(request: Request, sessionId: SessionId) -> StatusRes:
     """Remove everything of the session: cancel its build, stop its components, delete its
-    work area."""
+    work area. A session that is not here (unknown, expired, deleted already) answers OK too,
+    as the Go coordinator does: there is nothing left to remove."""
     await _service(request).delete_session(sessionId)
     return StatusRes()
 

@@ -23,7 +23,7 @@ from boride.runtime.base import Instance, Runtime
 from boride.server.builds import Builds
 from boride.server.components import Catalog
 from boride.server.context import Context, ServerConfig
-from boride.server.errors import ResolverNotFound
+from boride.server.errors import ResolverNotFound, SessionNotFound
 from boride.server.metrics import Metrics
 from boride.server.models import TemplateVersionRes, TryReq
 from boride.server.sessions import Sessions
@@ -86,8 +86,15 @@ class Service:
     async def try_session(self, req: TryReq) -> None:
         await self.tries.start(req)
 
-    async def delete_session(self, session_id: str) -> None:
-        await self.sessions.delete(session_id)
+    async def delete_session(self, session_id: str) -> bool:
+        """Remove the session; False when there was none (unknown, expired or deleted
+        already): nothing to remove, which the Go coordinator answers with OK too."""
+        try:
+            await self.sessions.delete(session_id)
+        except SessionNotFound:
+            log.info("DELETE of session %s: no such session, nothing to remove", session_id)
+            return False
+        return True
 
     def resolver(self, resolver_id: str) -> Instance:
         """A running resolver by version id: a template's shared one, else a try session's."""
