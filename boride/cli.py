@@ -257,7 +257,8 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
 @click.option("--max-sessions", type=click.IntRange(min=1), default=LIMITS.max_sessions,
               show_default=True)
 @click.option("--session-ttl", type=click.FloatRange(min=0), default=TIMEOUTS.session_idle,
-              show_default=True, help="Seconds before an idle session is removed (0: never); the default, 12 hours "
+              show_default=True,
+              help="Seconds before an idle session is removed (0: never); the default, 12 hours "
               "as the Go coordinator's, covers a long interactive Q&A.")
 @click.option("--work-root", type=click.Path(path_type=Path, file_okay=False),
               help="Where session work areas go [default: the system temp folder].")

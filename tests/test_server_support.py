@@ -24,7 +24,7 @@ from boride.server import ServerConfig, Service, create_app
 from boride.server.internal import create_internal_app
 from tests.conftest import COMPONENTS, EXAMPLES
 
-PROBLEM_FIELDS = {"title", "status", "detail", "type", "trace_id", "data"}
+PROBLEM_FIELDS = {"title", "status", "detail", "type", "trace_id", "traceId", "data"}
 
 
 @dataclass
@@ -187,7 +187,7 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert data["type"].endswith(f"/{status}")
     assert isinstance(data["data"], list) and data["data"], data
     assert all(isinstance(x, str) for x in data["data"])
-    assert data["trace_id"] == response.headers["x-trace-id"]
+    assert data["trace_id"] == data["traceId"] == response.headers["x-trace-id"]
     return data
 
 

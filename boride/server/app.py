@@ -24,7 +24,8 @@ from boride.server.service import ServerConfig, Service
 DESCRIPTION = """\
 boride's HTTP API: the routes, bodies and errors of the CyanPrint Go coordinator (Boron), so a
 client written for it works unchanged. Errors are RFC 7807 problem details
-(`{"title", "status", "detail", "type", "trace_id", "data": [every error]}`).
+(`{"title", "status", "detail", "type", "trace_id", "traceId", "data": [every error]}`;
+the CyanPrint CLI shows `title`, `status`, `type`, `traceId` and `data`).
 
 Typical flow: `POST /template/warm` → `POST /executor/{sessionId}/warm` → `POST /executor` →
 `POST /executor/{sessionId}` (streams `cyan-output.tar.gz`) → `DELETE /executor/{sessionId}`.

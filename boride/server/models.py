@@ -222,4 +222,5 @@ class Problem(BaseModel):
     detail: str
     type: str
     trace_id: str | None = None
-    data: list[str] | None = None
+    traceId: str | None = None  # what the CyanPrint CLI reads
+    data: list[str] = Field(default_factory=list)  # every message: the CLI shows these

@@ -1,5 +1,7 @@
 """RFC 7807 problem details for every failure, as the Go coordinator writes them:
-``{"title", "status", "detail", "type", "trace_id", "data": [every error]}``.
+``{"title", "status", "detail", "type", "trace_id", "traceId", "data": [every error]}``.
+The CyanPrint CLI reads ``title``, ``status``, ``type``, ``traceId`` and ``data`` only (never
+``detail``), so ``data`` always carries the human message(s), for every problem.
 
 The service raises domain errors (:mod:`boride.server.errors`, the pipeline's, the
 registry's); :data:`TABLE` is the one place that says which status and title each class gets
@@ -132,8 +134,11 @@ def _route(request: Request) -> str | None:
 
 def body(status: int, title: str, detail: str, trace_id: str | None,
          data: Sequence[str] | None) -> dict[str, Any]:
+    """The problem; ``data`` is never empty (the CLI shows it, not ``detail``): without
+    errors of its own, it is the detail."""
+    messages = [m for m in (data or ()) if m] or [detail or title]
     return {"title": title, "status": status, "detail": detail, "type": type_url(status),
-            "trace_id": trace_id, "data": list(data) if data is not None else None}
+            "trace_id": trace_id, "traceId": trace_id, "data": messages}
 
 
 def problem_response(status: int, title: str, detail: str, trace_id: str | None,

@@ -1,0 +1,185 @@
+"""The CyanPrint CLI (Iridium 2.24.0) against ``boride serve``: its exact request bodies
+(/work/shared/iridium-client.md, section 1), and every answer read the way the CLI reads it
+(its ``ProblemDetails``, ``StandardRes``, ``TrySetupRes``, ``CleanupRes``)."""
+
+from __future__ import annotations
+
+import random
+import string
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from boride.config import Limits, Timeouts
+from boride.server import ServerConfig
+from tests.conftest import boride_processes
+from tests.test_server_support import (
+    EXAMPLE_REGISTRY,
+    Running,
+    example_build,
+    example_template,
+    running_server,
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+# The CLI's headers: reqwest without gzip, no user agent, never an Authorization header.
+CLI_HEADERS = {"accept": "*/*"}
+
+
+def cli_client(server: Running) -> httpx.Client:
+    client = server.client(headers=CLI_HEADERS)
+    client.headers.pop("user-agent", None)
+    client.headers.pop("accept-encoding", None)
+    return client
+
+
+def session_id() -> str:
+    """``DefaultSessionIdGenerator``: 10 random ASCII alphanumerics."""
+    return "".join(random.choices(string.ascii_letters + string.digits, k=10))
+
+
+def local_template_id() -> str:
+    """``"10ca1" + uuid[5..]``, as ``try_cmd.rs`` makes it."""
+    return "10ca1" + str(uuid.uuid4())[5:]
+
+
+# --- the answers, read as the CLI's structs read them ---------------------------------------
+
+def cli_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """``ProblemDetails`` (camelCase): required ``title: String``, ``status: u16``,
+    ``type: String``; optional ``traceId``, ``data: Value``. ``detail`` is not read, so the
+    human message must be in ``data``."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["status"], int) and body["status"] == status
+    assert isinstance(body["type"], str)
+    assert isinstance(body.get("traceId"), str) and body["traceId"]
+    assert body["traceId"] == response.headers["x-trace-id"]
+    data = body.get("data")
+    assert isinstance(data, list) and data and all(isinstance(x, str) and x for x in data), body
+    return body
+
+
+def standard_ok(response: httpx.Response) -> None:
+    """``StandardRes {status}``: the CLI checks ``status.to_lowercase() == "ok"``."""
+    assert response.status_code == 200, response.text
+    assert str(response.json()["status"]).lower() == "ok"
+
+
+def try_setup_res(response: httpx.Response) -> dict[str, Any]:
+    """``TrySetupRes``: required ``blobVolume {cyan_id, session_id}``; optional ``sessionId``,
+    ``sessionVolume``."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["blobVolume"]["cyan_id"], str)
+    assert isinstance(body["blobVolume"]["session_id"], str)
+    return body
+
+
+# --- the bodies the CLI sends ---------------------------------------------------------------
+
+def synthetic_template(local_id: str) -> dict[str, Any]:
+    """The template ``try_cmd.rs`` sends with a try: principal id = localTemplateId, version 0."""
+    return {
+        "principal": {"id": local_id, "version": 0, "createdAt": "2025-01-01T00:00:00Z",
+                      "description": "local", "properties": None},
+        "template": {"id": local_id, "name": "local", "project": "", "source": "", "email": "",
+                     "tags": [], "description": "", "readme": "", "userId": ""},
+        "plugins": [], "processors": [], "templates": [], "resolvers": [], "commands": []}
+
+
+def try_body(sid: str, local_id: str, path: Path) -> dict[str, Any]:
+    """``TrySetupReq`` for ``cyanprint try template --dev``: ``imageRef`` omitted."""
+    return {"sessionId": sid, "localTemplateId": local_id, "source": "path",
+            "path": str(path), "template": synthetic_template(local_id),
+            "mergerId": str(uuid.uuid4())}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    root = tmp_path_factory.mktemp("cli")
+    dev = root / "dev"
+    (dev / "tpl" / "src").mkdir(parents=True)
+    (dev / "tpl" / "src" / "a.txt").write_text("hello\n")
+    config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), dev_root=dev,
+                          work_root=root / "work")
+    with running_server(config) as running:
+        running.app.state.test_dev = dev
+        yield running
+    assert boride_processes() == []
+
+
+@pytest.fixture
+def http(server: Running) -> Iterator[httpx.Client]:
+    with cli_client(server) as client:
+        yield client
+    for sid in list(server.service.sessions):
+        with server.client() as other:
+            other.delete(f"/executor/{sid}")
+
+
+# --- 2. DELETE of a session that is not here -------------------------------------------------
+
+def test_delete_of_an_unknown_session_is_ok(http: httpx.Client) -> None:
+    standard_ok(http.delete(f"/executor/{session_id()}"))
+
+
+def test_delete_after_expiry_is_ok_and_a_build_is_a_clear_404(tmp_path: Path) -> None:
+    config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), work_root=tmp_path,
+                          timeouts=Timeouts(session_idle=0.2))
+    template = example_template()
+    sid = session_id()
+    with running_server(config) as server, cli_client(server) as http:
+        r = http.post(f"/executor/{sid}/warm", json=template)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: sid not in server.service.sessions, timeout=30)
+        body = cli_problem(http.post(f"/executor/{sid}", json=example_build(template)), 404)
+        assert sid in " ".join(body["data"])
+        standard_ok(http.delete(f"/executor/{sid}"))
+        standard_ok(http.delete(f"/executor/{sid}"))  # again: still nothing to remove
+
+
+def test_the_default_session_lifetime_is_twelve_hours() -> None:
+    assert Timeouts().session_idle == 12 * 3600
+
+
+# --- 4. problems the CLI can show ------------------------------------------------------------
+
+def test_every_kind_of_problem_parses_as_the_clis(server: Running, http: httpx.Client,
+                                                  tmp_path: Path) -> None:
+    # a service error, a route that does not exist, a wrong method
+    cli_problem(http.post(f"/executor/{session_id()}", json=example_build(example_template())),
+                404)
+    cli_problem(http.get("/no/such/route"), 404)
+    cli_problem(http.get("/executor/try"), 405)
+    # validation: malformed JSON, a body of the wrong shape (the CLI's try without a template)
+    cli_problem(http.post("/executor/try", content=b'{"sessionId": ',
+                          headers={"content-type": "application/json"}), 400)
+    body = try_body(session_id(), local_template_id(), tmp_path)
+    del body["template"]
+    data = cli_problem(http.post("/executor/try", json=body), 400)["data"]
+    assert any("template" in m for m in data)
+    # a try path outside the dev root
+    data = cli_problem(http.post("/executor/try", json=try_body(
+        session_id(), local_template_id(), tmp_path)), 403)["data"]
+    assert any("--dev-root" in m for m in data)
+
+
+def test_middleware_problems_parse_as_the_clis(tmp_path: Path) -> None:
+    config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), work_root=tmp_path,
+                          token="t" * 16, limits=Limits(max_body=2048))
+    with running_server(config) as server, cli_client(server) as http:
+        # the CLI sends no Authorization header: 401, and it says why
+        data = cli_problem(http.post("/template/warm", json=example_template()), 401)["data"]
+        assert any("Authorization" in m for m in data)
+        big = {"x": "y" * 4096}
+        auth = {"authorization": "Bearer " + "t" * 16}
+        data = cli_problem(http.post("/template/warm", json=big, headers=auth), 413)["data"]
+        assert any("limit" in m for m in data)
