@@ -183,3 +183,37 @@ def test_middleware_problems_parse_as_the_clis(tmp_path: Path) -> None:
         auth = {"authorization": "Bearer " + "t" * 16}
         data = cli_problem(http.post("/template/warm", json=big, headers=auth), 413)["data"]
         assert any("limit" in m for m in data)
+
+
+# --- 3. the try request and answer as the Go coordinator spells them -------------------------
+
+def test_try_as_the_cli_sends_it(server: Running, http: httpx.Client) -> None:
+    sid, local_id = session_id(), local_template_id()
+    folder = server.app.state.test_dev / "tpl"
+    body = try_body(sid, local_id, folder.resolve())
+    assert "imageRef" not in body  # omitted when None, as serde does
+    res = try_setup_res(http.post("/executor/try", json=body))
+    assert res["blobVolume"] == {"cyan_id": local_id, "session_id": ""}
+    assert res["sessionId"] == sid
+    assert res["sessionVolume"] == {"cyan_id": local_id, "session_id": sid}
+    standard_ok(http.delete(f"/executor/{sid}"))
+
+
+def test_try_in_snake_case_still_works(server: Running, http: httpx.Client) -> None:
+    sid, local_id = session_id(), local_template_id()
+    folder = server.app.state.test_dev / "tpl"
+    res = try_setup_res(http.post("/executor/try", json={
+        "session_id": sid, "local_template_id": local_id, "source": "path",
+        "path": str(folder), "image_ref": None, "template": synthetic_template(local_id),
+        "merger_id": str(uuid.uuid4())}))
+    assert res["sessionId"] == sid
+    standard_ok(http.delete(f"/executor/{sid}"))
+
+
+def test_try_from_an_image_is_a_problem_the_cli_shows(http: httpx.Client) -> None:
+    sid, local_id = session_id(), local_template_id()
+    body = {"sessionId": sid, "localTemplateId": local_id, "source": "image",
+            "imageRef": {"reference": "me/tpl-blob", "tag": "1"},
+            "template": synthetic_template(local_id), "mergerId": str(uuid.uuid4())}
+    data = cli_problem(http.post("/executor/try", json=body), 400)["data"]
+    assert any("source" in m for m in data)

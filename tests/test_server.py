@@ -132,8 +132,9 @@ def test_local_try_flow_end_to_end_leaves_nothing_running(tmp_path: Path) -> Non
             "path": str(folder), "imageRef": None, "template": template})
         assert r.status_code == 200, r.text
         blob = {"cyan_id": local_id, "session_id": ""}
-        assert r.json() == {"session_id": sid, "blobVolume": blob, "blob_volume": blob,
-                            "session_volume": {"cyan_id": local_id, "session_id": sid}}
+        own = {"cyan_id": local_id, "session_id": sid}
+        assert r.json() == {"sessionId": sid, "blobVolume": blob, "sessionVolume": own,
+                            "session_id": sid, "blob_volume": blob, "session_volume": own}
         assert any("ok_resolver" in p for p in boride_processes())  # the session's resolver
 
         body = build_body(template, [("me/one", {"suffix": "1"}), ("me/two:1", {"suffix": "2"})],

@@ -206,12 +206,23 @@ class WarmRes(BaseModel):
 
 
 class TryRes(BaseModel):
-    """Both spellings: DESIGN.md's ``blobVolume`` and the Go coordinator's snake case."""
+    """The Go coordinator's ``TrySetupRes`` (camelCase: ``blobVolume``, the one field the
+    CyanPrint CLI requires, ``sessionId``, ``sessionVolume``), and the snake-case names boride
+    answered before, for its older clients."""
 
-    session_id: str
+    sessionId: str
     blobVolume: VolumeRef
+    sessionVolume: VolumeRef
+    session_id: str
     blob_volume: VolumeRef
     session_volume: VolumeRef
+
+    @classmethod
+    def of(cls, session_id: str, local_template_id: str) -> TryRes:
+        blob = VolumeRef(cyan_id=local_template_id, session_id="")
+        own = VolumeRef(cyan_id=local_template_id, session_id=session_id)
+        return cls(sessionId=session_id, blobVolume=blob, sessionVolume=own,
+                   session_id=session_id, blob_volume=blob, session_volume=own)
 
 
 class Problem(BaseModel):

@@ -100,10 +100,7 @@ async def try_executor(request: Request, body: TryReq) -> TryRes:
     (``source: "path"``); its resolvers start in the session. Build it with
     ``POST /executor/{sessionId}``; ``DELETE /executor/{sessionId}`` removes all of it."""
     await _service(request).try_session(body)
-    blob = VolumeRef(cyan_id=body.local_template_id, session_id="")
-    return TryRes(session_id=body.session_id, blobVolume=blob, blob_volume=blob,
-                  session_volume=VolumeRef(cyan_id=body.local_template_id,
-                                           session_id=body.session_id))
+    return TryRes.of(body.session_id, body.local_template_id)
 
 
 @router.post("/executor/{sessionId}", tags=["executor"], response_class=Response,
