@@ -602,11 +602,13 @@ class Build:
                 await asyncio.to_thread(_deliver, tree, ws.host_area, self.options, self.result)
 
     # -- after a build in a kept session (the HTTP server's) -------------------------------
-    def stream(self) -> Iterator[bytes]:
+    def stream(self, *, copy_links: bool = False) -> Iterator[bytes]:
         """The result as ``.tar.gz`` chunks, produced while iterating (after a successful
-        :meth:`run`); :class:`ArchiveFailed` when the tree cannot be archived."""
+        :meth:`run`); :class:`ArchiveFailed` when the tree cannot be archived. With
+        ``copy_links``, in-tree symlinks are stored as what they lead to."""
         assert self.tree is not None, "the build has no result"
-        return archive_stream(self.tree, within=self._workspace.host_area)
+        return archive_stream(self.tree, within=self._workspace.host_area,
+                              copy_links=copy_links)
 
     async def release(self, *, cancelled: bool = False) -> list[str]:
         """Ready the session for its next build: stop the components that failed or were cut
@@ -728,11 +730,14 @@ def _remove_new(area: Path, before: set[str]) -> list[str]:
     return problems
 
 
-def archive_stream(folder: Path, *, within: Path | None = None) -> Iterator[bytes]:
+def archive_stream(folder: Path, *, within: Path | None = None,
+                   copy_links: bool = False) -> Iterator[bytes]:
     """``folder`` as ``.tar.gz`` chunks, produced while iterating; :class:`ArchiveFailed` when
-    it cannot be archived (links leading out, special files)."""
+    it cannot be archived (links leading out, special files). With ``copy_links``, in-tree
+    symlinks are stored as what they lead to (for unpackers that cannot make links, like the
+    CyanPrint CLI's); links leading out are refused all the same."""
     try:
-        return archive.iter_archive(folder, within=within)
+        return archive.iter_archive(folder, within=within, copy_links=copy_links)
     except archive.ArchiveError as exc:
         raise ArchiveFailed(exc) from None
 

@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import io
 import random
 import string
+import tarfile
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,13 @@ from tests.conftest import boride_processes
 from tests.test_server_support import (
     EXAMPLE_REGISTRY,
     Running,
+    entry,
     example_build,
     example_template,
+    pinned,
     running_server,
     wait_for,
+    write_registry,
 )
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -217,3 +223,77 @@ def test_try_from_an_image_is_a_problem_the_cli_shows(http: httpx.Client) -> Non
             "template": synthetic_template(local_id), "mergerId": str(uuid.uuid4())}
     data = cli_problem(http.post("/executor/try", json=body), 400)["data"]
     assert any("source" in m for m in data)
+
+
+# --- 7. archives the CLI unpacks faithfully --------------------------------------------------
+
+def cli_unpack(archive: bytes) -> dict[str, bytes]:
+    """``TarGzUnpacker``: the first gzip member; folder entries skipped; every other entry a
+    file with the entry's bytes (a link entry: an empty file)."""
+    files: dict[str, bytes] = {}
+    raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(archive)  # first member only
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        for member in tar:
+            if member.isdir() or ".git" in member.name.split("/"):
+                continue
+            f = tar.extractfile(member) if member.isfile() else None
+            files[member.name] = f.read() if f is not None else b""
+    return files
+
+
+@pytest.fixture
+def link_server(tmp_path: Path) -> Iterator[tuple[Running, dict[str, Any]]]:
+    dev = tmp_path / "dev"
+    (dev / "tpl" / "src").mkdir(parents=True)
+    (dev / "tpl" / "src" / "a.txt").write_text("alpha\n")
+    (dev / "tpl" / "README.md").write_text("read me\n")
+    proc, links = entry("me/copy", "ok_processor"), entry("me/links", "link_plugin")
+    registry = write_registry(tmp_path / "registry.yaml", processors=[proc], plugins=[links])
+    config = ServerConfig(registry=(str(registry),), dev_root=dev, work_root=tmp_path / "work")
+    local_id = local_template_id()
+    template = synthetic_template(local_id)
+    template["processors"] = [pinned(proc)]
+    template["plugins"] = [pinned(links)]
+    with running_server(config) as running:
+        running.app.state.test_dev = dev
+        yield running, template
+
+
+def _build_with_links(server: Running, template: dict[str, Any],
+                      links: dict[str, str]) -> httpx.Response:
+    sid = session_id()
+    with cli_client(server) as http:
+        try_setup_res(http.post("/executor/try", json={
+            **try_body(sid, template["principal"]["id"], server.app.state.test_dev / "tpl"),
+            "template": template}))
+        # the CLI's BuildReq: root null when absent
+        r = http.post(f"/executor/{sid}", json={"template": template, "merger_id": str(
+            uuid.uuid4()), "cyan": {
+                "processors": [{"name": "me/copy", "config": None, "files": [
+                    {"root": None, "glob": "**/*", "exclude": [], "type": "copy"}]}],
+                "plugins": [{"name": "me/links", "config": {"links": links}}]}})
+        standard_ok(http.delete(f"/executor/{sid}"))
+    return r
+
+
+def test_in_tree_links_arrive_as_their_content(
+        link_server: tuple[Running, dict[str, Any]]) -> None:
+    server, template = link_server
+    r = _build_with_links(server, template, {"docs/readme-link": "../README.md",
+                                             "src/same": "a.txt", "alias": "src"})
+    assert r.status_code == 200, r.text
+    files = cli_unpack(r.content)
+    assert files["src/a.txt"] == b"alpha\n"
+    assert files["docs/readme-link"] == b"read me\n"
+    assert files["src/same"] == b"alpha\n"
+    assert files["alias/a.txt"] == b"alpha\n"  # a link to a folder: its files
+    with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
+        assert not [m.name for m in tar if m.issym() or m.islnk()]
+
+
+def test_links_leading_out_are_a_problem_naming_the_path(
+        link_server: tuple[Running, dict[str, Any]]) -> None:
+    server, template = link_server
+    r = _build_with_links(server, template, {"evil": "/etc/passwd"})
+    data = cli_problem(r, 400)["data"]
+    assert any("evil" in m for m in data), data

@@ -2,8 +2,9 @@
 :class:`boride.pipeline.Build` over the session's running components (and its template's
 shared ones), at most ``max_builds`` at once across sessions. The output streams as
 ``cyan-output.tar.gz`` straight from the merged tree; the build's folders are removed when the
-stream ends. A cancelled build (client gone, session deleted) stops the session's components
-(the next build starts them again)."""
+stream ends; in-tree symlinks are stored as the content they lead to (the CyanPrint CLI's
+unpacker cannot make links), links leading out are refused. A cancelled build (client gone,
+session deleted) stops the session's components (the next build starts them again)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ class Builds:
             build = Build(plan, state.session, self.ctx.build_options(), shared=shared)
             await self._run(state, build)
             try:
-                chunks = build.stream()
+                # the CyanPrint CLI's create unpacker turns link entries into empty files
+                chunks = build.stream(copy_links=True)
             except BaseException:
                 await build.discard()
                 raise
