@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from boride.config import Limits, Timeouts
+from boride.runtime.base import Cleaned, RuntimeFailure
+from boride.runtime.local import LocalRuntime
 from boride.server import ServerConfig
 from tests.conftest import boride_processes
 from tests.test_server_support import (
@@ -297,3 +299,69 @@ def test_links_leading_out_are_a_problem_naming_the_path(
     r = _build_with_links(server, template, {"evil": "/etc/passwd"})
     data = cli_problem(r, 400)["data"]
     assert any("evil" in m for m in data), data
+
+
+# --- 1. DELETE /cleanup (cyanprint daemon stop) ----------------------------------------------
+
+class _Runtime(LocalRuntime):
+    """The local runtime, saying what clean_all removed (never the real engine's: a test must
+    not remove other runs' containers)."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        super().__init__()
+        self.fail = fail
+        self.cleaned = 0
+
+    async def clean_all(self) -> Cleaned:
+        self.cleaned += 1
+        if self.fail is not None:
+            raise RuntimeFailure(self.fail)
+        return Cleaned(("boride-x-proc",), ("boride-x-area",))
+
+
+def cleanup_res(response: httpx.Response) -> dict[str, Any]:
+    """``CleanupRes``: every field optional; the CLI warns unless status is ok and error
+    empty."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body, dict)
+    return body
+
+
+def test_cleanup_removes_every_session_and_component(tmp_path: Path) -> None:
+    runtime = _Runtime()
+    config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), work_root=tmp_path)
+    template = example_template()
+    sids = [session_id(), session_id()]
+    with running_server(config, runtime=runtime) as server, cli_client(server) as http:
+        standard_ok(http.post("/template/warm", json=template))
+        for sid in sids:
+            warm = http.post(f"/executor/{sid}/warm", json=template)
+            assert warm.status_code == 200, warm.text
+            standard_ok(http.post("/executor", json={
+                "session_id": sid, "template": template,
+                "write_vol_reference": warm.json()["vol_ref"],
+                "merger": {"merger_id": str(uuid.uuid4())}}))
+        assert boride_processes() != []
+        res = cleanup_res(http.delete("/cleanup"))
+        assert str(res["status"]).lower() == "ok" and not res.get("error"), res
+        assert sorted(res["sessions_removed"]) == sorted(sids) and res["sessions_count"] == 2
+        assert res["containers_removed"] == ["boride-x-proc"] and res["containers_count"] == 1
+        assert res["volumes_removed"] == ["boride-x-area"] and res["volumes_count"] == 1
+        assert runtime.cleaned == 1
+        assert boride_processes() == []  # sessions' and the template's components
+        assert list(server.service.sessions) == []
+        for sid in sids:
+            standard_ok(http.delete(f"/executor/{sid}"))
+        # the server lives on: a session afresh works
+        assert http.post(f"/executor/{sids[0]}/warm", json=template).status_code == 200
+        standard_ok(http.delete(f"/executor/{sids[0]}"))
+
+
+def test_cleanup_says_what_is_left(tmp_path: Path) -> None:
+    runtime = _Runtime(fail="could not remove boride-x-proc: engine busy")
+    config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), work_root=tmp_path)
+    with running_server(config, runtime=runtime) as server, cli_client(server) as http:
+        res = cleanup_res(http.delete("/cleanup"))
+        assert str(res["status"]).lower() != "ok"
+        assert "boride-x-proc" in res["error"]

@@ -123,6 +123,14 @@ class ComponentNetworks:
         return ip not in self.host and any(ip in net for net in self.subnets)
 
 
+@dataclass(frozen=True)
+class Cleaned:
+    """What :meth:`Runtime.clean_all` removed, by name."""
+
+    containers: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+
+
 class RuntimeFailure(BorideError):
     """A runtime could not do what was asked; the message is for the user."""
 
@@ -171,6 +179,13 @@ class Runtime(abc.ABC):
         reach nothing of the host's network, like the local runtime's, which have only their
         own loopback)."""
         return ComponentNetworks()
+
+    async def clean_all(self) -> Cleaned:
+        """Remove everything this runtime ever made for boride beyond sessions' area folders
+        (on Docker: every container and volume labelled by boride, whichever run made them).
+        Raises :class:`RuntimeFailure` saying what is left when some cannot be removed. By
+        default nothing (a runtime whose sessions leave nothing outside their areas)."""
+        return Cleaned()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release runtime-wide resources."""

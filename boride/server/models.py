@@ -225,6 +225,21 @@ class TryRes(BaseModel):
                    session_id=session_id, blob_volume=blob, session_volume=own)
 
 
+class CleanupRes(BaseModel):
+    """``DELETE /cleanup`` (what ``cyanprint daemon stop`` calls), as the CyanPrint CLI reads
+    it: ``status`` "OK" and an empty ``error`` when everything was removed; else ``status``
+    "ERROR" and ``error`` saying what is left."""
+
+    status: str = "OK"
+    error: str = ""
+    containers_removed: list[str] = Field(default_factory=list)
+    volumes_removed: list[str] = Field(default_factory=list)
+    sessions_removed: list[str] = Field(default_factory=list)
+    containers_count: int = 0
+    volumes_count: int = 0
+    sessions_count: int = 0
+
+
 class Problem(BaseModel):
     """RFC 7807 problem details, as the Go coordinator writes them."""
 

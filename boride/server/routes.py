@@ -19,6 +19,7 @@ from boride.server.models import (
     CYAN_ID,
     SESSION_ID,
     BuildReq,
+    CleanupRes,
     Problem,
     StartExecutorReq,
     StatusRes,
@@ -135,6 +136,22 @@ async def delete_executor(request: Request, sessionId: SessionId) -> StatusRes:
     as the Go coordinator does: there is nothing left to remove."""
     await _service(request).delete_session(sessionId)
     return StatusRes()
+
+
+@router.delete("/cleanup", response_model=CleanupRes, tags=["executor"])
+async def cleanup(request: Request) -> CleanupRes:
+    """Remove everything boride made (what ``cyanprint daemon stop`` calls): every session
+    of this server, every template's shared components, and what the runtime made for boride
+    (on Docker: every container and volume labelled by boride, whichever run made them).
+    Answers 200 with what was removed; when something could not be removed, ``status`` is
+    not "OK" and ``error`` says what is left."""
+    done = await _service(request).cleanup()
+    return CleanupRes(
+        status="ERROR" if done.errors else "OK", error="; ".join(done.errors),
+        containers_removed=list(done.removed.containers),
+        volumes_removed=list(done.removed.volumes), sessions_removed=list(done.sessions),
+        containers_count=len(done.removed.containers),
+        volumes_count=len(done.removed.volumes), sessions_count=len(done.sessions))
 
 
 @router.post("/executor/{sessionId}/warm", response_model=WarmRes, tags=["executor"],

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from boride import registry as reg
 from boride.errors import describe
-from boride.runtime.base import Instance, Runtime
+from boride.runtime.base import Cleaned, Instance, Runtime, RuntimeFailure
 from boride.server.builds import Builds
 from boride.server.components import Catalog
 from boride.server.context import Context, ServerConfig
@@ -30,9 +31,18 @@ from boride.server.sessions import Sessions
 from boride.server.templates import Templates
 from boride.server.tries import Tries
 
-__all__ = ["ServerConfig", "Service"]
+__all__ = ["Cleanup", "ServerConfig", "Service"]
 
 log = logging.getLogger("boride.server")
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """What ``DELETE /cleanup`` removed, and what it could not (``errors``: empty when all)."""
+
+    sessions: tuple[str, ...]
+    removed: Cleaned
+    errors: list[str]
 
 
 class Service:
@@ -68,6 +78,22 @@ class Service:
             except Exception as exc:  # reported; the rest still closes
                 log.error("closing the %s failed: %s", name, describe(exc))
         self.ctx.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def cleanup(self) -> Cleanup:
+        """``DELETE /cleanup``: every session and every template's shared components removed,
+        then whatever the runtime made for boride (on Docker: every container and volume
+        labelled by boride). The server lives on; the next request starts afresh."""
+        sessions = tuple(self.sessions)
+        errors = await self.sessions.close_all()
+        errors += await self.templates.close_all()
+        cleaned = Cleaned()
+        try:
+            cleaned = await self.ctx.runtime.clean_all()
+        except RuntimeFailure as exc:
+            errors.append(str(exc))
+        for line in errors:
+            log.warning("DELETE /cleanup: left behind: %s", line)
+        return Cleanup(sessions, cleaned, errors)
 
     # -- what the routes do -------------------------------------------------------------------
     async def warm_template(self, template: TemplateVersionRes) -> None:

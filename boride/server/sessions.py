@@ -189,8 +189,11 @@ class Sessions(Table[SessionState]):
                     log.info("session %s idle for %.0fs: removing it", s.id, now - s.last_used)
                     await self.delete(s.id)
 
-    async def close_all(self) -> None:
+    async def close_all(self) -> list[str]:
+        """Delete every session; return (and log) what could not be removed."""
         ids = list(self._table)
         report = await parallel.run(self.delete_if_open, ids, limit=max(1, len(ids)))
-        for o in report.failures:
-            log.error("closing session %s failed: %s", o.item, describe(o.error))
+        errors = [f"session {o.item}: {describe(o.error)}" for o in report.failures]
+        for line in errors:
+            log.error("closing %s", line)
+        return errors

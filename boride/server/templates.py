@@ -89,12 +89,15 @@ class Templates(Table[TemplateState]):
         async with t.lock:
             await _close(t)
 
-    async def close_all(self) -> None:
+    async def close_all(self) -> list[str]:
+        """Stop every template's shared components; return (and log) what failed."""
         templates = list(self._table.values())
         self._table.clear()
         report = await parallel.run(_close, templates, limit=max(1, len(templates)))
-        for o in report.failures:
-            log.error("closing template %s failed: %s", o.item.id, describe(o.error))
+        errors = [f"template {o.item.id}: {describe(o.error)}" for o in report.failures]
+        for line in errors:
+            log.error("closing %s", line)
+        return errors
 
     def shared(self, template_id: str) -> Session | None:
         t = self._table.get(template_id)

@@ -14,7 +14,7 @@ import docker.errors
 
 from boride import parallel
 from boride.errors import describe
-from boride.runtime.base import RuntimeFailure
+from boride.runtime.base import Cleaned, RuntimeFailure
 from boride.runtime.docker.engine import Engine, reason
 from boride.runtime.docker.names import LABEL_MANAGED, LABEL_SESSION, validate_session
 
@@ -56,19 +56,25 @@ async def remove_labelled(api: docker.APIClient, labels: dict[str, str | None],
     """Remove every container, then every volume, carrying all ``labels`` (a None value: the
     label is present, whatever its value), calling the engine through ``run``; return the
     names removed. :class:`RuntimeFailure` naming each one that could not be removed."""
+    removed = await remove_labelled_by_kind(api, labels, run)
+    return [*removed.containers, *removed.volumes]
+
+
+async def remove_labelled_by_kind(api: docker.APIClient, labels: dict[str, str | None],
+                                  run: Runner) -> Cleaned:
+    """:func:`remove_labelled`, the names removed given by kind."""
     filters = {"label": [k if v is None else f"{k}={v}" for k, v in labels.items()]}
     containers = await run(api.containers, all=True, filters=filters)
     report = await parallel.run(lambda c: _remove_container(api, run, c), containers, limit=16)
-    removed = [str(v) for v in report.values if v]
     volumes = (await run(api.volumes, filters=filters)).get("Volumes") or []
     vreport = await parallel.run(lambda v: _remove_volume(api, run, v), volumes, limit=16)
-    removed += [str(v) for v in vreport.values if v]
     errors = [o for o in report.outcomes + vreport.outcomes if not o.ok]
     if errors:
         raise RuntimeFailure("could not remove " + "; ".join(
             f"{o.item.get('Names') or o.item.get('Name')}: {describe(o.error)}"
             for o in errors))
-    return removed
+    return Cleaned(tuple(str(v) for v in report.values if v),
+                   tuple(str(v) for v in vreport.values if v))
 
 
 def _labels(session: str | None, all_: bool) -> dict[str, str | None]:

@@ -14,6 +14,7 @@ import docker.errors
 from boride import aio, parallel
 from boride.errors import describe
 from boride.runtime.base import (
+    Cleaned,
     ComponentNetworks,
     Instance,
     Runtime,
@@ -22,12 +23,13 @@ from boride.runtime.base import (
     give_tree,
 )
 from boride.runtime.docker import containers, volumes
-from boride.runtime.docker.cleanup import left_behind, remove_labelled
+from boride.runtime.docker.cleanup import left_behind, remove_labelled, remove_labelled_by_kind
 from boride.runtime.docker.containers import Container
 from boride.runtime.docker.engine import ENGINE_ERRORS, Engine, reason
 from boride.runtime.docker.images import image_problems
 from boride.runtime.docker.instance import DockerInstance
 from boride.runtime.docker.names import (
+    LABEL_MANAGED,
     LABEL_SESSION,
     NETWORK,
     SEEN_AREA,
@@ -144,6 +146,18 @@ class DockerRuntime(Runtime):
         except (*ENGINE_ERRORS, RuntimeFailure) as exc:
             raise RuntimeFailure(left_behind(workspace.session_id, exc)) from None
         self._sessions.pop(workspace.session_id, None)
+
+    async def clean_all(self) -> Cleaned:
+        """Every container and volume labelled by boride on the engine (``boride clean
+        --all``), whichever run made them."""
+        try:
+            client = await self.engine.connected()
+            removed = await remove_labelled_by_kind(client.api, {LABEL_MANAGED: None},
+                                                    self.engine.run)
+        except ENGINE_ERRORS as exc:
+            raise RuntimeFailure(f"cannot remove boride's containers and volumes ({reason(exc)});"
+                                 " remove them with: boride clean --all") from None
+        return removed
 
     async def _remove_session(self, session: str) -> list[str]:
         client = await self.engine.connected()
