@@ -237,7 +237,8 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind. Anything but loopback needs --token.")
+              help="Address to bind. Anything but loopback needs --token (or "
+              "--trusted-network).")
 @click.option("--port", type=click.IntRange(0, 65535), default=9000, show_default=True)
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="local", show_default=True,
               help="Where components run: local processes or Docker containers.")
@@ -247,11 +248,15 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
 @click.option("--token", envvar="BORIDE_TOKEN", metavar="TOKEN",
               help="Require 'Authorization: Bearer TOKEN' on every route but GET / "
               "(also read from BORIDE_TOKEN).")
+@click.option("--trusted-network", is_flag=True,
+              help="Allow a non-loopback --host without a token (the CyanPrint CLI sends "
+              "none): whoever reaches the port can run containers/processes as boride.")
 @click.option("--max-builds", type=click.IntRange(min=1), default=LIMITS.max_builds,
               show_default=True,
               help="Builds (and component start-ups) running at once; the others wait.")
 @click.option("--dev-root", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Allow POST /executor/try with source 'path' for folders below DIR.")
+              help="Allow POST /executor/try with source 'path' for folders below DIR "
+              "[default: the working directory when --host is loopback; else none].")
 @click.option("--max-body", type=click.IntRange(min=1024), default=LIMITS.max_body,
               show_default=True, help="Largest request body accepted, in bytes.")
 @click.option("--max-sessions", type=click.IntRange(min=1), default=LIMITS.max_sessions,
@@ -272,8 +277,8 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
-          max_builds: int, dev_root: Path | None, max_body: int, max_sessions: int,
-          session_ttl: float, work_root: Path | None, parallelism: int | None,
+          trusted_network: bool, max_builds: int, dev_root: Path | None, max_body: int,
+          max_sessions: int, session_ttl: float, work_root: Path | None, parallelism: int | None,
           ready_timeout: float, build_timeout: float | None, log_level: str) -> None:
     """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md."""
     import logging
@@ -289,9 +294,11 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         err.print(f"boride serve: {message}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
 
-    exposure = _exposure_problem(host, token)
+    exposure = _exposure_problem(host, token, trusted_network)
     if exposure is not None:
         fail(exposure)
+    if dev_root is None and _is_loopback(host):  # the Go coordinator's default
+        dev_root = Path.cwd()
     config = ServerConfig(
         runtime=runtime, registry=registries, token=token,
         dev_root=dev_root.resolve() if dev_root else None,
@@ -314,30 +321,49 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     if log_level != "debug":  # one line per component call is too much
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    if not registries:
-        err.print("boride serve: no --registry given: every component name is unknown "
-                  "(try --registry examples/registry.yaml)", highlight=False, markup=False)
-    err.print(f"boride serve: http://{host}:{port} (runtime {runtime}, registry "
-              f"{location(registry)}, at most {max_builds} builds at once"
-              f"{', token required' if token else ''}); API docs at /docs",
-              highlight=False, markup=False)
+    notes = _serve_notes(host, port, config, trusted_network)
+    notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
+                 f"at most {max_builds} builds at once{', token required' if token else ''}); "
+                 "API docs at /docs")
+    for note in notes:
+        err.print(f"boride serve: {note}", highlight=False, markup=False)
     # No X-Forwarded-For: the client address is the connection's, which the refusal of
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
                 access_log=log_level == "debug", proxy_headers=False)
 
 
-def _exposure_problem(host: str, token: str | None) -> str | None:
-    """Why ``boride serve`` must not listen on ``host`` with this token, if it must not."""
+def _serve_notes(host: str, port: int, config: Any, trusted_network: bool) -> list[str]:
+    """What ``boride serve`` says at start, before where it listens."""
+    notes = []
+    if not config.registry:
+        notes.append("no --registry given: every component name is unknown "
+                     "(try --registry examples/registry.yaml)")
+    if trusted_network and not config.token and not _is_loopback(host):
+        notes.append(f"WARNING: --trusted-network: no token on {host}: whoever reaches port "
+                     f"{port} can run containers/processes as boride (runtime "
+                     f"{config.runtime}); keep it on a private network")
+    if config.dev_root is not None:
+        notes.append(f"try sessions from folders below {config.dev_root} (--dev-root)")
+    return notes
+
+
+def _is_loopback(host: str) -> bool:
     import ipaddress
 
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        loopback = False
-    if not loopback and not token:
+        return False
+
+
+def _exposure_problem(host: str, token: str | None, trusted_network: bool = False
+                      ) -> str | None:
+    """Why ``boride serve`` must not listen on ``host`` with this token, if it must not."""
+    if not _is_loopback(host) and not token and not trusted_network:
         return (f"--host {host} is not a loopback address: anyone who can reach it could run "
-                "components here, so give --token TOKEN (or BORIDE_TOKEN) too")
+                "components here, so give --token TOKEN (or BORIDE_TOKEN) too, or "
+                "--trusted-network on a private network only")
     if token is not None and len(token) < 16:
         return "--token must be at least 16 characters long"
     return None

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import random
+import signal
 import string
 import tarfile
 import uuid
@@ -18,10 +20,11 @@ import httpx
 import pytest
 
 from boride.config import Limits, Timeouts
-from boride.runtime.base import Cleaned, RuntimeFailure
+from boride.runtime.base import Cleaned, ComponentNetworks, RuntimeFailure
 from boride.runtime.local import LocalRuntime
-from boride.server import ServerConfig
+from boride.server import ServerConfig, create_app
 from tests.conftest import boride_processes
+from tests.test_server_cli import serve, serving
 from tests.test_server_support import (
     EXAMPLE_REGISTRY,
     Running,
@@ -365,3 +368,67 @@ def test_cleanup_says_what_is_left(tmp_path: Path) -> None:
         res = cleanup_res(http.delete("/cleanup"))
         assert str(res["status"]).lower() != "ok"
         assert "boride-x-proc" in res["error"]
+
+
+# --- 5. --dev-root defaults to the working directory on loopback ----------------------------
+
+def test_loopback_server_trys_below_its_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "a.txt").write_text("a\n")
+    with serving("--registry", EXAMPLE_REGISTRY, "--work-root", tmp_path / "work",
+                 cwd=tmp_path) as (proc, url), httpx.Client(base_url=url, headers=CLI_HEADERS,
+                                                            timeout=120) as http:
+        sid, local_id = session_id(), local_template_id()
+        try_setup_res(http.post("/executor/try", json=try_body(
+            sid, local_id, (tmp_path / "tpl").resolve())))
+        standard_ok(http.delete(f"/executor/{sid}"))
+        # outside the working directory: still refused, and the CLI can show why
+        data = cli_problem(http.post("/executor/try", json=try_body(
+            session_id(), local_id, Path("/"))), 403)["data"]
+        assert any("--dev-root" in m for m in data)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert f"below {tmp_path.resolve()}" in output
+
+
+# --- 6. the trust model -----------------------------------------------------------------------
+
+def test_a_public_address_needs_a_token_or_trusted_network() -> None:
+    proc = serve("--host", "0.0.0.0")
+    assert proc.returncode == 2 and "--trusted-network" in proc.stderr
+
+
+def test_trusted_network_serves_the_cli_without_a_token(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    with serving("--host", "0.0.0.0", "--trusted-network", "--registry", EXAMPLE_REGISTRY,
+                 "--work-root", tmp_path / "work", cwd=tmp_path / "dev") as (proc, url), \
+            httpx.Client(base_url=url, headers=CLI_HEADERS, timeout=120) as http:
+        template = example_template()
+        sid = session_id()
+        standard_ok(http.post("/template/warm", json=template))
+        assert http.post(f"/executor/{sid}/warm", json=template).status_code == 200
+        standard_ok(http.delete(f"/executor/{sid}"))
+        # not loopback: no implicit dev root, a try from a path stays refused
+        cli_problem(http.post("/executor/try", json=try_body(
+            session_id(), local_template_id(), (tmp_path / "dev").resolve())), 403)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert "WARNING: --trusted-network" in output
+    assert "can run containers/processes as boride" in output
+    assert boride_processes() == []
+
+
+async def test_components_stay_refused_in_every_mode() -> None:
+    app = create_app(ServerConfig(), runtime=_ComponentsOn())  # no token: trusted or loopback
+    transport = httpx.ASGITransport(app=app, client=("172.30.4.2", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://boride") as http:
+        for method, path in (("GET", "/"), ("DELETE", "/cleanup"),
+                             ("DELETE", f"/executor/{session_id()}")):
+            r = await http.request(method, path, headers=CLI_HEADERS)
+            assert cli_problem(r, 403)["title"] == "Forbidden for components"
+
+
+class _ComponentsOn(LocalRuntime):
+    async def component_networks(self) -> ComponentNetworks:
+        return ComponentNetworks((ipaddress.ip_network("172.30.0.0/16"),),
+                                 frozenset({ipaddress.ip_address("172.30.0.1")}))

@@ -46,11 +46,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(*args: str | Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def serving(*args: str | Path, cwd: Path | None = None
+            ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "boride", "serve", "--port", str(port),
                              *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
