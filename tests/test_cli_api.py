@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import random
 import signal
 import string
@@ -432,3 +433,38 @@ class _ComponentsOn(LocalRuntime):
     async def component_networks(self) -> ComponentNetworks:
         return ComponentNetworks((ipaddress.ip_network("172.30.0.0/16"),),
                                  frozenset({ipaddress.ip_address("172.30.0.1")}))
+
+
+# --- 8. docs/api.md's example template is one the CLI would accept ---------------------------
+
+def _doc_template() -> dict[str, Any]:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    start = text.index("cat > template.json <<'EOF'\n") + len("cat > template.json <<'EOF'\n")
+    return dict(json.loads(text[start:text.index("\nEOF\n", start)]))
+
+
+def test_the_documented_template_is_a_complete_template_version(http: httpx.Client) -> None:
+    t = _doc_template()
+    p = t["principal"]
+    assert isinstance(p["id"], str) and isinstance(p["version"], int)
+    assert isinstance(p["createdAt"], str) and isinstance(p["description"], str)
+    assert set(p["properties"]) == {"blobDockerReference", "blobDockerTag",
+                                    "templateDockerReference", "templateDockerTag"}
+    assert set(t["template"]) >= {"id", "name", "project", "source", "email", "tags",
+                                  "description", "readme", "userId"}
+    for kind in ("processors", "plugins"):
+        for c in t[kind]:
+            assert set(c) >= {"id", "version", "createdAt", "description", "dockerReference",
+                              "dockerTag"}
+    for r in t["resolvers"]:
+        assert set(r) >= {"id", "version", "createdAt", "dockerReference", "dockerTag",
+                          "config", "files"}
+    assert isinstance(t["templates"], list) and isinstance(t["commands"], list)
+    # and boride takes it, as the CLI sends it
+    standard_ok(http.post("/template/warm", json=t))
+    sid = session_id()
+    warm = http.post(f"/executor/{sid}/warm", json=t)
+    assert warm.status_code == 200, warm.text
+    assert warm.json()["vol_ref"] == {"cyan_id": p["id"], "session_id": sid}
+    standard_ok(http.delete(f"/executor/{sid}"))
+    standard_ok(http.delete(f"/template/{p['id']}"))  # its shared resolver
