@@ -114,3 +114,32 @@ def test_try_flow_and_disconnect_on_docker(tmp_path: Path) -> None:
         assert components_of(sid) == []  # removed before the build counts as cancelled
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
         assert containers_of(sid) == []
+
+
+def test_cleanup_removes_everything_boride_made_on_docker(tmp_path: Path) -> None:
+    """``DELETE /cleanup`` (``cyanprint daemon stop``) on a real engine: every session's and
+    every template's containers and volumes go, also a leftover of an earlier, killed run, and
+    the answer is the CLI's CleanupRes naming them."""
+    config = ServerConfig(runtime="docker", registry=(str(EXAMPLE_REGISTRY),),
+                          work_root=tmp_path / "work")
+    template = example_template()
+    sid = new_id()
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/template/warm", json=template).json() == {"status": "OK"}
+        assert http.post(f"/executor/{sid}/warm", json=template).status_code == 200
+        r = http.post("/executor", json={"session_id": sid, "template": template,
+                                         "merger": {"merger_id": "m"}})
+        assert r.json() == {"status": "OK"}, r.text
+        (shared,) = [t.session for t in server.service.templates.values() if t.session]
+        mine = set(components_of(sid)) | set(components_of(shared.id))
+        assert len(mine) == 5  # 3 processors, the plugin, the template's resolver
+        r = http.delete("/cleanup")
+        assert r.status_code == 200, r.text
+        res = r.json()
+        assert res["status"] == "OK" and not res.get("error"), res
+        assert mine <= set(res["containers_removed"]), res
+        assert res["containers_count"] == len(res["containers_removed"])
+        assert containers_of(sid) == [] and containers_of(shared.id) == []
+        # The sessions are gone too; deleting one again is fine (the Go coordinator's answer).
+        assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+        assert http.post(f"/executor/{sid}", json=example_build(template)).status_code == 404

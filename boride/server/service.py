@@ -84,13 +84,16 @@ class Service:
         then whatever the runtime made for boride (on Docker: every container and volume
         labelled by boride). The server lives on; the next request starts afresh."""
         sessions = tuple(self.sessions)
-        errors = await self.sessions.close_all()
-        errors += await self.templates.close_all()
+        errors: list[str] = []
         cleaned = Cleaned()
         try:
+            # First, so that the answer names every container and volume removed, also the
+            # sessions' own (closing a session afterwards finds them gone, which is fine).
             cleaned = await self.ctx.runtime.clean_all()
         except RuntimeFailure as exc:
             errors.append(str(exc))
+        errors += await self.sessions.close_all()
+        errors += await self.templates.close_all()
         for line in errors:
             log.warning("DELETE /cleanup: left behind: %s", line)
         return Cleanup(sessions, cleaned, errors)
