@@ -73,6 +73,7 @@ from boride.fsutil import (
     UnsafePath,
     is_within,
     link_text,
+    lstat_below,
     open_dir,
     open_subdir,
     resolve_link,
@@ -252,12 +253,7 @@ class _Scanner:
                 return
             if not exists:
                 raise UnsafePath(f"symlink {name!r} leads to {target!r}, which does not exist")
-            folder, _, base = target.rpartition("/")
-            fd = open_subdir(self.root_fd, folder)
-            try:
-                st = os.stat(base or ".", dir_fd=fd, follow_symlinks=False)
-            finally:
-                os.close(fd)
+            st = lstat_below(self.root_fd, target)
             if stat.S_ISREG(st.st_mode):
                 self._add(name, tarfile.REGTYPE, src=target)
             elif stat.S_ISDIR(st.st_mode):

@@ -37,6 +37,7 @@ __all__ = [
     "is_full",
     "is_within",
     "link_text",
+    "lstat_below",
     "open_dir",
     "open_subdir",
     "remove_tree",
@@ -282,6 +283,16 @@ def open_subdir(root_fd: int, rel_dir: str) -> int:
             os.close(fd)
         fd = child
     return fd
+
+
+def lstat_below(root_fd: int, rel: str) -> os.stat_result:
+    """``lstat`` of ``rel`` ("" is the root) below ``root_fd``, through :func:`open_subdir`."""
+    folder, _, name = rel.rpartition("/")
+    fd = open_subdir(root_fd, folder)
+    try:
+        return os.stat(name or ".", dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
 
 
 class DirCache:

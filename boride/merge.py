@@ -94,8 +94,8 @@ from boride.fsutil import (
     copy_fd,
     current_umask,
     is_within,
+    lstat_below,
     open_dir,
-    open_subdir,
     resolve_link,
     safe_relpath,
     walk,
@@ -219,12 +219,7 @@ def _scan_symlink(out: _Layer, who: str, root_fd: int, e: Entry) -> None:
         target, exists = resolve_link(root_fd, e.rel)
         if not exists:
             raise FileNotFoundError(errno.ENOENT, "dangling")
-        folder, _, name = target.rpartition("/")
-        dir_fd = open_subdir(root_fd, folder)
-        try:
-            st = os.stat(name or ".", dir_fd=dir_fd, follow_symlinks=False)
-        finally:
-            os.close(dir_fd)
+        st = lstat_below(root_fd, target)
     except UnsafePath:
         out.errors.append(f"{who}: symlink {e.rel!r} -> {link!r} points outside the "
                           "processor's output")

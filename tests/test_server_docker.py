@@ -9,7 +9,9 @@ import socket
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from boride.archive import iter_archive
@@ -49,17 +51,22 @@ def components_of(session: str) -> list[str]:
             and not n.startswith(f"cyan-template-{session}")]
 
 
+def start_example_session(http: httpx.Client, template: dict[str, Any], sid: str) -> None:
+    """The Go client's first three calls: warm the template, warm the session, start it."""
+    assert http.post("/template/warm", json=template).json() == {"status": "OK"}
+    assert http.post(f"/executor/{sid}/warm", json=template).status_code == 200
+    r = http.post("/executor", json={"session_id": sid, "template": template,
+                                     "merger": {"merger_id": "m"}})
+    assert r.json() == {"status": "OK"}, r.text
+
+
 def test_go_client_flow_on_docker(tmp_path: Path) -> None:
     config = ServerConfig(runtime="docker", registry=(str(EXAMPLE_REGISTRY),),
                           work_root=tmp_path / "work")
     template = example_template()
     sid = new_id()
     with running_server(config) as server, server.client() as http:
-        assert http.post("/template/warm", json=template).json() == {"status": "OK"}
-        assert http.post(f"/executor/{sid}/warm", json=template).status_code == 200
-        r = http.post("/executor", json={"session_id": sid, "template": template,
-                                         "merger": {"merger_id": "m"}})
-        assert r.json() == {"status": "OK"}, r.text
+        start_example_session(http, template, sid)
         assert len(components_of(sid)) == 4  # 3 processors and the plugin
         r = http.post(f"/executor/{sid}", json=example_build(template))
         assert r.status_code == 200, r.text
@@ -118,18 +125,14 @@ def test_try_flow_and_disconnect_on_docker(tmp_path: Path) -> None:
 
 def test_cleanup_removes_everything_boride_made_on_docker(tmp_path: Path) -> None:
     """``DELETE /cleanup`` (``cyanprint daemon stop``) on a real engine: every session's and
-    every template's containers and volumes go, also a leftover of an earlier, killed run, and
-    the answer is the CLI's CleanupRes naming them."""
+    every template's containers and volumes go, and the answer is the CLI's CleanupRes naming
+    them."""
     config = ServerConfig(runtime="docker", registry=(str(EXAMPLE_REGISTRY),),
                           work_root=tmp_path / "work")
     template = example_template()
     sid = new_id()
     with running_server(config) as server, server.client() as http:
-        assert http.post("/template/warm", json=template).json() == {"status": "OK"}
-        assert http.post(f"/executor/{sid}/warm", json=template).status_code == 200
-        r = http.post("/executor", json={"session_id": sid, "template": template,
-                                         "merger": {"merger_id": "m"}})
-        assert r.json() == {"status": "OK"}, r.text
+        start_example_session(http, template, sid)
         (shared,) = [t.session for t in server.service.templates.values() if t.session]
         mine = set(components_of(sid)) | set(components_of(shared.id))
         assert len(mine) == 5  # 3 processors, the plugin, the template's resolver
