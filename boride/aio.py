@@ -7,17 +7,19 @@
   the others and wait until they are gone: nothing is left running behind the caller.
 * :func:`in_thread` — a blocking function on a thread pool; when the caller is cancelled, the
   function is told to stop (an event) and waited for (anyio's ``to_thread.run_sync``).
+* :class:`ThreadedChunks` — a blocking iterator of bytes (an archive being made) read on
+  threads as an async iterator, closable (its work stopped) even while a thread reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-__all__ = ["in_thread", "race", "shielded"]
+__all__ = ["ThreadedChunks", "in_thread", "race", "shielded"]
 
 T = TypeVar("T")
 
@@ -70,3 +72,36 @@ async def in_thread(pool: Executor | None, fn: Callable[..., T], *args: Any,
         if not future.cancelled():
             future.exception()
         raise
+
+
+class ThreadedChunks(AsyncIterator[bytes]):
+    """``chunks`` (a blocking iterator, maybe a generator holding files open) read on ``pool``;
+    :meth:`aclose` stops it, waiting for a read in progress (a generator cannot be closed
+    while it runs)."""
+
+    def __init__(self, chunks: Iterator[bytes], pool: Executor | None = None) -> None:
+        self._chunks = chunks
+        self._pool = pool
+        self._turn = threading.Lock()
+
+    def _next(self) -> bytes | None:
+        with self._turn:
+            return next(self._chunks, None)
+
+    def _close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            with self._turn:
+                close()
+
+    def __aiter__(self) -> ThreadedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await in_thread(self._pool, self._next)
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        await shielded(in_thread(self._pool, self._close))

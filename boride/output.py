@@ -16,17 +16,23 @@ copied.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import io
 import os
 import stat
+import tarfile
 import uuid
+import zlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from boride import fsutil
 from boride.errors import BorideError
 
-__all__ = ["OutputError", "write_folder"]
+__all__ = ["OutputError", "copy_into", "unpack_folder", "write_folder"]
 
 _DESTINATION_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 _DST_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -49,6 +55,27 @@ def write_folder(tree: Path, out: Path, *, replace: bool, within: Path | None = 
     """Copy ``tree`` to ``out``; an existing non-empty ``out`` is replaced only when ``replace``,
     and only once the new copy is complete, so a failure never leaves half a result behind.
     With ``within``, ``tree`` must really lie at or below that folder when it is opened."""
+    return _swap_in(out, replace, lambda staging: _copy(tree, staging, within))
+
+
+async def unpack_folder(chunks: AsyncIterator[bytes], out: Path, *, replace: bool) -> Path:
+    """Write the ``.tar.gz`` stream ``chunks`` (a result as :mod:`boride.archive` writes it,
+    from a work area boride cannot reach itself) to ``out``, with :func:`write_folder`'s
+    rules: replaced only when ``replace`` and only once complete; modes as :mod:`boride.archive`
+    stored them (content and executable bit), less the umask; no entry may lead outside."""
+    loop = asyncio.get_running_loop()
+    reader = _AsyncReader(chunks, loop)
+    try:
+        return await asyncio.to_thread(_swap_in, out, replace,
+                                       lambda staging: _unpack(reader, staging))
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:  # a stream left early: stop its producer
+            await aclose()
+
+
+def _swap_in(out: Path, replace: bool, fill: Callable[[Path], None]) -> Path:
+    """Fill a staging folder next to ``out``, then put it in ``out``'s place."""
     if out.exists() and not out.is_dir():
         raise OutputError([f"output {out} exists and is not a folder"])
     if out.exists() and any(out.iterdir()) and not replace:
@@ -58,7 +85,7 @@ def write_folder(tree: Path, out: Path, *, replace: bool, within: Path | None = 
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.new")
     try:
         staging.mkdir(0o700)
-        _copy(tree, staging, within)
+        fill(staging)
         os.chmod(staging, 0o777 & ~fsutil.current_umask())
         if out.exists():
             old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
@@ -71,6 +98,63 @@ def write_folder(tree: Path, out: Path, *, replace: bool, within: Path | None = 
         if staging.exists():
             fsutil.remove_tree(staging)
     return out
+
+
+class _AsyncReader(io.RawIOBase):
+    """A blocking file over async chunks, read from a thread while ``loop`` runs."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self._chunks = chunks
+        self._loop = loop
+        self._buffer = b""
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buffer and not self._ended:
+            future = asyncio.run_coroutine_threadsafe(_next_chunk(self._chunks), self._loop)
+            chunk = future.result()
+            if chunk is None:
+                self._ended = True
+            else:
+                self._buffer = chunk
+        n = min(len(b), len(self._buffer))
+        b[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:
+    return await anext(chunks, None)
+
+
+def _unpack(reader: _AsyncReader, dest: Path) -> None:
+    umask = fsutil.current_umask()
+
+    def entry(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        try:
+            member = tarfile.data_filter(member, path)
+        except tarfile.FilterError as exc:
+            raise OutputError([f"{member.name!r}: {exc}"]) from None
+        executable = member.mode is not None and member.mode & 0o111
+        mode = 0o755 if member.isdir() or executable else 0o644
+        return member.replace(mode=mode & ~umask, uid=os.geteuid(), gid=os.getegid(),
+                              uname="", gname="", mtime=None,  # type: ignore[arg-type]
+                              deep=False)
+
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(reader, 1 << 16), mode="r|gz") as tar:
+            tar.extractall(dest, filter=entry)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise OutputError([f"the result could not be received: {exc}"]) from None
+
+
+def copy_into(tree: Path, dest: Path, *, within: Path | None = None) -> None:
+    """Copy ``tree`` into the existing folder ``dest`` (a mount point that cannot be swapped),
+    with :func:`write_folder`'s rules; :class:`OutputError` naming every problem."""
+    _copy(tree, dest, within)
 
 
 def _copy(tree: Path, dest: Path, within: Path | None) -> None:

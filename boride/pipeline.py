@@ -11,20 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from boride import aio, archive, diagnose, fsutil, health, merge, output, parallel, protocol
+from boride.area import Area, AreaFailure
 from boride.config import Limits, Timeouts
 from boride.errors import BorideError, describe
 from boride.model import Pipeline
-from boride.runtime.base import Instance, Runtime, RuntimeFailure, Workspace
+from boride.runtime.base import (
+    Instance,
+    Runtime,
+    RuntimeFailure,
+    TemplateRefused,
+    TemplateSource,
+    Workspace,
+)
 from boride.types import Component, Kind, Status
 
 log = logging.getLogger(__name__)
@@ -128,6 +135,11 @@ class AreaUnavailable(BorideError):
     """A session's work area cannot be made (the runtime or the file system refused)."""
 
 
+class TemplateUnusable(BorideError):
+    """The template folder cannot be used (outside the allowed root, not a folder, links
+    leading out); the message says which and why."""
+
+
 class ArchiveFailed(BorideError):
     """A tree cannot be archived: every problem, each naming its path."""
 
@@ -163,7 +175,7 @@ class Step:
 class Plan:
     """What a build does, whoever asked for it (a pipeline file, or the HTTP API)."""
 
-    template: Path
+    template: TemplateSource
     processors: tuple[Step, ...]
     resolvers: tuple[Step, ...] = ()
     plugins: tuple[Step, ...] = ()
@@ -239,13 +251,16 @@ class Session:
         self.instances: dict[str, Instance] = {}
 
     @classmethod
-    async def opened(cls, runtime: Runtime, session_id: str, template: Path, *,
+    async def opened(cls, runtime: Runtime, session_id: str, template: TemplateSource, *,
                      work_root: Path | None = None) -> Session:
         """A session with its work area open; :class:`AreaUnavailable` (nothing left behind)
         when the area cannot be made."""
         session = cls(runtime, session_id, work_root=work_root)
         try:
             await session.open(template)
+        except TemplateRefused as exc:
+            await session.close()
+            raise TemplateUnusable(str(exc)) from None
         except (RuntimeFailure, OSError) as exc:
             await session.close()
             if session.leftovers:
@@ -254,11 +269,12 @@ class Session:
             raise AreaUnavailable(describe(exc)) from None
         return session
 
-    async def open(self, template: Path) -> Workspace:
-        parent = self.work_root or Path(tempfile.gettempdir())
-        parent.mkdir(parents=True, exist_ok=True)
-        safe = "".join(ch for ch in self.id if ch.isalnum())[:12]
-        self.root = Path(tempfile.mkdtemp(prefix=f"boride-{safe}-", dir=parent))
+    async def open(self, template: TemplateSource) -> Workspace:
+        if self.runtime.host_areas:
+            parent = self.work_root or Path(tempfile.gettempdir())
+            parent.mkdir(parents=True, exist_ok=True)
+            safe = "".join(ch for ch in self.id if ch.isalnum())[:12]
+            self.root = Path(tempfile.mkdtemp(prefix=f"boride-{safe}-", dir=parent))
         self.workspace = await self.runtime.open_workspace(self.id, template, self.root)
         return self.workspace
 
@@ -374,12 +390,11 @@ class Build:
         self.instances: dict[str, Instance] = session.instances
         self.shared = shared
         self.result = BuildResult(components=list(self.results.values()))
-        self.tree: Path | None = None  # the final tree in the work area, once plugins are done
+        self.tree: str | None = None  # the final tree in the work area, once plugins are done
         timeout = options.timeouts.build
         self.deadline = (time.monotonic() + timeout) if timeout else None  # on the monotonic clock
         self.watch = _TemplateWatch(self.results)
-        area = session.workspace.host_area if session.workspace is not None else None
-        self._before = set(os.listdir(area)) if area is not None else set()  # see discard()
+        self._before: set[str] | None = None  # the area's names before the build: discard()
 
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, stage: str, name: str | None, status: Status) -> None:
@@ -462,22 +477,18 @@ class Build:
             timeout = min(timeout, remaining)
         await self.session.start_one(c, timeout)
 
-    async def _process(self, c: Component) -> Path:
-        ws = self._workspace
+    async def _process(self, c: Component) -> str:
+        area = self._area
         step = self.steps[c.name]
-        write_dir = _new_dir(ws.host_area)
-        await self.session.runtime.hand_over(ws, self._instance(c.name), write_dir)
+        write_dir = await area.new_dir()
         self.watch.running(c.name)
         try:
             output = await self._call(c, protocol.process(
-                self._instance(c.name).client, ws.seen_template, ws.seen(write_dir),
+                self._instance(c.name).client, area.template, write_dir,
                 list(step.files), step.config))
         finally:
-            self.watch.ended(c.name, ws.host_template)
-        try:
-            return ws.host(output)
-        except ValueError as exc:
-            raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
+            await self.watch.ended(c.name)
+        return _checked(area, output)
 
     async def _resolve(self, rule: merge.ResolverRule, conflict: merge.Conflict
                        ) -> tuple[str, bytes]:
@@ -504,14 +515,13 @@ class Build:
                 from None
         return path, content.encode("utf-8")
 
-    async def merge_into(self, outputs: Sequence[Path], target: Path) -> None:
+    async def merge_into(self, outputs: Sequence[str], target: str) -> None:
         """Merge ``outputs`` (folders of the area, in order) into ``target``, conflicts sent
         to the plan's resolvers; :class:`MergeFailed` with every problem."""
         rules = [merge.ResolverRule(r.component.name, tuple(r.files))
                  for r in self.plan.resolvers]
         try:
-            merged = merge.merge(outputs, target, rules, self._resolve, limit=self.limit,
-                                 within=self._workspace.host_area)
+            merged = self._area.merge(outputs, target, rules, self._resolve, limit=self.limit)
             remaining = self._remaining()
             await (asyncio.wait_for(merged, remaining) if remaining else merged)
         except merge.MergeError as exc:
@@ -519,20 +529,17 @@ class Build:
         except TimeoutError:
             raise BuildFailed([self._timed_out(" (during the merge)")]) from None
 
-    async def _plug(self, c: Component, tree: Path) -> Path:
-        ws = self._workspace
-        await self.session.runtime.hand_over(ws, self._instance(c.name), tree)
+    async def _plug(self, c: Component, tree: str) -> str:
+        area = self._area
+        await area.hand_over(tree)
         output = await self._call(c, protocol.plug(self._instance(c.name).client,
-                                                   ws.seen(tree), self.steps[c.name].config))
-        try:
-            return ws.host(output)
-        except ValueError as exc:
-            raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
+                                                   tree, self.steps[c.name].config))
+        return _checked(area, output)
 
     @property
-    def _workspace(self) -> Workspace:
+    def _area(self) -> Area:
         assert self.session.workspace is not None, "the session is not open"
-        return self.session.workspace
+        return self.session.workspace.area
 
     def _instance(self, name: str) -> Instance:
         instance = self.instances.get(name)
@@ -553,20 +560,23 @@ class Build:
             self.result.status = Status.OK
         except BuildFailed as exc:
             self.result.errors.extend(exc.errors)
+        except AreaFailure as exc:  # the work area (on Docker, its helper) failed
+            self.result.errors.append(str(exc))
         except OSError as exc:  # e.g. the output folder cannot be written
             self.result.errors.append(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         except Exception as exc:  # a bug: still report it as a failed build, not a traceback
             self.result.errors.append(f"unexpected error: {describe(exc)}")
         finally:
             if not self.result.ok:
-                self.result.errors.extend(_full_disk(self.session))
+                self.result.errors.extend(await _full_disk(self.session))
             for res in self.result.components:
                 if res.status == Status.PENDING:
                     res.status = Status.OK if self.result.status == Status.OK else Status.SKIPPED
         return self.result
 
     async def _stages(self) -> None:
-        ws = self._workspace
+        area = self._area
+        self._before = await area.names()
         processors = [c for c in self.components if c.kind is Kind.PROCESSOR]
         plugins = [c for c in self.components if c.kind is Kind.PLUGIN]
 
@@ -576,13 +586,13 @@ class Build:
             res.status = Status.PENDING  # started and ready; each stage sets its own status below
 
         with self._stage("process"):
-            self.watch.begin(ws.host_template)
+            await self.watch.begin(area)
             report = await self._fan_out("process", self._process, processors)
-            self.watch.check(ws.host_template)
+            await self.watch.check()
             outputs = [p for p in report.values if p is not None]
 
         with self._stage("merge"):
-            tree = _new_dir(ws.host_area)
+            tree = await area.new_dir(private=True)
             await self.merge_into(outputs, tree)
             for r in self.plan.resolvers:
                 if self.results[r.component.name].status == Status.PENDING:
@@ -591,7 +601,7 @@ class Build:
         with self._stage("plugins"):
             for c in plugins:
                 # One at a time: plugin N sees plugin N-1's changes.
-                async def plug(c: Component, tree: Path = tree) -> Path:
+                async def plug(c: Component, tree: str = tree) -> str:
                     return await self._plug(c, tree)
 
                 tree = (await self._fan_out("plugins", plug, [c])).values[0] or tree
@@ -599,16 +609,18 @@ class Build:
         self.tree = tree
         if self.options.out is not None or self.options.archive is not None:
             with self._stage("output"):
-                await asyncio.to_thread(_deliver, tree, ws.host_area, self.options, self.result)
+                await _deliver(area, tree, self.options, self.result)
 
     # -- after a build in a kept session (the HTTP server's) -------------------------------
-    def stream(self, *, copy_links: bool = False) -> Iterator[bytes]:
+    async def stream(self, *, copy_links: bool = False) -> AsyncIterator[bytes]:
         """The result as ``.tar.gz`` chunks, produced while iterating (after a successful
         :meth:`run`); :class:`ArchiveFailed` when the tree cannot be archived. With
         ``copy_links``, in-tree symlinks are stored as what they lead to."""
         assert self.tree is not None, "the build has no result"
-        return archive_stream(self.tree, within=self._workspace.host_area,
-                              copy_links=copy_links)
+        try:
+            return await self._area.archive(self.tree, copy_links=copy_links)
+        except archive.ArchiveError as exc:
+            raise ArchiveFailed(exc) from None
 
     async def release(self, *, cancelled: bool = False) -> list[str]:
         """Ready the session for its next build: stop the components that failed or were cut
@@ -626,7 +638,9 @@ class Build:
     async def discard(self) -> list[str]:
         """Remove what the build made in the session's area (the session lives on); what
         could not be removed, also logged."""
-        problems = await asyncio.to_thread(_remove_new, self._workspace.host_area, self._before)
+        if self._before is None:
+            return []  # the build never ran: it made nothing
+        problems = await self._area.remove_new(self._before)
         for problem in problems:
             log.warning("session %s: %s", self.session.id, problem)
         return problems
@@ -634,29 +648,35 @@ class Build:
 
 class _TemplateWatch:
     """Fails a build whose template changed, naming the processors that may have done it:
-    those running since the last check that found it unchanged."""
+    those running since the last check that found it unchanged. Nothing to watch when the
+    runtime keeps the template read-only itself (:attr:`Area.guards_template`)."""
 
     def __init__(self, results: dict[str, ComponentResult]) -> None:
         self.results = results
+        self.area: Area | None = None
         self.print: dict[str, tuple[int, int, int, int]] = {}
         self.now_running: set[str] = set()
         self.suspects: set[str] = set()
         self.changed: str | None = None
 
-    def begin(self, template: Path) -> None:
-        self.print = fingerprint(template)
+    async def begin(self, area: Area) -> None:
+        if not area.guards_template:
+            self.area = area
+            self.print = await area.template_print()
 
     def running(self, name: str) -> None:
         self.now_running.add(name)
         self.suspects.add(name)
 
-    def ended(self, name: str, template: Path) -> None:
+    async def ended(self, name: str) -> None:
         self.now_running.discard(name)
         if self.changed is None:
-            self.check(template, name)
+            await self.check(name)
 
-    def check(self, template: Path, just_ended: str | None = None) -> None:
-        now = fingerprint(template)
+    async def check(self, just_ended: str | None = None) -> None:
+        if self.area is None:
+            return
+        now = await self.area.template_print()
         if now == self.print:
             self.suspects = set(self.now_running)
             return
@@ -673,83 +693,41 @@ class _TemplateWatch:
         raise BuildFailed([message])
 
 
-def _deliver(tree: Path, area: Path, options: BuildOptions, result: BuildResult) -> None:
+def _checked(area: Area, returned: str) -> str:
+    """A folder a component returned, if it is in the area; else its call failed."""
+    try:
+        return area.check(returned)
+    except ValueError as exc:
+        raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
+
+
+async def _deliver(area: Area, tree: str, options: BuildOptions, result: BuildResult) -> None:
     """Write the result where the options say: an archive, a folder."""
     try:
         if options.archive is not None:
             dest = options.archive
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
             try:
-                archive.write_archive(tree, tmp, within=area)
-                os.replace(tmp, dest)
+                await area.write_archive(tree, dest)
             except OSError as exc:
                 raise BuildFailed([f"output: cannot write the archive {dest}: "
                                    f"{exc.strerror or exc}"]) from None
-            finally:
-                tmp.unlink(missing_ok=True)
             result.archive = dest
         if options.out is not None:
-            result.output = output.write_folder(tree, options.out, replace=options.replace,
-                                                within=area)
+            result.output = await area.write_folder(tree, options.out, replace=options.replace)
     except (archive.ArchiveError, output.OutputError) as exc:
         raise BuildFailed([f"output: {e}" for e in exc.errors[:output.MAX_SHOWN]] + (
             [f"output: ... and {len(exc.errors) - output.MAX_SHOWN} more"]
             if len(exc.errors) > output.MAX_SHOWN else [])) from None
 
 
-def _full_disk(session: Session) -> list[str]:
+async def _full_disk(session: Session) -> list[str]:
     """Components rarely say that the disk is full (they may not even manage to print):
     when a build fails on a full work area, say so."""
     ws = session.workspace
-    if ws is not None and fsutil.is_full(ws.host_area):
-        return [f"the work area's file system is full ({ws.host_area}): "
+    if ws is not None and await ws.area.full():
+        return [f"the work area's file system is full ({ws.area.root}): "
                 "free some space, or give another work folder (TMPDIR)"]
     return []
-
-
-def _remove_new(area: Path, before: set[str]) -> list[str]:
-    """Remove what is in ``area`` but was not in ``before``; what could not be removed."""
-    try:
-        names = os.listdir(area)
-    except FileNotFoundError:
-        return []
-    problems = []
-    for name in names:
-        if name in before:
-            continue
-        path = area / name
-        try:
-            if path.is_dir() and not path.is_symlink():
-                fsutil.remove_tree(path, within=area)
-            else:
-                path.unlink(missing_ok=True)
-        except OSError as exc:
-            problems.append(f"{path} could not be removed ({describe(exc)}): "
-                            "it goes with the session's work area")
-    return problems
-
-
-def archive_stream(folder: Path, *, within: Path | None = None,
-                   copy_links: bool = False) -> Iterator[bytes]:
-    """``folder`` as ``.tar.gz`` chunks, produced while iterating; :class:`ArchiveFailed` when
-    it cannot be archived (links leading out, special files). With ``copy_links``, in-tree
-    symlinks are stored as what they lead to (for unpackers that cannot make links, like the
-    CyanPrint CLI's); links leading out are refused all the same."""
-    try:
-        return archive.iter_archive(folder, within=within, copy_links=copy_links)
-    except archive.ArchiveError as exc:
-        raise ArchiveFailed(exc) from None
-
-
-async def merge_folders(session: Session, template: Path, sources: Sequence[Path],
-                        target: Path, resolvers: Sequence[Step], *,
-                        shared: Session | None = None) -> None:
-    """Merge folders of the session's area into ``target`` the way a build of ``template``
-    merges its processors' outputs: conflicts go to ``resolvers`` (running in the session or
-    ``shared``) along the same path. :class:`MergeFailed` with every problem."""
-    plan = Plan(template, (), tuple(resolvers))
-    await Build(plan, session, BuildOptions(), shared=shared).merge_into(sources, target)
 
 
 async def _own_words(instance: Instance) -> str:
@@ -761,29 +739,6 @@ async def _own_words(instance: Instance) -> str:
             return diagnose.summary(lines)
         await asyncio.sleep(pause)
     return ""
-
-
-def _new_dir(area: Path) -> Path:
-    """A fresh folder in the area, private to boride's user until handed over to a component
-    (:meth:`Runtime.hand_over`): never open to everyone."""
-    path = area / uuid.uuid4().hex
-    path.mkdir(0o700)
-    return path
-
-
-def fingerprint(root: Path) -> dict[str, tuple[int, int, int, int]]:
-    """Path -> (mode, size, mtime_ns, inode) of everything below ``root``: any write changes it."""
-    out: dict[str, tuple[int, int, int, int]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(full)
-            except FileNotFoundError:
-                continue
-            out[os.path.relpath(full, root)] = (st.st_mode, st.st_size, st.st_mtime_ns,
-                                                st.st_ino)
-    return out
 
 
 async def build(pipeline: Pipeline | Plan, runtime: Runtime,

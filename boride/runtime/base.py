@@ -9,58 +9,41 @@ from __future__ import annotations
 
 import abc
 import ipaddress
-import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import httpx
 
-from boride import diagnose, fsutil
+from boride import diagnose
+from boride.area import Area
 from boride.errors import BorideError
 from boride.types import Component
 
 
 @dataclass(frozen=True)
-class Workspace:
-    """A session's work area on the host, and the same places as the components see them.
+class HostFolder:
+    """A template folder on the machine the runtime's components run on (a ``try --dev``
+    path, on Docker the engine's machine), which must really lie below ``root`` there."""
 
-    ``host_area`` is a folder boride owns for the session; processors write below it and the
-    merge target lives in it. ``seen_area``/``seen_template`` are the paths a component is given
-    (equal to the host paths on the local runtime; ``/workspace/area`` etc. in containers).
-    """
+    path: str
+    root: str
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path).name
+
+
+#: Where a session's template files come from: a folder of boride's own machine, or of the
+#: runtime's (:class:`HostFolder`).
+TemplateSource = Path | HostFolder
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A session's work area (:class:`~boride.area.Area`), as the runtime made it."""
 
     session_id: str
-    host_template: Path
-    host_area: Path
-    seen_template: str
-    seen_area: str
-
-    def seen(self, host_path: Path) -> str:
-        """The component's view of a host path inside the area."""
-        rel = host_path.relative_to(self.host_area)
-        return str(PurePosixPath(self.seen_area, *rel.parts)) if rel.parts else self.seen_area
-
-    def host(self, seen_path: str) -> Path:
-        """The host path of a path a component returned; ``ValueError`` unless inside the area.
-
-        Symlinks are resolved, so a link pointing out of the area is refused too.
-        """
-        pure = PurePosixPath(seen_path)
-        if not pure.is_absolute():
-            raise ValueError(f"{seen_path!r} is not an absolute path")
-        try:
-            rel = pure.relative_to(self.seen_area)
-        except ValueError:
-            raise ValueError(f"{seen_path!r} is outside the session's work area "
-                             f"{self.seen_area}") from None
-        if ".." in rel.parts:
-            raise ValueError(f"{seen_path!r} contains '..'")
-        candidate = self.host_area.joinpath(*rel.parts)
-        area = self.host_area.resolve()
-        resolved = candidate.resolve()
-        if resolved != area and area not in resolved.parents:
-            raise ValueError(f"{seen_path!r} leads outside the session's work area")
-        return resolved
+    area: Area
 
 
 # Lines of a component's output kept to explain a failure: enough to reach past a long stack
@@ -135,10 +118,19 @@ class RuntimeFailure(BorideError):
     """A runtime could not do what was asked; the message is for the user."""
 
 
+class TemplateRefused(RuntimeFailure):
+    """A template folder that cannot be used (a :class:`HostFolder` outside its root, not a
+    folder; links leading out); the message says which and why."""
+
+
 class Runtime(abc.ABC):
     """Where components run. One instance may serve several sessions at once."""
 
     name: str
+    #: whether components run on boride's own machine, their areas folders of it (below the
+    #: ``root`` given to :meth:`open_workspace`) and a :class:`HostFolder` a folder boride can
+    #: check itself; else the runtime keeps them where boride cannot see them (an engine)
+    host_areas: bool = True
 
     @abc.abstractmethod
     async def problems(self, components: list[Component]) -> list[str]:
@@ -146,9 +138,10 @@ class Runtime(abc.ABC):
         (blocking checks run off the event loop)."""
 
     @abc.abstractmethod
-    async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
-        """Prepare a session's work area below ``root`` with ``template`` readable at
-        ``seen_template``."""
+    async def open_workspace(self, session_id: str, template: TemplateSource,
+                             root: Path | None) -> Workspace:
+        """Prepare a session's work area (below ``root`` when :attr:`host_areas`) with the
+        files of ``template`` readable by processors at ``area.template``."""
 
     @abc.abstractmethod
     async def start(self, workspace: Workspace, component: Component) -> Instance:
@@ -166,13 +159,6 @@ class Runtime(abc.ABC):
         also what ``stop`` could not. Raises :class:`RuntimeFailure` saying what is left and
         how to remove it when it cannot."""
 
-    async def hand_over(self, workspace: Workspace, instance: Instance,  # noqa: B027
-                        folder: Path) -> None:
-        """Let ``instance`` write in ``folder`` (a host folder in ``workspace``'s area, made
-        private to boride's user): a processor's fresh ``writeDir``, the tree a plugin edits
-        in place. Nothing to do where components run as boride's own user. Components may be
-        changing the area meanwhile: a runtime must touch it through descriptors only."""
-
     async def component_networks(self) -> ComponentNetworks:
         """The networks this runtime's components have addresses on, as the host sees them: a
         request to boride from there comes from a component. By default none (components that
@@ -189,22 +175,3 @@ class Runtime(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release runtime-wide resources."""
-
-
-def give_tree(folder: Path, area: Path, owner: tuple[int, int]) -> None:
-    """Give ``folder`` (in the work area ``area``) and everything in it to ``owner`` (uid, gid)
-    for a component to write in: through descriptors only, since other components of the
-    session may be renaming things in the area right now (:func:`boride.fsutil.chown_tree`).
-    Raises :class:`RuntimeFailure` naming what could not be given."""
-    try:
-        fd = fsutil.open_dir(folder, within=area)
-    except (OSError, fsutil.UnsafePath) as exc:
-        raise RuntimeFailure(f"cannot hand {folder} to the component's user: {exc}") from None
-    try:
-        errors = fsutil.chown_tree(fd, *owner)
-    finally:
-        os.close(fd)
-    if errors:
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise RuntimeFailure(f"cannot hand {folder} to the component's user: "
-                             f"{'; '.join(errors[:3])}{more}")

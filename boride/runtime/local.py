@@ -31,14 +31,16 @@ from pathlib import Path
 import httpx
 
 from boride import fsutil
+from boride.area import HostArea
 from boride.runtime.base import (
     LOG_TAIL,
     ExitInfo,
     Instance,
     Runtime,
     RuntimeFailure,
+    TemplateRefused,
+    TemplateSource,
     Workspace,
-    give_tree,
 )
 from boride.types import Component, Kind
 
@@ -204,6 +206,19 @@ def component_env() -> dict[str, str]:
     return env
 
 
+def _template_folder(template: TemplateSource) -> Path:
+    """The template's folder on this machine; a :class:`HostFolder` must really lie below its
+    root (links resolved) and be a folder."""
+    if isinstance(template, Path):
+        return template.resolve()
+    folder = Path(os.path.realpath(template.path))
+    if not fsutil.is_within(str(folder), os.path.realpath(template.root)):
+        raise TemplateRefused(f"{template.path!r} is not below {template.root}")
+    if not folder.is_dir():
+        raise TemplateRefused(f"{template.path!r} is not a folder")
+    return folder
+
+
 def _find_executable(command: tuple[str, ...], cwd: Path, env: dict[str, str]) -> str | None:
     exe = command[0]
     if "/" in exe:
@@ -265,6 +280,7 @@ class LocalRuntime(Runtime):
         self.user = NOBODY if os.geteuid() == 0 else None
         self._seq = itertools.count()
         self._roots: dict[str, Path] = {}  # session -> its work folder (area and run below)
+        self._areas: dict[str, HostArea] = {}
         self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
         self._socket_dirs: dict[str, Path] = {}  # session -> short folder made for sockets
 
@@ -282,7 +298,10 @@ class LocalRuntime(Runtime):
                              f"(cwd {cwd})")
         return found
 
-    async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
+    async def open_workspace(self, session_id: str, template: TemplateSource,
+                             root: Path | None) -> Workspace:
+        assert root is not None, "the local runtime's areas are host folders"
+        tpl = _template_folder(template)
         for sub in ("area", "run"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root / "area", 0o755)  # the component user must reach the folders below it
@@ -294,8 +313,8 @@ class LocalRuntime(Runtime):
             self._socket_dirs[session_id] = run
         self._roots[session_id] = root.resolve()
         self._run_dirs[session_id] = run
-        tpl = template.resolve()
-        return Workspace(session_id, tpl, area, str(tpl), str(area))
+        self._areas[session_id] = HostArea(area, tpl, self.user)
+        return Workspace(session_id, self._areas[session_id])
 
     def _hidden(self, session_id: str, readonly: list[str]) -> list[str]:
         """Hide the work folder of every session (this one's area is bound again after), then
@@ -323,7 +342,8 @@ class LocalRuntime(Runtime):
                                     *_command_dirs(component.command, cwd, exe)])
         args = ["bwrap", *_namespaces(), *_system_binds(), *_ro_binds(readonly),
                 *self._hidden(workspace.session_id, readonly)]
-        tpl, area = str(workspace.host_template), str(workspace.host_area)
+        host = self._areas[workspace.session_id]
+        tpl, area = host.template, host.root
         if component.kind in (Kind.PROCESSOR, Kind.TEMPLATE):
             self._check_reachable(tpl, readonly)
             args += _mount("--ro-bind", tpl)
@@ -353,12 +373,6 @@ class LocalRuntime(Runtime):
                 env=self.env, start_new_session=True)
         return LocalInstance(component, process, socket_path, log_path)
 
-    async def hand_over(self, workspace: Workspace, instance: Instance, folder: Path) -> None:
-        """Folders in the area are made by boride (root), private; a processor writes its
-        ``writeDir`` and a plugin edits the merged tree as nobody, so nobody must own them."""
-        if self.user is not None:
-            await asyncio.to_thread(give_tree, folder, workspace.host_area, self.user)
-
     async def stop(self, instance: Instance) -> None:
         assert isinstance(instance, LocalInstance)
         proc = instance.process
@@ -382,6 +396,7 @@ class LocalRuntime(Runtime):
             instance.socket_path.parent.rmdir()
 
     async def close_workspace(self, workspace: Workspace) -> None:
+        self._areas.pop(workspace.session_id, None)
         self._roots.pop(workspace.session_id, None)
         self._run_dirs.pop(workspace.session_id, None)
         short = self._socket_dirs.pop(workspace.session_id, None)

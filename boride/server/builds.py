@@ -56,7 +56,7 @@ class Builds:
             await self._run(state, build)
             try:
                 # the CyanPrint CLI's create unpacker turns link entries into empty files
-                chunks = build.stream(copy_links=True)
+                chunks = await build.stream(copy_links=True)
             except BaseException:
                 await build.discard()
                 raise
@@ -68,7 +68,7 @@ class Builds:
                     state.touch()
                     state.lock.release()
 
-            response = ArchiveResponse(chunks, self.ctx.executor, Hooks(
+            response = ArchiveResponse(chunks, Hooks(
                 on_close, track=state.track, on_bytes=self.ctx.metrics.archive_bytes.inc))
             handed_over = True
             return response

@@ -13,7 +13,7 @@ from typing import TypeVar
 from boride import registry as reg
 from boride.config import Limits, Timeouts
 from boride.pipeline import BuildOptions, CannotRun, ComponentsFailed, Session, cannot_run
-from boride.runtime.base import Runtime
+from boride.runtime.base import Runtime, TemplateSource
 from boride.server.metrics import Metrics
 from boride.types import Component
 
@@ -51,7 +51,7 @@ class Context:
         return BuildOptions(limits=self.config.limits, timeouts=self.config.timeouts,
                             work_root=self.config.work_root)
 
-    async def open_session(self, session_id: str, folder: Path) -> Session:
+    async def open_session(self, session_id: str, folder: TemplateSource) -> Session:
         return await Session.opened(self.runtime, session_id, folder,
                                     work_root=self.config.work_root)
 

@@ -148,19 +148,3 @@ class InvalidPath(TryRefused):
 
 class NotAFolder(TryRefused):
     """A try path that is not a folder."""
-
-
-class InvalidFolders(BorideError):
-    """Folders of an internal merge outside the session's work area: every problem."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("Merge folders must lie in the session's work area")
-        self.errors = errors
-
-
-class InvalidTarget(BorideError):
-    """An internal zip of something else than a folder of a session's work area."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__(f"{target!r} is not a folder in a session's work area")
-        self.target = target

@@ -1,7 +1,8 @@
 """The public routes of the Go coordinator (same paths, bodies and errors), plus ``/metrics``.
 
-Its internal routes (``/merge``, ``/zip``: what its merger calls back) are not here but in
-:mod:`boride.server.internal`, which ``boride serve`` does not serve."""
+The Go coordinator's internal routes (``/merge``, ``/zip``: what its merger container is
+called on) are not served: boride's helper container does that work, on routes of its own
+that only the coordinator holds the token for (:mod:`boride.area_server`)."""
 
 from __future__ import annotations
 

@@ -8,13 +8,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from boride import aio, parallel
 from boride.errors import describe
 from boride.pipeline import Session
-from boride.runtime.base import Instance
+from boride.runtime.base import Instance, TemplateSource
 from boride.server.components import Catalog
 from boride.server.context import Context, Table
 from boride.server.errors import (
@@ -35,7 +34,7 @@ log = logging.getLogger("boride.server")
 class SessionState:
     id: str
     template_id: str
-    folder: Path
+    folder: TemplateSource
     session: Session
     try_session: bool = False  # a try session owns its resolvers
     merger_id: str = ""
@@ -96,7 +95,7 @@ class Sessions(Table[SessionState]):
                 return s.session.instances[name]
         return None
 
-    async def _folder(self, session_id: str, template: TemplateVersionRes) -> Path:
+    async def _folder(self, session_id: str, template: TemplateVersionRes) -> TemplateSource:
         """What session ``session_id`` builds for ``template``: a try session's own folder (for
         the id it was tried with), else the registry template's."""
         tid = template.principal.id
@@ -108,7 +107,7 @@ class Sessions(Table[SessionState]):
                 return existing.folder
         return (await self.templates.of(template)).folder
 
-    async def create(self, session_id: str, tid: str, folder: Path, *,
+    async def create(self, session_id: str, tid: str, folder: TemplateSource, *,
                      try_session: bool = False, exists_ok: bool = True
                      ) -> tuple[SessionState, bool]:
         async with self._create_lock:

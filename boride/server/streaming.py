@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Executor
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -70,50 +68,24 @@ class Hooks:
     on_bytes: Callable[[int], None] | None = None
 
 
-class _Chunks:
-    """A blocking iterator read on a thread pool, closable while a thread reads it."""
-
-    def __init__(self, chunks: Iterator[bytes], pool: Executor) -> None:
-        self._chunks = chunks
-        self._pool = pool
-        self._turn = threading.Lock()  # a generator cannot be closed while next() runs
-
-    def _next(self) -> bytes | None:
-        with self._turn:
-            return next(self._chunks, None)
-
-    def _close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            with self._turn:
-                close()
-
-    async def next(self) -> bytes | None:
-        return await aio.in_thread(self._pool, self._next)
-
-    async def close(self) -> None:
-        """Stop producing (its threads included); may wait for a block in progress."""
-        await aio.in_thread(self._pool, self._close)
-
-
 class ArchiveResponse(Response):
-    """Streams ``chunks`` (a blocking iterator, read on ``pool``), then runs ``hooks.on_close``
-    exactly once: after the last byte, a disconnect, an error or a cancellation (e.g. the
-    session was deleted meanwhile)."""
+    """Streams ``chunks`` (closed at the end), then runs ``hooks.on_close`` exactly once:
+    after the last byte, a disconnect, an error or a cancellation (e.g. the session was
+    deleted meanwhile)."""
 
-    def __init__(self, chunks: Iterator[bytes], pool: Executor, hooks: Hooks) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], hooks: Hooks) -> None:
         super().__init__(status_code=200, media_type=MEDIA_TYPE, headers={
             "Content-Disposition": f"attachment; filename={FILENAME}",
             "Cache-Control": "no-store"})
         # No Content-Length: the size is unknown until the end (chunked transfer).
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        self.chunks = _Chunks(chunks, pool)
+        self.chunks = chunks
         self.hooks = hooks
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
-        while (chunk := await self.chunks.next()) is not None:
+        async for chunk in self.chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if self.hooks.on_bytes is not None:
                 self.hooks.on_bytes(len(chunk))
@@ -134,7 +106,9 @@ class ArchiveResponse(Response):
         if stream.done() and not stream.cancelled() and not complete:
             log.warning("streaming %s failed: %s", FILENAME, describe(stream.exception()))
         try:
-            await self.chunks.close()
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
         except Exception as exc:  # reported; the owner's clean-up runs all the same
             log.warning("stopping the archive of %s failed: %s", FILENAME, describe(exc))
         finally:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from boride.fsutil import is_within
+from boride.runtime.base import HostFolder, TemplateSource
 from boride.server.components import Catalog
 from boride.server.context import Context
 from boride.server.errors import (
@@ -24,8 +25,10 @@ from boride.server.models import TryReq
 from boride.server.sessions import Sessions, check_id
 
 
-def try_folder(req: TryReq, dev_root: Path | None) -> Path:
-    """The folder a try names, checked: a folder, really below ``dev_root``."""
+def try_folder(req: TryReq, dev_root: Path | None, *, visible: bool = True) -> TemplateSource:
+    """The folder a try names, checked: below ``dev_root``, a folder. When the runtime's
+    machine is boride's own (``visible``), here, links resolved; else (a folder of the
+    engine's machine) by the words here, and where it really leads by the runtime."""
     if req.source != "path":
         raise UnsupportedSource(req.path, "boride builds try sessions from a folder: use "
                                           "source 'path' (source 'image' is not supported yet)")
@@ -34,18 +37,25 @@ def try_folder(req: TryReq, dev_root: Path | None) -> Path:
     if dev_root is None:
         raise TryDisabled(req.path, "this server accepts no local paths: start it with "
                                     "--dev-root DIR to allow folders below DIR")
+    if "\x00" in req.path:
+        raise InvalidPath(req.path, f"{req.path!r}: embedded null byte")
     candidate = Path(req.path)
     if not candidate.is_absolute():
         candidate = dev_root / candidate
+    if not visible:
+        folder = os.path.normpath(candidate)
+        if not is_within(folder, str(dev_root)):
+            raise OutsideDevRoot(req.path, f"{req.path!r} is not below --dev-root {dev_root}")
+        return HostFolder(folder, str(dev_root))
     try:
-        folder = Path(os.path.realpath(candidate))
+        real = Path(os.path.realpath(candidate))
     except (OSError, ValueError) as exc:
         raise InvalidPath(req.path, f"{req.path!r}: {exc}") from None
-    if not is_within(str(folder), str(dev_root)):
+    if not is_within(str(real), str(dev_root)):
         raise OutsideDevRoot(req.path, f"{req.path!r} is not below --dev-root {dev_root}")
-    if not folder.is_dir():
+    if not real.is_dir():
         raise NotAFolder(req.path, f"{req.path!r} is not a folder")
-    return folder
+    return real
 
 
 class Tries:
@@ -59,7 +69,7 @@ class Tries:
     async def start(self, req: TryReq) -> None:
         """Make the try session and start its resolvers (in the session)."""
         check_id(req.session_id)
-        folder = try_folder(req, self.dev_root)
+        folder = try_folder(req, self.dev_root, visible=self.ctx.runtime.host_areas)
         resolvers = await self.catalog.resolvers(req.template.resolvers)
         problems = await self.ctx.cannot_run(await self.catalog.runnables(req.template))
         if problems:

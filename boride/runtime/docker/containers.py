@@ -12,7 +12,6 @@ import docker
 import docker.errors
 import httpx
 
-from boride.runtime.base import Workspace
 from boride.runtime.docker.names import (
     LABEL_COMPONENT,
     LABEL_KIND,
@@ -34,10 +33,10 @@ class Container:
     address: str
 
 
-def _host_config(api: docker.APIClient, settings: DockerSettings, workspace: Workspace,
+def _host_config(api: docker.APIClient, settings: DockerSettings, session: str,
                  component: Component) -> dict[str, Any]:
     return api.create_host_config(
-        mounts=mounts(workspace, component.kind),
+        mounts=mounts(session, component.kind),
         network_mode=settings.network,
         nano_cpus=int(settings.cpus * 1e9),
         mem_limit=settings.memory,
@@ -50,18 +49,17 @@ def _host_config(api: docker.APIClient, settings: DockerSettings, workspace: Wor
     )
 
 
-def create_and_start(api: docker.APIClient, settings: DockerSettings, workspace: Workspace,
+def create_and_start(api: docker.APIClient, settings: DockerSettings, session: str,
                      component: Component) -> Container:
     """Make and start ``component``'s container; removes it again when it cannot start."""
     assert component.image
-    session = workspace.session_id
     name = container_name(component.kind, component.name, session)
     labels = {**session_labels(session, "component"), LABEL_KIND: component.kind.value,
               LABEL_COMPONENT: component.name}
     created = api.create_container(
         component.image, name=name, labels=labels, user=settings.user,
         environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
-        host_config=_host_config(api, settings, workspace, component),
+        host_config=_host_config(api, settings, session, component),
         networking_config=api.create_networking_config(
             {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
     container_id = str(created["Id"])

@@ -41,10 +41,10 @@ class DockerInstance(Instance):
     never holds up the interpreter's exit, whatever the engine does)."""
 
     def __init__(self, component: Component, container: Container, network: str,
-                 api: docker.APIClient) -> None:
+                 api: docker.APIClient, port: int | None = None) -> None:
         self.component = component
         self.container = container
-        self.client = http_client(container, component.kind.port, network)
+        self.client = http_client(container, port or component.kind.port, network)
         self._api = api
         self._released = threading.Event()
         self._final_tail: list[str] | None = None

@@ -5,35 +5,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker.errors
 
-from boride import aio, parallel
+from boride import aio, area_server, parallel
 from boride.errors import describe
 from boride.runtime.base import (
     Cleaned,
     ComponentNetworks,
+    HostFolder,
     Instance,
     Runtime,
     RuntimeFailure,
+    TemplateRefused,
+    TemplateSource,
     Workspace,
-    give_tree,
 )
-from boride.runtime.docker import containers, volumes
+from boride.runtime.docker import containers, helper, volumes
 from boride.runtime.docker.cleanup import left_behind, remove_labelled, remove_labelled_by_kind
 from boride.runtime.docker.containers import Container
 from boride.runtime.docker.engine import ENGINE_ERRORS, Engine, reason
+from boride.runtime.docker.helper import HelperArea
 from boride.runtime.docker.images import image_problems
 from boride.runtime.docker.instance import DockerInstance
 from boride.runtime.docker.names import (
     LABEL_MANAGED,
     LABEL_SESSION,
     NETWORK,
-    SEEN_AREA,
-    SEEN_TEMPLATE,
     validate_session,
 )
 from boride.runtime.docker.network import Network, network_gone
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Session:
-    workspace: Workspace
+    id: str
+    area: HelperArea | None = None
     pending: set[asyncio.Future[Container]] = field(default_factory=set)  # start jobs
 
 
@@ -62,6 +64,7 @@ class DockerRuntime(Runtime):
     """
 
     name = "docker"
+    host_areas = False  # areas live in engine volumes, worked on by the helper container
 
     def __init__(self, *, cpus: float | None = None, memory: str | int | None = None,
                  pids: int | None = None, user: str | None = None, network: str = NETWORK,
@@ -90,32 +93,35 @@ class DockerRuntime(Runtime):
         return await self.network.subnets()
 
     # -- sessions ---------------------------------------------------------------------------
-    async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
+    async def open_workspace(self, session_id: str, template: TemplateSource,
+                             root: Path | None) -> Workspace:
+        """The session's volumes, filled with the template, and its helper container."""
         try:
             validate_session(session_id)
         except ValueError as exc:
             raise RuntimeFailure(str(exc)) from None
-        area = root / "area"
-        area.mkdir(parents=True, exist_ok=True)
-        os.chmod(area, 0o755)  # the container user must reach the folders below it
-        area = area.resolve()
-        tpl = template.resolve()
-        if not tpl.is_dir():
-            raise RuntimeFailure(f"template folder {tpl} does not exist")
-        workspace = Workspace(session_id, tpl, area, SEEN_TEMPLATE, SEEN_AREA)
         if session_id in self._sessions:
             raise RuntimeFailure(f"session {session_id!r} is open already")
-        self._sessions[session_id] = _Session(workspace)
+        session = self._sessions[session_id] = _Session(session_id)
         try:
-            # Whatever a killed run of the same session left goes first: a volume of the same
-            # name would still bind that run's (removed) folders.
+            # Whatever a killed run of the same session left goes first.
             await self._remove_session(session_id)
             await self.network.ensure()
-            await volumes.create_volumes(self.engine, workspace)
+            await volumes.create_volumes(self.engine, session_id)
+            if isinstance(template, HostFolder):
+                await self.engine.call(helper.copy_host_folder, self.settings, session_id,
+                                       template)
+            token = secrets.token_urlsafe(32)
+            container = await self.engine.call(
+                helper.create_helper, self.settings, session_id, token,
+                template if isinstance(template, Path) else None)
+            instance = DockerInstance(HelperArea.helper_component(), container,
+                                      self.settings.network, self.engine.api, area_server.PORT)
+            session.area = HelperArea(instance, token)
         except BaseException as exc:  # whatever stopped it (a cancellation too): undo, re-raise
             await aio.shielded(self._undo_open(session_id, exc))
             raise
-        return workspace
+        return Workspace(session_id, session.area)
 
     async def _undo_open(self, session_id: str, error: BaseException) -> None:
         """Remove what a failed :meth:`open_workspace` made; raise what the caller should see
@@ -135,12 +141,16 @@ class DockerRuntime(Runtime):
                                  ) from None
         if isinstance(error, (*ENGINE_ERRORS, parallel.ParallelError)):
             raise RuntimeFailure(f"cannot prepare the session on Docker: {why}") from None
+        if isinstance(error, RuntimeFailure) and not isinstance(error, TemplateRefused):
+            raise RuntimeFailure(f"cannot prepare the session on Docker: {why}") from None
 
     async def close_workspace(self, workspace: Workspace) -> None:
         session = self._sessions.get(workspace.session_id)
         if session is not None and session.pending:
             # Starts still under way end first (their outcomes go to their callers).
             await asyncio.wait(session.pending)
+        if session is not None and session.area is not None:
+            await session.area.aclose()
         try:
             await self._remove_session(workspace.session_id)
         except (*ENGINE_ERRORS, RuntimeFailure) as exc:
@@ -188,7 +198,7 @@ class DockerRuntime(Runtime):
         start waits for the job, then removes whatever it made."""
         await self.network.ensure()
         job = asyncio.ensure_future(self.engine.call(
-            containers.create_and_start, self.settings, session.workspace, component))
+            containers.create_and_start, self.settings, session.id, component))
         session.pending.add(job)
         job.add_done_callback(session.pending.discard)
         try:
@@ -204,14 +214,6 @@ class DockerRuntime(Runtime):
         if not job.cancelled() and job.exception() is None:
             await self.engine.call(containers.remove_container, job.result().id)
 
-    async def hand_over(self, workspace: Workspace, instance: Instance, folder: Path) -> None:
-        """Hand ``folder`` to the container user (:func:`~boride.runtime.base.give_tree`,
-        through descriptors), when boride runs as root; else components run as boride's own
-        user already."""
-        owner = self.settings.owner
-        if owner is not None:
-            await self.engine.run(give_tree, folder, workspace.host_area, owner)
-
     async def stop(self, instance: Instance) -> None:
         assert isinstance(instance, DockerInstance)
         self._instances.discard(instance)
@@ -223,6 +225,9 @@ class DockerRuntime(Runtime):
                                  f"{reason(exc)}") from None
 
     async def aclose(self) -> None:
+        for session in self._sessions.values():
+            if session.area is not None:
+                await session.area.aclose()
         for instance in list(self._instances):
             await instance.release()
         self._instances.clear()

@@ -5,7 +5,6 @@ are pulled (``BORIDE_DOCKER_PULL``)."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,10 +39,10 @@ class DockerSettings:
                  pull: bool | None = None, read_only_rootfs: bool = True,
                  env: Mapping[str, str] = os.environ) -> DockerSettings:
         """The values given; for those left out, the ``BORIDE_DOCKER_*`` variables, else the
-        defaults. The default user is nobody when boride runs as root, else boride's own
-        uid:gid (so that boride can remove what components write)."""
+        defaults. The default user is nobody (boride never touches what components write
+        itself: the session's helper container does, as the same user)."""
         if user is None:
-            user = NOBODY if os.geteuid() == 0 else f"{os.geteuid()}:{os.getegid()}"
+            user = NOBODY
         if pull is None:
             pull = env.get("BORIDE_DOCKER_PULL", "").lower() in ("1", "true", "yes")
         return cls(
@@ -51,15 +50,3 @@ class DockerSettings:
             memory=env.get("BORIDE_DOCKER_MEMORY", DEFAULT_MEMORY) if memory is None else memory,
             pids=int(env.get("BORIDE_DOCKER_PIDS", DEFAULT_PIDS)) if pids is None else pids,
             user=user, network=network, pull=pull, read_only_rootfs=read_only_rootfs)
-
-    @property
-    def owner(self) -> tuple[int, int] | None:
-        """(uid, gid) to hand the folders components write to: the container user, when boride
-        (root) can; None when there is nothing to do (boride is not root, or the user is root
-        or a name)."""
-        m = re.fullmatch(r"(\d+)(?::(\d+))?", self.user)
-        if m is None or os.geteuid() != 0:
-            return None
-        uid = int(m.group(1))
-        gid = int(m.group(2)) if m.group(2) else uid
-        return None if uid == 0 else (uid, gid)

@@ -1,44 +1,37 @@
-"""A session's two volumes, ``local`` volumes binding host folders: ``cyan-template-<s>`` (the
-template, mounted read-only at ``/workspace/cyanprint`` in processors) and ``cyan-area-<s>``
-(the session's area, read-write at ``/workspace/area`` in processors and plugins; resolvers
-get files in their request and see no host path at all)."""
+"""A session's two engine volumes: ``cyan-template-<s>`` (the template, mounted read-only at
+``/workspace/cyanprint`` in processors) and ``cyan-area-<s>`` (the session's area, read-write
+at ``/workspace/area`` in processors and plugins; resolvers get files in their request and
+see no volume at all). They are the engine's own volumes: boride never sees them on its file
+system; its helper container does the file work in them (:mod:`.helper`)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import docker
 from docker.types import Mount
 
 from boride import parallel
-from boride.runtime.base import Workspace
 from boride.runtime.docker.engine import Engine
 from boride.runtime.docker.names import SEEN_AREA, SEEN_TEMPLATE, session_labels, volume_names
 from boride.types import Kind
 
 
-def create_volume(api: docker.APIClient, session: str, name: str, device: Path,
-                  role: str) -> None:
-    api.create_volume(name, driver="local",
-                      driver_opts={"type": "none", "o": "bind", "device": str(device)},
-                      labels=session_labels(session, role))
+def create_volume(api: docker.APIClient, session: str, name: str, role: str) -> None:
+    api.create_volume(name, driver="local", labels=session_labels(session, role))
 
 
-async def create_volumes(engine: Engine, workspace: Workspace) -> None:
-    """Both volumes of ``workspace``'s session (:class:`~boride.parallel.ParallelError` with
-    the engine's errors when either cannot be made)."""
-    session = workspace.session_id
+async def create_volumes(engine: Engine, session: str) -> None:
+    """Both volumes of ``session`` (:class:`~boride.parallel.ParallelError` with the engine's
+    errors when either cannot be made)."""
     tpl_vol, area_vol = volume_names(session)
-    specs = [(tpl_vol, workspace.host_template, "template"),
-             (area_vol, workspace.host_area, "area")]
+    specs = [(tpl_vol, "template"), (area_vol, "area")]
     report = await parallel.run(
         lambda spec: engine.call(create_volume, session, *spec), specs)
     report.raise_for_failures()
 
 
-def mounts(workspace: Workspace, kind: Kind) -> list[Mount]:
+def mounts(session: str, kind: Kind) -> list[Mount]:
     """The volumes a component of ``kind`` sees."""
-    tpl_vol, area_vol = volume_names(workspace.session_id)
+    tpl_vol, area_vol = volume_names(session)
     found = []
     if kind in (Kind.PROCESSOR, Kind.TEMPLATE):
         found.append(Mount(SEEN_TEMPLATE, tpl_vol, type="volume", read_only=True, no_copy=True))

@@ -1,0 +1,275 @@
+"""A session's work area: the folders components write, the merge, the result.
+
+The pipeline never touches the area's files itself; it asks the session's :class:`Area`. Paths
+are strings *as components see them* (``writeDir``, ``outputDir``, ``directory``): on the local
+runtime those are the host's own paths (:class:`HostArea`); on Docker the files live in engine
+volumes and the area's work is done by a helper container next to the components
+(:mod:`boride.runtime.docker.helper`), which runs a :class:`HostArea` of its own.
+
+Components may be changing the area at any time (an API session keeps them running between
+builds): every walk goes through directory descriptors (:mod:`boride.fsutil`), and every
+folder a component names must really lie in the area when it is opened.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path, PurePosixPath
+
+from boride import aio, archive, fsutil, output
+from boride import merge as merging
+from boride.errors import BorideError, describe
+from boride.merge import ResolveFn, ResolverRule
+
+__all__ = ["Area", "AreaFailure", "HostArea", "inside", "remove_new"]
+
+#: what the archive of a result is compressed with when it is only a transport (``--out``)
+TRANSPORT_LEVEL = 1
+
+
+class AreaFailure(BorideError):
+    """The area could not do what was asked; the message is for the user."""
+
+
+def inside(root: str, returned: str) -> str:
+    """``returned`` (a path a component gave) as a normalised absolute path in the area
+    ``root``; ``ValueError`` saying why not. Only the words are checked here: where the path
+    really leads is checked when it is opened."""
+    pure = PurePosixPath(returned)
+    if not pure.is_absolute():
+        raise ValueError(f"{returned!r} is not an absolute path")
+    if ".." in pure.parts:
+        raise ValueError(f"{returned!r} contains '..'")
+    try:
+        pure.relative_to(root)
+    except ValueError:
+        raise ValueError(f"{returned!r} is outside the session's work area {root}") from None
+    return str(pure)
+
+
+class Area(abc.ABC):
+    """The work area of one session. ``root`` and ``template`` are the area and the template
+    as components see them; ``guards_template`` tells that processors cannot change the
+    template at all (a read-only mount), so the pipeline need not watch it."""
+
+    root: str
+    template: str
+    guards_template: bool = False
+
+    @abc.abstractmethod
+    async def new_dir(self, *, private: bool = False) -> str:
+        """A fresh folder in the area, for a component to write in (its user owns it); with
+        ``private``, closed to components until handed over (a merge target)."""
+
+    @abc.abstractmethod
+    async def hand_over(self, folder: str) -> None:
+        """Give ``folder`` (and everything in it) to the components' user: the tree a plugin
+        edits in place."""
+
+    def check(self, returned: str) -> str:
+        """A folder a component returned, if it lies in the area (:func:`inside`)."""
+        return inside(self.root, returned)
+
+    @abc.abstractmethod
+    async def merge(self, outputs: Sequence[str], target: str,
+                    rules: Sequence[ResolverRule], resolve: ResolveFn, *,
+                    limit: int) -> None:
+        """:func:`boride.merge.merge` in the area (:class:`~boride.MergeError`)."""
+
+    @abc.abstractmethod
+    async def archive(self, tree: str, *, copy_links: bool = False,
+                      level: int = archive.DEFAULT_LEVEL) -> AsyncIterator[bytes]:
+        """``tree`` as ``.tar.gz`` chunks, produced while iterating (leaving the iteration
+        early stops the work); :class:`~boride.archive.ArchiveError` now when it cannot be
+        archived (links leading out, special files)."""
+
+    async def write_archive(self, tree: str, dest: Path) -> None:
+        """Write ``tree``'s ``.tar.gz`` to ``dest`` (replaced only once complete)."""
+        await _write_chunks(await self.archive(tree), dest)
+
+    async def write_folder(self, tree: str, out: Path, *, replace: bool) -> Path:
+        """Write ``tree`` to the folder ``out`` (:func:`boride.output.write_folder`'s rules)."""
+        chunks = await self.archive(tree, level=TRANSPORT_LEVEL)
+        return await output.unpack_folder(chunks, out, replace=replace)
+
+    @abc.abstractmethod
+    async def names(self) -> set[str]:
+        """The names in the area's top folder."""
+
+    @abc.abstractmethod
+    async def remove_new(self, before: set[str]) -> list[str]:
+        """Remove what is in the area but not in ``before``; what could not be removed."""
+
+    @abc.abstractmethod
+    async def full(self) -> bool:
+        """Whether the area's file system is (nearly) full."""
+
+    async def template_print(self) -> dict[str, tuple[int, int, int, int]]:
+        """A fingerprint of the template (see :func:`fingerprint`); empty when
+        ``guards_template``."""
+        return {}
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the area holds (connections)."""
+
+
+async def _write_chunks(chunks: AsyncIterator[bytes], dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            async for chunk in chunks:
+                await asyncio.to_thread(f.write, chunk)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:  # left early: stop the producer
+            await aclose()
+
+
+class HostArea(Area):
+    """An area that is a folder of this machine: ``root`` (made private to boride), with
+    the template at ``template``. ``owner`` (uid, gid): whom folders go to for components to
+    write in, when components run as another user than boride (None: nothing to do)."""
+
+    def __init__(self, root: Path, template: Path, owner: tuple[int, int] | None = None,
+                 *, guards_template: bool = False) -> None:
+        self.root_path = root
+        self.template_path = template
+        self.root = str(root)
+        self.template = str(template)
+        self.owner = owner
+        self.guards_template = guards_template
+
+    def path(self, folder: str) -> Path:
+        return Path(inside(self.root, folder))
+
+    async def new_dir(self, *, private: bool = False) -> str:
+        path = self.root_path / uuid.uuid4().hex
+        path.mkdir(0o700)  # private until handed over: never open to everyone
+        if self.owner is not None and not private:
+            await self.hand_over(str(path))
+        return str(path)
+
+    async def hand_over(self, folder: str) -> None:
+        if self.owner is not None:
+            await asyncio.to_thread(give_tree, self.path(folder), self.root_path, self.owner)
+
+    def check(self, returned: str) -> str:
+        """As :meth:`Area.check`, and where it leads (through links) must be in the area too."""
+        path = Path(inside(self.root, returned))
+        resolved = path.resolve()
+        area = self.root_path.resolve()
+        if resolved != area and area not in resolved.parents:
+            raise ValueError(f"{returned!r} leads outside the session's work area")
+        return str(resolved)
+
+    async def merge(self, outputs: Sequence[str], target: str,
+                    rules: Sequence[ResolverRule], resolve: ResolveFn, *,
+                    limit: int) -> None:
+        await merging.merge([self.path(o) for o in outputs], self.path(target), rules, resolve,
+                          limit=limit, within=self.root_path)
+
+    def chunks(self, tree: str, *, copy_links: bool = False,
+               level: int = archive.DEFAULT_LEVEL) -> Iterator[bytes]:
+        """:meth:`archive` as a blocking iterator (scanned now)."""
+        return archive.iter_archive(self.path(tree), within=self.root_path,
+                                    copy_links=copy_links, level=level)
+
+    async def archive(self, tree: str, *, copy_links: bool = False,
+                      level: int = archive.DEFAULT_LEVEL) -> AsyncIterator[bytes]:
+        chunks = await asyncio.to_thread(self.chunks, tree, copy_links=copy_links, level=level)
+        return aio.ThreadedChunks(chunks)
+
+    async def write_archive(self, tree: str, dest: Path) -> None:
+        path = self.path(tree)
+
+        def write() -> None:
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                archive.write_archive(path, tmp, within=self.root_path)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        await asyncio.to_thread(write)
+
+    async def write_folder(self, tree: str, out: Path, *, replace: bool) -> Path:
+        return await asyncio.to_thread(output.write_folder, self.path(tree), out,
+                                       replace=replace, within=self.root_path)
+
+    async def names(self) -> set[str]:
+        return set(await asyncio.to_thread(os.listdir, self.root_path))
+
+    async def remove_new(self, before: set[str]) -> list[str]:
+        return await asyncio.to_thread(remove_new, self.root_path, before)
+
+    async def full(self) -> bool:
+        return await asyncio.to_thread(fsutil.is_full, self.root_path)
+
+    async def template_print(self) -> dict[str, tuple[int, int, int, int]]:
+        if self.guards_template:
+            return {}
+        return await asyncio.to_thread(fingerprint, self.template_path)
+
+
+def give_tree(folder: Path, area: Path, owner: tuple[int, int]) -> None:
+    """Give ``folder`` (in the work area ``area``) and everything in it to ``owner`` (uid, gid)
+    for a component to write in: through descriptors only, since other components of the
+    session may be renaming things in the area right now (:func:`boride.fsutil.chown_tree`).
+    Raises :class:`AreaFailure` naming what could not be given."""
+    try:
+        fd = fsutil.open_dir(folder, within=area)
+    except (OSError, fsutil.UnsafePath) as exc:
+        raise AreaFailure(f"cannot hand {folder} to the component's user: {exc}") from None
+    try:
+        errors = fsutil.chown_tree(fd, *owner)
+    finally:
+        os.close(fd)
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise AreaFailure(f"cannot hand {folder} to the component's user: "
+                          f"{'; '.join(errors[:3])}{more}")
+
+
+def remove_new(area: Path, before: set[str]) -> list[str]:
+    """Remove what is in ``area`` but was not in ``before``; what could not be removed."""
+    try:
+        names = os.listdir(area)
+    except FileNotFoundError:
+        return []
+    problems = []
+    for name in names:
+        if name in before:
+            continue
+        path = area / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                fsutil.remove_tree(path, within=area)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            problems.append(f"{path} could not be removed ({describe(exc)}): "
+                            "it goes with the session's work area")
+    return problems
+
+
+def fingerprint(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Path -> (mode, size, mtime_ns, inode) of everything below ``root``: any write changes it."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            out[os.path.relpath(full, root)] = (st.st_mode, st.st_size, st.st_mtime_ns,
+                                                st.st_ino)
+    return out

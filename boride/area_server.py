@@ -1,0 +1,275 @@
+"""The area helper: a session's :class:`~boride.area.HostArea` served over HTTP.
+
+On Docker a session's files live in engine volumes that boride may not see at all (boride in
+a container, a remote engine, a Swarm node). A helper container made from boride's own image
+mounts them where components see them (``/workspace/area``, ``/workspace/cyanprint``) and
+runs this server; :class:`boride.runtime.docker.helper.HelperArea` is its client. So the
+merge, its safety rules and the archive are boride's own code wherever the files are.
+
+Every request must carry the session's token (``Authorization: Bearer ...``, the token given in
+``BORIDE_HELPER_TOKEN``): components share the helper's network, never its token. Started as
+root, the server gives the area to the components' user (``--owner``), drops to that user and
+serves as it: what it makes, components can write; nothing it does is done as root.
+
+Routes (JSON bodies): ``GET /`` health and protocol version; ``POST /dirs``;
+``POST /hand-over``; ``POST /merge`` (an NDJSON stream: ``{"conflict": n, ...}`` asks for a
+resolution, answered by ``POST /merge/{id}/answers/{n}``; then ``{"done": true}`` or
+``{"errors": [...]}``); ``POST /archive`` (the ``.tar.gz`` stream, or 422 with the
+problems); ``GET /names``; ``POST /remove-new``; ``GET /full``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hmac
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from boride import archive, merge, output
+from boride.area import AreaFailure, HostArea
+from boride.errors import BorideError, describe
+
+#: bumped when a route changes: the client refuses a helper speaking another version
+PROTOCOL = 1
+PORT = 5560
+AREA = "/workspace/area"
+TEMPLATE = "/workspace/cyanprint"
+TOKEN_ENV = "BORIDE_HELPER_TOKEN"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ResolveFailed(BorideError):
+    """The coordinator could not resolve a conflict; its message says why."""
+
+
+class _BadRequest(BorideError):
+    pass
+
+
+class _Merges:
+    """The merges under way: the resolutions each one waits for."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[str, int], asyncio.Future[tuple[str, bytes]]] = {}
+
+    def answer(self, merge_id: str, n: int, body: dict[str, Any]) -> bool:
+        future = self.waiting.get((merge_id, n))
+        if future is None or future.done():
+            return False
+        if "error" in body:
+            future.set_exception(ResolveFailed(str(body["error"])))
+        else:
+            future.set_result((str(body["path"]), base64.b64decode(body["content"])))
+        return True
+
+
+def _strs(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _BadRequest(f"{what} must be a list of strings")
+    return value
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _BadRequest("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _BadRequest("the body must be a JSON object")
+    return body
+
+
+def _guarded(token: str, handler: Handler) -> Handler:
+    """``handler``, answering 401 without the token and 400/500 with the reason on errors."""
+    expected = f"Bearer {token}".encode()
+
+    async def guarded(request: Request) -> Response:
+        sent = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(sent, expected):
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        try:
+            return await handler(request)
+        except (_BadRequest, ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": describe(exc)}, status_code=400)
+        except (AreaFailure, OSError) as exc:
+            return JSONResponse({"error": describe(exc)}, status_code=500)
+
+    return guarded
+
+
+def create_app(area: HostArea, token: str) -> Starlette:
+    merges = _Merges()
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "OK", "protocol": PROTOCOL})
+
+    async def new_dir(request: Request) -> Response:
+        body = await _body(request)
+        return JSONResponse({"path": await area.new_dir(private=bool(body.get("private")))})
+
+    async def hand_over(request: Request) -> Response:
+        await area.hand_over(str((await _body(request))["path"]))
+        return JSONResponse({})
+
+    async def merge_route(request: Request) -> Response:
+        body = await _body(request)
+        rules = [merge.ResolverRule(str(r["name"]), tuple(_strs(r["globs"], "globs")))
+                 for r in body.get("rules", [])]
+        return StreamingResponse(
+            _merge_events(area, merges, str(body["id"]), _strs(body["outputs"], "outputs"),
+                          str(body["target"]), rules, int(body.get("limit", 1))),
+            media_type="application/x-ndjson")
+
+    async def answer(request: Request) -> Response:
+        found = merges.answer(request.path_params["merge"], int(request.path_params["n"]),
+                              await _body(request))
+        return JSONResponse({"ok": found}, status_code=200 if found else 404)
+
+    async def archive_route(request: Request) -> Response:
+        body = await _body(request)
+        try:
+            chunks = await area.archive(str(body["tree"]), copy_links=bool(body.get("copy_links")),
+                                        level=int(body.get("level", archive.DEFAULT_LEVEL)))
+        except archive.ArchiveError as exc:
+            return JSONResponse({"errors": exc.errors}, status_code=422)
+        return StreamingResponse(chunks, media_type="application/gzip")
+
+    async def names(request: Request) -> Response:
+        return JSONResponse({"names": sorted(await area.names())})
+
+    async def remove_new(request: Request) -> Response:
+        before = set(_strs((await _body(request))["before"], "before"))
+        return JSONResponse({"problems": await area.remove_new(before)})
+
+    async def full(request: Request) -> Response:
+        return JSONResponse({"full": await area.full()})
+
+    routes = [("/", health, "GET"), ("/dirs", new_dir, "POST"),
+              ("/hand-over", hand_over, "POST"), ("/merge", merge_route, "POST"),
+              ("/merge/{merge}/answers/{n:int}", answer, "POST"),
+              ("/archive", archive_route, "POST"), ("/names", names, "GET"),
+              ("/remove-new", remove_new, "POST"), ("/full", full, "GET")]
+    return Starlette(routes=[Route(path, _guarded(token, fn), methods=[method])
+                             for path, fn, method in routes])
+
+
+async def _merge_events(area: HostArea, merges: _Merges, merge_id: str, outputs: list[str],
+                        target: str, rules: list[merge.ResolverRule], limit: int
+                        ) -> AsyncIterator[bytes]:
+    """Run the merge; yield each conflict a resolver must decide, then how it ended."""
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    count = 0
+
+    async def resolve(rule: merge.ResolverRule, conflict: merge.Conflict) -> tuple[str, bytes]:
+        nonlocal count
+        n = count = count + 1
+        future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
+        merges.waiting[(merge_id, n)] = future
+        await events.put({"conflict": n, "rule": rule.name, "path": conflict.path, "versions": [
+            {"layer": v.layer, "who": str(v.path), "executable": v.executable,
+             "content": base64.b64encode(v.content).decode()} for v in conflict.versions]})
+        try:
+            return await future
+        finally:
+            merges.waiting.pop((merge_id, n), None)
+
+    async def run() -> None:
+        try:
+            await area.merge(outputs, target, rules, resolve, limit=limit)
+            await events.put({"done": True})
+        except merge.MergeError as exc:
+            await events.put({"errors": exc.errors})
+        except (ValueError, OSError, AreaFailure) as exc:
+            await events.put({"errors": [describe(exc)]})
+
+    task = asyncio.ensure_future(run())
+    try:
+        while True:
+            event = await events.get()
+            yield (json.dumps(event) + "\n").encode()
+            if "done" in event or "errors" in event:
+                break
+    finally:
+        task.cancel()  # the client went away: stop the merge
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _drop_to(owner: tuple[int, int], area: Path) -> None:
+    """Give the (fresh) area to ``owner``, then become ``owner``: nothing after runs as root."""
+    if os.geteuid() != 0:
+        return
+    os.chmod(area, 0o755)  # (before the chown: root may not chmod what it does not own)
+    os.chown(area, *owner)
+    os.setgroups([])
+    os.setgid(owner[1])
+    os.setuid(owner[0])
+
+
+def copy_template(source: str, root: str, template: str) -> int:
+    """Copy the folder ``source`` into ``template``: it must really lie below ``root`` here
+    (links resolved in this container, where the host's other folders do not exist)."""
+    real = os.path.realpath(source)
+    shown = source.removeprefix(root) or "/"
+    if real != root and not real.startswith(root.rstrip("/") + "/"):
+        print(f"{shown!r} leads outside the allowed development root", file=sys.stderr)
+        return 2
+    if not os.path.isdir(real):
+        print(f"{shown!r} is not a folder (or does not exist)", file=sys.stderr)
+        return 2
+    try:
+        output.copy_into(Path(real), Path(template), within=Path(root))
+    except output.OutputError as exc:
+        print(f"the template {shown!r} cannot be copied:\n{exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m boride.area_server",
+                                     description="Serve a session's work area (boride's "
+                                                 "helper container).")
+    parser.add_argument("--owner", default="65534:65534", help="UID:GID of the components")
+    parser.add_argument("--port", type=int, default=PORT)
+    parser.add_argument("--area", default=AREA)
+    parser.add_argument("--template", default=TEMPLATE)
+    parser.add_argument("--copy-from", metavar="DIR",
+                        help="copy DIR into the template folder, then exit")
+    parser.add_argument("--copy-root", metavar="DIR", default="/",
+                        help="the folder DIR must lie below")
+    args = parser.parse_args(argv)
+    if args.copy_from:
+        return copy_template(args.copy_from, args.copy_root, args.template)
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        print(f"boride helper: {TOKEN_ENV} is not set", file=sys.stderr)
+        return 2
+    uid, _, gid = args.owner.partition(":")
+    try:
+        owner = (int(uid), int(gid or uid))
+        _drop_to(owner, Path(args.area))
+    except (ValueError, OSError) as exc:
+        print(f"boride helper: cannot take the area as {args.owner}: {describe(exc)}",
+              file=sys.stderr)
+        return 2
+    import uvicorn
+
+    area = HostArea(Path(args.area), Path(args.template), guards_template=True)
+    uvicorn.run(create_app(area, token), host="0.0.0.0", port=args.port,
+                log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

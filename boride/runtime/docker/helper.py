@@ -1,0 +1,307 @@
+"""A session's helper container and its client, :class:`HelperArea`.
+
+The helper (``cyan-merger-<s>``, boride's own image ``boride/serve:latest`` or
+``BORIDE_HELPER_IMAGE``) mounts the session's two volumes where components see them and serves
+its work area over HTTP (:mod:`boride.area_server`) on the session's network, to the holder of
+the session's token only. It starts as root with three capabilities (to give the area to the
+components' user and become that user), every other privilege dropped, a read-only root file
+system, no published port.
+
+Template files get into the template volume through the engine only:
+
+* a folder of boride's machine is streamed in as a tar.gz (:mod:`boride.archive`'s rules:
+  modes normalised, links leading out refused) into the helper before it starts;
+* a folder of the engine's machine (a ``try --dev`` path, :class:`HostFolder`) is copied by a
+  short-lived container of the same image binding its root read-only: the engine resolves
+  host paths, not boride, and the copy checks, inside that container, that the folder really
+  lies below the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import docker
+import docker.errors
+import httpx
+from docker.types import Mount
+
+from boride import archive, health
+from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
+from boride.area_server import PROTOCOL, TOKEN_ENV
+from boride.errors import describe
+from boride.merge import Conflict, MergeError, ResolveFn, ResolverRule, Version
+from boride.runtime.base import HostFolder, RuntimeFailure, TemplateRefused
+from boride.runtime.docker.containers import Container, remove_container
+from boride.runtime.docker.instance import DockerInstance
+from boride.runtime.docker.names import (
+    LABEL_KIND,
+    SEEN_AREA,
+    SEEN_TEMPLATE,
+    session_labels,
+    volume_names,
+)
+from boride.runtime.docker.settings import DockerSettings
+from boride.types import Component, Kind
+
+IMAGE = "boride/serve:latest"
+IMAGE_ENV = "BORIDE_HELPER_IMAGE"
+MEMORY = "1g"
+READY_TIMEOUT = 60.0
+_ENTRY = ["python3", "-m", "boride.area_server"]
+_COPY_TIMEOUT = 600
+
+
+def helper_image() -> str:
+    return os.environ.get(IMAGE_ENV) or IMAGE
+
+
+def helper_name(session: str) -> str:
+    return f"cyan-merger-{session}"
+
+
+def _owner(settings: DockerSettings) -> str:
+    uid, _, gid = settings.user.partition(":")
+    if not uid.isdigit() or not (gid or uid).isdigit():
+        raise RuntimeFailure(f"the components' user must be numeric (UID:GID) on Docker, "
+                             f"got {settings.user!r}")
+    return f"{uid}:{gid or uid}"
+
+
+def _locked_down(api: docker.APIClient, settings: DockerSettings, mounts: list[Mount],
+                 caps: list[str], network: str) -> dict[str, Any]:
+    return api.create_host_config(
+        mounts=mounts, network_mode=network, mem_limit=MEMORY, memswap_limit=MEMORY,
+        pids_limit=settings.pids, security_opt=["no-new-privileges:true"], cap_drop=["ALL"],
+        cap_add=caps, read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"})
+
+
+def create_helper(api: docker.APIClient, settings: DockerSettings, session: str, token: str,
+                  template: Path | None) -> Container:
+    """Make the session's helper, stream ``template`` (a folder of boride's machine) into its
+    template volume, start it; removed again when any of that fails."""
+    owner = _owner(settings)
+    created = api.create_container(
+        helper_image(), name=helper_name(session), entrypoint=_ENTRY,
+        command=["--owner", owner], user="0:0",
+        labels={**session_labels(session, "helper"), LABEL_KIND: "merger"},
+        environment={TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
+                     "PYTHONDONTWRITEBYTECODE": "1"},
+        host_config=_locked_down(api, settings, _helper_mounts(session),
+                                 ["CHOWN", "SETUID", "SETGID"], settings.network),
+        networking_config=api.create_networking_config(
+            {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
+    container_id = str(created["Id"])
+    try:
+        if template is not None:
+            _put_template(api, container_id, template)
+        api.start(container_id)
+        info = api.inspect_container(container_id)
+    except BaseException:  # whatever stopped it (an interrupt too): no half-made container
+        remove_container(api, container_id)
+        raise
+    nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    address = str((nets.get(settings.network) or {}).get("IPAddress") or "")
+    return Container(container_id, helper_name(session), address)
+
+
+def _helper_mounts(session: str) -> list[Mount]:
+    tpl_vol, area_vol = volume_names(session)
+    return [Mount(SEEN_TEMPLATE, tpl_vol, type="volume", read_only=False, no_copy=True),
+            Mount(SEEN_AREA, area_vol, type="volume", read_only=False, no_copy=True)]
+
+
+def _put_template(api: docker.APIClient, container_id: str, template: Path) -> None:
+    try:
+        chunks = archive.iter_archive(template, level=TRANSPORT_LEVEL)
+    except archive.ArchiveError as exc:
+        raise RuntimeFailure(f"the template {template} cannot be copied: "
+                             + "; ".join(exc.errors[:5])) from None
+    api.put_archive(container_id, SEEN_TEMPLATE, chunks)
+
+
+def copy_host_folder(api: docker.APIClient, settings: DockerSettings, session: str,
+                     folder: HostFolder) -> None:
+    """Copy ``folder`` (on the engine's machine) into the session's template volume with a
+    short-lived container binding ``folder.root`` read-only; :class:`RuntimeFailure` with
+    that container's own words when it refuses or fails."""
+    rel = posixpath.relpath(posixpath.normpath(folder.path), posixpath.normpath(folder.root))
+    if rel == ".." or rel.startswith("../"):
+        raise TemplateRefused(f"{folder.path!r} is not below {folder.root}")
+    tpl_vol, _ = volume_names(session)
+    mounts = [Mount("/source", folder.root, type="bind", read_only=True),
+              Mount(SEEN_TEMPLATE, tpl_vol, type="volume", read_only=False, no_copy=True)]
+    created = api.create_container(
+        helper_image(), name=f"cyan-copy-{session}-{uuid.uuid4().hex[:6]}", entrypoint=_ENTRY,
+        command=["--copy-from", str(PurePosixPath("/source", rel)), "--copy-root", "/source"],
+        user="0:0", labels={**session_labels(session, "copy"), LABEL_KIND: "copy"},
+        host_config=_locked_down(api, settings, mounts, ["DAC_READ_SEARCH"], "none"))
+    container_id = str(created["Id"])
+    try:
+        api.start(container_id)
+        code = int(api.wait(container_id, timeout=_COPY_TIMEOUT).get("StatusCode", 1))
+        if code != 0:
+            said = api.logs(container_id, stdout=True, stderr=True, tail=20)
+            text = said.decode("utf-8", "replace").strip() if isinstance(said, bytes) else said
+            raise TemplateRefused(f"{folder.path!r}: "
+                                  + (text or f"the copy failed (exit code {code})"))
+    finally:
+        remove_container(api, container_id)
+
+
+class HelperArea(Area):
+    """A session's area in engine volumes, worked on by its helper container."""
+
+    root = SEEN_AREA
+    template = SEEN_TEMPLATE
+    guards_template = True  # mounted read-only in processors: the engine guards it
+
+    def __init__(self, instance: DockerInstance, token: str) -> None:
+        self.instance = instance
+        self.client = instance.client
+        self.client.headers["authorization"] = f"Bearer {token}"
+        self._ready = asyncio.ensure_future(self._wait_ready())
+        self._ready.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    @staticmethod
+    def helper_component() -> Component:
+        return Component("helper", Kind.PLUGIN, image=helper_image())
+
+    async def _wait_ready(self) -> None:
+        try:
+            await health.wait_ready(self.instance, READY_TIMEOUT)
+            said = (await self.client.get("/")).json()
+        except (health.NotReady, httpx.HTTPError, ValueError) as exc:
+            raise AreaFailure(f"the session's helper container {self.instance.name} "
+                              f"{describe(exc)}") from None
+        if said.get("protocol") != PROTOCOL:
+            raise AreaFailure(f"the helper image {helper_image()} speaks protocol "
+                              f"{said.get('protocol')}, this boride {PROTOCOL}: rebuild it "
+                              "(make image)")
+
+    async def _up(self) -> None:
+        await asyncio.shield(self._ready)
+
+    def _failed(self, what: str, exc: BaseException) -> AreaFailure:
+        return AreaFailure(f"the session's helper container {self.instance.name} failed "
+                           f"({what}): {describe(exc)}")
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        await self._up()
+        try:
+            r = await self.client.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise self._failed(path, exc) from None
+        try:
+            said = r.json()
+        except ValueError:
+            said = {"error": r.text[:200]}
+        if r.status_code != 200:
+            raise AreaFailure(f"{path}: {said.get('error') or said}")
+        return said
+
+    async def new_dir(self, *, private: bool = False) -> str:
+        return str((await self._call("POST", "/dirs", {"private": private}))["path"])
+
+    async def hand_over(self, folder: str) -> None:
+        await self._call("POST", "/hand-over", {"path": folder})
+
+    async def names(self) -> set[str]:
+        return set((await self._call("GET", "/names"))["names"])
+
+    async def remove_new(self, before: set[str]) -> list[str]:
+        return list((await self._call("POST", "/remove-new", {"before": sorted(before)})
+                     )["problems"])
+
+    async def full(self) -> bool:
+        try:
+            return bool((await self._call("GET", "/full"))["full"])
+        except AreaFailure:
+            return False  # asked after a failure: the helper may be the one that failed
+
+    async def archive(self, tree: str, *, copy_links: bool = False,
+                      level: int = archive.DEFAULT_LEVEL) -> AsyncIterator[bytes]:
+        await self._up()
+        request = self.client.build_request("POST", "/archive", json={
+            "tree": tree, "copy_links": copy_links, "level": level})
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._failed("archive", exc) from None
+        if response.status_code != 200:
+            body = await response.aread()
+            await response.aclose()
+            try:
+                errors = json.loads(body).get("errors") or [json.loads(body).get("error")]
+            except ValueError:
+                errors = [body.decode("utf-8", "replace")[:200]]
+            if response.status_code == 422:
+                raise archive.ArchiveError([str(e) for e in errors])
+            raise AreaFailure(f"archive: {'; '.join(str(e) for e in errors)}")
+        return self._relay(response)
+
+    async def _relay(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise self._failed("archive", exc) from None
+        finally:
+            await response.aclose()
+
+    async def merge(self, outputs: Sequence[str], target: str,
+                    rules: Sequence[ResolverRule], resolve: ResolveFn, *,
+                    limit: int) -> None:
+        await self._up()
+        merge_id = uuid.uuid4().hex
+        by_name = {r.name: r for r in rules}
+        body = {"id": merge_id, "outputs": list(outputs), "target": target, "limit": limit,
+                "rules": [{"name": r.name, "globs": list(r.globs)} for r in rules]}
+        ended: dict[str, Any] = {}
+        try:
+            async with self.client.stream("POST", "/merge", json=body) as r, \
+                    asyncio.TaskGroup() as answers:
+                if r.status_code != 200:
+                    raise AreaFailure(f"merge: {(await r.aread()).decode('utf-8', 'replace')}")
+                async for line in r.aiter_lines():
+                    event = json.loads(line) if line.strip() else {}
+                    if "conflict" in event:
+                        answers.create_task(self._answer(merge_id, event, by_name, resolve))
+                    elif "done" in event or "errors" in event:
+                        ended = event
+        except httpx.HTTPError as exc:
+            raise self._failed("merge", exc) from None
+        if "errors" in ended:
+            raise MergeError([str(e) for e in ended["errors"]])
+        if not ended:
+            raise AreaFailure(f"the session's helper container {self.instance.name} stopped "
+                              "answering during the merge")
+
+    async def _answer(self, merge_id: str, event: dict[str, Any],
+                      rules: dict[str, ResolverRule], resolve: ResolveFn) -> None:
+        conflict = Conflict(str(event["path"]), tuple(
+            Version(int(v["layer"]), Path(str(v["who"])), base64.b64decode(v["content"]),
+                          bool(v["executable"])) for v in event["versions"]))
+        try:
+            path, content = await resolve(rules[str(event["rule"])], conflict)
+            answer = {"path": path, "content": base64.b64encode(content).decode()}
+        except Exception as exc:  # whatever failed is the resolution's error, named there
+            answer = {"error": describe(exc)}
+        try:
+            await self.client.post(f"/merge/{merge_id}/answers/{event['conflict']}",
+                                   json=answer)
+        except httpx.HTTPError as exc:
+            raise self._failed("merge", exc) from None
+
+    async def aclose(self) -> None:
+        self._ready.cancel()
+        await asyncio.gather(self._ready, return_exceptions=True)
+        await self.instance.release()
