@@ -29,6 +29,7 @@ import httpx
 import pytest
 import yaml
 
+from boride.area import HostArea
 from boride.config import Timeouts
 from boride.model import load
 from boride.pipeline import BuildOptions, BuildResult, build
@@ -154,7 +155,7 @@ async def test_containers_are_isolated_labelled_and_limited(
     client = connect()
     try:
         ws = await rt.open_workspace(session, template, tmp_path / "root")
-        assert (ws.seen_template, ws.seen_area) == (SEEN_TEMPLATE, SEEN_AREA)
+        assert (ws.area.template, ws.area.root) == (SEEN_TEMPLATE, SEEN_AREA)
         comps = [Component("my-proc", Kind.PROCESSOR, image=image_of("ok_processor")),
                  Component("my-plug", Kind.PLUGIN, image=image_of("ok_plugin")),
                  Component("res", Kind.RESOLVER, image=image_of("ok_resolver"))]
@@ -189,6 +190,20 @@ async def test_containers_are_isolated_labelled_and_limited(
             assert m["Type"] == "volume"
             vol = client.api.inspect_volume(m["Name"])
             assert vol["Labels"][LABEL_SESSION] == session
+            assert not vol.get("Options"), vol  # an engine volume, binding no host folder
+        # the session's helper: the same volumes, three capabilities to take the area, then
+        # it runs as the components' user
+        helper = client.api.inspect_container(f"cyan-merger-{session}")
+        assert {m["Destination"]: (m["Type"], m["RW"]) for m in helper["Mounts"]} == {
+            SEEN_TEMPLATE: ("volume", True), SEEN_AREA: ("volume", True)}
+        assert helper["HostConfig"]["CapDrop"] == ["ALL"]
+        assert sorted(helper["HostConfig"]["CapAdd"]) == ["CHOWN", "SETGID",
+                                                          "SETUID"]
+        assert helper["HostConfig"]["ReadonlyRootfs"] is True
+        assert not helper["HostConfig"].get("PortBindings")
+        await ws.area.names()  # ready
+        top = client.api.top(helper["Id"], ps_args="-o pid,uid,comm")["Processes"]
+        assert top and all(p[1] == "65534" for p in top), top
         # the process inside runs as that user, with no capability at all
         exec_id = client.api.exec_create(info[Kind.PROCESSOR]["Id"],
                                          ["sh", "-c", "id -u; grep CapEff /proc/self/status"])
@@ -203,7 +218,7 @@ async def test_containers_are_isolated_labelled_and_limited(
         assert session_leftovers(session) == []
         assert (template / "src" / "a.txt").read_text() == "alpha\n"  # volumes never delete
     finally:
-        await rt.close_workspace(Workspace(session, template, tmp_path, "", ""))
+        await rt.close_workspace(Workspace(session, HostArea(tmp_path, template)))
         await rt.aclose()
         client.close()
 
@@ -495,7 +510,7 @@ async def test_clean_removes_what_a_killed_run_left(tmp_path: Path, template: Pa
     finally:
         await rt.aclose()  # as if the run died here: no stop, no close_workspace
     left = session_leftovers(session)
-    assert len(left) == 4, left  # two containers, two volumes
+    assert len(left) == 5, left  # two components, the helper, two volumes
     proc = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "boride", "clean", "--session", session, "--json"],
         capture_output=True, text=True, timeout=120, check=False)
@@ -537,8 +552,9 @@ async def test_reopening_a_session_a_killed_run_left_replaces_its_leftovers(
         ws = await second.open_workspace(session, template, tmp_path / "second")
         with pytest.raises(RuntimeFailure, match="open already"):
             await second.open_workspace(session, template, tmp_path / "third")
-        area = client.api.inspect_volume(f"cyan-area-{session}")
-        assert area["Options"]["device"] == str((tmp_path / "second" / "area").resolve())
+        # the first run's processor is gone, its helper replaced by this run's
+        assert not client.api.containers(all=True, filters={"name": f"cyan-processor-p-{session}"})
+        assert await ws.area.names() == set()
         inst = await second.start(ws, Component("p", Kind.PROCESSOR,
                                                 image=image_of("ok_processor")))
         from boride.health import wait_ready
@@ -547,7 +563,7 @@ async def test_reopening_a_session_a_killed_run_left_replaces_its_leftovers(
         await second.close_workspace(ws)
         assert session_leftovers(session) == []
     finally:
-        await second.close_workspace(Workspace(session, template, tmp_path, "", ""))
+        await second.close_workspace(Workspace(session, HostArea(tmp_path, template)))
         await second.aclose()
         client.close()
 
@@ -559,14 +575,16 @@ async def test_network_removed_behind_its_back_is_made_again(tmp_path: Path,
     rt = DockerRuntime(network=network)
     client = connect()
     try:
-        ws = await rt.open_workspace(session, template, tmp_path / "root")
-        client.api.remove_network(network)
+        first = await rt.open_workspace(uuid.uuid4().hex, template, None)
+        await rt.close_workspace(first)
+        client.api.remove_network(network)  # (a network in use cannot be removed)
+        ws = await rt.open_workspace(session, template, None)
         inst = await rt.start(ws, Component("p", Kind.PROCESSOR, image=image_of("ok_processor")))
         from boride.health import wait_ready
         await wait_ready(inst, 60)
         await rt.stop(inst)
     finally:
-        await rt.close_workspace(Workspace(session, template, tmp_path, "", ""))
+        await rt.close_workspace(Workspace(session, HostArea(tmp_path, template)))
         await rt.aclose()
         for net in client.api.networks(names=[network]):
             client.api.remove_network(net["Id"])

@@ -200,7 +200,7 @@ async def test_template_change_is_detected_and_names_the_processor(
         def _sandbox(self, workspace: Workspace, component: Component,
                      socket_dir: Path) -> list[str]:
             args = super()._sandbox(workspace, component, socket_dir)
-            tpl = str(workspace.host_template)
+            tpl = workspace.area.template
             return ["--bind" if a == "--ro-bind" and args[i + 1] == tpl else a
                     for i, a in enumerate(args)]
 

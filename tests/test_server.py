@@ -233,7 +233,7 @@ def test_client_disconnect_cancels_the_build_and_stops_its_components(tmp_path: 
         assert metric(http, "boride_builds_in_flight") == 0
         state = server.service.sessions[sid]
         assert not state.lock.locked() and state.session.instances == {}
-        area = state.session.workspace.host_area  # type: ignore[union-attr]
+        area = state.session.workspace.area.root_path  # type: ignore[union-attr]
         assert list(area.iterdir()) == []  # the build's folders are gone too
         # the session lives on: it can be deleted (or built again)
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
@@ -389,73 +389,16 @@ web.run_app(app, host="0.0.0.0", port=5550)
 '''
 
 
-def test_merge_and_zip_routes_stay_in_the_session_area(tmp_path: Path) -> None:
-    """The merger's internal routes: served by create_internal_app only, never on the public
-    listener; paths outside the session areas are refused."""
-    res = entry("me/join", "ok_resolver")
-    config, folder, sid = _try_setup(tmp_path, processors=[], resolver=res)
-    template = template_body("local-z", [], [], [
-        {"id": res["id"], "version": 1, "config": {"separator": "/"}, "files": ["*.txt"]}])
-    with running_server(config, internal=True) as server, server.client() as http, \
-            server.internal_client() as internal:
-        assert http.post("/executor/try", json={
-            "sessionId": sid, "localTemplateId": "local-z", "source": "path",
-            "path": str(folder), "template": template}).status_code == 200
-        area = server.service.sessions[sid].session.workspace.host_area  # type: ignore[union-attr]
-        for name, text in (("a", "one"), ("b", "two")):
-            (area / name).mkdir()
-            (area / name / "same.txt").write_text(text)
-            (area / name / f"only-{name}.md").write_text(name)
-        merge = {"from_dirs": [str(area / "a"), str(area / "b")], "to_dir": str(area / "m"),
-                 "template": template}
+def test_the_go_coordinators_internal_routes_are_not_served(tmp_path: Path) -> None:
+    """/merge and /zip (the Go coordinator's merger callbacks) are not boride's: its helper
+    container does that work, on routes only the coordinator holds the token for."""
+    config, _, sid = _try_setup(tmp_path, processors=[])
+    with running_server(config) as server, server.client() as http:
+        merge = {"from_dirs": [str(tmp_path)], "to_dir": str(tmp_path / "m")}
         assert problem(http.post(f"/merge/{sid}", json=merge), 404)["title"] == "Not found"
-        assert problem(http.post("/zip", json={"target_dir": str(area / "a")}), 404)
-        assert not (area / "m").exists()
-        r = internal.post(f"/merge/{sid}", json=merge)
-        assert r.json() == {"status": "OK"}, r.text
-        assert tree(area / "m") == {"only-a.md": b"a", "only-b.md": b"b", "same.txt": b"one/two"}
-        r = internal.post("/zip", json={"target_dir": str(area / "m")})
-        assert r.headers["content-type"] == "application/x-gzip"
-        assert files_of(r.content) == {"only-a.md": b"a", "only-b.md": b"b",
-                                       "same.txt": b"one/two"}
-        problem(internal.post("/zip", json={"target_dir": str(tmp_path)}), 400)
-        problem(internal.post("/zip", json={"target_dir": "/etc"}), 400)
-        problem(internal.post("/zip", json={"target_dir": "/tmp/\x00"}), 400)
-        problem(internal.post(f"/merge/{sid}", json={"from_dirs": ["/etc"],
-                                                     "to_dir": str(area / "n")}), 400)
-        assert problem(internal.post(f"/merge/{new_id()}", json={
-            "from_dirs": [], "to_dir": "/x"}), 404)["title"] == "Unknown session"
-        assert problem(internal.post("/zip", content=b"{", headers={
-            "content-type": "application/json"}), 400)["title"] == "Malformed JSON"
-        http.delete(f"/executor/{sid}")
+        assert problem(http.post("/zip", json={"target_dir": str(tmp_path)}), 404)
+        assert not (tmp_path / "m").exists()
 
-
-
-def test_internal_merge_resolves_as_a_build_does(tmp_path: Path) -> None:
-    """The internal merge goes through the build's resolver path: a conflict on a file that
-    is not UTF-8 text is refused, named, as in a build (never sent mangled to the resolver)."""
-    res = entry("me/join", "ok_resolver")
-    config, folder, sid = _try_setup(tmp_path, processors=[], resolver=res)
-    template = template_body("local-u", [], [], [
-        {"id": res["id"], "version": 1, "config": {"separator": "/"}, "files": ["*.bin"]}])
-    with running_server(config, internal=True) as server, server.client() as http, \
-            server.internal_client() as internal:
-        assert http.post("/executor/try", json={
-            "sessionId": sid, "localTemplateId": "local-u", "source": "path",
-            "path": str(folder), "template": template}).status_code == 200
-        area = server.service.sessions[sid].session.workspace.host_area  # type: ignore[union-attr]
-        for name, data in (("a", b"\xff\xfe one"), ("b", b"\xff\xfe two")):
-            (area / name).mkdir()
-            (area / name / "same.bin").write_bytes(data)
-        r = internal.post(f"/merge/{sid}", json={
-            "from_dirs": [str(area / "a"), str(area / "b")], "to_dir": str(area / "m"),
-            "template": template})
-        data = problem(r, 400)
-        assert data["title"] == "Merge failed"
-        assert any("'same.bin'" in line and "not UTF-8 text" in line
-                   for line in data["data"]), data
-        assert not (area / "m" / "same.bin").exists()
-        http.delete(f"/executor/{sid}")
 
 def test_idle_sessions_expire(tmp_path: Path) -> None:
     p = entry("me/one", "ok_processor")

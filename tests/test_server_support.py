@@ -21,7 +21,6 @@ import yaml
 from fastapi import FastAPI
 
 from boride.server import ServerConfig, Service, create_app
-from boride.server.internal import create_internal_app
 from tests.conftest import COMPONENTS, EXAMPLES
 
 PROBLEM_FIELDS = {"title", "status", "detail", "type", "trace_id", "traceId", "data"}
@@ -31,7 +30,6 @@ PROBLEM_FIELDS = {"title", "status", "detail", "type", "trace_id", "traceId", "d
 class Running:
     url: str
     app: FastAPI
-    internal_url: str | None = None  # the internal routes (running_server(internal=True))
 
     @property
     def service(self) -> Service:
@@ -42,10 +40,6 @@ class Running:
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 120.0), **kw)
 
-    def internal_client(self, **kw: Any) -> httpx.Client:
-        assert self.internal_url is not None, "running_server(internal=True) serves them"
-        return httpx.Client(base_url=self.internal_url, timeout=kw.pop("timeout", 120.0), **kw)
-
 
 def _uvicorn(app: FastAPI) -> uvicorn.Server:
     return uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
@@ -53,16 +47,11 @@ def _uvicorn(app: FastAPI) -> uvicorn.Server:
 
 
 @contextmanager
-def running_server(config: ServerConfig | None = None, *, internal: bool = False,
-                   **kw: Any) -> Iterator[Running]:
+def running_server(config: ServerConfig | None = None, **kw: Any) -> Iterator[Running]:
     """``create_app(config)`` served by uvicorn on 127.0.0.1 (a free port) in a thread; on exit
-    the server shuts down the way ``boride serve`` does on SIGTERM (lifespan clean-up).
-    ``internal``: also serve :func:`create_internal_app` of the same service on another port,
-    in the same event loop."""
+    the server shuts down the way ``boride serve`` does on SIGTERM (lifespan clean-up)."""
     app = create_app(config or ServerConfig(), **kw)
     servers = [_uvicorn(app)]
-    if internal:
-        servers.append(_uvicorn(create_internal_app(app.state.service)))
 
     async def serve_all() -> None:
         await asyncio.gather(*(s.serve() for s in servers))
@@ -77,7 +66,7 @@ def running_server(config: ServerConfig | None = None, *, internal: bool = False
         time.sleep(0.01)
     urls = [f"http://127.0.0.1:{s.servers[0].sockets[0].getsockname()[1]}" for s in servers]
     try:
-        yield Running(urls[0], app, urls[1] if internal else None)
+        yield Running(urls[0], app)
     finally:
         for s in servers:
             s.should_exit = True

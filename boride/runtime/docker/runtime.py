@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import docker.errors
 
@@ -42,6 +44,7 @@ from boride.runtime.docker.settings import DockerSettings
 from boride.types import Component
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -112,9 +115,9 @@ class DockerRuntime(Runtime):
                 await self.engine.call(helper.copy_host_folder, self.settings, session_id,
                                        template)
             token = secrets.token_urlsafe(32)
-            container = await self.engine.call(
+            container = await self._on_network(lambda: self.engine.call(
                 helper.create_helper, self.settings, session_id, token,
-                template if isinstance(template, Path) else None)
+                template if isinstance(template, Path) else None))
             instance = DockerInstance(HelperArea.helper_component(), container,
                                       self.settings.network, self.engine.api, area_server.PORT)
             session.area = HelperArea(instance, token)
@@ -180,18 +183,25 @@ class DockerRuntime(Runtime):
         session = self._sessions.get(workspace.session_id)
         if session is None:
             raise RuntimeFailure(f"session {workspace.session_id!r} is not open")
-        for attempt in (1, 2):
-            try:
-                container = await self._start_container(session, component)
-                break
-            except docker.errors.DockerException as exc:
-                if attempt == 1 and network_gone(exc):
-                    self.network.forget()  # removed behind our back: make it again
-                    continue
-                raise RuntimeFailure(f"cannot start container: {reason(exc)}") from None
+        try:
+            container = await self._on_network(lambda: self._start_container(session, component))
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure(f"cannot start container: {reason(exc)}") from None
         instance = DockerInstance(component, container, self.settings.network, self.engine.api)
         self._instances.add(instance)
         return instance
+
+    async def _on_network(self, make: Callable[[], Awaitable[T]]) -> T:
+        """``make()`` a container on the components' network; once more when the network
+        was removed behind our back (made again first)."""
+        try:
+            return await make()
+        except docker.errors.DockerException as exc:
+            if not network_gone(exc):
+                raise
+        self.network.forget()
+        await self.network.ensure()
+        return await make()
 
     async def _start_container(self, session: _Session, component: Component) -> Container:
         """Create and start in one job that a cancellation cannot cut in half: a cancelled
