@@ -399,6 +399,18 @@ class TestDaemon:
         r = httpx.post(daemon.url + "/template/warm", json={}, timeout=10)
         assert r.status_code == 400, r.text
 
+    def test_components_network_is_refused(self, engine: docker.DockerClient,
+                                           daemon: Daemon) -> None:
+        """A container on the components' network reaches the daemon by name: 403."""
+        probe = ("import urllib.request as u, urllib.error as e\n"
+                 "r = u.Request('http://cyanprint-coordinator:9000/template/warm', data=b'{}',"
+                 " headers={'Content-Type': 'application/json'})\n"
+                 "try:\n    print(u.urlopen(r, timeout=10).status)\n"
+                 "except e.HTTPError as x:\n    print(x.code)\n")
+        out = engine.containers.run("boride/python-base:3.11", ["python3", "-c", probe],
+                                    network=NETWORK, remove=True, labels={OWNER: RUN})
+        assert out.decode().strip() == "403"
+
     def test_it_is_made_as_the_cli_makes_it(self, engine: docker.DockerClient,
                                                         daemon: Daemon) -> None:
         info = engine.api.inspect_container(daemon.container.id)
