@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean image
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,12 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check boride tests bench examples docker
 	$(BIN)/mypy
+	$(BIN)/mypy --strict docker/serve_image.py
+
+# boride's own image, boride/serve:latest (the CyanPrint CLI's daemon container), built on the
+# local engine FROM the base image of .ci/docker-setup.sh; only what changed is rebuilt.
+image: setup
+	$(BIN)/python docker/serve_image.py
 
 test: lint
 	$(BIN)/pytest -q -ra

@@ -6,7 +6,9 @@
 #   2. dockerd started in the background when no engine answers (bounded wait);
 #   3. the Python base image boride/python-base:3.11, built with debootstrap + `docker import`
 #      (no image registry is reachable here);
-#   4. the SDK image and the example / test component images (docker/build_images.py).
+#   4. the SDK image and the example / test component images (docker/build_images.py);
+#   5. boride's own image boride/serve:latest (docker/serve_image.py, `make image`): rebuilt only
+#      when it does not match the working tree (its boride.source label).
 #
 # Environment: BORIDE_PYTHON (interpreter with boride's deps; default .venv/bin/python),
 # BORIDE_DEBIAN_MIRROR (default: the first Debian URI in apt's sources), DOCKERD_LOG,
@@ -106,7 +108,7 @@ else
     log "$BASE_IMAGE built"
 fi
 
-# 4. SDK and component images -----------------------------------------------------------------
+# 4. SDK and component images; 5. boride's own image -------------------------------------
 PY=${BORIDE_PYTHON:-}
 if [ -z "$PY" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi
@@ -114,4 +116,5 @@ fi
 "$PY" -c 'import docker, yaml' 2>/dev/null \
     || die "$PY lacks the docker SDK or PyYAML: install boride first (pip install -e .[dev])"
 "$PY" "$ROOT/docker/build_images.py" --base "$BASE_IMAGE"
+"$PY" "$ROOT/docker/serve_image.py" --base "$BASE_IMAGE"
 log "done"

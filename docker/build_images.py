@@ -108,7 +108,7 @@ def build(client: docker.DockerClient, tag: str, dockerfile: str,
             lines.append(chunk["stream"])
         if "aux" in chunk and "ID" in chunk["aux"]:
             image_id = chunk["aux"]["ID"]
-    return image_id or client.images.get(tag).id
+    return image_id or str(client.images.get(tag).id)
 
 
 def ensure_sdk_image(client: docker.DockerClient, base: str, rebuild: bool) -> None:

@@ -1,0 +1,163 @@
+"""The entry point of boride's image (``boride/serve``): the commands the CyanPrint CLI gives
+the Go coordinator's image, then any ``boride`` command.
+
+* ``setup``: make the ``cyanprint`` bridge network if missing, then exit (the CLI runs this
+  once, with the Docker socket, before starting the daemon);
+* ``start [--registry URL|FILE] [boride serve options]`` (the default): ``boride serve`` on
+  0.0.0.0:9000 with the Docker runtime, ``--trusted-network`` (the CLI sends no token: publish
+  the port on the host's loopback) and ``--dev-root /`` (try paths are the host's);
+  ``BORIDE_REGISTRY`` is honoured as by ``boride serve``;
+* ``cleanup [--session ID]``: remove every container and volume boride labelled (or one
+  session's), naming each; exit 1 when something could not be removed;
+* anything else that is a ``boride`` command (``run``, ``serve``, ``clean``, ``helper``, ...)
+  runs that command: ``docker run boride/serve:latest helper ...`` is ``boride helper ...``.
+
+Errors are one line on stderr (``boride: ...``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+USAGE = """\
+usage: docker run [docker options] boride/serve:latest [COMMAND [ARGS...]]
+
+boride as the CyanPrint CLI's coordinator container (the Go coordinator's commands), or any
+boride command.
+
+commands:
+  start [--registry URL|FILE] [boride serve options]
+              serve the coordinator API on 0.0.0.0:9000 with the Docker runtime (the
+              default); the registry also from BORIDE_REGISTRY
+  setup       create the cyanprint bridge network if it is missing, then exit
+  cleanup [--session ID]
+              remove every container and volume boride labelled (or one session's)
+{boride}
+The Docker socket must be bind-mounted: -v /var/run/docker.sock:/var/run/docker.sock
+"""
+
+#: What ``start`` runs: ``boride serve`` with these options, then the ones given to ``start``.
+SERVE_ARGS = ("serve", "--runtime", "docker", "--host", "0.0.0.0", "--port", "9000",
+              "--trusted-network", "--dev-root", "/")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class DaemonError(Exception):
+    """A failure to report in one line, with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _boride(args: list[str]) -> int:
+    """Run the ``boride`` command line with ``args``; its exit code."""
+    from boride.cli import main
+
+    try:
+        main.main(args=args, prog_name="boride", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def boride_commands() -> dict[str, str]:
+    """The ``boride`` CLI's commands (hidden ones too) and their one-line help."""
+    from boride.cli import main
+
+    return {name: ("" if cmd.hidden else cmd.get_short_help_str(76))
+            for name, cmd in sorted(main.commands.items())}
+
+
+def usage() -> str:
+    shown = [f"  {name:<10}  {text}"
+             for name, text in boride_commands().items() if text]
+    lines = ["boride's own commands (COMMAND --help for theirs):", *shown] if shown else []
+    return USAGE.format(boride="\n".join(lines))
+
+
+def setup(args: list[str]) -> int:
+    """Create the components' network if missing (``--network NAME``: another one)."""
+    from boride.runtime.base import RuntimeFailure
+    from boride.runtime.docker import NETWORK, connect, find_or_create
+    from boride.runtime.docker.engine import ENGINE_ERRORS, reason
+
+    name = NETWORK
+    if args[:1] == ["--network"] and len(args) == 2:
+        name = args[1]
+    elif args:
+        raise DaemonError(f"setup: unexpected arguments {' '.join(args)!r} (usage: setup "
+                          "[--network NAME])", EXIT_USAGE)
+    try:
+        client = connect(timeout=60)
+    except RuntimeFailure as exc:
+        raise DaemonError(f"setup: {exc}") from None
+    try:
+        network_id = find_or_create(client.api, name)
+    except ENGINE_ERRORS as exc:
+        raise DaemonError(f"setup: cannot create the {name} network: {reason(exc)}") from None
+    finally:
+        client.close()
+    print(f"network {name} ready ({network_id[:12]})", flush=True)
+    return 0
+
+
+def start(args: list[str]) -> int:
+    """``boride serve`` as the CLI's coordinator (the Docker runtime, on 0.0.0.0:9000)."""
+    return _boride([*SERVE_ARGS, *args])
+
+
+def cleanup(args: list[str]) -> int:
+    """``boride clean --all`` (or ``--session ID``): every boride container and volume."""
+    if args and not (args[0] == "--session" and len(args) == 2):
+        raise DaemonError(f"cleanup: unexpected arguments {' '.join(args)!r} (usage: cleanup "
+                          "[--session ID])", EXIT_USAGE)
+    return _boride(["clean", *(args or ["--all"])])
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "setup": setup, "start": start, "cleanup": cleanup}
+
+
+def dispatch(argv: list[str]) -> int:
+    if not argv:
+        argv = ["start"]
+    command, rest = argv[0], argv[1:]
+    if command in ("-h", "--help", "help"):
+        print(usage(), end="")
+        return 0
+    if command in COMMANDS:
+        return COMMANDS[command](rest)
+    if command == "--version" or command in boride_commands():
+        return _boride(argv)
+    known = ", ".join([*COMMANDS, *(n for n, t in boride_commands().items() if t)])
+    raise DaemonError(f"unknown command {command!r} (commands: {known}; --help for more)",
+                      EXIT_USAGE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return dispatch(sys.argv[1:] if argv is None else argv)
+    except DaemonError as exc:
+        print(f"boride: {exc}", file=sys.stderr, flush=True)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, never a traceback
+        from boride.errors import describe
+
+        print(f"boride: {describe(exc)}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
