@@ -4,8 +4,10 @@ pipeline files whose components run from the images ``.ci/docker-setup.sh`` buil
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -59,9 +61,23 @@ def docker_problem() -> str | None:
         if missing:
             return (f"{len(missing)} test image(s) missing on the engine (e.g. {missing[0]}); "
                     f"run {SETUP} as root")
+        if not os.environ.get("BORIDE_HELPER_IMAGE"):
+            # every session's helper runs boride's own image: it must be this tree's code
+            serve_image_module().ensure_serve_image(client)
     finally:
         client.close()
     return None
+
+
+def serve_image_module() -> ModuleType:
+    """docker/serve_image.py (loaded by path: the repository's docker/ folder would shadow
+    the docker SDK as a package)."""
+    spec = importlib.util.spec_from_file_location("serve_image",
+                                                  ROOT / "docker" / "serve_image.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def labelled(labels: dict[str, str | None]) -> list[str]:
