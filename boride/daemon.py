@@ -17,6 +17,7 @@ Errors are one line on stderr (``boride: ...``), never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -113,7 +114,40 @@ def setup(args: list[str]) -> int:
 
 def start(args: list[str]) -> int:
     """``boride serve`` as the CLI's coordinator (the Docker runtime, on 0.0.0.0:9000)."""
+    warning = exposure_warning(os.environ.get("HOSTNAME", ""))
+    if warning:
+        print(f"boride: WARNING: {warning}", file=sys.stderr, flush=True)
     return _boride([*SERVE_ARGS, *args])
+
+
+def exposure_warning(container: str) -> str | None:
+    """What is wrong with how this container publishes the API, if anything: a port published
+    on every interface of the host is reachable by the components themselves (they dial the
+    host's address; the engine's proxy hands their request in from the network's gateway,
+    which boride must trust for the CLI's own requests)."""
+    from boride.runtime.base import RuntimeFailure
+    from boride.runtime.docker import connect
+    from boride.runtime.docker.engine import ENGINE_ERRORS
+
+    if not container:
+        return None
+    try:
+        client = connect(timeout=10)
+    except RuntimeFailure:
+        return None  # the server says what is wrong with the engine
+    try:
+        ports = client.api.inspect_container(container)["HostConfig"].get("PortBindings") or {}
+    except ENGINE_ERRORS:
+        return None  # not a container this engine knows (boride runs elsewhere)
+    finally:
+        client.close()
+    wide = sorted({f"{b.get('HostPort')}" for bindings in ports.values()
+                   for b in bindings or [] if b.get("HostIp", "") in ("", "0.0.0.0", "::")})
+    if not wide:
+        return None
+    return (f"port {', '.join(wide)} is published on every interface of the host: components "
+            "can reach this API through the host's address. Publish it on loopback only "
+            "(-p 127.0.0.1:9000:9000)")
 
 
 def cleanup(args: list[str]) -> int:

@@ -35,6 +35,7 @@ import httpx
 import pytest
 import yaml
 
+from boride.daemon import exposure_warning
 from boride.runtime.docker import LABEL_KIND, LABEL_MANAGED, LABEL_SESSION, NETWORK, connect
 from tests.conftest import tree
 from tests.docker_helpers import EXAMPLES, example_images, in_ci, labelled, serve_image_module
@@ -410,6 +411,22 @@ class TestDaemon:
         assert info["HostConfig"]["NetworkMode"] == NETWORK
         assert info["Config"]["Entrypoint"] == ["python3", "-m", "boride.daemon"]
         assert info["Config"]["Cmd"] == ["start"]
+
+
+    def test_a_port_published_on_every_interface_is_warned_of(
+            self, engine: docker.DockerClient, daemon: Daemon) -> None:
+        """Published on loopback (as the docs say): no warning. Published as the CLI does it
+        (`-p 9000:9000`): a warning naming the fix, since components can dial the host."""
+        assert "WARNING" not in daemon.logs()
+        wide = engine.api.create_container(
+            "boride/python-base:3.11", ["true"], labels={OWNER: RUN}, ports=[9000],
+            host_config=engine.api.create_host_config(port_bindings={9000: None}))
+        try:
+            warning = exposure_warning(wide["Id"])
+            assert warning is not None and "-p 127.0.0.1:9000:9000" in warning
+            assert exposure_warning(daemon.container.id) is None
+        finally:
+            engine.api.remove_container(wide["Id"], force=True)
 
 
 class TestDaemonFlows:

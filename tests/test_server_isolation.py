@@ -218,6 +218,29 @@ def test_a_component_cannot_drive_boride(tmp_path: Path) -> None:
         assert http.post("/zip", json={"target_dir": "/workspace/area"}).status_code == 404
         assert http.post(f"/merge/{victim}", json={"from_dirs": [], "to_dir": "/x"}
                          ).status_code == 404  # the merger's routes are not served here
+        assert_helper_refuses(http, template, victim, attacker)
         assert http.delete(f"/executor/{victim}").json() == {"status": "OK"}  # still there
         assert http.delete(f"/executor/{attacker}").json() == {"status": "OK"}
     assert session_leftovers(victim) == [] and session_leftovers(attacker) == []
+
+
+HELPER_CALLS: list[list[Any]] = [
+    ["GET", "/", None], ["GET", "/names", None], ["POST", "/dirs", {}],
+    ["POST", "/archive", {"tree": "/workspace/area"}],
+    ["POST", "/remove-new", {"before": []}],
+    ["POST", "/merge", {"id": "x", "outputs": [], "target": "/workspace/area/x"}]]
+
+
+def assert_helper_refuses(http: httpx.Client, template: dict[str, Any], victim: str,
+                          attacker: str) -> None:
+    """The sessions' helper containers (on the components' network, doing the file work)
+    answer a component with 401 on every route, its own session's helper and another's,
+    without a token or with a wrong one."""
+    helpers = [f"cyan-merger-{attacker}", f"cyan-merger-{victim}"]
+    config = {"port": 5560, "token": TOKEN, "calls": HELPER_CALLS, "hosts": helpers}
+    r = http.post(f"/executor/{attacker}", json=build_body(template, [("me/probe", config)]))
+    assert r.status_code == 200, r.text
+    results = json.loads(files_of(r.content)["probe.json"])
+    mine = [res for res in results if res["host"] in helpers]
+    assert len(mine) == 2 * len(HELPER_CALLS) * len(helpers)  # reached, and refused
+    assert all(res["status"] == 401 for res in mine), json.dumps(mine, indent=1)
