@@ -39,7 +39,7 @@ def example_images() -> list[str]:
 
 REQUIRED_TEST_IMAGES = ("ok_processor", "ok_resolver", "ok_plugin", "exit_at_start", "hang",
                         "never_ready", "die_during_call", "write_template", "fail_500",
-                        "probe_api")
+                        "probe_api", "node_processor")
 
 
 @functools.cache
