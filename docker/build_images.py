@@ -14,7 +14,8 @@ Layers, each built FROM the one before:
 * one *app* image per folder of components (the example folder, ``tests/components``): the
   folder's files copied to ``/app``;
 * one image per component: the app image with ``CMD`` = the component's command, tagged as the
-  pipeline's ``image:`` says (``local/boride-example-upper:1``) or, for the test components,
+  pipeline's ``image:`` says (also the templates of a ``registry.yaml`` next to the pipeline:
+  their Q&A servers) (``local/boride-example-upper:1``) or, for the test components,
   ``local/boride-test-<name>:1`` (``ok_processor.py`` -> ``local/boride-test-ok-processor:1``).
 
 App and component images are rebuilt on every run; the engine's build cache makes that cheap
@@ -268,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{pipeline}: no such pipeline file")
         folder = pipeline.resolve().parent
         name = folder.name.replace("_", "-").lower()
-        build_app(client, f"boride/app-{name}:latest", folder, components_of(pipeline))
+        comps = components_of(pipeline)
+        registry = folder / "registry.yaml"  # its templates' Q&A servers, when it has one
+        if registry.is_file():
+            comps += [c for c in components_of(registry) if c not in comps]
+        build_app(client, f"boride/app-{name}:latest", folder, comps)
     if not args.no_tests and TEST_COMPONENTS.is_dir():
         comps = [(test_image(p.stem), ["python3", p.name])
                  for p in sorted(TEST_COMPONENTS.glob("*.py")) if not p.name.startswith("_")
