@@ -6,7 +6,8 @@
 #   2. dockerd started in the background when no engine answers (bounded wait);
 #   3. the Python base image boride/python-base:3.11, built with debootstrap + `docker import`
 #      (no image registry is reachable here);
-#   4. the SDK image and the example / test component images (docker/build_images.py);
+#   4. the SDK image, the Node base image (Debian's nodejs) and the example / test component
+#      images (docker/build_images.py);
 #   5. boride's own image boride/serve:latest (docker/serve_image.py, `make image`): rebuilt only
 #      when it does not match the working tree (its boride.source label).
 #
@@ -115,6 +116,7 @@ if [ -z "$PY" ]; then
 fi
 "$PY" -c 'import docker, yaml' 2>/dev/null \
     || die "$PY lacks the docker SDK or PyYAML: install boride first (pip install -e .[dev])"
+# (also boride/node-base, Debian's nodejs from .debs apt-get download-ed here, once)
 "$PY" "$ROOT/docker/build_images.py" --base "$BASE_IMAGE"
 "$PY" "$ROOT/docker/serve_image.py" --base "$BASE_IMAGE"
 log "done"

@@ -7,10 +7,15 @@ Layers, each built FROM the one before:
 * ``boride/cyanprint-python:<sdk version>``: + cyanprintsdk and its dependencies, installed on
   the host with ``pip install --target`` and copied in (the image's Python is 3.11 like the
   host's); skipped when present, unless ``--rebuild-sdk``;
+* ``boride/node-base:<rev>``: the Python base + Debian's ``nodejs`` (bookworm's, from .debs
+  ``apt-get download``-ed on the host: only the packages the base image lacks, installed with
+  ``dpkg -i``; no image registry and no network inside the build); skipped when present;
+* ``local/boride-test-node-processor:1``: ``tests/components/node/processor.js`` on it;
 * one *app* image per folder of components (the example folder, ``tests/components``): the
   folder's files copied to ``/app``;
 * one image per component: the app image with ``CMD`` = the component's command, tagged as the
-  pipeline's ``image:`` says (``local/boride-example-upper:1``) or, for the test components,
+  pipeline's ``image:`` says (also the templates of a ``registry.yaml`` next to the pipeline:
+  their Q&A servers) (``local/boride-example-upper:1``) or, for the test components,
   ``local/boride-test-<name>:1`` (``ok_processor.py`` -> ``local/boride-test-ok-processor:1``).
 
 App and component images are rebuilt on every run; the engine's build cache makes that cheap
@@ -41,6 +46,9 @@ SDK_VERSION = "2.2.0"
 SDK_IMAGE = f"boride/cyanprint-python:{SDK_VERSION}"
 SDK_REV = "2"  # bump to rebuild the SDK image when its recipe changes
 TEST_COMPONENTS = ROOT / "tests" / "components"
+NODE_COMPONENTS = TEST_COMPONENTS / "node"
+NODE_IMAGE = "boride/node-base:1"
+NODE_PROCESSOR_IMAGE = "local/boride-test-node-processor:1"
 APP_EXCLUDE = frozenset({"template", "expected", "__pycache__", ".pytest_cache", ".mypy_cache"})
 LABEL = "boride.image"
 
@@ -147,6 +155,71 @@ def ensure_sdk_image(client: docker.DockerClient, base: str, rebuild: bool) -> N
     log(f"{SDK_IMAGE} built")
 
 
+def _apt(*args: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def debian_nodejs() -> str:
+    """The version of Debian's own ``nodejs`` package (not another repository's, such as
+    NodeSource's), after ``apt-get update`` when apt knows none."""
+    for attempt in (1, 2):
+        for line in _apt("apt-cache", "madison", "nodejs").splitlines():
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) == 3 and "debian" in parts[2] and "nodesource" not in parts[2]:
+                return parts[1]
+        if attempt == 1:
+            log("apt knows no Debian nodejs: apt-get update")
+            _apt("apt-get", "update", "-qq")
+    raise SystemExit("apt knows no Debian nodejs package (apt-cache madison nodejs)")
+
+
+def _node_debs(client: docker.DockerClient, base: str, folder: Path) -> None:
+    """Download into ``folder`` Debian's nodejs and what of its dependencies ``base`` lacks."""
+    version = debian_nodejs()
+    out = client.containers.run(base, ["dpkg-query", "-W", "-f", "${Package}\\n"], remove=True)
+    installed = set(out.decode().split())
+    deps = _apt("apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
+                "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
+                f"nodejs={version}")
+    names = sorted({n for n in deps.splitlines() if n and not n.startswith((" ", "<"))})
+    wanted = [f"nodejs={version}" if n == "nodejs" else n for n in names if n not in installed]
+    log(f"apt-get download {' '.join(wanted)}")
+    folder.chmod(0o755)  # apt downloads as _apt
+    _apt("apt-get", "download", "-qq", *wanted, cwd=folder)
+
+
+def ensure_node_image(client: docker.DockerClient, base: str) -> None:
+    """``NODE_IMAGE``: ``base`` + Debian's nodejs; skipped when present."""
+    try:
+        client.images.get(NODE_IMAGE)
+        log(f"{NODE_IMAGE} present")
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    with tempfile.TemporaryDirectory(prefix="boride-node-") as tmp:
+        debs = Path(tmp) / "debs"
+        debs.mkdir()
+        _node_debs(client, base, debs)
+        build(client, NODE_IMAGE,
+              f"FROM {base}\nCOPY debs /tmp/debs\n"
+              "RUN dpkg -i /tmp/debs/*.deb > /dev/null && rm -rf /tmp/debs && node --version\n"
+              f"USER 65534:65534\nLABEL {LABEL}=node\n", _tree(debs, "debs"))
+    log(f"{NODE_IMAGE} built")
+
+
+def build_node_components(client: docker.DockerClient, base: str) -> None:
+    """The Node test components (``tests/components/node``), on ``NODE_IMAGE``."""
+    ensure_node_image(client, base)
+    build(client, NODE_PROCESSOR_IMAGE,
+          f"FROM {NODE_IMAGE}\nCOPY app /app\nWORKDIR /app\nUSER 65534:65534\n"
+          f'CMD ["node", "/app/processor.js"]\nLABEL {LABEL}=component\n',
+          _tree(NODE_COMPONENTS, "app"))
+    log(f"{NODE_PROCESSOR_IMAGE} built")
+
+
 def components_of(pipeline: Path) -> list[tuple[str, list[str]]]:
     """(image, command) of every component of a pipeline file that names both."""
     data: dict[str, Any] = yaml.safe_load(pipeline.read_text()) or {}
@@ -196,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{pipeline}: no such pipeline file")
         folder = pipeline.resolve().parent
         name = folder.name.replace("_", "-").lower()
-        build_app(client, f"boride/app-{name}:latest", folder, components_of(pipeline))
+        comps = components_of(pipeline)
+        registry = folder / "registry.yaml"  # its templates' Q&A servers, when it has one
+        if registry.is_file():
+            comps += [c for c in components_of(registry) if c not in comps]
+        build_app(client, f"boride/app-{name}:latest", folder, comps)
     if not args.no_tests and TEST_COMPONENTS.is_dir():
         comps = [(test_image(p.stem), ["python3", p.name])
                  for p in sorted(TEST_COMPONENTS.glob("*.py")) if not p.name.startswith("_")
@@ -204,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and len(comps) != len(set(args.only)):
             raise SystemExit(f"--only: no such component in {TEST_COMPONENTS}: {args.only}")
         build_app(client, "boride/app-tests:latest", TEST_COMPONENTS, comps)
+    if not args.no_tests and not args.only:
+        build_node_components(client, args.base)
     return 0
 
 

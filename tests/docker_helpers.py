@@ -34,14 +34,18 @@ def image_of(component: str) -> str:
 
 
 def example_images() -> list[str]:
-    data = yaml.safe_load((EXAMPLES / "pipeline.yaml").read_text())
-    return [str(c["image"]) for sec in ("processors", "resolvers", "plugins")
-            for c in data.get(sec) or [] if c.get("image")]
+    """The example's component images, and its template's Q&A server (registry.yaml)."""
+    images = []
+    for name in ("pipeline.yaml", "registry.yaml"):
+        data = yaml.safe_load((EXAMPLES / name).read_text())
+        images += [str(c["image"]) for sec in ("processors", "resolvers", "plugins", "templates")
+                   for c in data.get(sec) or [] if c.get("image")]
+    return sorted(set(images))
 
 
 REQUIRED_TEST_IMAGES = ("ok_processor", "ok_resolver", "ok_plugin", "exit_at_start", "hang",
                         "never_ready", "die_during_call", "write_template", "fail_500",
-                        "probe_api")
+                        "probe_api", "node_processor")
 
 
 @functools.cache

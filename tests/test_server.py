@@ -92,9 +92,11 @@ def test_go_client_flow_builds_the_example_byte_for_byte(tmp_path: Path) -> None
 
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
         assert sid not in server.service.sessions
-        # the session's components are gone; only the template's shared resolver runs
-        wait_for(lambda: all("concat" in p for p in boride_processes()))
+        # the session's components are gone; only the template's shared resolver and Q&A
+        # server run
+        wait_for(lambda: all("concat" in p or "qna/" in p for p in boride_processes()))
         assert any("concat" in p for p in boride_processes())
+        assert any("qna/example.py" in p for p in boride_processes())
     assert boride_processes() == []
     assert session_area_empty(work)
 

@@ -74,7 +74,7 @@ def test_go_client_flow_on_docker(tmp_path: Path) -> None:
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
         assert containers_of(sid) == []  # containers and volumes of the session
         (shared,) = [t.session for t in server.service.templates.values() if t.session]
-        assert len(components_of(shared.id)) == 1  # the template's resolver, until shutdown
+        assert len(components_of(shared.id)) == 2  # the template's resolver and Q&A server
     assert containers_of(shared.id) == []
 
 
@@ -135,7 +135,7 @@ def test_cleanup_removes_everything_boride_made_on_docker(tmp_path: Path) -> Non
         start_example_session(http, template, sid)
         (shared,) = [t.session for t in server.service.templates.values() if t.session]
         mine = set(components_of(sid)) | set(components_of(shared.id))
-        assert len(mine) == 5  # 3 processors, the plugin, the template's resolver
+        assert len(mine) == 6  # 3 processors, the plugin, the template's resolver, its Q&A
         r = http.delete("/cleanup")
         assert r.status_code == 200, r.text
         res = r.json()

@@ -196,13 +196,19 @@ def _ro_binds(paths: list[str]) -> list[str]:
     return [arg for p in paths if os.path.exists(p) for arg in _mount("--ro-bind", p)]
 
 
+HOME = "/tmp/home"  # the components' home, in the sandbox's private /tmp (made by nsinit)
+
+
 def component_env() -> dict[str, str]:
     """The environment of local components: boride's own, with its interpreter first on PATH,
-    so that ``python3`` in a pipeline file means the environment boride runs in."""
+    so that ``python3`` in a pipeline file means the environment boride runs in, and a home
+    of their own (the host's is not in the sandbox): a component may write to its home or
+    cache, as in a container."""
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
+    env["HOME"] = HOME
     return env
 
 
@@ -323,7 +329,11 @@ class LocalRuntime(Runtime):
         mask = str(root.parent)
         if any(fsutil.is_within(d, mask) for d in _SYSTEM + _MERGED_USR):
             mask = str(root)
-        return [*_mount("--tmpfs", mask),
+        # A work folder right below /tmp (boride's default) masks the private /tmp: make it
+        # again as _system_binds does, writable by the component.
+        tmpfs = ["--perms", "1777", "--size", str(_TMP_SIZE), "--tmpfs", mask] \
+            if mask == "/tmp" else _mount("--tmpfs", mask)
+        return [*tmpfs,
                 *_ro_binds([d for d in readonly if fsutil.is_within(d, mask)])]
 
     def _check_reachable(self, path: str, readonly: list[str]) -> None:

@@ -4,7 +4,8 @@ Run by the local runtime as ``bwrap ... python -I .../nsinit.py ...`` inside the
 network, PID, IPC and mount namespaces; bwrap has brought loopback up and is PID 1):
 
 * starts the component as the sandbox user (when started as root: setuid to ``--uid``, in a user
-  namespace of its own), with ``RLIMIT_NPROC``/``RLIMIT_DATA`` limits and ``no_new_privs``;
+  namespace of its own), with ``RLIMIT_NPROC``/``RLIMIT_DATA`` limits and ``no_new_privs``,
+  its ``$HOME`` made first (owned by that user, in the sandbox's private ``/tmp``);
 * forwards connections from a Unix socket (in the component's own socket folder, bound from the
   host) to ``127.0.0.1:<port>`` inside the sandbox;
 * exits with the component's exit code when it ends, and as soon as its standard input closes:
@@ -64,6 +65,9 @@ def confine(user: tuple[int, int] | None, memory: int, pids: int) -> None:
     try:
         if user is not None:
             become(*user)
+        home = os.environ.get("HOME", "")
+        if home.startswith("/tmp/"):  # the sandbox's own /tmp: made here, as the component
+            os.makedirs(home, mode=0o700, exist_ok=True)
         resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
         resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
         _libc_call("prctl", _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)

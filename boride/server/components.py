@@ -14,7 +14,12 @@ from boride import parallel
 from boride import registry as reg
 from boride.errors import describe
 from boride.pipeline import Step
-from boride.server.errors import RegistryUnavailable, TemplateUnknown, UnknownNames
+from boride.server.errors import (
+    QuestionServerUnknown,
+    RegistryUnavailable,
+    TemplateUnknown,
+    UnknownNames,
+)
 from boride.server.models import BuildReq, ComponentRes, ResolverRes, TemplateVersionRes
 from boride.types import Component, Kind
 
@@ -66,18 +71,30 @@ class Catalog:
     async def resolver_steps(self, resolvers: Iterable[ResolverRes]) -> tuple[Step, ...]:
         return tuple(Step(c, r.config, tuple(r.files)) for r, c in await self.resolvers(resolvers))
 
-    async def question_server(self, template: TemplateVersionRes) -> Component | None:
-        """The template's Q&A server, when the registry (or, on Docker, the template's
-        image) says how to run it."""
-        entry = await self.registry.by_id(Kind.TEMPLATE, template.principal.id)
+    async def question_server(self, template: TemplateVersionRes) -> Component:
+        """The template's Q&A server: the registry entry's command (or image), else, on Docker,
+        the template's image (``principal.properties.templateDockerReference/Tag``);
+        :class:`QuestionServerUnknown` when neither says how to run it here."""
+        tid = template.principal.id
+        entry = await self.registry.by_id(Kind.TEMPLATE, tid)
         if entry is not None and (entry.command or entry.image):
             return entry.component(f"template:{entry.label}")
         props = template.principal.properties
-        if props is not None and props.templateDockerReference and self.runtime_name == "docker":
+        image = None
+        if props is not None and props.templateDockerReference:
             image = (f"{props.templateDockerReference}:{props.templateDockerTag}"
                      if props.templateDockerTag else props.templateDockerReference)
-            return Component(f"template:{template.principal.id}", Kind.TEMPLATE, image=image)
-        return None
+        if image is not None and self.runtime_name == "docker":
+            return Component(f"template:{tid}", Kind.TEMPLATE, image=image)
+        if image is not None:
+            raise QuestionServerUnknown(tid, (
+                f"template {tid!r}: its Q&A server is the image {image!r}, which runs on the "
+                f"Docker runtime only (boride serve --runtime docker); on the "
+                f"{self.runtime_name} runtime give its registry entry a 'command'"))
+        raise QuestionServerUnknown(tid, (
+            f"template {tid!r} has no Q&A server: the template names no image for it "
+            "(principal.properties.templateDockerReference) and the registry gives no "
+            "'command' for it (a 'templates' entry of the registry file)"))
 
     async def steps(self, req: BuildReq) -> tuple[tuple[Step, ...], tuple[Step, ...]]:
         """The processors and plugins a build names, each resolved to a version the template

@@ -72,6 +72,10 @@ class NoQuestionServer(TemplateError):
     """The warm template has no running Q&A server."""
 
 
+class QuestionServerUnknown(TemplateError):
+    """Nothing says how to run the template's Q&A server on this runtime."""
+
+
 class TemplateCannotRun(BorideError):
     """Components a template pins that cannot run on this server's runtime."""
 

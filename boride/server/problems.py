@@ -80,6 +80,7 @@ TABLE: dict[type[BaseException], Rule] = {
     errs.TemplateUnknown: Rule(400, "Unknown template"),
     errs.TemplateNotWarm: Rule(404, "Unknown template"),
     errs.NoQuestionServer: Rule(404, "No template component"),
+    errs.QuestionServerUnknown: Rule(400, "Template cannot be warmed"),
     errs.TemplateCannotRun: Rule(400, "Failed to warm executor"),
     errs.UnknownNames: Rule(400, "Unknown component"),
     errs.RegistryUnavailable: Rule(502, "Registry unavailable"),

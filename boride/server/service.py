@@ -56,13 +56,14 @@ class Service:
         self.sessions = Sessions(self.ctx, self.catalog, self.templates)
         self.tries = Tries(self.ctx, self.catalog, self.sessions)
         self.builds = Builds(self.ctx, self.catalog, self.sessions, self.templates)
-        self._reaper: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Future[tuple[None, None]] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
     def start_background(self) -> None:
         ttl = self.config.timeouts.session_idle
         if ttl and self._reaper is None:
-            self._reaper = asyncio.ensure_future(self.sessions.reap(ttl))
+            self._reaper = asyncio.ensure_future(asyncio.gather(
+                self.sessions.reap(ttl), self.templates.reap(ttl, self._template_in_use)))
 
     async def aclose(self) -> None:
         """Stop everything: every session, every shared component, the runtime."""
@@ -97,6 +98,10 @@ class Service:
         for line in errors:
             log.warning("DELETE /cleanup: left behind: %s", line)
         return Cleanup(sessions, cleaned, errors)
+
+    def _template_in_use(self, template_id: str) -> bool:
+        return any(s.template_id == template_id and not s.try_session
+                   for s in self.sessions.values())
 
     # -- what the routes do -------------------------------------------------------------------
     async def warm_template(self, template: TemplateVersionRes) -> None:

@@ -1,6 +1,9 @@
 """Registry templates (by version id): a folder of files plus, once warmed, its *shared*
-components, resolvers and the template's own Q&A server when the registry knows how to run
-it, started in a server-owned session and used by every session of that template.
+components, resolvers and the template's own Q&A server (the registry's command, or the
+template's image on Docker), started in a server-owned session and used by every session of
+that template. They stop on ``DELETE /template/{id}``, ``DELETE /cleanup``, or when the
+template is idle (no request used them and no session of it is open) for the session
+lifetime.
 
 Try templates are not here: they belong to their one session (:mod:`boride.server.tries`)."""
 
@@ -9,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +37,10 @@ class TemplateState:
     resolvers: dict[str, str] = field(default_factory=dict)  # resolver id -> component name
     question_server: str | None = None  # name of its Q&A server's component
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
 
     @property
     def instances(self) -> dict[str, Instance]:
@@ -60,9 +69,10 @@ class Templates(Table[TemplateState]):
     async def warm(self, template: TemplateVersionRes) -> None:
         """The template's files, its resolvers and Q&A server running (again, when dead)."""
         t = await self.of(template)
+        t.touch()
+        qna = await self.catalog.question_server(template)  # refused before anything starts
         resolvers = await self.catalog.resolvers(template.resolvers)
-        qna = await self.catalog.question_server(template)
-        components = [c for _, c in resolvers] + ([qna] if qna is not None else [])
+        components = [c for _, c in resolvers] + [qna]
         async with t.lock:
             if t.session is None:
                 t.session = await self.ctx.open_session(_session_id(t.id), t.folder)
@@ -71,8 +81,9 @@ class Templates(Table[TemplateState]):
                 await self.ctx.start(t.session, components)
             finally:  # what started serves, whatever else failed
                 t.resolvers.update({r.id: c.name for r, c in resolvers if c.name in t.instances})
-                if qna is not None and qna.name in t.instances:
+                if qna.name in t.instances:
                     t.question_server = qna.name
+                t.touch()
 
     async def forget_dead(self, template_id: str) -> None:
         """After a shared component failed in a build: if it died, drop it (the next build
@@ -99,9 +110,27 @@ class Templates(Table[TemplateState]):
             log.error("closing %s", line)
         return errors
 
+    async def reap(self, ttl: float, in_use: Callable[[str], bool]) -> None:
+        """Stop the templates idle for ``ttl`` seconds (``in_use``: whether a session of the
+        template is open), forever."""
+        while True:
+            await asyncio.sleep(max(0.05, min(ttl / 4, 30.0)))
+            now = time.monotonic()
+            for t in list(self._table.values()):
+                if in_use(t.id):
+                    t.touch()
+                idle = now - t.last_used > ttl and not t.lock.locked()
+                if idle and self._table.get(t.id) is t:
+                    log.info("template %s idle for %.0fs: stopping its components", t.id,
+                             now - t.last_used)
+                    await self.drop(t.id)
+
     def shared(self, template_id: str) -> Session | None:
         t = self._table.get(template_id)
-        return t.session if t is not None else None
+        if t is None:
+            return None
+        t.touch()
+        return t.session
 
     def question_server(self, template_id: str) -> Instance:
         t = self._table.get(template_id)
@@ -110,14 +139,16 @@ class Templates(Table[TemplateState]):
                                                "(POST /template/warm first)")
         if t.question_server is None or t.question_server not in t.instances:
             raise NoQuestionServer(template_id, (
-                f"template {template_id!r} has no running Q&A server (the registry gives no "
-                "command or image for it)"))
+                f"template {template_id!r} has no running Q&A server (POST /template/warm "
+                "starts it again)"))
+        t.touch()
         return t.instances[t.question_server]
 
     def resolver(self, resolver_id: str) -> Instance | None:
         for t in self._table.values():
             name = t.resolvers.get(resolver_id)
             if name is not None and name in t.instances:
+                t.touch()
                 return t.instances[name]
         return None
 

@@ -1,10 +1,12 @@
 """Containers ``cyan-<kind>-<component id without dashes>-<s>``: made unprivileged (a non-root
 user, every capability dropped, ``no-new-privileges``, a read-only root file system with a
-small ``/tmp``), with CPU, memory and PID limits and no published port (boride reaches them by
-their address on the network: the host routes to bridge addresses on Linux); and removed."""
+small ``/tmp`` and a private home, ``HOME=/tmp/home``, for what components write to their home
+or cache), with CPU, memory and PID limits and no published port (boride reaches them by their
+address on the network: the host routes to bridge addresses on Linux); and removed."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,18 @@ from boride.runtime.docker.names import (
 from boride.runtime.docker.settings import DockerSettings
 from boride.runtime.docker.volumes import mounts
 from boride.types import Component
+
+HOME = "/tmp/home"  # the components' home: a tmpfs of their own, writable by their user
+
+
+def _home_tmpfs(user: str) -> str:
+    """Mount options of the home tmpfs: owned by the container user (a ``uid[:gid]``), else,
+    for a user given by name, open to all (the container is its only user)."""
+    m = re.fullmatch(r"(\d+)(?::(\d+))?", user)
+    if m is None:
+        return "rw,nosuid,nodev,size=64m,mode=1777"
+    return (f"rw,nosuid,nodev,size=64m,mode=700,uid={m.group(1)},"
+            f"gid={m.group(2) or m.group(1)}")
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,7 @@ def _host_config(api: docker.APIClient, settings: DockerSettings, session: str,
         security_opt=["no-new-privileges:true"],
         cap_drop=["ALL"],
         read_only=settings.read_only_rootfs,
-        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"},
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777", HOME: _home_tmpfs(settings.user)},
     )
 
 
@@ -58,7 +72,7 @@ def create_and_start(api: docker.APIClient, settings: DockerSettings, session: s
               LABEL_COMPONENT: component.name}
     created = api.create_container(
         component.image, name=name, labels=labels, user=settings.user,
-        environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+        environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": HOME},
         host_config=_host_config(api, settings, session, component),
         networking_config=api.create_networking_config(
             {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
