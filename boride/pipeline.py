@@ -252,12 +252,13 @@ class Session:
 
     @classmethod
     async def opened(cls, runtime: Runtime, session_id: str, template: TemplateSource, *,
-                     work_root: Path | None = None) -> Session:
-        """A session with its work area open; :class:`AreaUnavailable` (nothing left behind)
-        when the area cannot be made."""
+                     work_root: Path | None = None, area: bool = True) -> Session:
+        """A session with its work area open (without ``area``: only its template, for
+        components sharing it); :class:`AreaUnavailable` (nothing left behind) when the area
+        cannot be made."""
         session = cls(runtime, session_id, work_root=work_root)
         try:
-            await session.open(template)
+            await session.open(template, area=area)
         except TemplateRefused as exc:
             await session.close()
             raise TemplateUnusable(str(exc)) from None
@@ -269,13 +270,14 @@ class Session:
             raise AreaUnavailable(describe(exc)) from None
         return session
 
-    async def open(self, template: TemplateSource) -> Workspace:
+    async def open(self, template: TemplateSource, *, area: bool = True) -> Workspace:
         if self.runtime.host_areas:
             parent = self.work_root or Path(tempfile.gettempdir())
             parent.mkdir(parents=True, exist_ok=True)
             safe = "".join(ch for ch in self.id if ch.isalnum())[:12]
             self.root = Path(tempfile.mkdtemp(prefix=f"boride-{safe}-", dir=parent))
-        self.workspace = await self.runtime.open_workspace(self.id, template, self.root)
+        self.workspace = await self.runtime.open_workspace(self.id, template, self.root,
+                                                           area=area)
         return self.workspace
 
     def missing(self, components: Iterable[Component], shared: Session | None = None
@@ -538,8 +540,9 @@ class Build:
 
     @property
     def _area(self) -> Area:
-        assert self.session.workspace is not None, "the session is not open"
-        return self.session.workspace.area
+        ws = self.session.workspace
+        assert ws is not None and ws.area is not None, "the session has no work area"
+        return ws.area
 
     def _instance(self, name: str) -> Instance:
         instance = self.instances.get(name)
@@ -724,7 +727,7 @@ async def _full_disk(session: Session) -> list[str]:
     """Components rarely say that the disk is full (they may not even manage to print):
     when a build fails on a full work area, say so."""
     ws = session.workspace
-    if ws is not None and await ws.area.full():
+    if ws is not None and ws.area is not None and await ws.area.full():
         return [f"the work area's file system is full ({ws.area.root}): "
                 "free some space, or give another work folder (TMPDIR)"]
     return []

@@ -222,13 +222,16 @@ def test_try_in_snake_case_still_works(server: Running, http: httpx.Client) -> N
     standard_ok(http.delete(f"/executor/{sid}"))
 
 
-def test_try_from_an_image_is_a_problem_the_cli_shows(http: httpx.Client) -> None:
+def test_try_from_an_image_on_the_local_runtime_is_a_problem_the_cli_shows(
+        http: httpx.Client) -> None:
+    """The local runtime cannot unpack a blob image: a problem saying what to do instead."""
     sid, local_id = session_id(), local_template_id()
     body = {"sessionId": sid, "localTemplateId": local_id, "source": "image",
             "imageRef": {"reference": "me/tpl-blob", "tag": "1"},
             "template": synthetic_template(local_id), "mergerId": str(uuid.uuid4())}
-    data = cli_problem(http.post("/executor/try", json=body), 400)["data"]
-    assert any("source" in m for m in data)
+    data = cli_problem(http.post("/executor/try", json=body), 400)
+    assert data["title"] == "Unusable template files"
+    assert "me/tpl-blob:1" in data["detail"] and "--runtime docker" in data["detail"]
 
 
 # --- 7. archives the CLI unpacks faithfully --------------------------------------------------

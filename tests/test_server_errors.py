@@ -120,7 +120,7 @@ def test_unknown_template(http: httpx.Client) -> None:
               http.post("/executor", json={"session_id": sid, "template": template})):
         data = problem(r, 400)
         assert data["title"] == "Unknown template"
-        assert "not in the registry" in data["detail"]
+        assert "has no files boride can use" in data["detail"]
 
 
 def test_unknown_names_and_versions(server: Running, http: httpx.Client) -> None:
@@ -179,7 +179,7 @@ def test_try_paths_stay_below_the_dev_root(server: Running, http: httpx.Client) 
     assert problem(_try(http, str(dev / "file.txt")), 400)["title"] == "Not a folder"
     assert problem(_try(http, str(dev / "missing")), 400)["title"] == "Not a folder"
     assert problem(_try(http, ""), 400)["title"] == "Missing path"
-    assert problem(_try(http, "tpl", source="image"), 400)["title"] == "Unsupported source"
+    assert problem(_try(http, "tpl", source="image"), 400)["title"] == "Missing imageRef"
     assert problem(_try(http, "tpl", source="disk"), 400)["title"] == "Failed to bind request"
     assert problem(_try(http, "tpl\x00x"), 400)["title"] == "Failed to bind request"
     sid = new_id()

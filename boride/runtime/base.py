@@ -33,17 +33,34 @@ class HostFolder:
         return PurePosixPath(self.path).name
 
 
+@dataclass(frozen=True)
+class BlobImage:
+    """Template files shipped as an image (a CyanPrint registry template's blob image), whose
+    default command unpacks them into ``/workspace/cyanprint``. ``key`` names what the files
+    belong to (a template version id): the sessions of one ``shared`` key use one copy; an
+    unshared one (a try session's) is removed with its session."""
+
+    image: str
+    key: str
+    shared: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.image.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
 #: Where a session's template files come from: a folder of boride's own machine, or of the
-#: runtime's (:class:`HostFolder`).
-TemplateSource = Path | HostFolder
+#: runtime's (:class:`HostFolder`), or an image (:class:`BlobImage`).
+TemplateSource = Path | HostFolder | BlobImage
 
 
 @dataclass(frozen=True)
 class Workspace:
-    """A session's work area (:class:`~boride.area.Area`), as the runtime made it."""
+    """A session's work area (:class:`~boride.area.Area`), as the runtime made it; None for a
+    session that only runs components sharing its template (resolvers, a Q&A server)."""
 
     session_id: str
-    area: Area
+    area: Area | None
 
 
 # Lines of a component's output kept to explain a failure: enough to reach past a long stack
@@ -139,9 +156,10 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None) -> Workspace:
+                             root: Path | None, *, area: bool = True) -> Workspace:
         """Prepare a session's work area (below ``root`` when :attr:`host_areas`) with the
-        files of ``template`` readable by processors at ``area.template``."""
+        files of ``template`` readable by processors at ``area.template``; without ``area``,
+        only the template's files (for components that read nothing else)."""
 
     @abc.abstractmethod
     async def start(self, workspace: Workspace, component: Component) -> Instance:
@@ -158,6 +176,12 @@ class Runtime(abc.ABC):
         """Remove whatever the runtime made for the session (beyond the area folder itself),
         also what ``stop`` could not. Raises :class:`RuntimeFailure` saying what is left and
         how to remove it when it cannot."""
+
+    async def drop_template(self, source: TemplateSource) -> list[str]:
+        """Remove what was made for ``source`` beyond its sessions (a shared copy of a
+        :class:`BlobImage`'s files), now if no open session uses it, else when the last one
+        closes; return what was removed. By default nothing."""
+        return []
 
     async def component_networks(self) -> ComponentNetworks:
         """The networks this runtime's components have addresses on, as the host sees them: a

@@ -34,6 +34,7 @@ from boride import fsutil
 from boride.area import HostArea
 from boride.runtime.base import (
     LOG_TAIL,
+    BlobImage,
     ExitInfo,
     Instance,
     Runtime,
@@ -217,6 +218,10 @@ def _template_folder(template: TemplateSource) -> Path:
     root (links resolved) and be a folder."""
     if isinstance(template, Path):
         return template.resolve()
+    if isinstance(template, BlobImage):
+        raise TemplateRefused(f"the template's files come only as the image {template.image}, "
+                              "which the local runtime cannot unpack: use --runtime docker, or "
+                              "give the template's folder as a 'path' in the registry file")
     folder = Path(os.path.realpath(template.path))
     if not fsutil.is_within(str(folder), os.path.realpath(template.root)):
         raise TemplateRefused(f"{template.path!r} is not below {template.root}")
@@ -305,13 +310,13 @@ class LocalRuntime(Runtime):
         return found
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None) -> Workspace:
+                             root: Path | None, *, area: bool = True) -> Workspace:
         assert root is not None, "the local runtime's areas are host folders"
         tpl = _template_folder(template)
         for sub in ("area", "run"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root / "area", 0o755)  # the component user must reach the folders below it
-        area = (root / "area").resolve()
+        folder = (root / "area").resolve()  # (made also without ``area``: it costs nothing)
         run = (root / "run").resolve()
         if len(str(run)) > _SOCKET_DIR_MAX:
             # Unix socket paths are limited to 107 bytes: use a short private folder instead.
@@ -319,8 +324,8 @@ class LocalRuntime(Runtime):
             self._socket_dirs[session_id] = run
         self._roots[session_id] = root.resolve()
         self._run_dirs[session_id] = run
-        self._areas[session_id] = HostArea(area, tpl, self.user)
-        return Workspace(session_id, self._areas[session_id])
+        self._areas[session_id] = HostArea(folder, tpl, self.user)
+        return Workspace(session_id, self._areas[session_id] if area else None)
 
     def _hidden(self, session_id: str, readonly: list[str]) -> list[str]:
         """Hide the work folder of every session (this one's area is bound again after), then

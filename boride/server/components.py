@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from pathlib import Path
 
 from boride import parallel
 from boride import registry as reg
 from boride.errors import describe
 from boride.pipeline import Step
+from boride.runtime.base import BlobImage, TemplateSource
 from boride.server.errors import (
     QuestionServerUnknown,
     RegistryUnavailable,
@@ -31,14 +31,21 @@ class Catalog:
         self.registry = registry
         self.runtime_name = runtime_name
 
-    async def template_folder(self, template_id: str) -> Path:
-        entry = await self.registry.by_id(Kind.TEMPLATE, template_id)
-        if entry is None or entry.path is None:
-            raise TemplateUnknown(template_id, (
-                f"template {template_id!r} is not in the registry: boride needs its files as "
-                "a folder (a 'templates' entry with a 'path' in the registry file), or a try "
-                "session (POST /executor/try)"))
-        return entry.path
+    async def template_files(self, template: TemplateVersionRes) -> TemplateSource:
+        """Where a registry template's files come from: the registry file's folder for it
+        (a ``templates`` entry with a ``path``), else the template's blob image."""
+        tid = template.principal.id
+        entry = await self.registry.by_id(Kind.TEMPLATE, tid)
+        if entry is not None and entry.path is not None:
+            return entry.path
+        props = template.principal.properties
+        blob = props.blob_image if props is not None else None
+        if blob is not None:
+            return BlobImage(blob, tid)
+        raise TemplateUnknown(tid, (
+            f"template {tid!r} has no files boride can use: no blob image "
+            "(principal.properties.blobDockerReference) and no folder (a 'templates' entry "
+            "with a 'path' in the registry file); or use a try session (POST /executor/try)"))
 
     async def component(self, kind: Kind, pinned: ComponentRes) -> Component:
         """The runnable component of a version a template pins."""

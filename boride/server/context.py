@@ -51,9 +51,10 @@ class Context:
         return BuildOptions(limits=self.config.limits, timeouts=self.config.timeouts,
                             work_root=self.config.work_root)
 
-    async def open_session(self, session_id: str, folder: TemplateSource) -> Session:
+    async def open_session(self, session_id: str, folder: TemplateSource, *,
+                           area: bool = True) -> Session:
         return await Session.opened(self.runtime, session_id, folder,
-                                    work_root=self.config.work_root)
+                                    work_root=self.config.work_root, area=area)
 
     async def cannot_run(self, components: Iterable[Component]) -> list[str]:
         """Everything that would stop these components from starting on this runtime."""

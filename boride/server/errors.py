@@ -130,12 +130,12 @@ class TryRefused(BorideError):
         self.path = path
 
 
-class UnsupportedSource(TryRefused):
-    """A try from an image (only folders are supported)."""
-
-
 class MissingPath(TryRefused):
     """A try from a folder without the folder."""
+
+
+class MissingImage(TryRefused):
+    """A try from an image without ``imageRef``."""
 
 
 class TryDisabled(TryRefused):

@@ -43,11 +43,23 @@ class _Go(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+def image_name(reference: str, tag: str) -> str | None:
+    """``reference:tag`` (just ``reference`` without a tag), None without a reference."""
+    if not reference:
+        return None
+    return f"{reference}:{tag}" if tag else reference
+
+
 class PropertyRes(_Go):
     blobDockerReference: Text = ""
     blobDockerTag: Text = ""
     templateDockerReference: Text = ""
     templateDockerTag: Text = ""
+
+    @property
+    def blob_image(self) -> str | None:
+        """The image holding the template's files."""
+        return image_name(self.blobDockerReference, self.blobDockerTag)
 
 
 class _Version(_Go):
@@ -83,10 +95,7 @@ class ComponentRes(_Version):
 
     @property
     def image(self) -> str | None:
-        if not self.dockerReference:
-            return None
-        return f"{self.dockerReference}:{self.dockerTag}" if self.dockerTag \
-            else self.dockerReference
+        return image_name(self.dockerReference, self.dockerTag)
 
 
 class ResolverRes(ComponentRes):

@@ -15,12 +15,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from boride import parallel
 from boride.errors import describe
 from boride.pipeline import Session
-from boride.runtime.base import Instance
+from boride.runtime.base import Instance, RuntimeFailure, TemplateSource
 from boride.server.components import Catalog
 from boride.server.context import Context, Table
 from boride.server.errors import NoQuestionServer, TemplateNotWarm
@@ -32,7 +31,7 @@ log = logging.getLogger("boride.server")
 @dataclass
 class TemplateState:
     id: str
-    folder: Path
+    folder: TemplateSource  # where its files come from: a folder, or its blob image
     session: Session | None = None  # server-owned: the shared components
     resolvers: dict[str, str] = field(default_factory=dict)  # resolver id -> component name
     question_server: str | None = None  # name of its Q&A server's component
@@ -63,7 +62,9 @@ class Templates(Table[TemplateState]):
         """The registry template ``template`` names (never a try session's folder)."""
         tid = template.principal.id
         known = self._table.get(tid)
-        folder = known.folder if known is not None else await self.catalog.template_folder(tid)
+        if known is not None:
+            return known
+        folder = await self.catalog.template_files(template)
         return self._table.setdefault(tid, TemplateState(tid, folder))
 
     async def warm(self, template: TemplateVersionRes) -> None:
@@ -75,7 +76,8 @@ class Templates(Table[TemplateState]):
         components = [c for _, c in resolvers] + [qna]
         async with t.lock:
             if t.session is None:
-                t.session = await self.ctx.open_session(_session_id(t.id), t.folder)
+                # its components read the template at most: no work area
+                t.session = await self.ctx.open_session(_session_id(t.id), t.folder, area=False)
             await t.session.drop_dead()
             try:
                 await self.ctx.start(t.session, components)
@@ -99,12 +101,25 @@ class Templates(Table[TemplateState]):
             raise TemplateNotWarm(template_id, f"no template {template_id!r} here")
         async with t.lock:
             await _close(t)
+            await self._drop_files(t)
+
+    async def _drop_files(self, t: TemplateState) -> None:
+        """The copy of the template's files made for its sessions (a blob image's), once the
+        last of them has closed."""
+        try:
+            await self.ctx.runtime.drop_template(t.folder)
+        except RuntimeFailure as exc:
+            log.warning("template %s: %s", t.id, exc)
 
     async def close_all(self) -> list[str]:
         """Stop every template's shared components; return (and log) what failed."""
         templates = list(self._table.values())
         self._table.clear()
-        report = await parallel.run(_close, templates, limit=max(1, len(templates)))
+        async def close(t: TemplateState) -> None:
+            await _close(t)
+            await self._drop_files(t)
+
+        report = await parallel.run(close, templates, limit=max(1, len(templates)))
         errors = [f"template {o.item.id}: {describe(o.error)}" for o in report.failures]
         for line in errors:
             log.error("closing %s", line)

@@ -9,29 +9,35 @@ import os
 from pathlib import Path
 
 from boride.fsutil import is_within
-from boride.runtime.base import HostFolder, TemplateSource
+from boride.runtime.base import BlobImage, HostFolder, TemplateSource
 from boride.server.components import Catalog
 from boride.server.context import Context
 from boride.server.errors import (
     InvalidPath,
+    MissingImage,
     MissingPath,
     NotAFolder,
     OutsideDevRoot,
     TemplateCannotRun,
     TryDisabled,
-    UnsupportedSource,
 )
-from boride.server.models import TryReq
+from boride.server.models import TryReq, image_name
 from boride.server.sessions import Sessions, check_id
 
 
 def try_folder(req: TryReq, dev_root: Path | None, *, visible: bool = True) -> TemplateSource:
-    """The folder a try names, checked: below ``dev_root``, a folder. When the runtime's
-    machine is boride's own (``visible``), here, links resolved; else (a folder of the
-    engine's machine) by the words here, and where it really leads by the runtime."""
-    if req.source != "path":
-        raise UnsupportedSource(req.path, "boride builds try sessions from a folder: use "
-                                          "source 'path' (source 'image' is not supported yet)")
+    """The files a try names: an image (``source: "image"``, a blob image), or a folder,
+    checked: below ``dev_root``, a folder. When the runtime's machine is boride's own
+    (``visible``), here, links resolved; else (a folder of the engine's machine) by the words
+    here, and where it really leads by the runtime."""
+    if req.source == "image":
+        ref = req.image_ref
+        image = image_name(ref.reference, ref.tag) if ref is not None else None
+        if image is None:
+            raise MissingImage(req.path, "imageRef (reference and tag) is required when "
+                                         "source is 'image'")
+        # the try template belongs to its session: its files too, removed with it
+        return BlobImage(image, f"try-{req.session_id}", shared=False)
     if not req.path:
         raise MissingPath(req.path, "path is required when source is 'path'")
     if dev_root is None:

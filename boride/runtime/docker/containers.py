@@ -48,9 +48,9 @@ class Container:
 
 
 def _host_config(api: docker.APIClient, settings: DockerSettings, session: str,
-                 component: Component) -> dict[str, Any]:
+                 component: Component, template_volume: str | None) -> dict[str, Any]:
     return api.create_host_config(
-        mounts=mounts(session, component.kind),
+        mounts=mounts(session, component.kind, template_volume),
         network_mode=settings.network,
         nano_cpus=int(settings.cpus * 1e9),
         mem_limit=settings.memory,
@@ -64,7 +64,7 @@ def _host_config(api: docker.APIClient, settings: DockerSettings, session: str,
 
 
 def create_and_start(api: docker.APIClient, settings: DockerSettings, session: str,
-                     component: Component) -> Container:
+                     component: Component, template_volume: str | None = None) -> Container:
     """Make and start ``component``'s container; removes it again when it cannot start."""
     assert component.image
     name = container_name(component.kind, component.name, session)
@@ -73,7 +73,7 @@ def create_and_start(api: docker.APIClient, settings: DockerSettings, session: s
     created = api.create_container(
         component.image, name=name, labels=labels, user=settings.user,
         environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": HOME},
-        host_config=_host_config(api, settings, session, component),
+        host_config=_host_config(api, settings, session, component, template_volume),
         networking_config=api.create_networking_config(
             {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
     container_id = str(created["Id"])

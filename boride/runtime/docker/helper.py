@@ -85,9 +85,10 @@ def _locked_down(api: docker.APIClient, settings: DockerSettings, mounts: list[M
 
 
 def create_helper(api: docker.APIClient, settings: DockerSettings, session: str, token: str,
-                  template: Path | None) -> Container:
+                  template: Path | None, template_volume: str | None = None) -> Container:
     """Make the session's helper, stream ``template`` (a folder of boride's machine) into its
-    template volume, start it; removed again when any of that fails."""
+    template volume, start it; removed again when any of that fails. ``template_volume``: a
+    volume filled already (a blob's), mounted read-only instead of the session's own."""
     owner = _owner(settings)
     created = api.create_container(
         helper_image(), name=helper_name(session), entrypoint=_ENTRY,
@@ -95,7 +96,7 @@ def create_helper(api: docker.APIClient, settings: DockerSettings, session: str,
         labels={**session_labels(session, "helper"), LABEL_KIND: "merger"},
         environment={TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
                      "PYTHONDONTWRITEBYTECODE": "1"},
-        host_config=_locked_down(api, settings, _helper_mounts(session),
+        host_config=_locked_down(api, settings, _helper_mounts(session, template_volume),
                                  ["CHOWN", "SETUID", "SETGID"], settings.network),
         networking_config=api.create_networking_config(
             {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
@@ -113,9 +114,27 @@ def create_helper(api: docker.APIClient, settings: DockerSettings, session: str,
     return Container(container_id, helper_name(session), address)
 
 
-def _helper_mounts(session: str) -> list[Mount]:
+def fill_template(api: docker.APIClient, settings: DockerSettings, session: str,
+                  template: Path) -> None:
+    """Stream ``template`` (a folder of boride's machine) into the session's template volume
+    through a container that is made for that and never started."""
+    tpl_vol, _ = volume_names(session)
+    created = api.create_container(
+        helper_image(), name=f"cyan-fill-{session}", entrypoint=["true"], user="0:0",
+        labels={**session_labels(session, "fill"), LABEL_KIND: "fill"},
+        host_config=_locked_down(api, settings, [Mount(SEEN_TEMPLATE, tpl_vol, type="volume",
+                                                       read_only=False, no_copy=True)],
+                                 [], "none"))
+    try:
+        _put_template(api, str(created["Id"]), template)
+    finally:
+        remove_container(api, str(created["Id"]))
+
+
+def _helper_mounts(session: str, template_volume: str | None) -> list[Mount]:
     tpl_vol, area_vol = volume_names(session)
-    return [Mount(SEEN_TEMPLATE, tpl_vol, type="volume", read_only=False, no_copy=True),
+    return [Mount(SEEN_TEMPLATE, template_volume or tpl_vol, type="volume",
+                  read_only=template_volume is not None, no_copy=True),
             Mount(SEEN_AREA, area_vol, type="volume", read_only=False, no_copy=True)]
 
 

@@ -19,7 +19,7 @@ from boride.types import Component
 log = logging.getLogger(__name__)
 
 
-def _decode_lines(raw: bytes | str, lines: int) -> list[str]:
+def decode_lines(raw: bytes | str, lines: int) -> list[str]:
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     return [line.rstrip("\r") for line in text.splitlines()][-lines:]
 
@@ -93,7 +93,7 @@ class DockerInstance(Instance):
         except ENGINE_ERRORS as exc:  # removed, or the engine went away: no lines to show
             log.debug("no output of %s: %s", self.name, reason(exc))
             return []
-        return _decode_lines(raw, lines)
+        return decode_lines(raw, lines)
 
     async def wait_exit(self) -> ExitInfo:
         return await asyncio.shield(self._exit)

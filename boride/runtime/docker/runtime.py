@@ -16,6 +16,7 @@ import docker.errors
 from boride import aio, area_server, parallel
 from boride.errors import describe
 from boride.runtime.base import (
+    BlobImage,
     Cleaned,
     ComponentNetworks,
     HostFolder,
@@ -27,6 +28,7 @@ from boride.runtime.base import (
     Workspace,
 )
 from boride.runtime.docker import containers, helper, volumes
+from boride.runtime.docker.blobs import Blobs
 from boride.runtime.docker.cleanup import left_behind, remove_labelled, remove_labelled_by_kind
 from boride.runtime.docker.containers import Container
 from boride.runtime.docker.engine import ENGINE_ERRORS, Engine, reason
@@ -51,6 +53,8 @@ T = TypeVar("T")
 class _Session:
     id: str
     area: HelperArea | None = None
+    blob: BlobImage | None = None  # where its template's files are, when an image's
+    template_volume: str | None = None  # the blob's volume (else the session's own)
     pending: set[asyncio.Future[Container]] = field(default_factory=set)  # start jobs
 
 
@@ -79,6 +83,7 @@ class DockerRuntime(Runtime):
         self.engine = engine or Engine(workers)
         self.network = Network(self.engine, self.settings.network)
         self._sessions: dict[str, _Session] = {}
+        self.blobs = Blobs(self.engine, self.settings)
         self._instances: set[DockerInstance] = set()
 
     # -- checks -----------------------------------------------------------------------------
@@ -97,8 +102,9 @@ class DockerRuntime(Runtime):
 
     # -- sessions ---------------------------------------------------------------------------
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None) -> Workspace:
-        """The session's volumes, filled with the template, and its helper container."""
+                             root: Path | None, *, area: bool = True) -> Workspace:
+        """The session's volumes, filled with the template, and its helper container
+        (without ``area``: the template's volume only)."""
         try:
             validate_session(session_id)
         except ValueError as exc:
@@ -110,14 +116,23 @@ class DockerRuntime(Runtime):
             # Whatever a killed run of the same session left goes first.
             await self._remove_session(session_id)
             await self.network.ensure()
-            await volumes.create_volumes(self.engine, session_id)
+            if isinstance(template, BlobImage):
+                session.template_volume = await self.blobs.acquire(template, session_id)
+                session.blob = template
+            await volumes.create_volumes(self.engine, session_id, area=area,
+                                         template=session.template_volume is None)
             if isinstance(template, HostFolder):
                 await self.engine.call(helper.copy_host_folder, self.settings, session_id,
                                        template)
+            if not area:
+                if isinstance(template, Path):
+                    await self.engine.call(helper.fill_template, self.settings, session_id,
+                                           template)
+                return Workspace(session_id, None)
             token = secrets.token_urlsafe(32)
             container = await self._on_network(lambda: self.engine.call(
                 helper.create_helper, self.settings, session_id, token,
-                template if isinstance(template, Path) else None))
+                template if isinstance(template, Path) else None, session.template_volume))
             instance = DockerInstance(HelperArea.helper_component(), container,
                                       self.settings.network, self.engine.api, area_server.PORT)
             session.area = HelperArea(instance, token)
@@ -131,10 +146,12 @@ class DockerRuntime(Runtime):
         instead of ``error``: a :class:`RuntimeFailure` for the engine's errors, and one
         naming what is left when the removal failed too (nothing when cancelled: the
         cancellation goes on, what is left is logged)."""
-        self._sessions.pop(session_id, None)
+        session = self._sessions.pop(session_id, None)
         why = reason(error) if isinstance(error, ENGINE_ERRORS) else describe(error)
         try:
             await self._remove_session(session_id)
+            if session is not None and session.blob is not None:
+                await self.blobs.release(session.blob)
         except (*ENGINE_ERRORS, RuntimeFailure) as exc:
             left = left_behind(session_id, exc)
             if not isinstance(error, Exception):
@@ -156,15 +173,22 @@ class DockerRuntime(Runtime):
             await session.area.aclose()
         try:
             await self._remove_session(workspace.session_id)
+            if session is not None and session.blob is not None:
+                await self.blobs.release(session.blob)
+                session.blob = None  # (released once, whatever a retry of the close does)
         except (*ENGINE_ERRORS, RuntimeFailure) as exc:
             raise RuntimeFailure(left_behind(workspace.session_id, exc)) from None
         self._sessions.pop(workspace.session_id, None)
+
+    async def drop_template(self, source: TemplateSource) -> list[str]:
+        return await self.blobs.drop(source) if isinstance(source, BlobImage) else []
 
     async def clean_all(self) -> Cleaned:
         """Every container and volume labelled by boride on the engine (``boride clean
         --all``), whichever run made them."""
         try:
             client = await self.engine.connected()
+            self.blobs.forget_all()
             removed = await remove_labelled_by_kind(client.api, {LABEL_MANAGED: None},
                                                     self.engine.run)
         except ENGINE_ERRORS as exc:
@@ -208,7 +232,8 @@ class DockerRuntime(Runtime):
         start waits for the job, then removes whatever it made."""
         await self.network.ensure()
         job = asyncio.ensure_future(self.engine.call(
-            containers.create_and_start, self.settings, session.id, component))
+            containers.create_and_start, self.settings, session.id, component,
+            session.template_volume))
         session.pending.add(job)
         job.add_done_callback(session.pending.discard)
         try:

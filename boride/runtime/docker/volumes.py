@@ -19,19 +19,24 @@ def create_volume(api: docker.APIClient, session: str, name: str, role: str) -> 
     api.create_volume(name, driver="local", labels=session_labels(session, role))
 
 
-async def create_volumes(engine: Engine, session: str) -> None:
-    """Both volumes of ``session`` (:class:`~boride.parallel.ParallelError` with the engine's
-    errors when either cannot be made)."""
+async def create_volumes(engine: Engine, session: str, *, area: bool = True,
+                         template: bool = True) -> None:
+    """The volumes of ``session``: its area (unless not ``area``), and its template unless the
+    template's files are elsewhere (a blob volume) (:class:`~boride.parallel.ParallelError`
+    with the engine's errors when one cannot be made)."""
     tpl_vol, area_vol = volume_names(session)
-    specs = [(tpl_vol, "template"), (area_vol, "area")]
+    specs = [*([(area_vol, "area")] if area else []),
+             *([(tpl_vol, "template")] if template else [])]
     report = await parallel.run(
         lambda spec: engine.call(create_volume, session, *spec), specs)
     report.raise_for_failures()
 
 
-def mounts(session: str, kind: Kind) -> list[Mount]:
-    """The volumes a component of ``kind`` sees."""
+def mounts(session: str, kind: Kind, template_volume: str | None = None) -> list[Mount]:
+    """The volumes a component of ``kind`` sees (the template's: the session's own, or
+    ``template_volume``)."""
     tpl_vol, area_vol = volume_names(session)
+    tpl_vol = template_volume or tpl_vol
     found = []
     if kind in (Kind.PROCESSOR, Kind.TEMPLATE):
         found.append(Mount(SEEN_TEMPLATE, tpl_vol, type="volume", read_only=True, no_copy=True))
