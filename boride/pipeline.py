@@ -579,12 +579,20 @@ class Build:
 
     async def _stages(self) -> None:
         area = self._area
-        self._before = await area.names()
         processors = [c for c in self.components if c.kind is Kind.PROCESSOR]
         plugins = [c for c in self.components if c.kind is Kind.PLUGIN]
 
-        with self._stage("start"):
-            await self._fan_out("start", self._start, self.missing(), fail_fast=True)
+        # What the area holds before the build (see discard), asked while components start:
+        # on Docker the area's helper may be starting too.
+        before = asyncio.ensure_future(area.names())
+        try:
+            with self._stage("start"):
+                await self._fan_out("start", self._start, self.missing(), fail_fast=True)
+        except BaseException:
+            before.cancel()
+            await asyncio.gather(before, return_exceptions=True)
+            raise
+        self._before = await before
         for res in self.results.values():
             res.status = Status.PENDING  # started and ready; each stage sets its own status below
 

@@ -25,7 +25,7 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,6 +41,7 @@ from boride.errors import describe
 from boride.merge import Conflict, MergeError, ResolveFn, ResolverRule, Version
 from boride.runtime.base import HostFolder, RuntimeFailure, TemplateRefused
 from boride.runtime.docker.containers import Container, remove_container
+from boride.runtime.docker.engine import ENGINE_ERRORS
 from boride.runtime.docker.instance import DockerInstance
 from boride.runtime.docker.names import (
     LABEL_KIND,
@@ -84,9 +85,21 @@ def _locked_down(api: docker.APIClient, settings: DockerSettings, mounts: list[M
         cap_add=caps, read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"})
 
 
+def template_chunks(template: Path) -> Iterator[bytes]:
+    """``template`` (a folder of boride's machine) as the tar.gz streamed into its volume,
+    scanned now: :class:`TemplateRefused` naming what cannot be copied (links leading out,
+    special files)."""
+    try:
+        return archive.iter_archive(template, level=TRANSPORT_LEVEL)
+    except archive.ArchiveError as exc:
+        raise TemplateRefused(f"the template {template} cannot be copied: "
+                              + "; ".join(exc.errors[:5])) from None
+
+
 def create_helper(api: docker.APIClient, settings: DockerSettings, session: str, token: str,
-                  template: Path | None, template_volume: str | None = None) -> Container:
-    """Make the session's helper, stream ``template`` (a folder of boride's machine) into its
+                  template: Iterator[bytes] | None, template_volume: str | None = None
+                  ) -> Container:
+    """Make the session's helper, stream ``template`` (:func:`template_chunks`) into its
     template volume, start it; removed again when any of that fails. ``template_volume``: a
     volume filled already (a blob's), mounted read-only instead of the session's own."""
     owner = _owner(settings)
@@ -103,7 +116,7 @@ def create_helper(api: docker.APIClient, settings: DockerSettings, session: str,
     container_id = str(created["Id"])
     try:
         if template is not None:
-            _put_template(api, container_id, template)
+            api.put_archive(container_id, SEEN_TEMPLATE, template)
         api.start(container_id)
         info = api.inspect_container(container_id)
     except BaseException:  # whatever stopped it (an interrupt too): no half-made container
@@ -126,7 +139,7 @@ def fill_template(api: docker.APIClient, settings: DockerSettings, session: str,
                                                        read_only=False, no_copy=True)],
                                  [], "none"))
     try:
-        _put_template(api, str(created["Id"]), template)
+        api.put_archive(str(created["Id"]), SEEN_TEMPLATE, template_chunks(template))
     finally:
         remove_container(api, str(created["Id"]))
 
@@ -136,15 +149,6 @@ def _helper_mounts(session: str, template_volume: str | None) -> list[Mount]:
     return [Mount(SEEN_TEMPLATE, template_volume or tpl_vol, type="volume",
                   read_only=template_volume is not None, no_copy=True),
             Mount(SEEN_AREA, area_vol, type="volume", read_only=False, no_copy=True)]
-
-
-def _put_template(api: docker.APIClient, container_id: str, template: Path) -> None:
-    try:
-        chunks = archive.iter_archive(template, level=TRANSPORT_LEVEL)
-    except archive.ArchiveError as exc:
-        raise RuntimeFailure(f"the template {template} cannot be copied: "
-                             + "; ".join(exc.errors[:5])) from None
-    api.put_archive(container_id, SEEN_TEMPLATE, chunks)
 
 
 def copy_host_folder(api: docker.APIClient, settings: DockerSettings, session: str,
@@ -183,10 +187,14 @@ class HelperArea(Area):
     template = SEEN_TEMPLATE
     guards_template = True  # mounted read-only in processors: the engine guards it
 
-    def __init__(self, instance: DockerInstance, token: str) -> None:
-        self.instance = instance
-        self.client = instance.client
-        self.client.headers["authorization"] = f"Bearer {token}"
+    def __init__(self, starting: asyncio.Future[DockerInstance], token: str, name: str) -> None:
+        """``starting``: the helper being made and started (in the background, while the
+        session's components start); every operation waits until it answers."""
+        self.name = name
+        self._token = token
+        self._starting = starting
+        self.instance: DockerInstance | None = None
+        self.client = httpx.AsyncClient()  # replaced by the helper's once it runs
         self._ready = asyncio.ensure_future(self._wait_ready())
         self._ready.add_done_callback(lambda t: t.cancelled() or t.exception())
 
@@ -196,10 +204,18 @@ class HelperArea(Area):
 
     async def _wait_ready(self) -> None:
         try:
+            self.instance = await asyncio.shield(self._starting)
+        except (RuntimeFailure, *ENGINE_ERRORS) as exc:
+            raise AreaFailure(f"the session's helper container {self.name} could not start: "
+                              f"{describe(exc)}") from None
+        await self.client.aclose()
+        self.client = self.instance.client
+        self.client.headers["authorization"] = f"Bearer {self._token}"
+        try:
             await health.wait_ready(self.instance, READY_TIMEOUT)
             said = (await self.client.get("/")).json()
         except (health.NotReady, httpx.HTTPError, ValueError) as exc:
-            raise AreaFailure(f"the session's helper container {self.instance.name} "
+            raise AreaFailure(f"the session's helper container {self.name} "
                               f"{describe(exc)}") from None
         if said.get("protocol") != PROTOCOL:
             raise AreaFailure(f"the helper image {helper_image()} speaks protocol "
@@ -210,7 +226,7 @@ class HelperArea(Area):
         await asyncio.shield(self._ready)
 
     def _failed(self, what: str, exc: BaseException) -> AreaFailure:
-        return AreaFailure(f"the session's helper container {self.instance.name} failed "
+        return AreaFailure(f"the session's helper container {self.name} failed "
                            f"({what}): {describe(exc)}")
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
@@ -224,7 +240,8 @@ class HelperArea(Area):
         except ValueError:
             said = {"error": r.text[:200]}
         if r.status_code != 200:
-            raise AreaFailure(f"{path}: {said.get('error') or said}")
+            raise AreaFailure(f"the session's helper container {self.name} refused {path}: "
+                              f"{said.get('error') or said}")
         return said
 
     async def new_dir(self, *, private: bool = False) -> str:
@@ -301,7 +318,7 @@ class HelperArea(Area):
         if "errors" in ended:
             raise MergeError([str(e) for e in ended["errors"]])
         if not ended:
-            raise AreaFailure(f"the session's helper container {self.instance.name} stopped "
+            raise AreaFailure(f"the session's helper container {self.name} stopped "
                               "answering during the merge")
 
     async def _answer(self, merge_id: str, event: dict[str, Any],
@@ -323,4 +340,6 @@ class HelperArea(Area):
     async def aclose(self) -> None:
         self._ready.cancel()
         await asyncio.gather(self._ready, return_exceptions=True)
-        await self.instance.release()
+        await self.client.aclose()
+        if self.instance is not None:
+            await self.instance.release()

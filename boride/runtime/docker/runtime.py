@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -33,7 +33,7 @@ from boride.runtime.docker.cleanup import left_behind, remove_labelled, remove_l
 from boride.runtime.docker.containers import Container
 from boride.runtime.docker.engine import ENGINE_ERRORS, Engine, reason
 from boride.runtime.docker.helper import HelperArea
-from boride.runtime.docker.images import image_problems
+from boride.runtime.docker.images import image_problem, image_problems
 from boride.runtime.docker.instance import DockerInstance
 from boride.runtime.docker.names import (
     LABEL_MANAGED,
@@ -55,6 +55,7 @@ class _Session:
     area: HelperArea | None = None
     blob: BlobImage | None = None  # where its template's files are, when an image's
     template_volume: str | None = None  # the blob's volume (else the session's own)
+    helper_job: asyncio.Future[DockerInstance] | None = None  # its helper being started
     pending: set[asyncio.Future[Container]] = field(default_factory=set)  # start jobs
 
 
@@ -92,7 +93,12 @@ class DockerRuntime(Runtime):
             await self.engine.connected()
         except RuntimeFailure as exc:
             return [str(exc)]
-        return await image_problems(self.engine, components, self.settings.pull)
+        found = await image_problems(self.engine, components, self.settings.pull)
+        mine = await image_problem(self.engine, helper.helper_image(), self.settings.pull)
+        if mine is not None:  # boride's own image does every session's file work
+            found.append(f"{mine} (boride's own image: build it with make image, or "
+                         f"docker/serve_image.py)")
+        return found
 
     async def component_networks(self) -> ComponentNetworks:
         """The subnets of the components' network, from the engine (again when this runtime
@@ -129,17 +135,29 @@ class DockerRuntime(Runtime):
                     await self.engine.call(helper.fill_template, self.settings, session_id,
                                            template)
                 return Workspace(session_id, None)
+            chunks = (await asyncio.to_thread(helper.template_chunks, template)
+                      if isinstance(template, Path) else None)
+            # The helper starts while the session's components do: the build needs it first
+            # when it asks for a processor's writeDir, after the start stage.
             token = secrets.token_urlsafe(32)
-            container = await self._on_network(lambda: self.engine.call(
-                helper.create_helper, self.settings, session_id, token,
-                template if isinstance(template, Path) else None, session.template_volume))
-            instance = DockerInstance(HelperArea.helper_component(), container,
-                                      self.settings.network, self.engine.api, area_server.PORT)
-            session.area = HelperArea(instance, token)
+            session.helper_job = asyncio.ensure_future(self._start_helper(session, token,
+                                                                          chunks))
+            session.area = HelperArea(session.helper_job, token, helper.helper_name(session_id))
         except BaseException as exc:  # whatever stopped it (a cancellation too): undo, re-raise
             await aio.shielded(self._undo_open(session_id, exc))
             raise
         return Workspace(session_id, session.area)
+
+    async def _start_helper(self, session: _Session, token: str,
+                            template: Iterator[bytes] | None) -> DockerInstance:
+        try:
+            container = await self._on_network(lambda: self.engine.call(
+                helper.create_helper, self.settings, session.id, token, template,
+                session.template_volume))
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure(reason(exc)) from None
+        return DockerInstance(HelperArea.helper_component(), container, self.settings.network,
+                              self.engine.api, area_server.PORT)
 
     async def _undo_open(self, session_id: str, error: BaseException) -> None:
         """Remove what a failed :meth:`open_workspace` made; raise what the caller should see
@@ -169,6 +187,8 @@ class DockerRuntime(Runtime):
         if session is not None and session.pending:
             # Starts still under way end first (their outcomes go to their callers).
             await asyncio.wait(session.pending)
+        if session is not None and session.helper_job is not None:
+            await asyncio.wait({session.helper_job})  # (its outcome goes to the area)
         if session is not None and session.area is not None:
             await session.area.aclose()
         try:
