@@ -23,6 +23,7 @@ Results: ``docs/docker_models.json`` and the section "## Docker: engine volumes 
 (issue 11)" of ``docs/benchmarks.md`` (replaced), unless ``--no-write``.
 
 Usage: python bench/docker_models.py --old ../wt-old [--new .] [--reps N] [--example]
+                                      [--helper-image TAG]
                                       [--no-write | --replot]
 """
 
@@ -52,6 +53,8 @@ REPORT = DOCS / "benchmarks.md"
 TITLE = "## Docker: engine volumes vs bind mounts (issue 11)"
 IMAGE = "local/boride-test-ok-processor:1"
 NETWORK = "cyanprint"
+SERVE_IMAGE = "boride/serve:latest"
+HELPER_IMAGE_ENV = "BORIDE_HELPER_IMAGE"  # boride.runtime.docker.helper.IMAGE_ENV
 N = 8
 PORT = 5551
 
@@ -311,13 +314,14 @@ def write_pipeline(folder: Path) -> Path:
 
 
 class Proc:
-    def __init__(self, name: str, root: Path, pipeline_file: Path, work: Path) -> None:
+    def __init__(self, name: str, root: Path, pipeline_file: Path, work: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         python = root / ".venv" / "bin" / "python"
         self.p = subprocess.Popen(
             [str(python), str(HERE), "--driver", str(root), "--pipeline", str(pipeline_file),
              "--work", str(work)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            cwd=root)
+            cwd=root, env={**os.environ, **(env or {})})
 
     def ask(self, case: str) -> dict[str, Any]:
         assert self.p.stdin is not None and self.p.stdout is not None
@@ -360,7 +364,7 @@ def git_head(root: Path) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def machine() -> dict[str, str]:
+def machine(helper_image: str) -> dict[str, str]:
     import docker
 
     cpu = "unknown"
@@ -375,7 +379,7 @@ def machine() -> dict[str, str]:
     try:
         info = client.api.info()
         version = client.api.version()
-        serve = client.api.inspect_image("boride/serve:latest")  # type: ignore[no-untyped-call]
+        serve = client.api.inspect_image(helper_image)  # type: ignore[no-untyped-call]
     finally:
         client.close()
     return {
@@ -383,13 +387,13 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(), "python": platform.python_version(),
         "docker": f"Docker Engine {version.get('Version')} (API {version.get('ApiVersion')}), "
                   f"storage {info.get('Driver')}, cgroup {info.get('CgroupVersion', '?')}",
-        "serve_image": f"{serve['Id'][7:19]} (boride.source "
+        "serve_image": f"`{helper_image}` {serve['Id'][7:19]} (boride.source "
                        f"{(serve['Config'].get('Labels') or {}).get('boride.source', '?')[:12]})",
     }
 
 
-def serve_image_matches(new: Path) -> bool:
-    """Whether ``boride/serve:latest`` was built from ``new``'s tree (the helper runs it)."""
+def serve_image_matches(new: Path, image: str) -> bool:
+    """Whether ``image`` (the helper's) was built from ``new``'s tree."""
     import importlib.util
 
     import docker
@@ -401,25 +405,27 @@ def serve_image_matches(new: Path) -> bool:
     spec.loader.exec_module(module)
     client = docker.from_env()
     try:
-        return not module.serve_image_stale(client)
+        label: str | None = module._label(client, image, "boride.source")
+        return bool(label == module.source_digest())
     finally:
         client.close()
 
 
-def run(old: Path, new: Path, reps: int, example: bool) -> dict[str, Any]:
-    if not serve_image_matches(new):
-        raise SystemExit(f"boride/serve:latest was not built from {new}: run "
+def run(old: Path, new: Path, reps: int, example: bool, helper_image: str) -> dict[str, Any]:
+    if not serve_image_matches(new, helper_image):
+        raise SystemExit(f"{helper_image} was not built from {new}: run "
                          f"python docker/serve_image.py there first (the helper runs it)")
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "reps": reps,
         "old": {"root": str(old), "commit": git_head(old)},
-        "new": {"root": str(new), "commit": git_head(new)},
-        "load_before": list(os.getloadavg()), "machine": machine()}
+        "new": {"root": str(new), "commit": git_head(new)}, "helper_image": helper_image,
+        "load_before": list(os.getloadavg()), "machine": machine(helper_image)}
     with tempfile.TemporaryDirectory(prefix="boride-bench-models-") as tmp:
         folder = Path(tmp)
         pipeline = write_pipeline(folder)
         procs = {"old": Proc("old", old, pipeline, folder / "work-old"),
-                 "new": Proc("new", new, pipeline, folder / "work-new")}
+                 "new": Proc("new", new, pipeline, folder / "work-new",
+                             {HELPER_IMAGE_ENV: helper_image})}
         procs["floor"] = procs["new"]
         raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
@@ -463,9 +469,9 @@ def run(old: Path, new: Path, reps: int, example: bool) -> dict[str, Any]:
                 procs[p].close()
     results["raw"] = raw
     results["load_after"] = list(os.getloadavg())
-    results["serve_image_matched_after"] = serve_image_matches(new)
+    results["serve_image_matched_after"] = serve_image_matches(new, helper_image)
     if not results["serve_image_matched_after"]:
-        log("WARNING: boride/serve:latest changed during the run (another tree rebuilt it)")
+        log(f"WARNING: {helper_image} changed during the run (another tree rebuilt it)")
     return results
 
 
@@ -571,12 +577,14 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         TITLE, "",
         f"`python bench/docker_models.py --old <worktree at {results['old']['commit']}> "
-        f"--example` ({results['date']}; new = {results['new']['commit']}, old = "
+        + (f"--helper-image {results['helper_image']} "
+           if results.get("helper_image", SERVE_IMAGE) != SERVE_IMAGE else "")
+        + f"--example` ({results['date']}; new = {results['new']['commit']}, old = "
         f"{results['old']['commit']}, the last commit before issue 11). Each model runs in a "
         "subprocess of its own worktree and venv; floor, old and new take turns rep after rep "
         f"(order rotated each rep), {reps} reps per arm (warm-ups not counted); medians.", "",
         f"**Machine.** {m['cpu']}, {m['memory']}; kernel {m['kernel']}; Python {m['python']}; "
-        f"{m['docker']}; helper image `boride/serve:latest` {m['serve_image']}. Load average "
+        f"{m['docker']}; helper image {m['serve_image']}. Load average "
         f"(1, 5, 15 min) {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f} before, {la[0]:.2f} {la[1]:.2f} "
         f"{la[2]:.2f} after; other people's work shares these 2 cores, so single runs vary: "
         "compare medians and in-run ratios.", "",
@@ -686,6 +694,9 @@ def main() -> int:
     parser.add_argument("--new", type=Path, default=ROOT, help="worktree of the volume model")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--example", action="store_true", help="also examples/pipeline.yaml")
+    parser.add_argument("--helper-image", default=SERVE_IMAGE,
+                        help="the new model's helper image, built from --new's tree (default "
+                             f"{SERVE_IMAGE}; another tag keeps a shared engine's one alone)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--replot", action="store_true",
                         help=f"redo the section from {DATA.name}, measure nothing")
@@ -702,7 +713,8 @@ def main() -> int:
         return 0
     if args.old is None:
         parser.error("--old ROOT is required (a worktree of the bind-mount model)")
-    results = run(args.old.resolve(), args.new.resolve(), args.reps, args.example)
+    results = run(args.old.resolve(), args.new.resolve(), args.reps, args.example,
+                  args.helper_image)
     if args.no_write:
         print(markdown(results))
     else:
