@@ -7,6 +7,11 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint bench clean image
 
+# bench/docker_models.py compares the Docker runtime's storage models: the bind-mount one from a
+# worktree at the last commit before issue 11 (made here, outside this tree, with its own venv).
+OLD_MODEL ?= ../boride-bind-mounts
+OLD_MODEL_COMMIT := 4d80ef2
+
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -36,6 +41,10 @@ bench: setup
 	$(BIN)/python bench/merge_archive.py
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/docker_build.py
+	$(BIN)/python docker/serve_image.py
+	test -d $(OLD_MODEL) || git worktree add --detach $(OLD_MODEL) $(OLD_MODEL_COMMIT)
+	$(MAKE) -C $(OLD_MODEL) setup
+	$(BIN)/python bench/docker_models.py --old $(OLD_MODEL) --example
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
