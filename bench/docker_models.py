@@ -125,7 +125,7 @@ class Driver:
         else:
             self.new = True
             self.timers.wrap(helper, "create_helper")
-            self.timers.wrap(helper, "_put_template", "put_template")
+            self.timers.wrap(helper, "template_chunks", "template_scan")
             area = helper.HelperArea
             for attr in ("_wait_ready", "names", "new_dir", "merge", "archive", "remove_new"):
                 self.timers.wrap(area, attr, f"helper.{attr.lstrip('_')}")

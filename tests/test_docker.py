@@ -33,7 +33,7 @@ from boride.area import HostArea
 from boride.config import Timeouts
 from boride.model import load
 from boride.pipeline import BuildOptions, BuildResult, build
-from boride.runtime.base import RuntimeFailure, Workspace
+from boride.runtime.base import RuntimeFailure, TemplateSource, Workspace
 from boride.runtime.docker import (
     LABEL_COMPONENT,
     LABEL_KIND,
@@ -71,9 +71,10 @@ class RecordingRuntime(DockerRuntime):
         super().__init__(**kwargs)
         self.sessions: list[str] = []
 
-    async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
+    async def open_workspace(self, session_id: str, template: TemplateSource,
+                             root: Path | None, *, area: bool = True) -> Workspace:
         self.sessions.append(session_id)
-        return await super().open_workspace(session_id, template, root)
+        return await super().open_workspace(session_id, template, root, area=area)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 from boride.config import Timeouts
 from boride.model import load
 from boride.pipeline import BuildOptions, BuildResult, build
-from boride.runtime.base import Instance, Workspace
+from boride.runtime.base import Instance, TemplateSource, Workspace
 from boride.runtime.docker import DockerRuntime
 from boride.types import Component
 from tests.docker_helpers import session_leftovers, write_pipeline
@@ -98,9 +98,10 @@ class OutageRuntime(DockerRuntime):
         self.started = 0
         self.sessions: list[str] = []
 
-    async def open_workspace(self, session_id: str, template: Path, root: Path) -> Workspace:
+    async def open_workspace(self, session_id: str, template: TemplateSource,
+                             root: Path | None, *, area: bool = True) -> Workspace:
         self.sessions.append(session_id)
-        return await super().open_workspace(session_id, template, root)
+        return await super().open_workspace(session_id, template, root, area=area)
 
     async def start(self, workspace: Workspace, component: Component) -> Instance:
         instance = await super().start(workspace, component)

@@ -179,7 +179,7 @@ def test_try_paths_stay_below_the_dev_root(server: Running, http: httpx.Client) 
     assert problem(_try(http, str(dev / "file.txt")), 400)["title"] == "Not a folder"
     assert problem(_try(http, str(dev / "missing")), 400)["title"] == "Not a folder"
     assert problem(_try(http, ""), 400)["title"] == "Missing path"
-    assert problem(_try(http, "tpl", source="image"), 400)["title"] == "Missing imageRef"
+    assert problem(_try(http, "tpl", source="image"), 400)["title"] == "No blob image"
     assert problem(_try(http, "tpl", source="disk"), 400)["title"] == "Failed to bind request"
     assert problem(_try(http, "tpl\x00x"), 400)["title"] == "Failed to bind request"
     sid = new_id()

@@ -135,7 +135,7 @@ class MissingPath(TryRefused):
 
 
 class MissingImage(TryRefused):
-    """A try from an image without ``imageRef``."""
+    """A try from an image whose template names no blob image."""
 
 
 class TryDisabled(TryRefused):

@@ -94,7 +94,7 @@ TABLE: dict[type[BaseException], Rule] = {
     errs.OutsideDevRoot: Rule(403, "Path outside the development root"),
     errs.InvalidPath: Rule(400, "Invalid path"),
     errs.NotAFolder: Rule(400, "Not a folder"),
-    errs.MissingImage: Rule(400, "Missing imageRef"),
+    errs.MissingImage: Rule(400, "No blob image"),
     pipeline.CannotRun: Rule(400, "Cannot run components", _CANNOT_RUN),
     pipeline.ComponentsFailed: Rule(503, "Failed to start executor", _STARTS),
     pipeline.AreaUnavailable: Rule(503, "Failed to prepare the session"),

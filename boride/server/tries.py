@@ -21,7 +21,7 @@ from boride.server.errors import (
     TemplateCannotRun,
     TryDisabled,
 )
-from boride.server.models import TryReq, image_name
+from boride.server.models import TryReq
 from boride.server.sessions import Sessions, check_id
 
 
@@ -31,11 +31,13 @@ def try_folder(req: TryReq, dev_root: Path | None, *, visible: bool = True) -> T
     (``visible``), here, links resolved; else (a folder of the engine's machine) by the words
     here, and where it really leads by the runtime."""
     if req.source == "image":
-        ref = req.image_ref
-        image = image_name(ref.reference, ref.tag) if ref is not None else None
+        # The files come from the template's blob image, as for a registry template (the
+        # CLI's imageRef names its Q&A image, which it runs itself).
+        props = req.template.principal.properties
+        image = props.blob_image if props is not None else None
         if image is None:
-            raise MissingImage(req.path, "imageRef (reference and tag) is required when "
-                                         "source is 'image'")
+            raise MissingImage(req.path, "source 'image' needs the template's blob image: "
+                                         "principal.properties.blobDockerReference (and Tag)")
         # the try template belongs to its session: its files too, removed with it
         return BlobImage(image, f"try-{req.session_id}", shared=False)
     if not req.path:

@@ -2,8 +2,9 @@
 whose default command unpacks them into ``/workspace/cyanprint``).
 
 Each (image, key) gets one engine volume ``cyan-blob-<digest>``, filled by running the image
-once with the volume mounted there (no network, no capability, read-only root file system, the
-runtime's limits, at most :data:`FILL_TIMEOUT` seconds), then mounted read-only by every
+once with the volume mounted there (no network, only what tar needs to set owners and modes,
+read-only root file system, the runtime's limits, at most :data:`FILL_TIMEOUT` seconds), then
+mounted read-only by every
 session of that key. A shared one (a template version's) stays until
 :meth:`Blobs.drop` (``DELETE /template/{id}``, an idle template) once no session uses it, or
 ``boride clean --all``; an unshared one (a try session's) goes with its last session.
@@ -64,6 +65,9 @@ def _run_once(api: docker.APIClient, settings: DockerSettings, volume: str,
         mounts=[Mount(SEEN_TEMPLATE, volume, type="volume", read_only=False, no_copy=True)],
         network_mode="none", mem_limit=settings.memory, memswap_limit=settings.memory,
         pids_limit=settings.pids, security_opt=["no-new-privileges:true"], cap_drop=["ALL"],
+        # what an unpacking tar running as root needs (owners, modes); it reaches nothing
+        # but the volume: no network, a read-only root file system
+        cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER"],
         read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"})
     created = api.create_container(
         source.image, labels={LABEL_MANAGED: "1", LABEL_ROLE: "blob", LABEL_KIND: "blob",
