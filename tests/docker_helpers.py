@@ -3,13 +3,17 @@ pipeline files whose components run from the images ``.ci/docker-setup.sh`` buil
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
 import os
+import tarfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import docker.errors
 import yaml
 
 from boride.runtime.base import RuntimeFailure
@@ -135,3 +139,42 @@ def write_pipeline(path: Path, template: Path, processors: list[tuple[str, str, 
     }
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def build_context(files: dict[str, str | bytes]) -> io.BytesIO:
+    """A build context tar of ``files`` (name -> text or bytes), owned by root, mtime 0."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def build_test_image(tag: str, dockerfile: str, files: dict[str, str | bytes]) -> None:
+    """Build ``tag`` on the engine from a Dockerfile and files (no registry needed); a failed
+    build fails the test with the builder's last lines."""
+    client = connect(timeout=300)
+    try:
+        output: list[str] = []
+        context = build_context({"Dockerfile": dockerfile, **files})
+        for chunk in client.api.build(fileobj=context, custom_context=True, tag=tag, rm=True,
+                                      forcerm=True, decode=True):
+            assert "error" not in chunk, f"building {tag}: {chunk}\n{''.join(output[-20:])}"
+            output.append(str(chunk.get("stream", "")))
+    finally:
+        client.close()
+
+
+def remove_test_images(*tags: str) -> None:
+    """Remove images a test built (never anything else)."""
+    client = connect(timeout=120)
+    try:
+        for tag in tags:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(tag, force=True)
+    finally:
+        client.close()
