@@ -226,9 +226,13 @@ def test_try_from_an_image_on_the_local_runtime_is_a_problem_the_cli_shows(
         http: httpx.Client) -> None:
     """The local runtime cannot unpack a blob image: a problem saying what to do instead."""
     sid, local_id = session_id(), local_template_id()
+    template = synthetic_template(local_id)
+    template["principal"]["properties"] = {
+        "blobDockerReference": "me/tpl-blob", "blobDockerTag": "1",
+        "templateDockerReference": "me/tpl", "templateDockerTag": "1"}
     body = {"sessionId": sid, "localTemplateId": local_id, "source": "image",
-            "imageRef": {"reference": "me/tpl-blob", "tag": "1"},
-            "template": synthetic_template(local_id), "mergerId": str(uuid.uuid4())}
+            "imageRef": {"reference": "me/tpl", "tag": "1"},
+            "template": template, "mergerId": str(uuid.uuid4())}
     data = cli_problem(http.post("/executor/try", json=body), 400)
     assert data["title"] == "Unusable template files"
     assert "me/tpl-blob:1" in data["detail"] and "--runtime docker" in data["detail"]

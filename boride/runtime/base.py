@@ -177,6 +177,11 @@ class Runtime(abc.ABC):
         also what ``stop`` could not. Raises :class:`RuntimeFailure` saying what is left and
         how to remove it when it cannot."""
 
+    async def template_problem(self, source: TemplateSource) -> str | None:
+        """Why this runtime can never use ``source``'s files (found before anything starts),
+        or None. By default none."""
+        return None
+
     async def drop_template(self, source: TemplateSource) -> list[str]:
         """Remove what was made for ``source`` beyond its sessions (a shared copy of a
         :class:`BlobImage`'s files), now if no open session uses it, else when the last one

@@ -309,6 +309,13 @@ class LocalRuntime(Runtime):
                              f"(cwd {cwd})")
         return found
 
+    async def template_problem(self, source: TemplateSource) -> str | None:
+        try:
+            _template_folder(source)
+        except TemplateRefused as exc:
+            return str(exc)
+        return None
+
     async def open_workspace(self, session_id: str, template: TemplateSource,
                              root: Path | None, *, area: bool = True) -> Workspace:
         assert root is not None, "the local runtime's areas are host folders"

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from boride.fsutil import is_within
+from boride.pipeline import TemplateUnusable
 from boride.runtime.base import BlobImage, HostFolder, TemplateSource
 from boride.server.components import Catalog
 from boride.server.context import Context
@@ -78,6 +79,9 @@ class Tries:
         """Make the try session and start its resolvers (in the session)."""
         check_id(req.session_id)
         folder = try_folder(req, self.dev_root, visible=self.ctx.runtime.host_areas)
+        problem = await self.ctx.runtime.template_problem(folder)
+        if problem is not None:  # (said first: nothing else matters then)
+            raise TemplateUnusable(problem)
         resolvers = await self.catalog.resolvers(req.template.resolvers)
         problems = await self.ctx.cannot_run(await self.catalog.runnables(req.template))
         if problems:
