@@ -343,7 +343,13 @@ class Session:
     async def _close(self) -> None:
         instances = list(self.instances.values())
         self.instances.clear()
-        problems = await self._stop(instances)
+        if self.workspace is not None:
+            # the area's own helpers go while the components stop (close_workspace below
+            # removes whatever is left)
+            problems, _ = await asyncio.gather(
+                self._stop(instances), self.runtime.release_area(self.workspace))
+        else:
+            problems = await self._stop(instances)
         if self.workspace is not None:
             left = await self._close_workspace(self.workspace)
             # Closing the workspace removes whatever the stops could not: only what it

@@ -177,6 +177,11 @@ class Runtime(abc.ABC):
         also what ``stop`` could not. Raises :class:`RuntimeFailure` saying what is left and
         how to remove it when it cannot."""
 
+    async def release_area(self, workspace: Workspace) -> None:  # noqa: B027 - optional hook
+        """The session is closing: release what its area holds (on Docker its helper
+        container), while its components stop; never raises (:meth:`close_workspace` removes
+        whatever is left). By default nothing."""
+
     async def template_problem(self, source: TemplateSource) -> str | None:
         """Why this runtime can never use ``source``'s files (found before anything starts),
         or None. By default none."""

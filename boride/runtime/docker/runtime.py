@@ -200,6 +200,21 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(left_behind(workspace.session_id, exc)) from None
         self._sessions.pop(workspace.session_id, None)
 
+    async def release_area(self, workspace: Workspace) -> None:
+        session = self._sessions.get(workspace.session_id)
+        if session is None or session.helper_job is None:
+            return
+        await asyncio.wait({session.helper_job})
+        if session.area is not None:
+            await session.area.aclose()
+        if session.helper_job.cancelled() or session.helper_job.exception() is not None:
+            return
+        try:
+            await self.engine.call(containers.remove_container,
+                                   session.helper_job.result().container.id)
+        except ENGINE_ERRORS as exc:  # close_workspace tries again, and says what is left
+            log.debug("session %s: removing its helper: %s", session.id, reason(exc))
+
     async def drop_template(self, source: TemplateSource) -> list[str]:
         return await self.blobs.drop(source) if isinstance(source, BlobImage) else []
 
