@@ -547,13 +547,14 @@ def critical_path(r: dict[str, Any]) -> dict[str, float]:
     calls, stages, total = r["calls"], r["stages"], r["total"]
     opened = calls["open_workspace"][0]
     names = calls.get("helper.names")
-    # the build's first area call waits for the helper's readiness (new model only)
-    wait = float(names[0][1] - opened[1]) if names else 0.0
+    # the build's first area call, made while the components start, waits for the helper's
+    # readiness (new model only): what it waits past the start stage is on the critical path
+    wait = max(0.0, float(names[0][1] - opened[1]) - stages["start"]) if names else 0.0
     close = total_span(calls, "close_workspace")
     path = {
         "image checks (before open)": float(opened[0]),
         "open_workspace": float(opened[1] - opened[0]),
-        "helper readiness, waited for before the start stage": wait,
+        "helper readiness, waited for after the start stage": wait,
         "start stage (8 components up and ready)": stages["start"],
         "process stage": stages["process"],
         "merge stage": stages["merge"],
