@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import posixpath
 import uuid
@@ -52,6 +53,8 @@ from boride.runtime.docker.names import (
 )
 from boride.runtime.docker.settings import DockerSettings
 from boride.types import Component, Kind
+
+log = logging.getLogger(__name__)
 
 IMAGE = "boride/serve:latest"
 IMAGE_ENV = "BORIDE_HELPER_IMAGE"
@@ -302,19 +305,26 @@ class HelperArea(Area):
         body = {"id": merge_id, "outputs": list(outputs), "target": target, "limit": limit,
                 "rules": [{"name": r.name, "globs": list(r.globs)} for r in rules]}
         ended: dict[str, Any] = {}
+        answers: set[asyncio.Future[None]] = set()  # resolutions being made and sent back
         try:
-            async with self.client.stream("POST", "/merge", json=body) as r, \
-                    asyncio.TaskGroup() as answers:
+            async with self.client.stream("POST", "/merge", json=body) as r:
                 if r.status_code != 200:
-                    raise AreaFailure(f"merge: {(await r.aread()).decode('utf-8', 'replace')}")
+                    said = (await r.aread()).decode("utf-8", "replace")[:300]
+                    raise AreaFailure(f"the session's helper container {self.name} refused "
+                                      f"the merge: {said}")
                 async for line in r.aiter_lines():
                     event = json.loads(line) if line.strip() else {}
                     if "conflict" in event:
-                        answers.create_task(self._answer(merge_id, event, by_name, resolve))
+                        answers.add(asyncio.ensure_future(
+                            self._answer(merge_id, event, by_name, resolve)))
                     elif "done" in event or "errors" in event:
                         ended = event
         except httpx.HTTPError as exc:
             raise self._failed("merge", exc) from None
+        finally:  # (the merge ends once every answer is in: only a failure leaves some)
+            for answer in answers:
+                answer.cancel()
+            await asyncio.gather(*answers, return_exceptions=True)
         if "errors" in ended:
             raise MergeError([str(e) for e in ended["errors"]])
         if not ended:
@@ -334,8 +344,8 @@ class HelperArea(Area):
         try:
             await self.client.post(f"/merge/{merge_id}/answers/{event['conflict']}",
                                    json=answer)
-        except httpx.HTTPError as exc:
-            raise self._failed("merge", exc) from None
+        except httpx.HTTPError as exc:  # the helper is gone: its merge stream says so
+            log.debug("merge %s: answer not delivered: %s", merge_id, describe(exc))
 
     async def aclose(self) -> None:
         self._ready.cancel()
