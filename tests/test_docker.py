@@ -591,3 +591,33 @@ async def test_network_removed_behind_its_back_is_made_again(tmp_path: Path,
             client.api.remove_network(net["Id"])
         client.close()
     assert session_leftovers(session) == []
+
+
+async def test_helper_killed_during_a_session_fails_the_build_naming_it(
+        tmp_path: Path, template: Path) -> None:
+    """The session's helper container does the file work: killed from outside, the next build
+    fails with a message naming it (never a hang, never a traceback), and closing the session
+    still removes everything."""
+    from boride.pipeline import Build, Plan, Session, Step
+
+    session = uuid.uuid4().hex
+    rt = DockerRuntime()
+    client = connect()
+    proc = Component("p", Kind.PROCESSOR, image=image_of("ok_processor"))
+    plan = Plan(template, (Step(proc, {}, ({"root": None, "glob": "**/*", "exclude": ["x"],
+                                            "type": "template"},)),))
+    try:
+        s = await Session.opened(rt, session, template)
+        first = await Build(plan, s, BuildOptions()).run()
+        assert first.ok, first.errors
+        client.api.kill(f"cyan-merger-{session}")
+        second = await Build(plan, s, BuildOptions()).run()
+        assert not second.ok
+        said = "\n".join(second.errors + [c.error or "" for c in second.components])
+        assert f"cyan-merger-{session}" in said, said
+        await s.close()
+        assert s.leftovers == []
+    finally:
+        await rt.aclose()
+        client.close()
+    assert session_leftovers(session) == []

@@ -26,16 +26,16 @@ import logging
 import os
 import posixpath
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
 import httpx
 from docker.types import Mount
 
-from boride import archive, health
+from boride import aio, archive, health
 from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.area_server import PROTOCOL, TOKEN_ENV
 from boride.errors import describe
@@ -55,6 +55,7 @@ from boride.runtime.docker.settings import DockerSettings
 from boride.types import Component, Kind
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE = "boride/serve:latest"
 IMAGE_ENV = "BORIDE_HELPER_IMAGE"
@@ -232,10 +233,22 @@ class HelperArea(Area):
         return AreaFailure(f"the session's helper container {self.name} failed "
                            f"({what}): {describe(exc)}")
 
+    async def _while_alive(self, aw: Awaitable[T]) -> T:
+        """``aw`` (an exchange with the helper), unless the helper stops first: then an
+        :class:`AreaFailure` saying how it ended and what it printed (a container killed
+        from outside would otherwise leave a connection waiting for an answer forever)."""
+        assert self.instance is not None, "_up() first"
+        task = asyncio.ensure_future(aw)
+        first = await aio.race(task, self.instance.wait_exit())
+        if first is not None and first is not task:
+            raise AreaFailure(f"the session's helper container {self.name} "
+                              f"{first.result().describe()}")
+        return task.result()
+
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
         await self._up()
         try:
-            r = await self.client.request(method, path, json=body)
+            r = await self._while_alive(self.client.request(method, path, json=body))
         except httpx.HTTPError as exc:
             raise self._failed(path, exc) from None
         try:
@@ -272,7 +285,7 @@ class HelperArea(Area):
         request = self.client.build_request("POST", "/archive", json={
             "tree": tree, "copy_links": copy_links, "level": level})
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self._while_alive(self.client.send(request, stream=True))
         except httpx.HTTPError as exc:
             raise self._failed("archive", exc) from None
         if response.status_code != 200:
@@ -288,8 +301,9 @@ class HelperArea(Area):
         return self._relay(response)
 
     async def _relay(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        chunks = response.aiter_raw()
         try:
-            async for chunk in response.aiter_raw():
+            while (chunk := await self._while_alive(anext(chunks, None))) is not None:
                 yield chunk
         except httpx.HTTPError as exc:
             raise self._failed("archive", exc) from None
@@ -301,9 +315,20 @@ class HelperArea(Area):
                     limit: int) -> None:
         await self._up()
         merge_id = uuid.uuid4().hex
-        by_name = {r.name: r for r in rules}
         body = {"id": merge_id, "outputs": list(outputs), "target": target, "limit": limit,
                 "rules": [{"name": r.name, "globs": list(r.globs)} for r in rules]}
+        ended = await self._while_alive(self._merge_stream(body, rules, resolve))
+        if "errors" in ended:
+            raise MergeError([str(e) for e in ended["errors"]])
+        if not ended:
+            raise AreaFailure(f"the session's helper container {self.name} stopped "
+                              "answering during the merge")
+
+    async def _merge_stream(self, body: dict[str, Any], rules: Sequence[ResolverRule],
+                            resolve: ResolveFn) -> dict[str, Any]:
+        """Follow the helper's merge; answer each conflict it sends; return how it ended."""
+        merge_id = str(body["id"])
+        by_name = {r.name: r for r in rules}
         ended: dict[str, Any] = {}
         answers: set[asyncio.Future[None]] = set()  # resolutions being made and sent back
         try:
@@ -325,11 +350,7 @@ class HelperArea(Area):
             for answer in answers:
                 answer.cancel()
             await asyncio.gather(*answers, return_exceptions=True)
-        if "errors" in ended:
-            raise MergeError([str(e) for e in ended["errors"]])
-        if not ended:
-            raise AreaFailure(f"the session's helper container {self.name} stopped "
-                              "answering during the merge")
+        return ended
 
     async def _answer(self, merge_id: str, event: dict[str, Any],
                       rules: dict[str, ResolverRule], resolve: ResolveFn) -> None:
