@@ -145,6 +145,10 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
                            out=out.absolute() if out else None,
                            archive=archive.absolute() if archive else None,
                            replace=force, keep=keep)
+    if keep and runtime != "local":
+        err.print("boride: --keep keeps host folders only: on Docker the work area is an "
+                  "engine volume, removed with the session (use --archive to look at the "
+                  "result)", highlight=False, markup=False)
     names = [(c.name, c.kind.value) for c in pipeline.components()]
     live = err.is_terminal and not as_json
     with Progress(err, names, live=live) as progress:
