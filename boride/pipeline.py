@@ -392,6 +392,12 @@ class Build:
         self.limit = options.limits.build_parallelism(plan.parallelism)
         self.steps = {s.component.name: s for s in plan.steps}
         self.components = [s.component for s in plan.steps]
+        # Steps naming the same runnable (kind, command and folder, image) share one instance,
+        # that of the first of them; their calls go to it concurrently, bounded by the limit.
+        first: dict[tuple[object, ...], str] = {}
+        self.canonical = {c.name: first.setdefault(_runnable(c), c.name)
+                          for c in self.components}
+        self.runnables = [c for c in self.components if self.canonical[c.name] == c.name]
         self.results = {c.name: ComponentResult(c.name, c.kind.value) for c in self.components}
         # Components running already (in the session, or shared: the HTTP server's template
         # resolvers) are used as they are.
@@ -451,11 +457,14 @@ class Build:
             return value
 
         def seen(o: parallel.Outcome[Component, T], message: str | None) -> None:
-            res = self.results[o.item.name]
-            res.status = o.status
-            if message is not None:
-                res.error = message
-            self._event(stage, o.item.name, o.status)
+            # (a start is every step's that shares the instance)
+            names = self._sharing(o.item.name) if stage == "start" else [o.item.name]
+            for name in names:
+                res = self.results[name]
+                res.status = o.status
+                if message is not None:
+                    res.error = message
+                self._event(stage, name, o.status)
 
         return await fan_out(tracked, items, limit=self.limit, fail_fast=fail_fast,
                              timeout=self._remaining(), timed_out=self._timed_out, seen=seen)
@@ -550,7 +559,12 @@ class Build:
         assert ws is not None and ws.area is not None, "the session has no work area"
         return ws.area
 
+    def _sharing(self, name: str) -> list[str]:
+        """The steps whose calls go to ``name``'s instance (``name`` first)."""
+        return [name, *(n for n, c in self.canonical.items() if c == name and n != name)]
+
     def _instance(self, name: str) -> Instance:
+        name = self.canonical.get(name, name)
         instance = self.instances.get(name)
         if instance is None and self.shared is not None:
             instance = self.shared.instances.get(name)
@@ -560,7 +574,7 @@ class Build:
 
     def missing(self) -> list[Component]:
         """The components the build will start (running neither in the session nor shared)."""
-        return self.session.missing(self.components, self.shared)
+        return self.session.missing(self.runnables, self.shared)
 
     async def run(self) -> BuildResult:
         """Run the stages in the (open) session; the caller closes the session."""
@@ -645,8 +659,8 @@ class Build:
         the build was cancelled (they may be busy with calls nobody waits for), and remove the
         build's folders. Return the shared components that failed: whether they live on is
         for their session's owner to decide."""
-        bad = [c.name for c in self.result.components
-               if c.status in (Status.FAILED, Status.CANCELLED)]
+        bad = list(dict.fromkeys(self.canonical.get(c.name, c.name) for c in self.result.components
+                                 if c.status in (Status.FAILED, Status.CANCELLED)))
         await self.session.drop(list(self.session.instances) if cancelled else bad)
         await self.discard()
         shared = self.shared.instances if self.shared is not None else {}
@@ -708,6 +722,11 @@ class _TemplateWatch:
             self.results[name].status = Status.FAILED
             self.results[name].error = message
         raise BuildFailed([message])
+
+
+def _runnable(c: Component) -> tuple[object, ...]:
+    """What makes two components the same running program (their names aside)."""
+    return (c.kind, c.command, c.cwd, c.image)
 
 
 def _checked(area: Area, returned: str) -> str:

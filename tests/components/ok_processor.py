@@ -9,6 +9,8 @@ the whole template (``**/*``).
   ``suffix``: str         appended to the content of every template-glob file (default "")
   ``delay``: float        seconds to sleep (asyncio) before working, to observe parallelism
   ``files``: {path: str}  extra files to write into ``writeDir`` (to provoke conflicts)
+  ``fail``: str           fail the call with this message (the SDK answers 500), after the
+                          delay
 
 Two deliberate departures from the bare SDK helper, so tests need not work around
 its quirks: directories matched by a glob are skipped, and an empty ``exclude``
@@ -34,6 +36,8 @@ async def process(i: CyanProcessorInput, fs: CyanFileHelper) -> ProcessorOutput:
     config = i.config if isinstance(i.config, dict) else {}
     if config.get("delay"):
         await asyncio.sleep(float(config["delay"]))
+    if config.get("fail"):
+        raise RuntimeError(str(config["fail"]))
     suffix = str(config.get("suffix", ""))
 
     globs = list(i.globs) or [CyanGlob(None, "**/*", [NEVER], GlobType.Template)]
