@@ -72,3 +72,33 @@ async def test_a_shared_instance_dying_fails_every_step_with_the_cause(
     for c in result.components:
         assert c.status == "failed", c
         assert "died during its call" in (c.error or "") or "exited" in (c.error or ""), c
+
+
+def test_a_cyan_naming_one_processor_four_times_uses_its_one_instance(tmp_path: Path) -> None:
+    """In the API: one instance per pinned component id per session. The cyan's four uses of
+    ``me/one`` (four configs) go to the instance ``POST /executor`` started."""
+    from tests.conftest import boride_processes
+    from tests.test_server import _try_setup, files_of
+    from tests.test_server_support import build_body, entry, running_server, template_body
+
+    one = entry("me/one", "ok_processor")
+    config, folder, sid = _try_setup(tmp_path, processors=[one])
+    template = template_body(local_id := "local-four", [one])
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": local_id, "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        assert http.post("/executor", json={"session_id": sid, "template": template}
+                         ).json() == {"status": "OK"}
+        started = [p for p in boride_processes() if "ok_processor" in p]
+        assert list(server.service.sessions[sid].session.instances) == ["me/one:1"]
+        body = build_body(template, [("me/one", {"files": {f"f{i}.txt": str(i)}})
+                                     for i in range(4)])
+        r = http.post(f"/executor/{sid}", json=body)
+        assert r.status_code == 200, r.text
+        files = files_of(r.content)
+        assert {f"f{i}.txt": str(i).encode() for i in range(4)}.items() <= files.items()
+        assert [p for p in boride_processes() if "ok_processor" in p] == started
+        state = server.service.sessions[sid]
+        assert list(state.session.instances) == ["me/one:1"]
+        assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
