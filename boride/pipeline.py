@@ -3,9 +3,8 @@
 The pipeline never knows where components run; it only uses :class:`~boride.runtime.base.Runtime`.
 Every fan-out goes through :mod:`boride.parallel`. Steps naming the same runnable (kind, command
 and folder, image) share one instance, the first of them's (:attr:`Build.canonical`). Whatever
-happens (success, failure, timeout,
-Ctrl-C, SIGTERM), every component is stopped and the work area removed before :func:`build`
-returns or raises.
+happens (success, failure, timeout, Ctrl-C, SIGTERM), every component is stopped and the work
+area removed before :func:`build` returns or raises.
 """
 
 from __future__ import annotations
