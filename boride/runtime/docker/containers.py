@@ -7,6 +7,7 @@ address on the network: the host routes to bridge addresses on Linux); and remov
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,15 +77,23 @@ def create_and_start(api: docker.APIClient, settings: DockerSettings, session: s
         host_config=_host_config(api, settings, session, component, template_volume),
         networking_config=api.create_networking_config(
             {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
-    container_id = str(created["Id"])
+    return start_created(api, str(created["Id"]), name, settings.network)
+
+
+def start_created(api: docker.APIClient, container_id: str, name: str, network: str,
+                  before: Callable[[], None] | None = None) -> Container:
+    """Start a container made on ``network`` (after ``before()``, e.g. copying files in) and
+    learn its address there; removed again when any of that fails."""
     try:
+        if before is not None:
+            before()
         api.start(container_id)
         info = api.inspect_container(container_id)
     except BaseException:  # whatever stopped it (an interrupt too): no half-made container
         remove_container(api, container_id)
         raise
     nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
-    address = str((nets.get(settings.network) or {}).get("IPAddress") or "")
+    address = str((nets.get(network) or {}).get("IPAddress") or "")
     return Container(container_id, name, address)
 
 

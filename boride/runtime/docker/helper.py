@@ -41,7 +41,7 @@ from boride.area_server import PROTOCOL, TOKEN_ENV
 from boride.errors import describe
 from boride.merge import Conflict, MergeError, ResolveFn, ResolverRule, Version
 from boride.runtime.base import HostFolder, RuntimeFailure, TemplateRefused
-from boride.runtime.docker.containers import Container, remove_container
+from boride.runtime.docker.containers import Container, remove_container, start_created
 from boride.runtime.docker.engine import ENGINE_ERRORS
 from boride.runtime.docker.instance import DockerInstance
 from boride.runtime.docker.names import (
@@ -118,17 +118,12 @@ def create_helper(api: docker.APIClient, settings: DockerSettings, session: str,
         networking_config=api.create_networking_config(
             {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
     container_id = str(created["Id"])
-    try:
+
+    def fill() -> None:
         if template is not None:
             api.put_archive(container_id, SEEN_TEMPLATE, template)
-        api.start(container_id)
-        info = api.inspect_container(container_id)
-    except BaseException:  # whatever stopped it (an interrupt too): no half-made container
-        remove_container(api, container_id)
-        raise
-    nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
-    address = str((nets.get(settings.network) or {}).get("IPAddress") or "")
-    return Container(container_id, helper_name(session), address)
+
+    return start_created(api, container_id, helper_name(session), settings.network, fill)
 
 
 def fill_template(api: docker.APIClient, settings: DockerSettings, session: str,

@@ -142,6 +142,8 @@ class DockerRuntime(Runtime):
             token = secrets.token_urlsafe(32)
             session.helper_job = asyncio.ensure_future(self._start_helper(session, token,
                                                                           chunks))
+            # (its failure is the area's to tell; a session closed first never asks)
+            session.helper_job.add_done_callback(lambda j: j.cancelled() or j.exception())
             session.area = HelperArea(session.helper_job, token, helper.helper_name(session_id))
         except BaseException as exc:  # whatever stopped it (a cancellation too): undo, re-raise
             await aio.shielded(self._undo_open(session_id, exc))
