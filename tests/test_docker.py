@@ -621,3 +621,32 @@ async def test_helper_killed_during_a_session_fails_the_build_naming_it(
         await rt.aclose()
         client.close()
     assert session_leftovers(session) == []
+
+
+async def test_a_try_folder_leading_outside_its_root_is_refused_by_the_copier(
+        tmp_path: Path, template: Path) -> None:
+    """A try path is the engine machine's: the short-lived copier binds the allowed root
+    read-only and resolves the path there. A link in it leading out of the root (here to
+    the host's /etc) is refused, naming the path; nothing is copied, nothing left."""
+    from boride.runtime.base import HostFolder, TemplateRefused
+
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "escape").symlink_to("/etc")
+    (dev / "up").symlink_to("..")
+    shutil.copytree(template, dev / "fine")
+    rt = DockerRuntime()
+    try:
+        for name in ("escape", "up", "missing"):
+            session = uuid.uuid4().hex
+            with pytest.raises(TemplateRefused) as info:
+                await rt.open_workspace(session, HostFolder(str(dev / name), str(dev)), None)
+            assert str(dev / name) in str(info.value), info.value
+            assert session_leftovers(session) == []
+        session = uuid.uuid4().hex
+        ws = await rt.open_workspace(session, HostFolder(str(dev / "fine"), str(dev)), None)
+        assert ws.area is not None
+        await rt.close_workspace(ws)
+        assert session_leftovers(session) == []
+    finally:
+        await rt.aclose()
