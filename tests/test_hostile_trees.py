@@ -39,6 +39,7 @@ class Swapper:
         self.lnk.parent.mkdir()
         self.lnk.symlink_to(victim)
         self.stop = threading.Event()
+        self.swapping = threading.Event()  # the first swap was made
         self.swaps = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -47,9 +48,15 @@ class Swapper:
         while not self.stop.is_set():
             if _libc.renameat2(-100, a, -100, b, 2) == 0:
                 self.swaps += 1
+                self.swapping.set()
 
     def __enter__(self) -> Swapper:
         self.thread.start()
+        # The walk under attack starts once the attack runs: on a loaded machine the thread
+        # may otherwise first get the CPU after a short walk has ended (and removed ``sub``).
+        if not self.swapping.wait(30):
+            self.stop.set()
+            raise AssertionError("the attack never ran")
         return self
 
     def __exit__(self, *exc: object) -> None:
