@@ -224,6 +224,16 @@ async def fan_out(fn: Callable[[Component], Awaitable[T]], items: list[Component
     return report
 
 
+def runners(steps: Iterable[Step], session: Session, shared: Session | None = None
+            ) -> dict[str, str]:
+    """Which instance each step calls, step name to instance name: one instance per runnable
+    (:attr:`Component.runnable`), the one running already in ``session`` or ``shared``, else
+    the one the first step of that runnable starts, under that step's name."""
+    first: dict[tuple[object, ...], str] = {}
+    return {s.component.name: session.name_of(s.component, shared)
+            or first.setdefault(s.component.runnable, s.component.name) for s in steps}
+
+
 async def cannot_run(runtime: Runtime, components: Sequence[Component]) -> list[str]:
     """Everything that would stop these components from starting on ``runtime``."""
     if not components:
@@ -282,9 +292,26 @@ class Session:
 
     def missing(self, components: Iterable[Component], shared: Session | None = None
                 ) -> list[Component]:
-        """The components running neither here nor in ``shared``."""
-        return [c for c in components if c.name not in self.instances
-                and (shared is None or c.name not in shared.instances)]
+        """The components running neither here nor in ``shared`` (under their name, or as the
+        same runnable under another), the first of each runnable only: one instance each."""
+        found: dict[tuple[object, ...], Component] = {}
+        for c in components:
+            if self.name_of(c, shared) is None:
+                found.setdefault(c.runnable, c)
+        return list(found.values())
+
+    def name_of(self, component: Component, shared: Session | None = None) -> str | None:
+        """The name of the instance running ``component`` here or in ``shared``: its own
+        name, else the instance of the same runnable (:attr:`Component.runnable`); or None."""
+        sessions = [s for s in (self, shared) if s is not None]
+        for s in sessions:
+            if component.name in s.instances:
+                return component.name
+        for s in sessions:
+            for name, instance in s.instances.items():
+                if instance.component.runnable == component.runnable:
+                    return name
+        return None
 
     async def start_one(self, component: Component, ready_timeout: float = Timeouts.ready
                         ) -> None:
@@ -386,6 +413,7 @@ class Build:
         self.limit = options.limits.build_parallelism(plan.parallelism)
         self.steps = {s.component.name: s for s in plan.steps}
         self.components = [s.component for s in plan.steps]
+        self.runner = runners(plan.steps, session, shared)  # step -> the instance it calls
         self.results = {c.name: ComponentResult(c.name, c.kind.value) for c in self.components}
         # Components running already (in the session, or shared: the HTTP server's template
         # resolvers) are used as they are.
@@ -544,7 +572,9 @@ class Build:
         assert ws is not None and ws.area is not None, "the session has no work area"
         return ws.area
 
-    def _instance(self, name: str) -> Instance:
+    def _instance(self, step: str) -> Instance:
+        """The instance a step calls (shared by every step of the same runnable)."""
+        name = self.runner.get(step, step)
         instance = self.instances.get(name)
         if instance is None and self.shared is not None:
             instance = self.shared.instances.get(name)
@@ -553,8 +583,18 @@ class Build:
         return instance
 
     def missing(self) -> list[Component]:
-        """The components the build will start (running neither in the session nor shared)."""
+        """The components the build will start (running neither in the session nor shared),
+        one per runnable: each step's runner, named as the first step using it."""
         return self.session.missing(self.components, self.shared)
+
+    def _share_start(self, started: list[Component]) -> None:
+        """Every step whose instance was started takes its start's status and error."""
+        for c in started:
+            first = self.results[c.name]
+            for step, name in self.runner.items():
+                if name == c.name and step != c.name:
+                    res = self.results[step]
+                    res.status, res.error, res.seconds = first.status, first.error, first.seconds
 
     async def run(self) -> BuildResult:
         """Run the stages in the (open) session; the caller closes the session."""
@@ -587,7 +627,11 @@ class Build:
         before = asyncio.ensure_future(area.names())
         try:
             with self._stage("start"):
-                await self._fan_out("start", self._start, self.missing(), fail_fast=True)
+                missing = self.missing()
+                try:
+                    await self._fan_out("start", self._start, missing, fail_fast=True)
+                finally:
+                    self._share_start(missing)
         except BaseException:
             before.cancel()
             await asyncio.gather(before, return_exceptions=True)
@@ -639,8 +683,8 @@ class Build:
         the build was cancelled (they may be busy with calls nobody waits for), and remove the
         build's folders. Return the shared components that failed: whether they live on is
         for their session's owner to decide."""
-        bad = [c.name for c in self.result.components
-               if c.status in (Status.FAILED, Status.CANCELLED)]
+        bad = list(dict.fromkeys(self.runner.get(c.name, c.name) for c in self.result.components
+                                 if c.status in (Status.FAILED, Status.CANCELLED)))
         await self.session.drop(list(self.session.instances) if cancelled else bad)
         await self.discard()
         shared = self.shared.instances if self.shared is not None else {}
