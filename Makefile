@@ -38,6 +38,7 @@ test: lint
 bench: setup
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/readiness.py
+	$(BIN)/python bench/lifetimes.py --big 200
 	$(BIN)/python bench/merge_archive.py
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/docker_build.py

@@ -1,10 +1,25 @@
 """One build, on any runtime: start → processors in parallel → merge → plugins in order → output.
 
 The pipeline never knows where components run; it only uses :class:`~boride.runtime.base.Runtime`.
-Every fan-out goes through :mod:`boride.parallel`. Steps naming the same runnable (kind, command
-and folder, image) share one instance, the first of them's (:attr:`Build.canonical`). Whatever
-happens (success, failure, timeout, Ctrl-C, SIGTERM), every component is stopped and the work
-area removed before :func:`build` returns or raises.
+Every fan-out goes through :mod:`boride.parallel`. Whatever happens (success, failure, timeout,
+Ctrl-C, SIGTERM), every component is stopped and the work area removed before :func:`build`
+returns or raises.
+
+Instances and their lifetime:
+
+* **One instance per distinct component.** Steps whose components are the same runnable
+  (:attr:`~boride.types.Component.runnable`: the kind, and the image, or the command and its
+  working folder) call one instance, whatever their names; their calls go to it concurrently,
+  at most the build's parallelism at once, each with its own config and its own ``writeDir``,
+  and each step keeps its own result.
+* **An instance lives as long as its owner will call it again.** In a one-shot build
+  (:func:`build`, ``boride run``) from shortly before its first call to right after its last:
+  processors' instances start in the order of their first call while the ones before them are
+  called (start-up overlaps work), at most 2 x parallelism of them alive at once; a resolver
+  starts at its first conflict and stops after the merge; a plugin starts while the plugin
+  before it works and stops after its call (:class:`_OnDemand`). In a kept session (the HTTP
+  API's, where ``POST /executor`` starts components ahead) they live until the session ends or
+  idles out: :class:`Build` uses what runs and starts what is missing, all at once.
 """
 
 from __future__ import annotations
@@ -19,6 +34,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import httpx
 
 from boride import aio, archive, diagnose, fsutil, health, merge, output, parallel, protocol
 from boride.area import Area, AreaFailure
@@ -225,6 +242,16 @@ async def fan_out(fn: Callable[[Component], Awaitable[T]], items: list[Component
     return report
 
 
+def runners(steps: Iterable[Step], session: Session, shared: Session | None = None
+            ) -> dict[str, str]:
+    """Which instance each step calls, step name to instance name: one instance per runnable
+    (:attr:`Component.runnable`), the one running already in ``session`` or ``shared``, else
+    the one the first step of that runnable starts, under that step's name."""
+    first: dict[tuple[object, ...], str] = {}
+    return {s.component.name: session.name_of(s.component, shared)
+            or first.setdefault(s.component.runnable, s.component.name) for s in steps}
+
+
 async def cannot_run(runtime: Runtime, components: Sequence[Component]) -> list[str]:
     """Everything that would stop these components from starting on ``runtime``."""
     if not components:
@@ -283,9 +310,26 @@ class Session:
 
     def missing(self, components: Iterable[Component], shared: Session | None = None
                 ) -> list[Component]:
-        """The components running neither here nor in ``shared``."""
-        return [c for c in components if c.name not in self.instances
-                and (shared is None or c.name not in shared.instances)]
+        """The components running neither here nor in ``shared`` (under their name, or as the
+        same runnable under another), the first of each runnable only: one instance each."""
+        found: dict[tuple[object, ...], Component] = {}
+        for c in components:
+            if self.name_of(c, shared) is None:
+                found.setdefault(c.runnable, c)
+        return list(found.values())
+
+    def name_of(self, component: Component, shared: Session | None = None) -> str | None:
+        """The name of the instance running ``component`` here or in ``shared``: its own
+        name, else the instance of the same runnable (:attr:`Component.runnable`); or None."""
+        sessions = [s for s in (self, shared) if s is not None]
+        for s in sessions:
+            if component.name in s.instances:
+                return component.name
+        for s in sessions:
+            for name, instance in s.instances.items():
+                if instance.component.runnable == component.runnable:
+                    return name
+        return None
 
     async def start_one(self, component: Component, ready_timeout: float = Timeouts.ready
                         ) -> None:
@@ -379,26 +423,19 @@ class Session:
         return f"clean-up failed: {describe(error)}"
 
 
-class Build:
-    """The stages of one build in an open :class:`Session`; ``tree`` is the result folder
-    (inside the session's work area) once :meth:`run` succeeded. Without ``out``/``archive``
-    options the result stays there, for the caller to deliver (the HTTP server streams it with
-    :meth:`stream`, then :meth:`release` s the session for the next build)."""
+class _BuildCore:
+    """What the stages of a build stand on: its plan's steps and the instance each calls, its
+    deadline, its progress (results, events, stage times) and the calls to its instances."""
 
     def __init__(self, plan: Plan, session: Session, options: BuildOptions,
-                 shared: Session | None = None) -> None:
+                 shared: Session | None = None, *, on_demand: bool = False) -> None:
         self.plan = plan
         self.session = session
         self.options = options
         self.limit = options.limits.build_parallelism(plan.parallelism)
         self.steps = {s.component.name: s for s in plan.steps}
         self.components = [s.component for s in plan.steps]
-        # Steps naming the same runnable (kind, command and folder, image) share one instance,
-        # that of the first of them; their calls go to it concurrently, bounded by the limit.
-        first: dict[tuple[object, ...], str] = {}
-        self.canonical = {c.name: first.setdefault(_runnable(c), c.name)
-                          for c in self.components}
-        self.runnables = [c for c in self.components if self.canonical[c.name] == c.name]
+        self.runner = runners(plan.steps, session, shared)  # step -> the instance it calls
         self.results = {c.name: ComponentResult(c.name, c.kind.value) for c in self.components}
         # Components running already (in the session, or shared: the HTTP server's template
         # resolvers) are used as they are.
@@ -410,6 +447,8 @@ class Build:
         self.deadline = (time.monotonic() + timeout) if timeout else None  # on the monotonic clock
         self.watch = _TemplateWatch(self.results)
         self._before: set[str] | None = None  # the area's names before the build: discard()
+        # One-shot builds (build()) follow the lifetime rule; a kept session's run as they are.
+        self.demand = _OnDemand(self) if on_demand else None
 
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, stage: str, name: str | None, status: Status) -> None:
@@ -470,11 +509,14 @@ class Build:
         return await fan_out(tracked, items, limit=self.limit, fail_fast=fail_fast,
                              timeout=self._remaining(), timed_out=self._timed_out, seen=seen)
 
-    async def _call(self, component: Component, call: Awaitable[T]) -> T:
+    async def _call(self, component: Component,
+                    call: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
         """Run a call to a component; if the component dies meanwhile, say so, and on any
         failure show what the component itself printed about it."""
+        if self.demand is not None:
+            await self.demand.ready(component.name)
         instance = self._instance(component.name)
-        task = asyncio.ensure_future(call)
+        task = asyncio.ensure_future(call(instance.client))
         first = await aio.race(task, instance.wait_exit())
         died = first if first is not task else None
         if died is None and isinstance(task.exception(), protocol.TransportFailed):
@@ -487,24 +529,50 @@ class Build:
             raise protocol.ProtocolError(f"{error}{await _own_words(instance)}") from None
         return task.result()  # raises the call's own error
 
-    # -- stages ----------------------------------------------------------------------------
-    async def _start(self, c: Component) -> None:
+    def _instance(self, step: str) -> Instance:
+        """The instance a step calls (shared by every step of the same runnable)."""
+        name = self.runner.get(step, step)
+        instance = self.instances.get(name)
+        if instance is None and self.shared is not None:
+            instance = self.shared.instances.get(name)
+        if instance is None:
+            raise protocol.ProtocolError(f"{name!r} is not running")
+        return instance
+
+    async def start_one(self, c: Component) -> None:
+        """Start ``c`` in the session and wait until it is ready (within the build's time)."""
         timeout = self.options.timeouts.ready
         remaining = self._remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
         await self.session.start_one(c, timeout)
 
+    def _sharing(self, name: str) -> list[str]:
+        """The steps whose calls go to instance ``name`` (``name`` first)."""
+        return [name, *(n for n, r in self.runner.items() if r == name and n != name)]
+
+    def _called(self, step: str) -> None:
+        if self.demand is not None:
+            self.demand.called(self.runner.get(step, step))
+
+
+class Build(_BuildCore):
+    """The stages of one build in an open :class:`Session`; ``tree`` is the result folder
+    (inside the session's work area) once :meth:`run` succeeded. Without ``out``/``archive``
+    options the result stays there, for the caller to deliver (the HTTP server streams it with
+    :meth:`stream`, then :meth:`release` s the session for the next build)."""
+
+    # -- stages ----------------------------------------------------------------------------
     async def _process(self, c: Component) -> str:
         area = self._area
         step = self.steps[c.name]
         write_dir = await area.new_dir()
         self.watch.running(c.name)
         try:
-            output = await self._call(c, protocol.process(
-                self._instance(c.name).client, area.template, write_dir,
-                list(step.files), step.config))
+            output = await self._call(c, lambda client: protocol.process(
+                client, area.template, write_dir, list(step.files), step.config))
         finally:
+            self._called(c.name)
             await self.watch.ended(c.name)
         return _checked(area, output)
 
@@ -523,8 +591,8 @@ class Build:
                           "origin": {"template": self.plan.template.name,
                                      "layer": v.layer}})
         try:
-            path, content = await self._call(step.component, protocol.resolve(
-                self._instance(rule.name).client, step.config, files))
+            path, content = await self._call(step.component, lambda client: protocol.resolve(
+                client, step.config, files))
         except protocol.ProtocolError as exc:
             res = self.results[rule.name]
             res.status = Status.FAILED
@@ -550,8 +618,11 @@ class Build:
     async def _plug(self, c: Component, tree: str) -> str:
         area = self._area
         await area.hand_over(tree)
-        output = await self._call(c, protocol.plug(self._instance(c.name).client,
-                                                   tree, self.steps[c.name].config))
+        try:
+            output = await self._call(c, lambda client: protocol.plug(
+                client, tree, self.steps[c.name].config))
+        finally:
+            self._called(c.name)
         return _checked(area, output)
 
     @property
@@ -560,27 +631,27 @@ class Build:
         assert ws is not None and ws.area is not None, "the session has no work area"
         return ws.area
 
-    def _sharing(self, name: str) -> list[str]:
-        """The steps whose calls go to ``name``'s instance (``name`` first)."""
-        return [name, *(n for n, c in self.canonical.items() if c == name and n != name)]
-
-    def _instance(self, name: str) -> Instance:
-        name = self.canonical.get(name, name)
-        instance = self.instances.get(name)
-        if instance is None and self.shared is not None:
-            instance = self.shared.instances.get(name)
-        if instance is None:
-            raise protocol.ProtocolError(f"{name!r} is not running")
-        return instance
-
     def missing(self) -> list[Component]:
-        """The components the build will start (running neither in the session nor shared)."""
-        return self.session.missing(self.runnables, self.shared)
+        """The components the build will start (running neither in the session nor shared),
+        one per runnable: each step's runner, named as the first step using it."""
+        return self.session.missing(self.components, self.shared)
+
+    async def _start_stage(self, processors: list[Component]) -> None:
+        """Start what the build needs: everything at once, or in a one-shot build (the lifetime
+        rule, :class:`_OnDemand`) the processors in the background, waiting for the first."""
+        if self.demand is not None:
+            await asyncio.wait([self.demand.ahead(self.demand.order(processors))])
+            return
+        await self._fan_out("start", self.start_one, self.missing(), fail_fast=True)
 
     async def run(self) -> BuildResult:
         """Run the stages in the (open) session; the caller closes the session."""
         try:
-            await self._stages()
+            try:
+                await self._stages()
+            finally:
+                if self.demand is not None:
+                    await self.demand.close()
             self.result.status = Status.OK
         except BuildFailed as exc:
             self.result.errors.extend(exc.errors)
@@ -608,7 +679,7 @@ class Build:
         before = asyncio.ensure_future(area.names())
         try:
             with self._stage("start"):
-                await self._fan_out("start", self._start, self.missing(), fail_fast=True)
+                await self._start_stage(processors)
         except BaseException:
             before.cancel()
             await asyncio.gather(before, return_exceptions=True)
@@ -619,9 +690,11 @@ class Build:
 
         with self._stage("process"):
             await self.watch.begin(area)
-            report = await self._fan_out("process", self._process, processors)
+            order = self.demand.order(processors) if self.demand else processors
+            report = await self._fan_out("process", self._process, order)
             await self.watch.check()
-            outputs = [p for p in report.values if p is not None]
+            done = {o.item.name: o.value for o in report.outcomes}
+            outputs = [p for c in processors if (p := done.get(c.name)) is not None]
 
         with self._stage("merge"):
             tree = await area.new_dir(private=True)
@@ -629,9 +702,16 @@ class Build:
             for r in self.plan.resolvers:
                 if self.results[r.component.name].status == Status.PENDING:
                     self.results[r.component.name].status = Status.OK
+            if self.demand is not None:
+                await self.demand.retire(self.runner[r.component.name]
+                                         for r in self.plan.resolvers)
 
         with self._stage("plugins"):
-            for c in plugins:
+            for i, c in enumerate(plugins):
+                if self.demand is not None:  # the next plugin starts while this one works
+                    await self.demand.settle()
+                    for after in plugins[i:i + 2]:
+                        self.demand.prefetch(after.name)
                 # One at a time: plugin N sees plugin N-1's changes.
                 async def plug(c: Component, tree: str = tree) -> str:
                     return await self._plug(c, tree)
@@ -660,7 +740,7 @@ class Build:
         the build was cancelled (they may be busy with calls nobody waits for), and remove the
         build's folders. Return the shared components that failed: whether they live on is
         for their session's owner to decide."""
-        bad = list(dict.fromkeys(self.canonical.get(c.name, c.name) for c in self.result.components
+        bad = list(dict.fromkeys(self.runner.get(c.name, c.name) for c in self.result.components
                                  if c.status in (Status.FAILED, Status.CANCELLED)))
         await self.session.drop(list(self.session.instances) if cancelled else bad)
         await self.discard()
@@ -676,6 +756,128 @@ class Build:
         for problem in problems:
             log.warning("session %s: %s", self.session.id, problem)
         return problems
+
+
+class _OnDemand:
+    """The lifetime rule of a one-shot build: an instance lives from shortly before its first
+    call to right after its last.
+
+    Processors' instances start in the order of their first call, ``limit`` at a time, while
+    the ones before them are being called, and at most ``2 x limit`` of them are alive at once
+    (the calls go in that order too, each instance's calls together, so every started one
+    finishes: no wait for a place can last forever). A resolver starts at its first conflict and
+    stops after the merge; a plugin's instance starts while the plugin before it is called.
+    """
+
+    def __init__(self, build: _BuildCore) -> None:
+        self.build = build
+        self.calls: dict[str, int] = {}  # instance name -> calls (steps) still to make
+        for step, name in build.runner.items():
+            if build.steps[step].component.kind is not Kind.RESOLVER:
+                self.calls[name] = self.calls.get(name, 0) + 1
+        self.places = asyncio.Semaphore(2 * build.limit)
+        self.started: dict[str, asyncio.Future[None]] = {}  # instance name -> its readiness
+        self.placed: set[str] = set()  # instances holding a place
+        self.tasks: set[asyncio.Future[Any]] = set()  # starts under way
+        self.stops: set[asyncio.Future[Any]] = set()
+
+    def order(self, steps: list[Component]) -> list[Component]:
+        """``steps`` grouped by instance, in the order of each instance's first step."""
+        first: dict[str, int] = {}
+        for i, c in enumerate(steps):
+            first.setdefault(self.build.runner[c.name], i)
+        return sorted(steps, key=lambda c: first[self.build.runner[c.name]])
+
+    def ahead(self, steps: list[Component]) -> asyncio.Future[None]:
+        """Start the instances of ``steps`` (in :meth:`order`) in the background, each when it
+        has a place; the readiness of the first."""
+        names = list(dict.fromkeys(self.build.runner[c.name] for c in steps))
+        for name in names:
+            self._future(name)
+        task = asyncio.ensure_future(parallel.run(self._placed_start, names,
+                                                  limit=self.build.limit))
+        self._track(task)
+        return self.started[names[0]] if names else _done()
+
+    async def _placed_start(self, name: str) -> None:
+        await self.places.acquire()
+        self.placed.add(name)
+        await self._start(name)
+
+    def _future(self, name: str) -> asyncio.Future[None]:
+        fut = self.started.get(name)
+        if fut is None:
+            fut = self.started[name] = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        return fut
+
+    async def _start(self, name: str) -> None:
+        fut = self._future(name)
+        try:
+            await self.build.start_one(self.build.steps[name].component)
+        except BaseException as exc:
+            await aio.shielded(self._stop(name))
+            if isinstance(exc, Exception):
+                fut.set_exception(exc)
+            else:
+                fut.cancel()
+            raise
+        if not fut.done():
+            fut.set_result(None)
+
+    def prefetch(self, step: str) -> None:
+        """Start a step's instance now, in the background, unless started already."""
+        name = self.build.runner[step]
+        if name not in self.started:
+            self._future(name)
+            self._track(asyncio.ensure_future(self._start(name)))
+
+    async def ready(self, step: str) -> None:
+        """Wait until a step's instance is ready, starting it if nobody has."""
+        self.prefetch(step)
+        await asyncio.shield(self.started[self.build.runner[step]])
+
+    def called(self, name: str) -> None:
+        """A call to instance ``name`` ended: after its last, stop it (in the background)."""
+        left = self.calls[name] = self.calls.get(name, 1) - 1
+        if left <= 0:
+            self._track(asyncio.ensure_future(self._stop(name)), self.stops)
+
+    async def settle(self) -> None:
+        """Wait for the stops under way."""
+        await asyncio.gather(*self.stops, return_exceptions=True)
+
+    async def retire(self, names: Iterable[str]) -> None:
+        """Stop these instances now (the resolvers, after the merge)."""
+        await parallel.run(self._stop, list(names), limit=self.build.limit)
+
+    async def _stop(self, name: str) -> None:
+        try:
+            await self.build.session.drop([name])
+        finally:
+            if name in self.placed:
+                self.placed.discard(name)
+                self.places.release()
+
+    def _track(self, task: asyncio.Future[Any], tasks: set[asyncio.Future[Any]] | None = None
+               ) -> None:
+        tasks = self.tasks if tasks is None else tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+
+    async def close(self) -> None:
+        """Cancel the starts still to come; wait for every start and stop under way."""
+        starts = list(self.tasks)
+        for t in starts:
+            t.cancel()
+        await aio.shielded(asyncio.gather(*starts, *self.stops, return_exceptions=True))
+
+
+def _done() -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_result(None)
+    return fut
 
 
 class _TemplateWatch:
@@ -723,11 +925,6 @@ class _TemplateWatch:
             self.results[name].status = Status.FAILED
             self.results[name].error = message
         raise BuildFailed([message])
-
-
-def _runnable(c: Component) -> tuple[object, ...]:
-    """What makes two components the same running program (their names aside)."""
-    return (c.kind, c.command, c.cwd, c.image)
 
 
 def _checked(area: Area, returned: str) -> str:
@@ -798,7 +995,7 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
                                components=[ComponentResult(s.component.name,
                                                            s.component.kind.value, Status.SKIPPED)
                                            for s in plan.steps])
-        result = await Build(plan, session, options).run()
+        result = await Build(plan, session, options, on_demand=True).run()
     finally:
         kept = await session.close()
     result.work_dir = kept

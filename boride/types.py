@@ -39,6 +39,12 @@ class Component:
     image: str | None = None
     cwd: Path | None = None
 
+    @property
+    def runnable(self) -> tuple[object, ...]:
+        """What runs: components with the same runnable (the same kind, and the same image, or
+        command and working folder) are one instance, whatever their names."""
+        return (self.kind, self.image, self.command, self.cwd if self.command else None)
+
 
 class Status(enum.StrEnum):
     """Where a piece of work stands: an item of the engine, a component of a build, a stage."""

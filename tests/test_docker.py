@@ -254,6 +254,33 @@ async def test_resolver_and_plugins_on_docker(tmp_path: Path, template: Path,
     assert_clean(res, runtime, tmp_path / "work")
 
 
+async def test_steps_of_one_image_share_one_container(tmp_path: Path, template: Path,
+                                                      runtime: RecordingRuntime) -> None:
+    """Eight steps naming one image: one container, each call with its own config."""
+    started: list[Component] = []
+    start = runtime.start
+
+    async def counted(workspace: Workspace, component: Component) -> Any:
+        started.append(component)
+        return await start(workspace, component)
+
+    runtime.start = counted  # type: ignore[method-assign]
+    pipeline = write_pipeline(
+        tmp_path / "p.yaml", template,
+        [(f"s{i}", "ok_processor", {"suffix": f"[{i}]", "delay": 0.2,
+                                    "files": {f"calls/{i}.txt": f"step {i}"}})
+         for i in range(8)], parallelism=4)
+    out = tmp_path / "out"
+    res = await run_build(pipeline, runtime, tmp_path, out=out)
+    assert res.ok, res.errors
+    assert [c.name for c in started] == ["s0"]
+    assert [c.name for c in res.components] == [f"s{i}" for i in range(8)]
+    assert {p.name: p.read_text() for p in (out / "calls").iterdir()} == {
+        f"{i}.txt": f"step {i}" for i in range(8)}
+    assert (out / "src" / "a.txt").read_text() == "alpha\n[7]"  # last wins
+    assert_clean(res, runtime, tmp_path / "work")
+
+
 # -- failure modes -----------------------------------------------------------------------------
 
 async def test_missing_image_is_reported_before_anything_starts(

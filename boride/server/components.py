@@ -2,7 +2,9 @@
 
 A component's name (the key of its instance in a session) is ``user/name:version`` when the
 registry knows the id, else the id itself; a build's names resolve to the same components,
-named the same way, as ``POST /executor`` starts."""
+named the same way, as ``POST /executor`` starts. A session runs one instance per runnable
+component (see :meth:`boride.pipeline.Session.missing`): the steps of a build naming the same
+pinned id (``name#2``, ...) call that one instance."""
 
 from __future__ import annotations
 
@@ -120,7 +122,8 @@ class Catalog:
         def component(entry: reg.Entry) -> Component:
             base = bases[(entry.kind, entry.id)]
             used[base.name] = n = used.get(base.name, 0) + 1
-            # The same component twice in one build: a second instance of it.
+            # The same component twice in one build: a step of its own (its own result), calling
+            # the same instance (the pipeline runs one per runnable).
             return base if n == 1 else dataclasses.replace(base, name=f"{base.name}#{n}")
 
         count = len(req.cyan.processors)

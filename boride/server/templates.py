@@ -82,9 +82,10 @@ class Templates(Table[TemplateState]):
             try:
                 await self.ctx.start(t.session, components)
             finally:  # what started serves, whatever else failed
-                t.resolvers.update({r.id: c.name for r, c in resolvers if c.name in t.instances})
-                if qna.name in t.instances:
-                    t.question_server = qna.name
+                session = t.session
+                t.resolvers.update({r.id: n for r, c in resolvers
+                                    if (n := session.name_of(c)) is not None})
+                t.question_server = session.name_of(qna) or t.question_server
                 t.touch()
 
     async def forget_dead(self, template_id: str) -> None:

@@ -94,8 +94,8 @@ class Tries:
                 try:
                     await self.ctx.start(state.session, [c for _, c in resolvers])
                 finally:
-                    state.resolvers.update({r.id: c.name for r, c in resolvers
-                                            if c.name in state.session.instances})
+                    state.resolvers.update({r.id: n for r, c in resolvers
+                                            if (n := state.session.name_of(c)) is not None})
         except BaseException:
             await self.sessions.delete_if_open(req.session_id)
             raise
