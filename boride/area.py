@@ -87,6 +87,13 @@ class Area(abc.ABC):
         early stops the work); :class:`~boride.archive.ArchiveError` now when it cannot be
         archived (links leading out, special files)."""
 
+    @abc.abstractmethod
+    async def unpack(self, chunks: AsyncIterator[bytes]) -> str:
+        """A fresh folder in the area holding the ``.tar.gz`` stream ``chunks`` (an output
+        from the cache), unpacked with :func:`boride.output.unpack_folder`'s rules and closed to
+        components (as ``new_dir(private=True)``); :class:`~boride.output.OutputError` when an
+        entry cannot be unpacked."""
+
     async def write_archive(self, tree: str, dest: Path) -> None:
         """Write ``tree``'s ``.tar.gz`` to ``dest`` (replaced only once complete)."""
         await _write_chunks(await self.archive(tree), dest)
@@ -185,6 +192,11 @@ class HostArea(Area):
                       level: int = archive.DEFAULT_LEVEL) -> AsyncIterator[bytes]:
         chunks = await asyncio.to_thread(self.chunks, tree, copy_links=copy_links, level=level)
         return aio.ThreadedChunks(chunks)
+
+    async def unpack(self, chunks: AsyncIterator[bytes]) -> str:
+        path = self.root_path / uuid.uuid4().hex
+        await output.unpack_folder(chunks, path, replace=False)
+        return str(path)
 
     async def write_archive(self, tree: str, dest: Path) -> None:
         path = self.path(tree)

@@ -15,7 +15,8 @@ Routes (JSON bodies): ``GET /`` health and protocol version; ``POST /dirs``;
 ``POST /hand-over``; ``POST /merge`` (an NDJSON stream: ``{"conflict": n, ...}`` asks for a
 resolution, answered by ``POST /merge/{id}/answers/{n}``; then ``{"done": true}`` or
 ``{"errors": [...]}``); ``POST /archive`` (the ``.tar.gz`` stream, or 422 with the
-problems); ``GET /names``; ``POST /remove-new``; ``GET /full``.
+problems); ``GET /names``; ``POST /remove-new``; ``GET /full``; ``POST /unpack`` (a ``.tar.gz`` body
+unpacked into a new private folder: ``{"path": ...}``, or 422 with the problems).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from boride.area import AreaFailure, HostArea
 from boride.errors import BorideError, describe
 
 #: bumped when a route changes: the client refuses a helper speaking another version
-PROTOCOL = 1
+PROTOCOL = 2
 PORT = 5560
 AREA = "/workspace/area"
 TEMPLATE = "/workspace/cyanprint"
@@ -146,6 +147,13 @@ def create_app(area: HostArea, token: str) -> Starlette:
             return JSONResponse({"errors": exc.errors}, status_code=422)
         return StreamingResponse(chunks, media_type="application/gzip")
 
+    async def unpack(request: Request) -> Response:
+        try:
+            path = await area.unpack(request.stream())
+        except output.OutputError as exc:
+            return JSONResponse({"errors": exc.errors}, status_code=422)
+        return JSONResponse({"path": path})
+
     async def names(request: Request) -> Response:
         return JSONResponse({"names": sorted(await area.names())})
 
@@ -160,7 +168,8 @@ def create_app(area: HostArea, token: str) -> Starlette:
               ("/hand-over", hand_over, "POST"), ("/merge", merge_route, "POST"),
               ("/merge/{merge}/answers/{n:int}", answer, "POST"),
               ("/archive", archive_route, "POST"), ("/names", names, "GET"),
-              ("/remove-new", remove_new, "POST"), ("/full", full, "GET")]
+              ("/remove-new", remove_new, "POST"), ("/full", full, "GET"),
+              ("/unpack", unpack, "POST")]
     return Starlette(routes=[Route(path, _guarded(token, fn), methods=[method])
                              for path, fn, method in routes])
 

@@ -18,10 +18,14 @@ from rich.table import Table
 from rich.text import Text
 
 from boride import __version__
+from boride.cache import Cache, default_root
+from boride.cache import clear as clear_cache
+from boride.cache import namespaces as cache_namespaces
 from boride.config import Limits, Timeouts
 from boride.model import PipelineError, load
 from boride.pipeline import STAGES, BuildOptions, BuildResult, build
 from boride.runtime import RUNTIMES, get_runtime
+from boride.runtime.local import parse_size
 from boride.types import Status
 
 LIMITS, TIMEOUTS = Limits(), Timeouts()  # the defaults shown by --help
@@ -117,9 +121,18 @@ def main() -> None:
               default=TIMEOUTS.ready,
               show_default=True, help="Seconds a component may take to become ready.")
 @click.option("--keep", is_flag=True, help="Keep the session's work area (for debugging).")
+@click.option("--cache/--no-cache", "use_cache", default=None,
+              help="Reuse the outputs of processors whose inputs are unchanged [default: the "
+                   "file's 'cache', else off].")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+              envvar="BORIDE_CACHE_DIR", help="Where the cache lives [default: "
+              "$XDG_CACHE_HOME/boride].")
+@click.option("--cache-size", default="2g", show_default=True, envvar="BORIDE_CACHE_SIZE",
+              help="The cache's size bound; least recently used entries go first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the build.")
 def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool, runtime: str,
         parallelism: int | None, timeout: float | None, ready_timeout: float, keep: bool,
+        use_cache: bool | None, cache_dir: Path | None, cache_size: str,
         as_json: bool) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
     err = Console(stderr=True, soft_wrap=True)
@@ -144,7 +157,9 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
                            timeouts=Timeouts(ready=ready_timeout, build=timeout),
                            out=out.absolute() if out else None,
                            archive=archive.absolute() if archive else None,
-                           replace=force, keep=keep)
+                           replace=force, keep=keep,
+                           cache=_cache(use_cache if use_cache is not None else pipeline.cache,
+                                        cache_dir, cache_size, err))
     if keep and runtime != "local":
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "
@@ -190,6 +205,70 @@ def clean(session: str | None, all_: bool, as_json: bool) -> None:
         for name in removed:
             click.echo(f"removed {name}")
         err.print(f"boride: removed {len(removed)} container(s)/volume(s)", highlight=False)
+
+
+def _cache(wanted: bool, folder: Path | None, size: str, err: Console) -> Cache | None:
+    """The cache ``--cache`` asks for, or None; a bad ``--cache-size`` ends the command."""
+    if not wanted:
+        return None
+    try:
+        max_bytes = parse_size(size)
+    except ValueError as exc:
+        err.print(f"boride: --cache-size: {exc}", highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    return Cache((folder or default_root()).absolute(), max_bytes=max_bytes)
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """Look at or empty the cache of processor outputs (boride run --cache)."""
+
+
+_CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+                          envvar="BORIDE_CACHE_DIR",
+                          help="The cache's folder [default: $XDG_CACHE_HOME/boride].")
+
+
+@cache_group.command("info")
+@_CACHE_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def cache_info(cache_dir: Path | None, as_json: bool) -> None:
+    """Where the cache is, its entries and their size (per namespace: API tenants)."""
+    root = (cache_dir or default_root()).absolute()
+    infos = [c.info() for c in cache_namespaces(root)]
+    entries, size = sum(i.entries for i in infos), sum(i.bytes for i in infos)
+    if as_json:
+        click.echo(json.dumps({"root": str(root), "entries": entries, "bytes": size,
+                               "namespaces": {i.root.name: {"entries": i.entries,
+                                                            "bytes": i.bytes} for i in infos}}))
+        return
+    click.echo(f"cache: {root}")
+    click.echo(f"entries: {entries}, {_human(size)}")
+    for i in infos:
+        if len(infos) > 1:
+            click.echo(f"  {i.root.name}: {i.entries} entries, {_human(i.bytes)}")
+
+
+@cache_group.command("clear")
+@_CACHE_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+def cache_clear(cache_dir: Path | None, as_json: bool) -> None:
+    """Remove every entry of the cache (builds running now keep working)."""
+    root = (cache_dir or default_root()).absolute()
+    entries, size = clear_cache(root)
+    if as_json:
+        click.echo(json.dumps({"root": str(root), "removed": entries, "bytes": size}))
+    else:
+        click.echo(f"removed {entries} entries ({_human(size)}) from {root}")
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
 
 
 async def _run_cancellable(pipeline: Any, runtime_name: str, options: BuildOptions

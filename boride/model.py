@@ -50,6 +50,7 @@ class _ComponentSpec(_Strict):
 class ProcessorSpec(_ComponentSpec):
     config: Any = None
     files: list[Glob] = Field(default_factory=list)
+    cache: bool = True  # false: never reuse its output (a processor that is not pure)
 
 
 class ResolverSpec(_ComponentSpec):
@@ -64,6 +65,7 @@ class PluginSpec(_ComponentSpec):
 class Pipeline(_Strict):
     template: Path
     parallelism: int | None = Field(default=None, ge=1, le=1024)
+    cache: bool = False  # reuse unchanged processors' outputs (as ``boride run --cache``)
     processors: list[ProcessorSpec] = Field(min_length=1)
     resolvers: list[ResolverSpec] = Field(default_factory=list)
     plugins: list[PluginSpec] = Field(default_factory=list)

@@ -33,12 +33,23 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 
-from boride import aio, archive, diagnose, fsutil, health, merge, output, parallel, protocol
-from boride.area import Area, AreaFailure
+from boride import (
+    aio,
+    archive,
+    cache,
+    diagnose,
+    fsutil,
+    health,
+    merge,
+    output,
+    parallel,
+    protocol,
+)
+from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.config import Limits, Timeouts
 from boride.errors import BorideError, describe
 from boride.model import Pipeline
@@ -67,10 +78,11 @@ class ComponentResult:
     status: Status = Status.PENDING
     seconds: float = 0.0
     error: str | None = None
+    cached: bool = False  # its output came from the cache: it was not called
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "status": self.status,
-                "seconds": round(self.seconds, 6), "error": self.error}
+                "seconds": round(self.seconds, 6), "error": self.error, "cached": self.cached}
 
 
 @dataclass
@@ -116,6 +128,7 @@ class BuildOptions:
     replace: bool = False  # replace ``out`` if it exists with content
     archive: Path | None = None  # write the result as tar.gz here
     keep: bool = False  # keep the work area for debugging
+    cache: cache.Cache | None = None  # reuse processors' outputs whose inputs are unchanged
     work_root: Path | None = None  # where work areas go (default: the system temp folder)
     on_event: EventFn | None = None
 
@@ -187,6 +200,7 @@ class Step:
     component: Component
     config: Any = None
     files: tuple[Any, ...] = ()
+    cacheable: bool = True  # with a cache, its output may be reused (a pure processor)
 
 
 @dataclass(frozen=True)
@@ -204,8 +218,8 @@ class Plan:
         comps = {c.name: c for c in pipeline.components()}
         return cls(
             template=pipeline.template_dir,
-            processors=tuple(Step(comps[p.name], p.config, tuple(g.wire() for g in p.files))
-                             for p in pipeline.processors),
+            processors=tuple(Step(comps[p.name], p.config, tuple(g.wire() for g in p.files),
+                                  p.cache) for p in pipeline.processors),
             resolvers=tuple(Step(comps[r.name], r.config, tuple(r.files))
                             for r in pipeline.resolvers),
             plugins=tuple(Step(comps[p.name], p.config) for p in pipeline.plugins),
@@ -447,6 +461,9 @@ class _BuildCore:
         self.deadline = (time.monotonic() + timeout) if timeout else None  # on the monotonic clock
         self.watch = _TemplateWatch(self.results)
         self._before: set[str] | None = None  # the area's names before the build: discard()
+        self.keys: dict[str, str] = {}  # step -> its cache key (cacheable processor steps)
+        self.cached: dict[str, IO[bytes]] = {}  # step -> its cache entry, until unpacked
+        self.stored = 0  # outputs put in the cache
         # One-shot builds (build()) follow the lifetime rule; a kept session's run as they are.
         self.demand = _OnDemand(self) if on_demand else None
 
@@ -566,6 +583,10 @@ class Build(_BuildCore):
     async def _process(self, c: Component) -> str:
         area = self._area
         step = self.steps[c.name]
+        entry = self.cached.pop(c.name, None)
+        if entry is not None:  # unchanged inputs: the output of an earlier call
+            self.results[c.name].cached = True
+            return await area.unpack(aio.ThreadedChunks(cache.payload_chunks(entry)))
         write_dir = await area.new_dir()
         self.watch.running(c.name)
         try:
@@ -574,8 +595,59 @@ class Build(_BuildCore):
         finally:
             self._called(c.name)
             await self.watch.ended(c.name)
-        return _checked(area, output)
+        checked = _checked(area, output)
+        await self._store(c.name, checked)
+        return checked
 
+    async def _store(self, name: str, output: str) -> None:
+        """Keep a step's output in the cache (before the merge uses it up); a failure to
+        store is only logged: the build goes on without."""
+        key, store = self.keys.get(name), self.options.cache
+        if key is None or store is None:
+            return
+        try:
+            await store.put(key, await self._area.archive(output, level=TRANSPORT_LEVEL))
+            self.stored += 1
+        except (archive.ArchiveError, cache.CacheError, OSError) as exc:
+            log.warning("the output of %r was not cached: %s", name, describe(exc))
+
+    async def _lookup(self, processors: list[Component]) -> None:
+        """With a cache, the key of each cacheable processor step (:func:`cache.step_key`) and
+        the entries found for them (checked in full): those steps are not called."""
+        store = self.options.cache
+        steps = [self.steps[c.name] for c in processors if self.steps[c.name].cacheable]
+        if store is None or not steps:
+            return
+        runtime = self.session.runtime
+        template = self.plan.template
+        skip = [p for p in (template if isinstance(template, Path) else None,
+                            self.options.out, self.options.archive, store.root) if p is not None]
+        distinct = list({s.component.runnable: s.component for s in steps}.values())
+        try:
+            template_id, report = await asyncio.gather(
+                runtime.template_identity(template),
+                parallel.run(lambda c: runtime.identity(c, skip=skip), distinct,
+                             limit=self.limit))
+        except OSError as exc:
+            log.warning("no cache for this build: cannot read the template: %s", describe(exc))
+            return
+        if template_id is None:
+            return
+        ids = {}
+        for c, o in zip(distinct, report.outcomes, strict=True):
+            if o.ok and o.value:
+                ids[c.runnable] = o.value
+            elif not o.ok:
+                log.warning("%r is not cached: %s", c.name, describe(o.error))
+        for s in steps:
+            if (ident := ids.get(s.component.runnable)) is not None:
+                self.keys[s.component.name] = cache.step_key(
+                    ident, s.component.kind.value, s.config, s.files, template_id)
+
+        def found() -> dict[str, IO[bytes]]:
+            return {n: f for n, k in self.keys.items() if (f := store.open(k)) is not None}
+
+        self.cached = await asyncio.to_thread(found)
     async def _resolve(self, rule: merge.ResolverRule, conflict: merge.Conflict
                        ) -> tuple[str, bytes]:
         step = self.steps[rule.name]
@@ -634,13 +706,20 @@ class Build(_BuildCore):
     def missing(self) -> list[Component]:
         """The components the build will start (running neither in the session nor shared),
         one per runnable: each step's runner, named as the first step using it."""
-        return self.session.missing(self.components, self.shared)
+        # (an instance named as no step is one running already)
+        needed = dict.fromkeys(self.runner.get(c.name, c.name) for c in self.components
+                               if c.name not in self.cached)
+        return self.session.missing([self.steps[n].component for n in needed if n in self.steps],
+                                    self.shared)
 
     async def _start_stage(self, processors: list[Component]) -> None:
         """Start what the build needs: everything at once, or in a one-shot build (the lifetime
         rule, :class:`_OnDemand`) the processors in the background, waiting for the first."""
         if self.demand is not None:
-            await asyncio.wait([self.demand.ahead(self.demand.order(processors))])
+            for name in self.cached:
+                self.demand.skip(name)
+            calls = [c for c in processors if c.name not in self.cached]
+            await asyncio.wait([self.demand.ahead(self.demand.order(calls))])
             return
         await self._fan_out("start", self.start_one, self.missing(), fail_fast=True)
 
@@ -650,8 +729,13 @@ class Build(_BuildCore):
             try:
                 await self._stages()
             finally:
+                for entry in self.cached.values():
+                    entry.close()
+                self.cached.clear()
                 if self.demand is not None:
                     await self.demand.close()
+                if self.stored and self.options.cache is not None:
+                    await asyncio.to_thread(self.options.cache.trim)
             self.result.status = Status.OK
         except BuildFailed as exc:
             self.result.errors.extend(exc.errors)
@@ -679,6 +763,7 @@ class Build(_BuildCore):
         before = asyncio.ensure_future(area.names())
         try:
             with self._stage("start"):
+                await self._lookup(processors)
                 await self._start_stage(processors)
         except BaseException:
             before.cancel()
@@ -836,6 +921,11 @@ class _OnDemand:
         """Wait until a step's instance is ready, starting it if nobody has."""
         self.prefetch(step)
         await asyncio.shield(self.started[self.build.runner[step]])
+
+    def skip(self, step: str) -> None:
+        """A step that needs no call (its output comes from the cache)."""
+        name = self.build.runner[step]
+        self.calls[name] = self.calls.get(name, 1) - 1
 
     def called(self, name: str) -> None:
         """A call to instance ``name`` ended: after its last, stop it (in the background)."""

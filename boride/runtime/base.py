@@ -8,13 +8,15 @@ container, ...) and how boride reaches it. The pipeline only sees :class:`Runtim
 from __future__ import annotations
 
 import abc
+import asyncio
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import httpx
 
-from boride import diagnose
+from boride import cache, diagnose
 from boride.area import Area
 from boride.errors import BorideError
 from boride.types import Component
@@ -181,6 +183,20 @@ class Runtime(abc.ABC):
         """The session is closing: release what its area holds (on Docker its helper
         container), while its components stop; never raises (:meth:`close_workspace` removes
         whatever is left). By default nothing."""
+
+    async def identity(self, component: Component, *, skip: Sequence[Path] = ()) -> str | None:
+        """What ``component``'s outputs can depend on besides its inputs, as a digest (part of
+        the cache's keys, :mod:`boride.cache`); None when that cannot be told (its steps are
+        not cached). ``skip``: folders of boride's machine that are no part of it (the
+        template, the outputs). By default None."""
+        return None
+
+    async def template_identity(self, source: TemplateSource) -> str | None:
+        """A digest of ``source``'s files (:func:`boride.cache.tree_digest` of a folder of
+        boride's machine), or None when they cannot be read from here."""
+        if isinstance(source, Path):
+            return await asyncio.to_thread(cache.tree_digest, source)
+        return None
 
     async def template_problem(self, source: TemplateSource) -> str | None:
         """Why this runtime can never use ``source``'s files (found before anything starts),

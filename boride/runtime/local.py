@@ -24,13 +24,13 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from boride import fsutil
+from boride import cache, fsutil
 from boride.area import HostArea
 from boride.runtime.base import (
     LOG_TAIL,
@@ -308,6 +308,13 @@ class LocalRuntime(Runtime):
                 found.append(f"{c.kind.value} {c.name!r}: command {c.command[0]!r} not found "
                              f"(cwd {cwd})")
         return found
+
+    async def identity(self, component: Component, *, skip: Sequence[Path] = ()) -> str | None:
+        if not component.command:
+            return None
+        cwd = component.cwd or Path.cwd()
+        return await asyncio.to_thread(cache.local_identity, component.command, cwd,
+                                       skip=skip)
 
     async def template_problem(self, source: TemplateSource) -> str | None:
         try:

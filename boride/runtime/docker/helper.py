@@ -35,7 +35,7 @@ import docker.errors
 import httpx
 from docker.types import Mount
 
-from boride import aio, archive, health
+from boride import aio, archive, health, output
 from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.area_server import PROTOCOL, TOKEN_ENV
 from boride.errors import describe
@@ -240,16 +240,20 @@ class HelperArea(Area):
                               f"{first.result().describe()}")
         return task.result()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None, *,
+                    content: AsyncIterator[bytes] | None = None) -> Any:
         await self._up()
         try:
-            r = await self._while_alive(self.client.request(method, path, json=body))
+            r = await self._while_alive(self.client.request(method, path, json=body,
+                                                            content=content))
         except httpx.HTTPError as exc:
             raise self._failed(path, exc) from None
         try:
             said = r.json()
         except ValueError:
             said = {"error": r.text[:200]}
+        if r.status_code == 422 and isinstance(said.get("errors"), list):
+            raise output.OutputError([str(e) for e in said["errors"]])
         if r.status_code != 200:
             raise AreaFailure(f"the session's helper container {self.name} refused {path}: "
                               f"{said.get('error') or said}")
@@ -260,6 +264,14 @@ class HelperArea(Area):
 
     async def hand_over(self, folder: str) -> None:
         await self._call("POST", "/hand-over", {"path": folder})
+
+    async def unpack(self, chunks: AsyncIterator[bytes]) -> str:
+        try:
+            return str((await self._call("POST", "/unpack", content=chunks))["path"])
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def names(self) -> set[str]:
         return set((await self._call("GET", "/names"))["names"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -99,6 +99,24 @@ class DockerRuntime(Runtime):
             found.append(f"{mine} (boride's own image: build it with make image, or "
                          f"docker/serve_image.py)")
         return found
+
+    async def identity(self, component: Component, *, skip: Sequence[Path] = ()) -> str | None:
+        """The image's id: a rebuilt or re-pulled image is another component."""
+        return await self._image_id(component.image) if component.image else None
+
+    async def template_identity(self, source: TemplateSource) -> str | None:
+        if isinstance(source, BlobImage):
+            image = await self._image_id(source.image)
+            return f"blob:{image}" if image else None
+        return await super().template_identity(source)
+
+    async def _image_id(self, image: str) -> str | None:
+        try:
+            found = await self.engine.call(
+                lambda api, name: api.inspect_image(name), image)
+        except (*ENGINE_ERRORS, docker.errors.DockerException):
+            return None
+        return str(found["Id"])
 
     async def component_networks(self) -> ComponentNetworks:
         """The subnets of the components' network, from the engine (again when this runtime
