@@ -159,7 +159,8 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
                            archive=archive.absolute() if archive else None,
                            replace=force, keep=keep,
                            cache=_cache(use_cache if use_cache is not None else pipeline.cache,
-                                        cache_dir, cache_size, err))
+                                        cache_dir, cache_size, err),
+                           cache_skip=(pipeline_file.absolute(),))
     if keep and runtime != "local":
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "

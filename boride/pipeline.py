@@ -129,6 +129,8 @@ class BuildOptions:
     archive: Path | None = None  # write the result as tar.gz here
     keep: bool = False  # keep the work area for debugging
     cache: cache.Cache | None = None  # reuse processors' outputs whose inputs are unchanged
+    # no part of a local component's identity (the pipeline file: its part is in the keys)
+    cache_skip: tuple[Path, ...] = ()
     work_root: Path | None = None  # where work areas go (default: the system temp folder)
     on_event: EventFn | None = None
 
@@ -620,8 +622,11 @@ class Build(_BuildCore):
             return
         runtime = self.session.runtime
         template = self.plan.template
+        # what a build writes, or whose part is in the keys already, is no component's own
         skip = [p for p in (template if isinstance(template, Path) else None,
-                            self.options.out, self.options.archive, store.root) if p is not None]
+                            self.options.out, self.options.archive, store.root,
+                            self.options.work_root or Path(tempfile.gettempdir()),
+                            *self.options.cache_skip) if p is not None]
         distinct = list({s.component.runnable: s.component for s in steps}.values())
         try:
             template_id, report = await asyncio.gather(

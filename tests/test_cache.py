@@ -1,0 +1,247 @@
+"""The cache of processor outputs (``boride run --cache``), with real components and builds.
+
+A hit must give the very result a call would have given, and must call (start) nothing; every
+change an output can depend on (the template, a step's config, the component's files) must
+miss; a corrupt entry is a miss; concurrent builds share the cache; the size bound holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from boride import cache
+from tests.conftest import COMPONENTS, EXAMPLES, tree
+from tests.test_local_pipeline import boride, by_name, run_json
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A pipeline of two copies of ok_processor (their own files, in the pipeline's folder)
+    and a plugin, over a small template."""
+    tpl = tmp_path / "template"
+    (tpl / "src").mkdir(parents=True)
+    (tpl / "src" / "a.txt").write_text("alpha\n")
+    (tpl / "README.md").write_text("# readme\n")
+    for name in ("one", "two"):
+        shutil.copy(COMPONENTS / "ok_processor.py", tmp_path / f"{name}.py")
+    write_pipeline(tmp_path, {"one": {"suffix": "+1"}, "two": {"suffix": "+2"}})
+    return tmp_path
+
+
+def write_pipeline(folder: Path, configs: dict[str, Any], **extra: Any) -> Path:
+    glob = [{"glob": "**/*.*", "exclude": ["**/*.bak"], "type": "template"}]
+    data = {"template": "template",
+            "processors": [{"name": n, "command": [sys.executable, f"{n}.py"], "config": c,
+                            "files": glob, **extra.pop(n, {})} for n, c in configs.items()],
+            "plugins": [{"name": "plug", "command": [sys.executable,
+                                                     str(COMPONENTS / "noop_plugin.py")]}],
+            **extra}
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def build(project: Path, *args: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    out = project / "out"
+    proc, data = run_json(project / "pipeline.yaml", "--out", out, "--force", "--cache",
+                          "--cache-dir", project / "cache", *args, work=project / "work")
+    assert proc.returncode == 0, proc.stderr
+    assert data["status"] == "ok", data["errors"]
+    return data, tree(out)
+
+
+def cached(data: dict[str, Any]) -> dict[str, bool]:
+    return {n: c["cached"] for n, c in by_name(data).items()}
+
+
+def entries(project: Path) -> list[Path]:
+    return sorted((project / "cache").glob("*/entries/*/*"))
+
+
+def test_an_unchanged_build_calls_no_processor_and_gives_the_same_result(project: Path) -> None:
+    first, result = build(project)
+    assert cached(first) == {"one": False, "two": False, "plug": False}
+    assert len(entries(project)) == 2
+    second, again = build(project)
+    assert cached(second) == {"one": True, "two": True, "plug": False}
+    assert again == result
+    assert result["src/a.txt"] == b"alpha\n+2"  # the last processor wins
+    # nothing was started for the cached steps: the start stage had nothing to wait for
+    assert second["stages"]["start"] < first["stages"]["start"]
+
+
+def test_a_template_edit_misses(project: Path) -> None:
+    build(project)
+    (project / "template" / "src" / "a.txt").write_text("ALPHA\n")
+    data, result = build(project)
+    assert cached(data) == {"one": False, "two": False, "plug": False}
+    assert result["src/a.txt"].startswith(b"ALPHA\n")
+    # a file no glob selects is in the key too (processors may read any template file)
+    (project / "template" / "notes").write_text("x")
+    data, _ = build(project)
+    assert cached(data)["one"] is False
+
+
+def test_a_config_edit_misses_for_that_step_only(project: Path) -> None:
+    build(project)
+    write_pipeline(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+TWO"}})
+    data, result = build(project)
+    assert cached(data) == {"one": True, "two": False, "plug": False}
+    assert result["src/a.txt"] == b"alpha\n+TWO"
+
+
+def test_a_component_change_misses(project: Path) -> None:
+    build(project)
+    script = project / "one.py"
+    script.write_text(script.read_text().replace('suffix = str(config.get("suffix", ""))',
+                                                 'suffix = str(config.get("suffix", "")) + "!"'))
+    data, result = build(project)
+    assert cached(data)["one"] is False
+    assert result["README.md"] == b"# readme\n+2"
+    # a new file in the folder the component runs in is a change too (it may import it)
+    (project / "helper_module.py").write_text("X = 1\n")
+    data, _ = build(project)
+    assert cached(data) == {"one": False, "two": False, "plug": False}
+
+
+def test_a_corrupt_entry_is_a_miss_and_is_replaced(project: Path) -> None:
+    _, result = build(project)
+    for entry in entries(project):
+        raw = bytearray(entry.read_bytes())
+        raw[len(raw) // 3] ^= 0xFF
+        entry.write_bytes(bytes(raw))
+    truncated = entries(project)[0]
+    truncated.write_bytes(truncated.read_bytes()[:10])
+    data, again = build(project)
+    assert cached(data) == {"one": False, "two": False, "plug": False}
+    assert again == result
+    # replaced by good entries, which the next build uses
+    data, _ = build(project)
+    assert cached(data) == {"one": True, "two": True, "plug": False}
+
+
+def test_a_step_can_opt_out(project: Path) -> None:
+    write_pipeline(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+2"}},
+                   two={"cache": False})
+    build(project)
+    data, _ = build(project)
+    assert cached(data) == {"one": True, "two": False, "plug": False}
+    assert len(entries(project)) == 1
+
+
+def test_the_pipeline_file_can_turn_it_on_and_no_cache_off(project: Path) -> None:
+    write_pipeline(project, {"one": {}, "two": {}}, cache=True)
+    env_args = ("--cache-dir", project / "cache")
+    for _ in range(2):
+        proc, data = run_json(project / "pipeline.yaml", "--out", project / "out", "--force",
+                              *env_args, work=project / "work")
+        assert proc.returncode == 0, proc.stderr
+    assert cached(data)["one"] is True
+    proc, data = run_json(project / "pipeline.yaml", "--out", project / "out", "--force",
+                          "--no-cache", *env_args, work=project / "work")
+    assert cached(data)["one"] is False
+
+
+def test_two_builds_at_once_share_the_cache(project: Path, tmp_path_factory: Any) -> None:
+    # (the results go outside the pipeline's folder, the folder the components run in: a new
+    # result there would be a change of every local component)
+    results_dir = tmp_path_factory.mktemp("results")
+
+    def start(n: int) -> subprocess.Popen[str]:
+        env = {**os.environ, "TMPDIR": str(project / "work")}
+        return subprocess.Popen(
+            [sys.executable, "-m", "boride", "run", str(project / "pipeline.yaml"), "--out",
+             str(results_dir / f"out{n}"), "--cache", "--cache-dir", str(project / "cache"),
+             "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    (project / "work").mkdir()
+    for round_ in range(2):
+        procs = [start(2 * round_ + n) for n in range(2)]
+        results = [p.communicate(timeout=240) for p in procs]
+        for p, (stdout, stderr) in zip(procs, results, strict=True):
+            assert p.returncode == 0, stderr
+            assert json.loads(stdout)["status"] == "ok"
+    outs = [tree(results_dir / f"out{n}") for n in range(4)]
+    assert all(o == outs[0] for o in outs)
+    # every entry is whole (two writers of one key: the last rename wins, both complete)
+    store = cache.Cache(project / "cache")
+    assert len(entries(project)) == 2
+    for entry in entries(project):
+        f = store.open(entry.name)
+        assert f is not None, f"{entry} is not intact"
+        f.close()
+    assert not list((project / "cache").glob("*/tmp/*"))
+
+
+def test_the_size_bound_removes_the_least_recently_used(tmp_path: Path) -> None:
+    import asyncio
+
+    store = cache.Cache(tmp_path / "c", max_bytes=3 * 1100)
+
+    async def chunks(data: bytes) -> Any:
+        yield data
+
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(5)]
+    for i, key in enumerate(keys):
+        asyncio.run(store.put(key, chunks(bytes([i]) * 1000)))
+        entry = store._path(key)
+        os.utime(entry, ns=(time.time_ns(), time.time_ns() - (10 - i) * 10**9))
+    used = store.open(keys[0])  # read now: the most recently used
+    assert used is not None and used.read(1000) == b"\0" * 1000
+    used.close()
+    assert store.trim() == 2
+    left = {k for k in keys if store._path(k).exists()}
+    assert left == {keys[0], keys[3], keys[4]}
+    assert store.info().bytes <= store.max_bytes
+
+
+def test_size_bound_in_a_build(project: Path) -> None:
+    build(project, "--cache-size", "1")
+    assert entries(project) == []  # each entry is larger than a byte: none is kept
+    data, _ = build(project, "--cache-size", "1")
+    assert cached(data)["one"] is False
+
+
+def test_cache_info_and_clear(project: Path) -> None:
+    build(project)
+    proc = boride("cache", "info", "--cache-dir", project / "cache", "--json",
+                  work=project / "work")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["entries"] == 2 and info["bytes"] > 0
+    proc = boride("cache", "clear", "--cache-dir", project / "cache", "--json",
+                  work=project / "work")
+    assert json.loads(proc.stdout)["removed"] == 2
+    assert entries(project) == []
+    data, _ = build(project)
+    assert cached(data)["one"] is False
+
+
+def test_bad_cache_size_is_a_usage_error(project: Path) -> None:
+    proc = boride("run", project / "pipeline.yaml", "--cache", "--cache-size", "lots",
+                  work=project / "work")
+    assert proc.returncode == 2
+    assert "--cache-size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_bundled_example_with_the_cache(tmp_path: Path) -> None:
+    args = ("--cache", "--cache-dir", tmp_path / "cache")
+    for expect in (False, True):
+        proc, data = run_json(EXAMPLES / "pipeline.yaml", "--out", tmp_path / "out", "--force",
+                              *args, work=tmp_path / "work")
+        assert proc.returncode == 0, proc.stderr
+        assert cached(data)["upper"] is expect
+        assert tree(tmp_path / "out") == tree(EXAMPLES / "expected")
