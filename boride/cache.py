@@ -50,6 +50,14 @@ class CacheError(BorideError):
     """The cache folder cannot be used; the message is for the user."""
 
 
+def cache_namespace(token: str | None) -> str:
+    """The namespace of an API tenant: its token's digest (never the token), else
+    ``default``."""
+    if token is None:
+        return "default"
+    return "t-" + hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
 def default_root(env: dict[str, str] | None = None) -> Path:
     """``$XDG_CACHE_HOME/boride``, else ``~/.cache/boride``."""
     env = dict(os.environ) if env is None else env

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from boride import __version__
-from boride.cache import Cache, default_root
+from boride.cache import Cache, cache_namespace, default_root
 from boride.cache import clear as clear_cache
 from boride.cache import namespaces as cache_namespaces
 from boride.config import Limits, Timeouts
@@ -98,6 +98,11 @@ class Progress:
         return Group(stages, table)
 
 
+_CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+                          envvar="BORIDE_CACHE_DIR",
+                          help="The cache's folder [default: $XDG_CACHE_HOME/boride].")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="boride")
 def main() -> None:
@@ -124,9 +129,7 @@ def main() -> None:
 @click.option("--cache/--no-cache", "use_cache", default=None,
               help="Reuse the outputs of processors whose inputs are unchanged [default: the "
                    "file's 'cache', else off].")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
-              envvar="BORIDE_CACHE_DIR", help="Where the cache lives [default: "
-              "$XDG_CACHE_HOME/boride].")
+@_CACHE_DIR
 @click.option("--cache-size", default="2g", show_default=True, envvar="BORIDE_CACHE_SIZE",
               help="The cache's size bound; least recently used entries go first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the build.")
@@ -208,7 +211,8 @@ def clean(session: str | None, all_: bool, as_json: bool) -> None:
         err.print(f"boride: removed {len(removed)} container(s)/volume(s)", highlight=False)
 
 
-def _cache(wanted: bool, folder: Path | None, size: str, err: Console) -> Cache | None:
+def _cache(wanted: bool, folder: Path | None, size: str, err: Console, *,
+           namespace: str = "default") -> Cache | None:
     """The cache ``--cache`` asks for, or None; a bad ``--cache-size`` ends the command."""
     if not wanted:
         return None
@@ -217,17 +221,13 @@ def _cache(wanted: bool, folder: Path | None, size: str, err: Console) -> Cache 
     except ValueError as exc:
         err.print(f"boride: --cache-size: {exc}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
-    return Cache((folder or default_root()).absolute(), max_bytes=max_bytes)
+    return Cache((folder or default_root()).absolute(), max_bytes=max_bytes,
+                 namespace=namespace)
 
 
 @main.group("cache")
 def cache_group() -> None:
     """Look at or empty the cache of processor outputs (boride run --cache)."""
-
-
-_CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
-                          envvar="BORIDE_CACHE_DIR",
-                          help="The cache's folder [default: $XDG_CACHE_HOME/boride].")
 
 
 @cache_group.command("info")
@@ -358,12 +358,21 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               show_default=True, help="Seconds a component may take to become ready.")
 @click.option("--build-timeout", type=click.FloatRange(min=0, min_open=True),
               help="Seconds a build may take.")
+@click.option("--cache", "use_cache", is_flag=True, envvar="BORIDE_CACHE",
+              help="Reuse the outputs of processors whose inputs are unchanged, across builds "
+              "and sessions (each token its own cache unless --cache-shared).")
+@_CACHE_DIR
+@click.option("--cache-size", default="2g", show_default=True, envvar="BORIDE_CACHE_SIZE",
+              help="The cache's size bound; least recently used entries go first.")
+@click.option("--cache-shared", is_flag=True,
+              help="One cache for every client, whatever its token.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
           trusted_network: bool, max_builds: int, dev_root: Path | None, max_body: int,
           max_sessions: int, session_ttl: float, work_root: Path | None, parallelism: int | None,
-          ready_timeout: float, build_timeout: float | None, log_level: str) -> None:
+          ready_timeout: float, build_timeout: float | None, use_cache: bool,
+          cache_dir: Path | None, cache_size: str, cache_shared: bool, log_level: str) -> None:
     """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md."""
     import logging
 
@@ -390,7 +399,9 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         limits=Limits(parallelism=parallelism, max_builds=max_builds, max_body=max_body,
                       max_sessions=max_sessions),
         timeouts=Timeouts(ready=ready_timeout, build=build_timeout,
-                          session_idle=session_ttl or None))
+                          session_idle=session_ttl or None),
+        cache=_cache(use_cache, cache_dir, cache_size, err, namespace=cache_namespace(
+            None if cache_shared else token)))
     try:
         registry = open_registry(registries)
     except RegistryError as exc:

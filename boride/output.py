@@ -17,16 +17,19 @@ copied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import os
+import posixpath
+import shutil
 import stat
 import tarfile
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from boride import fsutil
@@ -35,6 +38,7 @@ from boride.errors import BorideError
 __all__ = ["OutputError", "copy_into", "unpack_folder", "write_folder"]
 
 _DESTINATION_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DST_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 MAX_SHOWN = 10
 
@@ -131,24 +135,87 @@ async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:
 
 
 def _unpack(reader: _AsyncReader, dest: Path) -> None:
-    umask = fsutil.current_umask()
-
-    def entry(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        try:
-            member = tarfile.data_filter(member, path)
-        except tarfile.FilterError as exc:
-            raise OutputError([f"{member.name!r}: {exc}"]) from None
-        executable = member.mode is not None and member.mode & 0o111
-        mode = 0o755 if member.isdir() or executable else 0o644
-        return member.replace(mode=mode & ~umask, uid=os.geteuid(), gid=os.getegid(),
-                              uname="", gname="", mtime=None,  # type: ignore[arg-type]
-                              deep=False)
-
     try:
         with tarfile.open(fileobj=io.BufferedReader(reader, 1 << 16), mode="r|gz") as tar:
-            tar.extractall(dest, filter=entry)
+            _Unpacker(tar, dest).run()
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise OutputError([f"the result could not be received: {exc}"]) from None
+
+
+class _Unpacker:
+    """Entries of a streamed archive into the new, private folder ``dest``, each created
+    below its parent's descriptor (never through a link): folders, files (0755 or 0644 by the
+    executable bit, less the umask, owned by boride's user) and links whose target stays in
+    the tree (checked once all are made, as the kernel resolves them: links through links).
+    Anything else, an absolute or climbing name, a link leading out: an :class:`OutputError`
+    naming it. (Not ``tarfile``'s ``data`` filter: the helper image's
+    Python may predate it.)"""
+
+    def __init__(self, tar: tarfile.TarFile, dest: Path) -> None:
+        self.tar = tar
+        self.dest = dest
+        self.umask = fsutil.current_umask()
+        self.dirs: dict[str, int] = {}
+        self.links: list[str] = []
+
+    def run(self) -> None:
+        self.dirs[""] = fsutil.open_dir(self.dest)
+        try:
+            for member in self.tar:
+                self._entry(member)
+            for rel in self.links:
+                try:
+                    fsutil.resolve_link(self.dirs[""], rel)
+                except fsutil.UnsafePath:
+                    raise OutputError([f"{rel!r}: a link leading outside the result"]) from None
+        finally:
+            for fd in self.dirs.values():
+                os.close(fd)
+
+    def _refuse(self, member: tarfile.TarInfo, why: str) -> OutputError:
+        return OutputError([f"{member.name!r}: {why}"])
+
+    def _parent(self, parts: tuple[str, ...]) -> int:
+        rel = ""
+        fd = self.dirs[""]
+        for part in parts:
+            rel = f"{rel}/{part}" if rel else part
+            found = self.dirs.get(rel)
+            if found is None:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755 & ~self.umask, dir_fd=fd)
+                found = self.dirs[rel] = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            fd = found
+        return fd
+
+    def _entry(self, member: tarfile.TarInfo) -> None:
+        pure = PurePosixPath(member.name)
+        parts = tuple(p for p in pure.parts if p != ".")
+        if pure.is_absolute() or ".." in parts:
+            raise self._refuse(member, "leads outside the result")
+        if not parts:
+            return  # the root itself
+        parent, name = self._parent(parts[:-1]), parts[-1]
+        if member.isdir():
+            self._parent(parts)
+        elif member.isfile():
+            mode = (0o755 if member.mode & 0o111 else 0o644) & ~self.umask
+            fd = os.open(name, _DST_FLAGS, mode, dir_fd=parent)
+            with os.fdopen(fd, "wb") as f:
+                src = self.tar.extractfile(member)
+                assert src is not None
+                shutil.copyfileobj(src, f, 1 << 20)
+        elif member.issym():
+            target = PurePosixPath(member.linkname)
+            inside = posixpath.normpath(posixpath.join(*parts[:-1], member.linkname)
+                                        if parts[:-1] else member.linkname)
+            if target.is_absolute() or inside == ".." or inside.startswith("../"):
+                raise self._refuse(member, f"a link leading outside the result "
+                                           f"({member.linkname})")
+            os.symlink(member.linkname, name, dir_fd=parent)
+            self.links.append("/".join(parts))
+        else:
+            raise self._refuse(member, "not a file, folder or link")
 
 
 def copy_into(tree: Path, dest: Path, *, within: Path | None = None) -> None:

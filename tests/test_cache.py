@@ -245,3 +245,82 @@ def test_the_bundled_example_with_the_cache(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         assert cached(data)["upper"] is expect
         assert tree(tmp_path / "out") == tree(EXAMPLES / "expected")
+
+
+def test_the_api_reuses_outputs_across_sessions_per_token(tmp_path: Path) -> None:
+    """A server with --cache: a second session's build of the example calls none of its three
+    processors and streams the same archive; another token gets a cache of its own."""
+    from boride.server import ServerConfig
+    from tests.test_server_support import (
+        EXAMPLE_REGISTRY,
+        example_build,
+        example_template,
+        metric,
+        new_id,
+        running_server,
+    )
+
+    def session_build(http: Any, template: dict[str, Any]) -> bytes:
+        sid = str(new_id())
+        assert http.post(f"/executor/{sid}/warm", json=template).status_code == 200
+        r = http.post(f"/executor/{sid}", json=example_build(template))
+        assert r.status_code == 200, r.text
+        assert http.delete(f"/executor/{sid}").status_code == 200
+        return bytes(r.content)
+
+    template = example_template()
+    archives = []
+    for token in ("tenant-a", "tenant-b"):
+        config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), work_root=tmp_path / "work",
+                              token=token, cache=cache.Cache(
+                                  tmp_path / "cache", namespace=cache.cache_namespace(token)))
+        with running_server(config) as server, server.client() as http:
+            http.headers["authorization"] = f"Bearer {token}"
+            archives.append(session_build(http, template))
+            assert metric(http, "boride_cache_hits_total") == 0
+            archives.append(session_build(http, template))
+            assert metric(http, "boride_cache_hits_total") == 3
+    assert len(set(archives)) == 1
+    spaces = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert spaces == sorted(cache.cache_namespace(t) for t in ("tenant-a", "tenant-b"))
+    assert not any("tenant" in s for s in spaces)  # the token itself is never written
+
+
+@pytest.mark.docker
+async def test_on_docker_the_key_is_the_image_id(tmp_path: Path) -> None:
+    """On Docker a component is its image's id: a hit while the tag names the same image, a
+    miss once the tag names another image."""
+    import docker
+
+    from boride.model import load
+    from boride.pipeline import BuildOptions
+    from boride.pipeline import build as run_build
+    from boride.runtime.docker import DockerRuntime, connect
+
+    client: docker.DockerClient = connect()
+    tag = f"local/boride-cache-test-{os.getpid()}:1"
+    client.images.get("local/boride-example-upper:1").tag(tag)
+    shutil.copytree(EXAMPLES / "template", tmp_path / "template")
+    data = yaml.safe_load((EXAMPLES / "pipeline.yaml").read_text())
+    data["template"] = str(tmp_path / "template")
+    data["processors"][0]["image"] = tag
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(data))
+    store = cache.Cache(tmp_path / "cache")
+    runtime = DockerRuntime()
+    try:
+        async def once(n: int) -> dict[str, bool]:
+            res = await run_build(load(tmp_path / "pipeline.yaml"), runtime, BuildOptions(
+                cache=store, out=tmp_path / f"out{n}", work_root=tmp_path / "work"))
+            assert res.ok, res.errors
+            return {c.name: c.cached for c in res.components}
+
+        assert (await once(0))["upper"] is False
+        assert await once(1) == {"upper": True, "substitute": True, "license": True,
+                                 "concat": False, "stamp": False}
+        assert tree(tmp_path / "out1") == tree(EXAMPLES / "expected")
+        client.images.get("local/boride-example-license:1").tag(tag)  # same name, new image
+        assert (await once(2))["upper"] is False
+        assert tree(tmp_path / "out2") != tree(EXAMPLES / "expected")
+    finally:
+        await runtime.aclose()
+        client.images.remove(tag)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from boride import registry as reg
+from boride.cache import Cache
 from boride.config import Limits, Timeouts
 from boride.pipeline import BuildOptions, CannotRun, ComponentsFailed, Session, cannot_run
 from boride.runtime.base import Runtime, TemplateSource
@@ -31,6 +32,7 @@ class ServerConfig:
     work_root: Path | None = None
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    cache: Cache | None = None  # reuse unchanged processors' outputs (``--cache``)
 
 
 class Context:
@@ -49,7 +51,7 @@ class Context:
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(limits=self.config.limits, timeouts=self.config.timeouts,
-                            work_root=self.config.work_root)
+                            work_root=self.config.work_root, cache=self.config.cache)
 
     async def open_session(self, session_id: str, folder: TemplateSource, *,
                            area: bool = True) -> Session:

@@ -39,6 +39,9 @@ class Metrics:
         self.component_failures = Counter("boride_component_failures",
                                           "Components that failed to start or during a call",
                                           ["kind"], registry=r)
+        self.cache_hits = Counter("boride_cache_hits",
+                                  "Processor steps whose output came from the cache (--cache)",
+                                  registry=r)
         self.sessions = Gauge("boride_sessions", "Open sessions", registry=r)
         self.archive_bytes = Counter("boride_archive_bytes", "Bytes of tar.gz streamed",
                                      registry=r)
@@ -54,6 +57,8 @@ class Metrics:
         for c in result.components:
             if c.status == Status.FAILED:
                 self.component_failures.labels(c.kind).inc()
+            if c.cached:
+                self.cache_hits.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
