@@ -7,9 +7,10 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console, Group
@@ -25,9 +26,11 @@ from boride.config import Limits, Timeouts
 from boride.model import PipelineError, load
 from boride.pipeline import STAGES, BuildOptions, BuildResult, build
 from boride.runtime import RUNTIMES, get_runtime
+from boride.runtime.base import Runtime
 from boride.runtime.local import parse_size
 from boride.types import Status
 
+T = TypeVar("T")
 LIMITS, TIMEOUTS = Limits(), Timeouts()  # the defaults shown by --help
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -132,10 +135,15 @@ def main() -> None:
 @_CACHE_DIR
 @click.option("--cache-size", default="2g", show_default=True, envvar="BORIDE_CACHE_SIZE",
               help="The cache's size bound; least recently used entries go first.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the build.")
+@click.option("--watch", is_flag=True,
+              help="Keep the components running and build again whenever the template, the "
+              "pipeline file or a local component changes (cache on unless --no-cache); "
+              "Ctrl-C stops.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object describing the build (--watch: one line per build).")
 def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool, runtime: str,
         parallelism: int | None, timeout: float | None, ready_timeout: float, keep: bool,
-        use_cache: bool | None, cache_dir: Path | None, cache_size: str,
+        use_cache: bool | None, cache_dir: Path | None, cache_size: str, watch: bool,
         as_json: bool) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
     err = Console(stderr=True, soft_wrap=True)
@@ -161,19 +169,22 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
                            out=out.absolute() if out else None,
                            archive=archive.absolute() if archive else None,
                            replace=force, keep=keep,
-                           cache=_cache(use_cache if use_cache is not None else pipeline.cache,
-                                        cache_dir, cache_size, err),
+                           cache=_cache(use_cache if use_cache is not None
+                                        else (watch or pipeline.cache), cache_dir, cache_size,
+                                        err),
                            cache_skip=(pipeline_file.absolute(),))
     if keep and runtime != "local":
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "
                   "result)", highlight=False, markup=False)
+    if watch:
+        sys.exit(_watch(pipeline_file, runtime, options, as_json, err))
     names = [(c.name, c.kind.value) for c in pipeline.components()]
     live = err.is_terminal and not as_json
     with Progress(err, names, live=live) as progress:
         if not as_json:
             options.on_event = progress.event
-        outcome = asyncio.run(_run_cancellable(pipeline, runtime, options))
+        outcome = asyncio.run(_cancellable(runtime, lambda rt: build(pipeline, rt, options)))
     if isinstance(outcome, int):
         err.print(f"boride: {'interrupted' if outcome == 130 else 'terminated'}; every "
                   "component was stopped and the work area removed", highlight=False)
@@ -272,9 +283,48 @@ def _human(size: int) -> str:
     return f"{size} B"
 
 
-async def _run_cancellable(pipeline: Any, runtime_name: str, options: BuildOptions
-                           ) -> BuildResult | int:
-    """Run the build; Ctrl-C or SIGTERM cancel it (with full clean-up) and give an exit code."""
+def _watch(pipeline_file: Path, runtime: str, options: BuildOptions, as_json: bool,
+           err: Console) -> int:
+    """``run --watch``: build on every change until Ctrl-C; the exit code."""
+    from boride.watch import Round, counts, watch
+
+    def report(r: Round) -> None:
+        if as_json:
+            body = r.result.as_json() if r.result is not None else {"status": "failed",
+                                                                     "errors": r.problems}
+            click.echo(json.dumps({"build": r.number, "changed": r.changed,
+                                   "seconds": round(r.seconds, 6), **body}), nl=True)
+            sys.stdout.flush()
+            return
+        if r.changed:
+            shown = ", ".join(r.changed[:3]) + (" ..." if len(r.changed) > 3 else "")
+            err.print(f"boride: changed: {shown}", highlight=False, markup=False)
+        if r.result is not None and r.result.ok:
+            cached, called = counts(r.result)
+            where = " and ".join(str(p) for p in (r.result.output, r.result.archive) if p)
+            err.print(f"boride: build {r.number} ok in {r.seconds:.2f}s ({called} processor(s) "
+                      f"called, {cached} from the cache); result in {where}",
+                      highlight=False, markup=False)
+        else:
+            err.print(f"boride: build {r.number} failed"
+                      + ("; the last good result stays" if r.number > 1 else "") + ":",
+                      style="bold red", highlight=False)
+            for line in (r.result.errors if r.result is not None else r.problems):
+                err.print("  " + line.replace("\n", "\n  "), highlight=False, markup=False)
+        err.print("boride: watching for changes (Ctrl-C stops)", highlight=False, markup=False)
+
+    outcome = asyncio.run(_cancellable(runtime, lambda rt: watch(pipeline_file, rt, options,
+                                                                   report)))
+    if isinstance(outcome, int):
+        err.print(f"boride: {'interrupted' if outcome == 130 else 'terminated'}; every "
+                  "component was stopped and the work area removed", highlight=False)
+        return outcome
+    return 0
+
+
+async def _cancellable(runtime_name: str, work: Callable[[Runtime], Awaitable[T]]) -> T | int:
+    """Run ``work`` on a new runtime; Ctrl-C or SIGTERM cancel it (with full clean-up) and give
+    an exit code."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -288,7 +338,7 @@ async def _run_cancellable(pipeline: Any, runtime_name: str, options: BuildOptio
         loop.add_signal_handler(signum, on_signal, signum)
     runtime = get_runtime(runtime_name)
     try:
-        return await build(pipeline, runtime, options)
+        return await work(runtime)
     except asyncio.CancelledError:
         if not received:
             raise

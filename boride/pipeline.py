@@ -268,6 +268,16 @@ def runners(steps: Iterable[Step], session: Session, shared: Session | None = No
             or first.setdefault(s.component.runnable, s.component.name) for s in steps}
 
 
+def not_components(options: BuildOptions, template: TemplateSource) -> list[Path]:
+    """What is no part of a local component's identity (:meth:`Runtime.identity`), even in the
+    folder it runs in: what builds write (outputs, work areas, the cache), and what is in the
+    cache's keys on its own (the template, the pipeline file)."""
+    return [p for p in (template if isinstance(template, Path) else None, options.out,
+                        options.archive, options.cache.root if options.cache else None,
+                        options.work_root or Path(tempfile.gettempdir()),
+                        *options.cache_skip) if p is not None]
+
+
 async def cannot_run(runtime: Runtime, components: Sequence[Component]) -> list[str]:
     """Everything that would stop these components from starting on ``runtime``."""
     if not components:
@@ -292,6 +302,7 @@ class Session:
         self.root: Path | None = None
         self.leftovers: list[str] = []  # what the last close could not remove, and how
         self.workspace: Workspace | None = None
+        self.template: TemplateSource | None = None  # what the area was opened with
         self.instances: dict[str, Instance] = {}
 
     @classmethod
@@ -320,6 +331,7 @@ class Session:
             parent.mkdir(parents=True, exist_ok=True)
             safe = "".join(ch for ch in self.id if ch.isalnum())[:12]
             self.root = Path(tempfile.mkdtemp(prefix=f"boride-{safe}-", dir=parent))
+        self.template = template
         self.workspace = await self.runtime.open_workspace(self.id, template, self.root,
                                                            area=area)
         return self.workspace
@@ -622,11 +634,7 @@ class Build(_BuildCore):
             return
         runtime = self.session.runtime
         template = self.plan.template
-        # what a build writes, or whose part is in the keys already, is no component's own
-        skip = [p for p in (template if isinstance(template, Path) else None,
-                            self.options.out, self.options.archive, store.root,
-                            self.options.work_root or Path(tempfile.gettempdir()),
-                            *self.options.cache_skip) if p is not None]
+        skip = not_components(self.options, template)
         distinct = list({s.component.runnable: s.component for s in steps}.values())
         try:
             template_id, report = await asyncio.gather(

@@ -1,0 +1,285 @@
+"""``boride run --watch``: the template author's loop.
+
+Build, then keep the session and its components (the lifetime rule of a kept session: until the
+loop ends) and build again when a file of the template, the pipeline file or a local
+component's folder changes, bursts of changes taken as one (:func:`watchfiles.awatch`'s
+debounce). The cache is on, so an edit costs the work of the processors it concerns, plus
+milliseconds. Each good result replaces ``--out`` (and ``--archive``) whole; a failed build
+leaves the last good one and says why. Cancelling the loop (Ctrl-C) stops everything.
+
+What a rebuild reuses and what it starts again:
+
+* a component whose identity changed (:meth:`~boride.runtime.base.Runtime.identity`: its
+  files, its image), or whose step now names another program, is stopped and started anew;
+* on Docker the template is a copy in the session's volume: a template change opens a new
+  session (its components start again); locally processors read the template folder itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import watchfiles
+
+from boride.errors import describe
+from boride.model import Pipeline, PipelineError, load
+from boride.pipeline import (
+    Build,
+    BuildOptions,
+    BuildResult,
+    Plan,
+    Session,
+    cannot_run,
+    not_components,
+)
+from boride.runtime.base import Runtime, TemplateSource
+from boride.types import Component, Status
+
+log = logging.getLogger(__name__)
+DEBOUNCE_MS = 50  # changes this close together are one edit (an editor's save is several)
+STEP_MS = 10
+#: never a reason to rebuild: byte-code, version control, editors' temporary files
+_IGNORED_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".ruff_cache",
+                           ".pytest_cache", "node_modules/.cache"})
+_IGNORED_SUFFIXES = (".swp", ".swx", "~", ".tmp")
+
+
+@dataclass
+class Round:
+    """One build of the loop: its number, its result (None when the pipeline file could not
+    be used: ``problems`` says why), and the changes that started it."""
+
+    number: int
+    result: BuildResult | None
+    problems: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and self.result.ok
+
+
+class _Filter(watchfiles.DefaultFilter):
+    """Everything but what builds write (outputs, the cache, work areas) and noise."""
+
+    def __init__(self, skip: Iterable[Path]) -> None:
+        super().__init__(ignore_dirs=sorted(_IGNORED_DIRS))
+        self.skip = tuple(str(p.resolve()) for p in skip)
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        if path.endswith(_IGNORED_SUFFIXES):
+            return False
+        if any(path == s or path.startswith(s.rstrip("/") + "/") for s in self.skip):
+            return False
+        return super().__call__(change, path)
+
+
+def watched_paths(pipeline_file: Path, pipeline: Pipeline | None) -> list[Path]:
+    """The pipeline file's folder (the file, and the folder local components run in), the
+    template, and the folders of files the commands name elsewhere."""
+    paths = {pipeline_file.absolute().parent}
+    if pipeline is not None:
+        paths.add(pipeline.template_dir)
+        for c in pipeline.components():
+            for arg in c.command or ():
+                candidate = (c.cwd or Path.cwd()) / arg
+                if candidate.is_file():
+                    paths.add(candidate.resolve().parent)
+    # a folder below another watched one is watched already
+    ordered = sorted((p.resolve() for p in paths if p.exists()), key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for p in ordered:
+        if not any(p == k or k in p.parents for k in kept):
+            kept.append(p)
+    return kept
+
+
+class Loop:
+    """The state of one watch loop: the pipeline, the session, what its components are."""
+
+    def __init__(self, pipeline_file: Path, runtime: Runtime, options: BuildOptions) -> None:
+        self.pipeline_file = pipeline_file
+        self.runtime = runtime
+        self.options = options
+        self.session: Session | None = None
+        self.identities: dict[str, str | None] = {}  # instance -> its identity when started
+        self.prestart: asyncio.Future[None] | None = None
+        self._now: dict[tuple[object, ...], str | None] = {}  # runnable -> identity, this build
+        self.template: TemplateSource = Path(".")  # the pipeline's, once loaded
+        # what builds write: never a change to rebuild for
+        self.skip = [p for p in (options.out, options.archive, options.work_root,
+                                 options.cache.root if options.cache else None) if p]
+
+    def load(self) -> tuple[Pipeline | None, list[str]]:
+        try:
+            return load(self.pipeline_file), []
+        except PipelineError as exc:
+            return None, [f"invalid pipeline file: {p}" for p in exc.problems]
+
+    async def build(self, pipeline: Pipeline, template_changed: bool) -> BuildResult:
+        plan = Plan.from_pipeline(pipeline)
+        self.template = plan.template
+        components = [s.component for s in plan.steps]
+        problems = await cannot_run(self.runtime, components)
+        if problems:
+            return BuildResult(errors=problems)
+        await self._settle()
+        session = await self._session(plan, template_changed)
+        await self._drop_stale(session, components)
+        build = Build(plan, session, self.options)
+        try:
+            result = await build.run()
+        finally:
+            await build.release()
+        self._record(session, components)
+        # components the cache spared start now, in the background: the next edit may need them
+        self.prestart = asyncio.ensure_future(self._start_rest(session, components))
+        return result
+
+    async def _session(self, plan: Plan, template_changed: bool) -> Session:
+        s = self.session
+        same_template = s is not None and s.template == plan.template
+        if s is not None and (not same_template or
+                              (template_changed and not self.runtime.host_areas)):
+            await self._close()
+            s = None
+        if s is None:
+            s = Session(self.runtime, work_root=self.options.work_root)
+            self.session = s
+            await s.open(plan.template)
+        return s
+
+    async def _drop_stale(self, session: Session, components: list[Component]) -> None:
+        """Stop the instances whose program is gone or changed."""
+        distinct = list({c.runnable: c for c in components}.values())
+        now = await asyncio.gather(*(self._identity(c) for c in distinct))
+        # what runs keeps the identity it had when it started; what starts gets today's
+        self._now = {c.runnable: ident for c, ident in zip(distinct, now, strict=True)}
+        stale = [n for n, i in session.instances.items()
+                 if i.component.runnable not in self._now
+                 or self._now[i.component.runnable] != self.identities.get(n)]
+        if stale:
+            await session.drop(stale)
+        for n in stale:
+            self.identities.pop(n, None)
+
+    async def _identity(self, c: Component) -> str | None:
+        try:
+            return await self.runtime.identity(c, skip=not_components(self.options,
+                                                                       self.template))
+        except OSError as exc:
+            log.warning("cannot tell whether %r changed: %s", c.name, describe(exc))
+            return None
+
+    def _record(self, session: Session, components: list[Component]) -> None:
+        for name, instance in session.instances.items():
+            if name not in self.identities:
+                self.identities[name] = self._now.get(instance.component.runnable)
+
+    async def _start_rest(self, session: Session, components: list[Component]) -> None:
+        missing = session.missing(components)
+        if not missing:
+            return
+        with contextlib.suppress(Exception):  # the next build starts (and reports) them
+            await session.start(missing, self.options.timeouts.ready,
+                                limit=self.options.limits.build_parallelism(None))
+        self._record(session, components)
+
+    async def _settle(self) -> None:
+        if self.prestart is not None:
+            await asyncio.gather(self.prestart, return_exceptions=True)
+            self.prestart = None
+
+    async def _close(self) -> None:
+        if self.prestart is not None:
+            self.prestart.cancel()
+        await self._settle()
+        if self.session is not None:
+            session, self.session = self.session, None
+            self.identities.clear()
+            await session.close()
+            if session.leftovers:
+                log.warning("left behind: %s", "; ".join(session.leftovers))
+
+    async def aclose(self) -> None:
+        await self._close()
+
+
+async def watch(pipeline_file: Path, runtime: Runtime, options: BuildOptions,
+                report: Callable[[Round], None], *,
+                changes: Callable[[list[Path], _Filter], AsyncIterator[set[tuple[
+                    watchfiles.Change, str]]]] | None = None) -> None:
+    """Build, then build again on every change, until cancelled; ``report`` is told each
+    round. Everything started is stopped before this returns or raises."""
+    loop = Loop(pipeline_file, runtime, options)
+    make = changes or _awatch
+    watcher: AsyncIterator[set[tuple[watchfiles.Change, str]]] | None = None
+    pending: asyncio.Future[set[tuple[watchfiles.Change, str]] | None] | None = None
+    paths: list[Path] = []
+    changed: list[str] = []
+    number = 0
+    try:
+        while True:
+            number += 1
+            start = time.perf_counter()
+            pipeline, problems = loop.load()
+            wanted = watched_paths(pipeline_file, pipeline)
+            if watcher is None or wanted != paths:
+                if pending is not None:
+                    pending.cancel()
+                    await asyncio.gather(pending, return_exceptions=True)
+                    pending = None
+                if watcher is not None:
+                    await _close(watcher)
+                paths, watcher = wanted, make(wanted, _Filter(loop.skip))
+            if pending is None:
+                # watching starts before the build: an edit made during it is the next round
+                pending = asyncio.ensure_future(anext(watcher, None))
+                await asyncio.sleep(0)
+            result = None
+            if pipeline is not None:
+                template = pipeline.template_dir
+                touched = any(Path(p) == template or template in Path(p).parents
+                              for p in changed)
+                result = await loop.build(pipeline, touched)
+                if result.ok:  # from now on each result replaces the last
+                    options.replace = True
+            report(Round(number, result, problems, changed, time.perf_counter() - start))
+            found = await pending
+            pending = None
+            if found is None:
+                return
+            changed = sorted({p for _, p in found})
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        if watcher is not None:
+            await _close(watcher)
+        await loop.aclose()
+
+
+def _awatch(paths: list[Path], filt: _Filter) -> AsyncIterator[set[tuple[watchfiles.Change,
+                                                                           str]]]:
+    return watchfiles.awatch(*paths, watch_filter=filt, debounce=DEBOUNCE_MS, step=STEP_MS,
+                             recursive=True)
+
+
+async def _close(watcher: AsyncIterator[object]) -> None:
+    aclose = getattr(watcher, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def counts(result: BuildResult) -> tuple[int, int]:
+    """(cached, called) processor steps of a build."""
+    done = [c for c in result.components if c.kind == "processor" and c.status == Status.OK]
+    cached = sum(1 for c in done if c.cached)
+    return cached, len(done) - cached
