@@ -316,8 +316,11 @@ def _intact(f: IO[bytes]) -> bool:
     return f.read(TRAILER) == _MAGIC + h.hexdigest().encode() + b"\n"
 
 
-def payload_chunks(f: IO[bytes]) -> Iterator[bytes]:
-    """An entry's payload (opened by :meth:`Cache.open`) in chunks; closes ``f`` at the end."""
+async def payload_chunks(f: IO[bytes]) -> AsyncIterator[bytes]:
+    """An entry's payload (opened by :meth:`Cache.open`) in chunks; closes ``f`` at the end.
+    Read on the event loop, not in a thread: the entry is a local file (in the page cache after
+    :meth:`Cache.open` checked it), and its reader may be a thread of the loop's pool waiting
+    for these very chunks (:func:`boride.output.unpack_folder`)."""
     try:
         left = os.fstat(f.fileno()).st_size - TRAILER
         while left > 0:
@@ -326,6 +329,7 @@ def payload_chunks(f: IO[bytes]) -> Iterator[bytes]:
                 break
             left -= len(chunk)
             yield chunk
+            await asyncio.sleep(0)
     finally:
         f.close()
 

@@ -17,7 +17,8 @@ Instances and their lifetime:
   processors' instances start in the order of their first call while the ones before them are
   called (start-up overlaps work), at most 2 x parallelism of them alive at once; a resolver
   starts at its first conflict and stops after the merge; a plugin starts while the plugin
-  before it works and stops after its call (:class:`_OnDemand`). In a kept session (the HTTP
+  before it works (the first while the merge runs) and stops after its call
+  (:class:`_OnDemand`). In a kept session (the HTTP
   API's, where ``POST /executor`` starts components ahead) they live until the session ends or
   idles out: :class:`Build` uses what runs and starts what is missing, all at once.
 """
@@ -600,7 +601,7 @@ class Build(_BuildCore):
         entry = self.cached.pop(c.name, None)
         if entry is not None:  # unchanged inputs: the output of an earlier call
             self.results[c.name].cached = True
-            return await area.unpack(aio.ThreadedChunks(cache.payload_chunks(entry)))
+            return await area.unpack(cache.payload_chunks(entry))
         write_dir = await area.new_dir()
         self.watch.running(c.name)
         try:
@@ -795,6 +796,8 @@ class Build(_BuildCore):
             outputs = [p for c in processors if (p := done.get(c.name)) is not None]
 
         with self._stage("merge"):
+            if self.demand is not None and plugins:  # the first plugin starts meanwhile
+                self.demand.prefetch(plugins[0].name)
             tree = await area.new_dir(private=True)
             await self.merge_into(outputs, tree)
             for r in self.plan.resolvers:

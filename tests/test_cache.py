@@ -324,3 +324,19 @@ async def test_on_docker_the_key_is_the_image_id(tmp_path: Path) -> None:
     finally:
         await runtime.aclose()
         client.images.remove(tag)
+
+
+def test_many_hits_at_once(project: Path) -> None:
+    """More cached outputs unpacked at once than the event loop's thread pool has threads (it
+    once deadlocked: each unpack held a thread waiting for chunks read by another)."""
+    configs = {"one": {"suffix": "+1"}, "two": {"suffix": "+2"}}
+    write_pipeline(project, configs, parallelism=12)
+    data = yaml.safe_load((project / "pipeline.yaml").read_text())
+    data["processors"] = [dict(data["processors"][0], name=f"p{i}",
+                               config={"files": {f"own-{i}.txt": str(i)}}) for i in range(12)]
+    (project / "pipeline.yaml").write_text(yaml.safe_dump(data))
+    _, first = build(project, "--timeout", "120")
+    again, second = build(project, "--timeout", "120")
+    assert all(c["cached"] for c in again["components"] if c["kind"] == "processor")
+    assert second == first
+    assert all(f"own-{i}.txt" in second for i in range(12))
