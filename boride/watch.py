@@ -138,6 +138,7 @@ class Loop:
             result = await build.run()
         finally:
             await build.release()
+        result.session = session.id
         self._record(session, components)
         # components the cache spared start now, in the background: the next edit may need them
         self.prestart = asyncio.ensure_future(self._start_rest(session, components))

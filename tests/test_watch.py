@@ -165,3 +165,34 @@ def test_files_the_build_writes_never_trigger_a_build(project: Path, watcher: Wa
     assert [p for p in round_["changed"] if "scribble" in p or "__pycache__" in p] == []
     assert any(p.endswith("new.txt") for p in round_["changed"])
     assert watcher.interrupt() == 130
+
+
+@pytest.mark.docker
+def test_watch_on_docker_opens_a_new_session_for_a_template_edit(project: Path) -> None:
+    """On Docker the template is copied into the session's volume: an edit must reach the
+    processors all the same (a new session), and Ctrl-C must leave no container or volume."""
+    from tests.docker_helpers import managed_sessions
+
+    before = managed_sessions()
+    w = Watcher(project, "--runtime", "docker")
+    try:
+        first = w.next_build()
+        assert first["status"] == "ok", first["errors"]
+        readme = project / "ex" / "template" / "README.md"
+        readme.write_text(readme.read_text() + "edited on docker\n")
+        second = w.next_build()
+        assert second["status"] == "ok", second["errors"]
+        assert second["session"] != first["session"]
+        assert b"edited on docker" in (project / "out" / "README.md").read_bytes()
+        # a config edit keeps the session (and its running components)
+        pipeline = project / "ex" / "pipeline.yaml"
+        pipeline.write_text(pipeline.read_text().replace("{holder: The Boride Authors",
+                                                         "{holder: Docker"))
+        third = w.next_build()
+        assert third["status"] == "ok", third["errors"]
+        assert third["session"] == second["session"]
+        assert cached(third) == {"upper": True, "substitute": True, "license": False}
+        assert w.interrupt() == 130
+    finally:
+        w.kill()
+    assert managed_sessions() - before == set()
