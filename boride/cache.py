@@ -267,6 +267,11 @@ class Cache:
             if aclose is not None:
                 await aclose()
 
+    def remove(self, key: str) -> None:
+        """Forget ``key``'s entry (none: nothing to do)."""
+        with contextlib.suppress(OSError):
+            self._path(key).unlink()
+
     # -- housekeeping --------------------------------------------------------------------
     def _walk(self) -> Iterator[tuple[Path, os.stat_result]]:
         entries = self._entries()

@@ -478,7 +478,8 @@ class _BuildCore:
         self._before: set[str] | None = None  # the area's names before the build: discard()
         self.keys: dict[str, str] = {}  # step -> its cache key (cacheable processor steps)
         self.cached: dict[str, IO[bytes]] = {}  # step -> its cache entry, until unpacked
-        self.stored = 0  # outputs put in the cache
+        self.stored: dict[str, str] = {}  # step -> key: outputs put in the cache
+        self.inputs: dict[tuple[object, ...], str] = {}  # the identities the keys were made of
         # One-shot builds (build()) follow the lifetime rule; a kept session's run as they are.
         self.demand = _OnDemand(self) if on_demand else None
 
@@ -622,9 +623,46 @@ class Build(_BuildCore):
             return
         try:
             await store.put(key, await self._area.archive(output, level=TRANSPORT_LEVEL))
-            self.stored += 1
+            self.stored[name] = key
         except (archive.ArchiveError, cache.CacheError, OSError) as exc:
             log.warning("the output of %r was not cached: %s", name, describe(exc))
+
+    async def _identities(self, components: list[Component]
+                          ) -> tuple[str | None, dict[tuple[object, ...], str]]:
+        """The template's identity and each component's (by runnable; those that cannot be
+        told are left out, and logged)."""
+        runtime = self.session.runtime
+        skip = not_components(self.options, self.plan.template)
+        template_id, report = await asyncio.gather(
+            runtime.template_identity(self.plan.template),
+            parallel.run(lambda c: runtime.identity(c, skip=skip), components, limit=self.limit))
+        ids = {}
+        for c, o in zip(components, report.outcomes, strict=True):
+            if o.ok and o.value:
+                ids[c.runnable] = o.value
+            elif not o.ok:
+                log.warning("%r is not cached: %s", c.name, describe(o.error))
+        return template_id, ids
+
+    async def _recheck(self) -> None:
+        """Take back what this build stored if the template or a component changed while it
+        ran (an author saving during a watch build): those outputs may come from either."""
+        store = self.options.cache
+        if not self.stored or store is None:
+            return
+        components = list({self.steps[n].component.runnable: self.steps[n].component
+                           for n in self.stored}.values())
+        try:
+            template_id, ids = await self._identities(components)
+        except OSError:
+            template_id, ids = None, {}
+        now = {("template",): template_id, **ids}
+        for name, key in self.stored.items():
+            runnable = self.steps[name].component.runnable
+            if (now[("template",)] != self.inputs.get(("template",))
+                    or now.get(runnable) != self.inputs.get(runnable)):
+                log.info("%r's output is not kept: its inputs changed during the build", name)
+                await asyncio.to_thread(store.remove, key)
 
     async def _lookup(self, processors: list[Component]) -> None:
         """With a cache, the key of each cacheable processor step (:func:`cache.step_key`) and
@@ -633,26 +671,15 @@ class Build(_BuildCore):
         steps = [self.steps[c.name] for c in processors if self.steps[c.name].cacheable]
         if store is None or not steps:
             return
-        runtime = self.session.runtime
-        template = self.plan.template
-        skip = not_components(self.options, template)
         distinct = list({s.component.runnable: s.component for s in steps}.values())
         try:
-            template_id, report = await asyncio.gather(
-                runtime.template_identity(template),
-                parallel.run(lambda c: runtime.identity(c, skip=skip), distinct,
-                             limit=self.limit))
+            template_id, ids = await self._identities(distinct)
         except OSError as exc:
             log.warning("no cache for this build: cannot read the template: %s", describe(exc))
             return
         if template_id is None:
             return
-        ids = {}
-        for c, o in zip(distinct, report.outcomes, strict=True):
-            if o.ok and o.value:
-                ids[c.runnable] = o.value
-            elif not o.ok:
-                log.warning("%r is not cached: %s", c.name, describe(o.error))
+        self.inputs = {("template",): template_id, **ids}
         for s in steps:
             if (ident := ids.get(s.component.runnable)) is not None:
                 self.keys[s.component.name] = cache.step_key(
@@ -748,8 +775,10 @@ class Build(_BuildCore):
                 self.cached.clear()
                 if self.demand is not None:
                     await self.demand.close()
+                await aio.shielded(self._recheck())
                 if self.stored and self.options.cache is not None:
-                    await asyncio.to_thread(self.options.cache.trim)
+                    with contextlib.suppress(OSError):
+                        await asyncio.to_thread(self.options.cache.trim)
             self.result.status = Status.OK
         except BuildFailed as exc:
             self.result.errors.extend(exc.errors)

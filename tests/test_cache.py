@@ -7,6 +7,7 @@ miss; a corrupt entry is a miss; concurrent builds share the cache; the size bou
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -340,3 +341,37 @@ def test_many_hits_at_once(project: Path) -> None:
     assert all(c["cached"] for c in again["components"] if c["kind"] == "processor")
     assert second == first
     assert all(f"own-{i}.txt" in second for i in range(12))
+
+
+async def test_an_edit_during_the_build_takes_back_what_it_stored(project: Path) -> None:
+    """An author saving the template while processors run (a watch build): their outputs may
+    come from either version, so none of them stays in the cache."""
+    from boride.model import load
+    from boride.pipeline import BuildOptions
+    from boride.pipeline import build as run_build
+    from boride.runtime.local import LocalRuntime
+    from boride.types import Status
+
+    write_pipeline(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+2", "delay": 3}})
+    store = cache.Cache(project / "cache")
+    running: asyncio.Event = asyncio.Event()
+
+    def on_event(stage: str, name: str | None, status: Status) -> None:
+        if stage == "process" and name == "two" and status == Status.RUNNING:
+            running.set()
+
+    runtime = LocalRuntime()
+    task = asyncio.ensure_future(run_build(load(project / "pipeline.yaml"), runtime, BuildOptions(
+        cache=store, work_root=project / "work", on_event=on_event,
+        cache_skip=(project / "pipeline.yaml",))))
+    try:
+        await asyncio.wait_for(running.wait(), 120)
+        await asyncio.sleep(0.5)  # 'one' (no delay) is done and stored by now
+        (project / "template" / "README.md").write_text("# edited meanwhile\n")
+        await task
+    finally:
+        await runtime.aclose()
+    assert entries(project) == []
+    data, result = build(project)
+    assert cached(data) == {"one": False, "two": False, "plug": False}
+    assert result["README.md"] == b"# edited meanwhile\n+2"
