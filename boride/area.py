@@ -179,8 +179,9 @@ class HostArea(Area):
     async def merge(self, outputs: Sequence[str], target: str,
                     rules: Sequence[ResolverRule], resolve: ResolveFn, *,
                     limit: int) -> None:
+        # the outputs are the build's own, thrown away after the merge: used up (moved)
         await merging.merge([self.path(o) for o in outputs], self.path(target), rules, resolve,
-                          limit=limit, within=self.root_path)
+                          limit=limit, within=self.root_path, move=True)
 
     def chunks(self, tree: str, *, copy_links: bool = False,
                level: int = archive.DEFAULT_LEVEL) -> Iterator[bytes]:

@@ -50,6 +50,20 @@ clashes) are reported before any resolver is called and before anything is writt
 every failed resolution, invalid result and failed copy is reported together, in path order.
 After a :class:`MergeError` the content of ``target`` is unspecified (partial).
 
+Moving instead of copying
+=========================
+
+With ``move=True`` the outputs are the merge's to use up (they are thrown away after it): a
+plain file is *renamed* into ``target`` instead of copied, and a folder only one output has
+(with nothing in it that another entry reads: a symlink's target, a conflict's version) is
+renamed whole. Only what a rename cannot do is copied: a file with other hard links (its
+content could still change through them), a file owned by someone else that boride cannot
+adopt, a file another entry reads, and anything on another file system. What is moved is then
+made the merge's own through descriptors, as a copy would be: owner boride's user, mode 0755
+or 0644 by the executable bit, folders 0755; an entry found not to be what the scan saw (a
+component at work meanwhile) is removed and reported. Outputs that overlap one another are
+never moved from. The rules above hold unchanged.
+
 Safety and speed
 ================
 
@@ -87,6 +101,8 @@ from wcmatch import glob as wcglob
 from boride import aio, parallel
 from boride.errors import BorideError, describe
 from boride.fsutil import (
+    DIR_FLAGS,
+    FILE_FLAGS,
     CopyState,
     DirCache,
     Entry,
@@ -250,6 +266,7 @@ class _Writer:
     roots: Sequence[int]  # the outputs' descriptors, by layer
     state: CopyState = field(default_factory=CopyState)
     stop: threading.Event = field(default_factory=threading.Event)
+    owner: tuple[int, int] = field(default_factory=lambda: (os.geteuid(), os.getegid()))
 
     def read(self, layer: int, src: str) -> tuple[bytes, bool]:
         """A version's content and executable bit, read through descriptors."""
@@ -268,21 +285,27 @@ class _Writer:
 
     def mkdirs(self, rels: Iterable[str]) -> list[str]:
         errors = []
-        for rel in rels:  # sorted: parents first
-            try:
-                os.mkdir(rel, 0o755, dir_fd=self.dir_fd)
-                if self.umask & 0o755:
-                    os.chmod(rel, 0o755, dir_fd=self.dir_fd)
-            except OSError as exc:
-                errors.append(f"{rel!r}: cannot create directory: {exc.strerror or exc}")
+        with DirCache(self.dir_fd) as target:
+            for rel in rels:  # sorted: parents first
+                parent, _, name = rel.rpartition("/")
+                try:
+                    pfd = target.dir(parent)
+                    os.mkdir(name, 0o755, dir_fd=pfd)
+                    if self.umask & 0o755:
+                        os.chmod(name, 0o755, dir_fd=pfd, follow_symlinks=False)
+                except OSError as exc:
+                    errors.append(f"{rel!r}: cannot create directory: {exc.strerror or exc}")
         return errors
 
     def copy_batch(self, jobs: Sequence[tuple[str, str, int]]) -> list[str]:
         """Copy (relative path, path in its output, layer) jobs; return one error per failed
         file. Sources are opened through descriptors (a batch is mostly one folder)."""
         errors = []
-        dir_fd, umask, state, stop = self.dir_fd, self.umask, self.state, self.stop
+        umask, state, stop = self.umask, self.state, self.stop
         sources: dict[int, DirCache] = {}
+        # the target's folders are opened one component at a time too: a folder moved in
+        # whole (move=True) may be changed by a component still holding it
+        target = DirCache(self.dir_fd)
         for rel, src, layer in jobs:  # the hot loop of the merge: kept lean
             if stop.is_set():
                 break
@@ -296,7 +319,8 @@ class _Writer:
                     if not stat.S_ISREG(st.st_mode):
                         raise OSError(f"{src} is no longer a regular file")
                     mode = 0o755 if st.st_mode & 0o111 else 0o644
-                    dfd = os.open(rel, _DST_FLAGS, mode, dir_fd=dir_fd)
+                    parent, _, base = rel.rpartition("/")
+                    dfd = os.open(base, _DST_FLAGS, mode, dir_fd=target.dir(parent))
                     try:
                         if umask & mode:
                             os.fchmod(dfd, mode)
@@ -311,19 +335,172 @@ class _Writer:
                 errors.append(f"{rel!r} from processor {layer} ({src}): copy failed: {reason}")
         for cache in sources.values():
             cache.close()
+        target.close()
         return errors
+
+    def move_batch(self, jobs: Sequence[tuple[str, str, int]]) -> list[str]:
+        """Rename (relative path, path in its output, layer) jobs' files into the target; a
+        file a rename cannot take (hard-linked, another file system, no longer a plain file)
+        is copied instead. Every moved file is adopted (:meth:`adopt`)."""
+        errors: list[str] = []
+        copies: list[tuple[str, str, int]] = []
+        sources: dict[int, DirCache] = {}
+        target = DirCache(self.dir_fd)
+        for rel, src, layer in jobs:
+            if self.stop.is_set():
+                break
+            try:
+                cache = sources.get(layer)
+                if cache is None:
+                    cache = sources[layer] = DirCache(self.roots[layer])
+                src_dir, _, name = src.rpartition("/")
+                pfd = cache.dir(src_dir)
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                    copies.append((rel, src, layer))
+                    continue
+                parent, _, base = rel.rpartition("/")
+                tfd = target.dir(parent)
+                try:
+                    os.rename(name, base, src_dir_fd=pfd, dst_dir_fd=tfd)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    copies.append((rel, src, layer))
+                    continue
+                problem = self.adopt(tfd, base)
+                if problem:
+                    errors.append(f"{rel!r} from processor {layer} ({src}): {problem}")
+            except Exception as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                errors.append(f"{rel!r} from processor {layer} ({src}): move failed: {reason}")
+        for cache in sources.values():
+            cache.close()
+        target.close()
+        return errors + (self.copy_batch(copies) if copies else [])
+
+    def adopt(self, dir_fd: int, name: str) -> str | None:
+        """Make the file ``name`` (in the folder ``dir_fd``, moved from an output) the merge's
+        own, as a copy would be: a plain file with one link, owned by boride's user, mode 0755 or
+        0644. A file with other links (or another owner boride cannot take over) is replaced
+        by a copy of itself; anything else is removed. A problem, or None."""
+        try:
+            fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            _remove_entry(dir_fd, name)
+            return "changed during the merge (no longer a plain file): left out"
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                _remove_entry(dir_fd, name)
+                return "changed during the merge (no longer a plain file): left out"
+            mode = 0o755 if st.st_mode & 0o111 else 0o644
+            if st.st_nlink > 1 or not self._own(fd, st):
+                self._copy_over(dir_fd, name, fd, st, mode)
+            elif stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        return None
+
+    def _own(self, fd: int, st: os.stat_result) -> bool:
+        if (st.st_uid, st.st_gid) == self.owner:
+            return True
+        try:
+            os.fchown(fd, *self.owner)
+        except PermissionError:
+            return False
+        return True
+
+    def _copy_over(self, dir_fd: int, name: str, fd: int, st: os.stat_result,
+                   mode: int) -> None:
+        """Replace ``name`` by a copy of its content (read from ``fd``) of its own."""
+        tmp = f".{name}.{threading.get_ident()}.boride-copy"
+        dfd = os.open(tmp, _DST_FLAGS, mode, dir_fd=dir_fd)
+        try:
+            if self.umask & mode:
+                os.fchmod(dfd, mode)
+            copy_fd(fd, dfd, st.st_size, st.st_dev, self.state)
+        finally:
+            os.close(dfd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def move_dir(self, rel: str, layer: int) -> list[str] | None:
+        """Rename the folder ``rel`` of output ``layer`` into the target whole and adopt what
+        is in it (folders 0755, files as :meth:`adopt`); None when a rename cannot (another
+        file system): the caller copies it."""
+        parent, _, name = rel.rpartition("/")
+        with DirCache(self.roots[layer]) as cache:
+            pfd = cache.dir(parent)
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                return [f"{rel!r} from processor {layer}: changed during the merge (no longer "
+                        "a directory)"]
+            with DirCache(self.dir_fd) as target:
+                tfd = target.dir(parent)
+                try:
+                    os.rename(name, name, src_dir_fd=pfd, dst_dir_fd=tfd)
+                except OSError as exc:
+                    if exc.errno == errno.EXDEV:
+                        return None
+                    raise
+                # what was renamed is what is there now (the scan saw a folder; a component
+                # may have swapped it for a link meanwhile): a folder, else it goes
+                if not stat.S_ISDIR(os.stat(name, dir_fd=tfd, follow_symlinks=False).st_mode):
+                    _remove_entry(tfd, name)
+                    return [f"{rel!r} from processor {layer}: changed during the merge (no "
+                            "longer a directory): left out"]
+        errors: list[str] = []
+
+        def unreadable(sub: str, exc: OSError) -> None:
+            errors.append(f"{rel}/{sub}: cannot be read after the move: {exc.strerror or exc}")
+
+        with DirCache(self.dir_fd) as target:
+            fd = os.open(name, DIR_FLAGS, dir_fd=target.dir(parent))
+        try:
+            self._adopt_dir(fd)
+            for e in walk(fd, unreadable):
+                where = f"{rel}/{e.rel}"
+                if e.kind == "dir":
+                    child = os.open(e.name, DIR_FLAGS, dir_fd=e.dir_fd)
+                    try:
+                        self._adopt_dir(child)
+                    finally:
+                        os.close(child)
+                elif e.kind == "file":
+                    problem = self.adopt(e.dir_fd, e.name)
+                    if problem:
+                        errors.append(f"{where!r} from processor {layer}: {problem}")
+                else:
+                    _remove_entry(e.dir_fd, e.name)
+                    errors.append(f"{where!r} from processor {layer}: changed during the "
+                                  "merge (a link or special file appeared): left out")
+        finally:
+            os.close(fd)
+        return errors
+
+    def _adopt_dir(self, fd: int) -> None:
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != self.owner:
+            with contextlib.suppress(PermissionError):  # then it stays the component user's
+                os.fchown(fd, *self.owner)
+        if stat.S_IMODE(st.st_mode) != 0o755:
+            os.fchmod(fd, 0o755)
 
     def write_batch(self, jobs: Sequence[tuple[str, bytes, bool, bool, str]]) -> list[str]:
         """Write resolved contents: (path, content, executable, replace, origin)."""
         errors = []
+        target = DirCache(self.dir_fd)
         for rel, content, executable, replace, origin in jobs:
             if self.stop.is_set():
                 break
             try:
                 mode = 0o755 if executable else 0o644
+                parent, _, base = rel.rpartition("/")
+                pfd = target.dir(parent)
                 if replace:
-                    os.unlink(rel, dir_fd=self.dir_fd)
-                fd = os.open(rel, _DST_FLAGS, mode, dir_fd=self.dir_fd)
+                    os.unlink(base, dir_fd=pfd)
+                fd = os.open(base, _DST_FLAGS, mode, dir_fd=pfd)
                 try:
                     if self.umask & mode:
                         os.fchmod(fd, mode)
@@ -334,7 +511,13 @@ class _Writer:
                     os.close(fd)
             except OSError as exc:
                 errors.append(f"{rel!r} ({origin}): cannot write: {exc.strerror or exc}")
+        target.close()
         return errors
+
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def _batches(jobs: list[tuple[str, str, int]]) -> list[list[tuple[str, str, int]]]:
@@ -384,11 +567,13 @@ async def merge(
     *,
     limit: int | None = None,
     within: Path | None = None,
+    move: bool = False,
 ) -> MergeResult:
     """Merge ``outputs`` (in processor order) into ``target``; see the module docstring.
 
     With ``within``, every output and the target must really lie at or below that folder when
-    they are opened (components may still be renaming things in it)."""
+    they are opened (components may still be renaming things in it). With ``move``, the
+    outputs are used up: entries are renamed into ``target`` where a rename can do it."""
     start = time.perf_counter()
     if limit is None:
         limit = parallel.default_limit()
@@ -411,6 +596,8 @@ async def merge(
         job = _Job(pool, writer, limit)
         layers = await job.scan_all(roots)
         plan = _plan(layers, rules, matchers)
+        if move and not _overlapping(roots):
+            _plan_moves(plan, target_fd, root_fds)
         if plan.errors:
             raise MergeError(plan.errors)
         winners, resolved = await job.copy_and_resolve(plan, resolve)
@@ -458,6 +645,15 @@ class _Plan:
     to_resolve: list[tuple[ResolverRule, Conflict, tuple[str, ...]]]  # + paths in outputs
     conflicts: int
     errors: list[str]
+    # with move: the folders renamed whole (path, layer), and the layers whose files may be
+    # renamed (on the target's file system); ``copies`` below those folders are not copied
+    whole: list[tuple[str, int]] = field(default_factory=list)
+    movable: set[int] = field(default_factory=set)
+    read: set[tuple[int, str]] = field(default_factory=set)  # (layer, path): read by others
+
+    def under_whole(self, rel: str) -> bool:
+        whole = {w for w, _ in self.whole}
+        return rel in whole or any(a in whole for a in _ancestors(rel))
 
     @property
     def plain(self) -> set[str]:
@@ -494,6 +690,40 @@ def _plan(layers: Sequence[_Layer], rules: Sequence[ResolverRule],
     return plan
 
 
+def _overlapping(roots: Sequence[str]) -> bool:
+    """Whether two outputs are the same folder or one lies in another (then no output is
+    moved from: a move would take files another layer still has to read)."""
+    real = [os.path.realpath(r) for r in roots]
+    return any(i != j and is_within(b, a) for i, a in enumerate(real)
+               for j, b in enumerate(real))
+
+
+def _plan_moves(plan: _Plan, target_fd: int, root_fds: Sequence[int]) -> None:
+    """Which files and folders of ``plan`` a rename can take (see "Moving instead of
+    copying"): layers on the target's file system, files nothing else reads, and the topmost
+    folders only one layer has, with nothing below them read from elsewhere or a link."""
+    dev = os.fstat(target_fd).st_dev
+    plan.movable = {layer for layer, fd in enumerate(root_fds) if os.fstat(fd).st_dev == dev}
+    read: set[tuple[int, str]] = {(layer, src) for rel, src, layer in plan.copies if src != rel}
+    for _, conflict, srcs in plan.to_resolve:
+        read.update((v.layer, src) for v, src in zip(conflict.versions, srcs, strict=True))
+    # a folder is not whole when anything below it is a link, or read by another entry
+    spoilt = {rel for rel, src, layer in plan.copies if src != rel}
+    spoilt.update(src for layer, src in read)
+    blocked: set[str] = set()
+    for rel in spoilt:
+        blocked.update(_ancestors(rel))
+    chosen: set[str] = set()
+    for rel in sorted(plan.dirs):  # parents first
+        layers = plan.dirs[rel]
+        if any(a in chosen for a in _ancestors(rel)):
+            continue  # moved with the folder above it
+        if len(layers) == 1 and layers[0] in plan.movable and rel not in blocked:
+            chosen.add(rel)
+            plan.whole.append((rel, layers[0]))
+    plan.read = read
+
+
 @dataclass
 class _Job:
     """The threads and the writer of one merge, and its phases that use them."""
@@ -525,13 +755,38 @@ class _Job:
         """Copy the plain files while the resolvers decide the conflicts; return the winner
         of each resolved path (content, executable, origin) and how many were resolved."""
         async def copy_all() -> list[str]:
-            errs = await self.thread(self.writer.mkdirs, sorted(plan.dirs))
+            errs = await self.thread(self.writer.mkdirs,
+                                     sorted(d for d in plan.dirs if not plan.under_whole(d)))
+            jobs = [j for j in plan.copies if not plan.under_whole(j[0])]
+            moves = [j for j in jobs if j[2] in plan.movable and j[1] == j[0]
+                     and (j[2], j[1]) not in plan.read]
+            moving = set(moves)
+            copies = [j for j in jobs if j not in moving]
 
             async def copy(batch: list[tuple[str, str, int]]) -> list[str]:
                 return await self.thread(self.writer.copy_batch, batch)
 
-            report = await parallel.run(copy, _batches(plan.copies), limit=self.limit)
-            return errs + _errors_of(report, "copy")
+            async def move(batch: list[tuple[str, str, int]]) -> list[str]:
+                return await self.thread(self.writer.move_batch, batch)
+
+            async def move_dir(item: tuple[str, int]) -> list[str]:
+                rel, layer = item
+                done = await self.thread(self.writer.move_dir, rel, layer)
+                if done is not None:
+                    return done
+                # another file system: copied as any other folder
+                prefix = rel + "/"
+                more = await self.thread(self.writer.mkdirs, [rel, *sorted(
+                    d for d in plan.dirs if d.startswith(prefix))])
+                inside = [j for j in plan.copies if j[0].startswith(prefix)]
+                report = await parallel.run(copy, _batches(inside), limit=self.limit)
+                return more + _errors_of(report, "copy")
+
+            reports = await asyncio.gather(
+                parallel.run(move_dir, plan.whole, limit=self.limit),
+                parallel.run(move, _batches(moves), limit=self.limit),
+                parallel.run(copy, _batches(copies), limit=self.limit))
+            return errs + [e for r in reports for e in _errors_of(r, "copy")]
 
         async def call(item: tuple[ResolverRule, Conflict, tuple[str, ...]]
                        ) -> tuple[tuple[str, bytes], bool]:

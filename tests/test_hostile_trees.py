@@ -113,6 +113,40 @@ async def test_merge_never_reads_outside(tmp_path: Path, victim: Path) -> None:
             assert SECRET not in _contents(target)
 
 
+async def test_a_moving_merge_never_takes_or_reads_anything_outside(tmp_path: Path,
+                                                                  victim: Path) -> None:
+    """With ``move=True`` the merge renames entries out of the output (``sub`` whole, being a
+    folder only it has): never the victim's, and never a link to it into the target."""
+    out = tmp_path / "area" / "out0"
+    with Swapper(out, victim) as swapper:
+        for n in range(ROUNDS):
+            sub, stash = out / "sub", swapper.lnk
+            if not os.path.lexists(sub):  # the last merge took it: the attack goes on
+                if os.path.islink(stash):
+                    with contextlib.suppress(OSError):
+                        sub.mkdir()
+                else:
+                    with contextlib.suppress(OSError):
+                        sub.symlink_to(victim)
+            with contextlib.suppress(OSError):  # a file in it, never through the link
+                fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    f = os.open(f"f{n}.txt", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644,
+                                dir_fd=fd)
+                    os.close(f)
+                finally:
+                    os.close(fd)
+            target = tmp_path / "area" / f"t{n}"
+            with contextlib.suppress(MergeError):  # refusing is fine; taking the victim is not
+                await merge([out], target, [], _never, within=tmp_path / "area", move=True)
+            assert SECRET not in _contents(target)
+            assert not any(p.is_symlink() for p in target.rglob("*")), list(target.rglob("*"))
+            assert (victim / "secret").read_bytes() == SECRET
+    assert sorted(p.name for p in victim.iterdir()) == ["secret"]
+    moved = sum(1 for n in range(ROUNDS) if (tmp_path / "area" / f"t{n}" / "sub").is_dir())
+    assert moved > 0, "no folder was ever moved: the test tested nothing"
+
+
 def test_archive_never_reads_outside(tmp_path: Path, victim: Path) -> None:
     tree = tmp_path / "area" / "tree"
     with Swapper(tree, victim):

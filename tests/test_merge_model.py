@@ -223,9 +223,16 @@ def materialise(root: Path, outputs: list[Layer]) -> list[Path]:
             else:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(f[0])
-                p.chmod(0o755 if f[1] else 0o644)
+                # whatever a component leaves: the merged tree has 0755 or 0644 all the same
+                odd = (0o700, 0o755, 0o711) if f[1] else (0o600, 0o644, 0o666)
+                p.chmod(odd[len(f[0]) % 3])
         dirs.append(out)
     return dirs
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {Path(d, n).relative_to(root).as_posix(): stat.S_IMODE(Path(d, n).lstat().st_mode)
+            for d, dirnames, filenames in os.walk(root) for n in dirnames + filenames}
 
 
 def snapshot(root: Path) -> dict[str, object]:
@@ -244,28 +251,31 @@ def snapshot(root: Path) -> dict[str, object]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(outputs=outputs_strategy(), rules=rules_strategy(), limit=st.integers(1, 4))
-def test_merge_matches_the_model(outputs: list[Layer], rules: list[Rule], limit: int) -> None:
-    check(outputs, rules, limit)
+@given(outputs=outputs_strategy(), rules=rules_strategy(), limit=st.integers(1, 4),
+       move=st.booleans())
+def test_merge_matches_the_model(outputs: list[Layer], rules: list[Rule], limit: int,
+                                 move: bool) -> None:
+    """Copying or moving (``move``: the outputs used up), the same tree."""
+    check(outputs, rules, limit, move)
 
 
 @settings(max_examples=100, deadline=None)
 @given(outputs=outputs_strategy(shallow=True),
-       rules=rules_strategy(min_size=1), limit=st.integers(1, 4))
+       rules=rules_strategy(min_size=1), limit=st.integers(1, 4), move=st.booleans())
 @example(  # a resolution overrides a plain file
     outputs=[{"y.txt": (b"plain", True), "a/x.md": (b"1", False)}, {"a/x.md": (b"2", False)}],
-    rules=[Rule("r0", ("**/*.md",), "to_one")], limit=2)
+    rules=[Rule("r0", ("**/*.md",), "to_one")], limit=2, move=True)
 @example(  # two resolutions onto one path: the lower conflict path wins
     outputs=[{"a/x.md": (b"1", False), "b/x.md": (b"2", True)},
              {"a/x.md": (b"3", True), "b/x.md": (b"4", False), "x.md": (b"5", False)}],
-    rules=[Rule("r0", ("**",), "to_top")], limit=1)
+    rules=[Rule("r0", ("**",), "to_top")], limit=1, move=True)
 def test_resolutions_match_the_model(outputs: list[Layer], rules: list[Rule],
-                                     limit: int) -> None:
+                                     limit: int, move: bool) -> None:
     """Resolutions meeting each other, plain files and folders."""
-    check(outputs, rules, limit)
+    check(outputs, rules, limit, move)
 
 
-def check(outputs: list[Layer], rules: list[Rule], limit: int) -> None:
+def check(outputs: list[Layer], rules: list[Rule], limit: int, move: bool = False) -> None:
     by_name = {r.name: r for r in rules}
     expected = model(outputs, rules)
     event("errors" if expected.tree is None else "tree")
@@ -289,7 +299,7 @@ def check(outputs: list[Layer], rules: list[Rule], limit: int) -> None:
         dirs = materialise(root, outputs)
         target = root / "area" / "target"
         coro = merge(dirs, target, [ResolverRule(r.name, r.globs) for r in rules], resolve,
-                     limit=limit)
+                     limit=limit, move=move)
         if expected.tree is None:
             try:
                 asyncio.run(coro)
@@ -302,5 +312,7 @@ def check(outputs: list[Layer], rules: list[Rule], limit: int) -> None:
         else:
             result = asyncio.run(coro)
             assert snapshot(target) == expected.tree
+            assert modes(target) == {p: (0o755 if v == "<dir>" or v[1] else 0o644)  # type: ignore[index]
+                                     for p, v in expected.tree.items()}
             assert result.files == sum(1 for v in expected.tree.values() if v != "<dir>")
         assert sorted(os.listdir(root / "area")) == ["target"]  # nothing escaped
