@@ -59,6 +59,9 @@ class Area(abc.ABC):
     root: str
     template: str
     guards_template: bool = False
+    #: whether ``write_folder(move=True)`` can rename the result out (the area is a folder
+    #: of boride's own machine)
+    moves_out: bool = False
 
     @abc.abstractmethod
     async def new_dir(self, *, private: bool = False) -> str:
@@ -98,8 +101,11 @@ class Area(abc.ABC):
         """Write ``tree``'s ``.tar.gz`` to ``dest`` (replaced only once complete)."""
         await _write_chunks(await self.archive(tree), dest)
 
-    async def write_folder(self, tree: str, out: Path, *, replace: bool) -> Path:
-        """Write ``tree`` to the folder ``out`` (:func:`boride.output.write_folder`'s rules)."""
+    async def write_folder(self, tree: str, out: Path, *, replace: bool,
+                           move: bool = False) -> Path:
+        """Write ``tree`` to the folder ``out`` (:func:`boride.output.write_folder`'s rules);
+        with ``move``, ``tree`` may be used up (no component can change it any more): where it
+        can, the area renames it into place (:func:`boride.output.move_folder`)."""
         chunks = await self.archive(tree, level=TRANSPORT_LEVEL)
         return await output.unpack_folder(chunks, out, replace=replace)
 
@@ -143,6 +149,8 @@ class HostArea(Area):
     """An area that is a folder of this machine: ``root`` (made private to boride), with
     the template at ``template``. ``owner`` (uid, gid): whom folders go to for components to
     write in, when components run as another user than boride (None: nothing to do)."""
+
+    moves_out = True
 
     def __init__(self, root: Path, template: Path, owner: tuple[int, int] | None = None,
                  *, guards_template: bool = False) -> None:
@@ -213,9 +221,11 @@ class HostArea(Area):
 
         await asyncio.to_thread(write)
 
-    async def write_folder(self, tree: str, out: Path, *, replace: bool) -> Path:
-        return await asyncio.to_thread(output.write_folder, self.path(tree), out,
-                                       replace=replace, within=self.root_path)
+    async def write_folder(self, tree: str, out: Path, *, replace: bool,
+                           move: bool = False) -> Path:
+        write = output.move_folder if move else output.write_folder
+        return await asyncio.to_thread(write, self.path(tree), out, replace=replace,
+                                       within=self.root_path)
 
     async def names(self) -> set[str]:
         return set(await asyncio.to_thread(os.listdir, self.root_path))

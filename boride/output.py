@@ -35,7 +35,7 @@ from typing import Any
 from boride import fsutil
 from boride.errors import BorideError
 
-__all__ = ["OutputError", "copy_into", "unpack_folder", "write_folder"]
+__all__ = ["OutputError", "copy_into", "move_folder", "unpack_folder", "write_folder"]
 
 _DESTINATION_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -60,6 +60,120 @@ def write_folder(tree: Path, out: Path, *, replace: bool, within: Path | None = 
     and only once the new copy is complete, so a failure never leaves half a result behind.
     With ``within``, ``tree`` must really lie at or below that folder when it is opened."""
     return _swap_in(out, replace, lambda staging: _copy(tree, staging, within))
+
+
+def move_folder(tree: Path, out: Path, *, replace: bool, within: Path | None = None) -> Path:
+    """:func:`write_folder`'s result, by renaming ``tree`` (used up) into ``out`` instead of
+    copying it: ``tree`` is first made what a copy would be, in place and through descriptors
+    (owner boride's user; modes; links kept only when they stay inside, rewritten relative;
+    a file with other hard links replaced by a copy of its own), then renamed into place
+    (replacing ``out`` only when ``replace``, and only then). Across file systems, a copy.
+    Only for a tree no component can still change (their processes have ended)."""
+    if out.exists() and not out.is_dir():
+        raise OutputError([f"output {out} exists and is not a folder"])
+    if out.exists() and any(out.iterdir()) and not replace:
+        raise OutputError([f"output folder {out} exists and is not empty (use --force to "
+                           "replace it)"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = fsutil.open_dir(tree, within)
+    try:
+        if os.fstat(fd).st_dev != os.stat(out.parent).st_dev:
+            os.close(fd)
+            fd = -1
+            return write_folder(tree, out, replace=replace, within=within)
+        errors = _Adopter(fd, fsutil.current_umask()).run()
+        if errors:
+            raise OutputError(errors)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+    try:
+        if out.exists():
+            os.rename(out, old)
+        try:
+            os.rename(tree, out)
+        except OSError:
+            if os.path.lexists(old):
+                os.rename(old, out)  # put it back: nothing lost
+            raise
+    finally:
+        if os.path.lexists(old):
+            fsutil.remove_tree(old)
+    return out
+
+
+@dataclass
+class _Adopter:
+    """Makes a tree what :class:`_Copier` would make of it, in place."""
+
+    root_fd: int
+    umask: int
+    errors: list[str] = field(default_factory=list)
+    state: fsutil.CopyState = field(default_factory=fsutil.CopyState)
+    owner: tuple[int, int] = field(default_factory=lambda: (os.geteuid(), os.getegid()))
+
+    def run(self) -> list[str]:
+        def unlistable(rel: str, exc: OSError) -> None:
+            self.errors.append(f"{rel or '.'!r}: cannot list: {_reason(exc)}")
+
+        self._dir(self.root_fd, 0o777)
+        for e in fsutil.walk(self.root_fd, unlistable):
+            try:
+                if e.kind == "dir":
+                    fd = os.open(e.name, fsutil.DIR_FLAGS, dir_fd=e.dir_fd)
+                    try:
+                        self._dir(fd, 0o755)
+                    finally:
+                        os.close(fd)
+                elif e.kind == "file":
+                    self._file(e)
+                elif e.kind == "link":
+                    target, _ = fsutil.resolve_link(self.root_fd, e.rel)
+                    text = fsutil.link_text(e.rel, target)
+                    if os.readlink(e.name, dir_fd=e.dir_fd) != text:
+                        os.unlink(e.name, dir_fd=e.dir_fd)
+                        os.symlink(text, e.name, dir_fd=e.dir_fd)
+                    with contextlib.suppress(PermissionError):
+                        os.chown(e.name, *self.owner, dir_fd=e.dir_fd, follow_symlinks=False)
+                else:
+                    raise OSError("not a regular file, folder or symlink")
+            except (OSError, fsutil.UnsafePath) as exc:
+                self.errors.append(f"{e.rel!r}: {_reason(exc)}")
+        return sorted(self.errors)
+
+    def _dir(self, fd: int, mode: int) -> None:
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != self.owner:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, *self.owner)
+        if stat.S_IMODE(st.st_mode) != mode & ~self.umask:
+            os.fchmod(fd, mode & ~self.umask)
+
+    def _file(self, e: fsutil.Entry) -> None:
+        fd = os.open(e.name, fsutil.FILE_FLAGS, dir_fd=e.dir_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError("not a regular file, folder or symlink")
+            mode = (0o755 if st.st_mode & 0o111 else 0o644) & ~self.umask
+            owned = (st.st_uid, st.st_gid) == self.owner
+            if not owned:
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, *self.owner)
+                    owned = True
+            if st.st_nlink > 1 or not owned:  # an inode of its own, boride's
+                tmp = f".{e.name}.{uuid.uuid4().hex[:8]}.copy"
+                dfd = os.open(tmp, _DST_FLAGS, mode, dir_fd=e.dir_fd)
+                try:
+                    fsutil.copy_fd(fd, dfd, st.st_size, st.st_dev, self.state)
+                finally:
+                    os.close(dfd)
+                os.rename(tmp, e.name, src_dir_fd=e.dir_fd, dst_dir_fd=e.dir_fd)
+            elif stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
 
 async def unpack_folder(chunks: AsyncIterator[bytes], out: Path, *, replace: bool) -> Path:

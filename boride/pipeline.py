@@ -851,7 +851,15 @@ class Build(_BuildCore):
         self.tree = tree
         if self.options.out is not None or self.options.archive is not None:
             with self._stage("output"):
-                await _deliver(area, tree, self.options, self.result)
+                # A one-shot build's components are all done: once their processes have
+                # ended, nothing can change the result any more, and it may be moved out.
+                move = (self.demand is not None and self.shared is None and area.moves_out
+                        and self.options.out is not None)
+                if move:
+                    assert self.demand is not None
+                    await self.demand.settle()
+                    await self.session.drop(list(self.session.instances))
+                await _deliver(area, tree, self.options, self.result, move=move)
 
     # -- after a build in a kept session (the HTTP server's) -------------------------------
     async def stream(self, *, copy_links: bool = False) -> AsyncIterator[bytes]:
@@ -1070,8 +1078,10 @@ def _checked(area: Area, returned: str) -> str:
         raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
 
 
-async def _deliver(area: Area, tree: str, options: BuildOptions, result: BuildResult) -> None:
-    """Write the result where the options say: an archive, a folder."""
+async def _deliver(area: Area, tree: str, options: BuildOptions, result: BuildResult, *,
+                   move: bool = False) -> None:
+    """Write the result where the options say: an archive, a folder (with ``move``, by
+    renaming the result into place where the area can)."""
     try:
         if options.archive is not None:
             dest = options.archive
@@ -1082,7 +1092,8 @@ async def _deliver(area: Area, tree: str, options: BuildOptions, result: BuildRe
                                    f"{exc.strerror or exc}"]) from None
             result.archive = dest
         if options.out is not None:
-            result.output = await area.write_folder(tree, options.out, replace=options.replace)
+            result.output = await area.write_folder(tree, options.out, replace=options.replace,
+                                                    move=move)
     except (archive.ArchiveError, output.OutputError) as exc:
         raise BuildFailed([f"output: {e}" for e in exc.errors[:output.MAX_SHOWN]] + (
             [f"output: ... and {len(exc.errors) - output.MAX_SHOWN} more"]
