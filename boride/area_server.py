@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import hmac
 import json
 import os
@@ -147,13 +148,6 @@ def create_app(area: HostArea, token: str) -> Starlette:
             return JSONResponse({"errors": exc.errors}, status_code=422)
         return StreamingResponse(chunks, media_type="application/gzip")
 
-    async def unpack(request: Request) -> Response:
-        try:
-            path = await area.unpack(request.stream())
-        except output.OutputError as exc:
-            return JSONResponse({"errors": exc.errors}, status_code=422)
-        return JSONResponse({"path": path})
-
     async def names(request: Request) -> Response:
         return JSONResponse({"names": sorted(await area.names())})
 
@@ -164,14 +158,22 @@ def create_app(area: HostArea, token: str) -> Starlette:
     async def full(request: Request) -> Response:
         return JSONResponse({"full": await area.full()})
 
-    routes = [("/", health, "GET"), ("/dirs", new_dir, "POST"),
+    routes: list[tuple[str, Handler, str]] = [("/", health, "GET"), ("/dirs", new_dir, "POST"),
               ("/hand-over", hand_over, "POST"), ("/merge", merge_route, "POST"),
               ("/merge/{merge}/answers/{n:int}", answer, "POST"),
               ("/archive", archive_route, "POST"), ("/names", names, "GET"),
               ("/remove-new", remove_new, "POST"), ("/full", full, "GET"),
-              ("/unpack", unpack, "POST")]
+              ("/unpack", functools.partial(_unpack, area), "POST")]
     return Starlette(routes=[Route(path, _guarded(token, fn), methods=[method])
                              for path, fn, method in routes])
+
+
+async def _unpack(area: HostArea, request: Request) -> Response:
+    try:
+        path = await area.unpack(request.stream())
+    except output.OutputError as exc:
+        return JSONResponse({"errors": exc.errors}, status_code=422)
+    return JSONResponse({"path": path})
 
 
 async def _merge_events(area: HostArea, merges: _Merges, merge_id: str, outputs: list[str],

@@ -750,44 +750,46 @@ class _Job:
             layers[-1].root = roots[outcome.index]
         return layers
 
+    async def place_all(self, plan: _Plan) -> list[str]:
+        """The tree's folders, then its plain files: moved (whole folders, single files) or
+        copied, in batches on the threads; every error."""
+        errs = await self.thread(self.writer.mkdirs,
+                                 sorted(d for d in plan.dirs if not plan.under_whole(d)))
+        jobs = [j for j in plan.copies if not plan.under_whole(j[0])]
+        moves = [j for j in jobs if j[2] in plan.movable and j[1] == j[0]
+                 and (j[2], j[1]) not in plan.read]
+        moving = set(moves)
+        copies = [j for j in jobs if j not in moving]
+
+        async def copy(batch: list[tuple[str, str, int]]) -> list[str]:
+            return await self.thread(self.writer.copy_batch, batch)
+
+        async def move(batch: list[tuple[str, str, int]]) -> list[str]:
+            return await self.thread(self.writer.move_batch, batch)
+
+        async def move_dir(item: tuple[str, int]) -> list[str]:
+            rel, layer = item
+            done = await self.thread(self.writer.move_dir, rel, layer)
+            if done is not None:
+                return done
+            # another file system: copied as any other folder
+            prefix = rel + "/"
+            more = await self.thread(self.writer.mkdirs, [rel, *sorted(
+                d for d in plan.dirs if d.startswith(prefix))])
+            inside = [j for j in plan.copies if j[0].startswith(prefix)]
+            report = await parallel.run(copy, _batches(inside), limit=self.limit)
+            return more + _errors_of(report, "copy")
+
+        reports = await asyncio.gather(
+            parallel.run(move_dir, plan.whole, limit=self.limit),
+            parallel.run(move, _batches(moves), limit=self.limit),
+            parallel.run(copy, _batches(copies), limit=self.limit))
+        return errs + [e for r in reports for e in _errors_of(r, "copy")]
+
     async def copy_and_resolve(self, plan: _Plan, resolve: ResolveFn
                                ) -> tuple[dict[str, tuple[bytes, bool, str]], int]:
         """Copy the plain files while the resolvers decide the conflicts; return the winner
         of each resolved path (content, executable, origin) and how many were resolved."""
-        async def copy_all() -> list[str]:
-            errs = await self.thread(self.writer.mkdirs,
-                                     sorted(d for d in plan.dirs if not plan.under_whole(d)))
-            jobs = [j for j in plan.copies if not plan.under_whole(j[0])]
-            moves = [j for j in jobs if j[2] in plan.movable and j[1] == j[0]
-                     and (j[2], j[1]) not in plan.read]
-            moving = set(moves)
-            copies = [j for j in jobs if j not in moving]
-
-            async def copy(batch: list[tuple[str, str, int]]) -> list[str]:
-                return await self.thread(self.writer.copy_batch, batch)
-
-            async def move(batch: list[tuple[str, str, int]]) -> list[str]:
-                return await self.thread(self.writer.move_batch, batch)
-
-            async def move_dir(item: tuple[str, int]) -> list[str]:
-                rel, layer = item
-                done = await self.thread(self.writer.move_dir, rel, layer)
-                if done is not None:
-                    return done
-                # another file system: copied as any other folder
-                prefix = rel + "/"
-                more = await self.thread(self.writer.mkdirs, [rel, *sorted(
-                    d for d in plan.dirs if d.startswith(prefix))])
-                inside = [j for j in plan.copies if j[0].startswith(prefix)]
-                report = await parallel.run(copy, _batches(inside), limit=self.limit)
-                return more + _errors_of(report, "copy")
-
-            reports = await asyncio.gather(
-                parallel.run(move_dir, plan.whole, limit=self.limit),
-                parallel.run(move, _batches(moves), limit=self.limit),
-                parallel.run(copy, _batches(copies), limit=self.limit))
-            return errs + [e for r in reports for e in _errors_of(r, "copy")]
-
         async def call(item: tuple[ResolverRule, Conflict, tuple[str, ...]]
                        ) -> tuple[tuple[str, bytes], bool]:
             rule, conflict, srcs = item
@@ -798,7 +800,7 @@ class _Job:
             return await resolve(rule, Conflict(conflict.path, tuple(versions))), executable
 
         async with asyncio.TaskGroup() as group:
-            copying = group.create_task(copy_all())
+            copying = group.create_task(self.place_all(plan))
             resolving = group.create_task(parallel.run(call, plan.to_resolve, limit=self.limit))
         errors = copying.result()
         winners: dict[str, tuple[bytes, bool, str]] = {}

@@ -476,10 +476,7 @@ class _BuildCore:
         self.deadline = (time.monotonic() + timeout) if timeout else None  # on the monotonic clock
         self.watch = _TemplateWatch(self.results)
         self._before: set[str] | None = None  # the area's names before the build: discard()
-        self.keys: dict[str, str] = {}  # step -> its cache key (cacheable processor steps)
-        self.cached: dict[str, IO[bytes]] = {}  # step -> its cache entry, until unpacked
-        self.stored: dict[str, str] = {}  # step -> key: outputs put in the cache
-        self.inputs: dict[tuple[object, ...], str] = {}  # the identities the keys were made of
+        self.cache = _BuildCache(self)
         # One-shot builds (build()) follow the lifetime rule; a kept session's run as they are.
         self.demand = _OnDemand(self) if on_demand else None
 
@@ -580,6 +577,12 @@ class _BuildCore:
             timeout = min(timeout, remaining)
         await self.session.start_one(c, timeout)
 
+    @property
+    def _area(self) -> Area:
+        ws = self.session.workspace
+        assert ws is not None and ws.area is not None, "the session has no work area"
+        return ws.area
+
     def _sharing(self, name: str) -> list[str]:
         """The steps whose calls go to instance ``name`` (``name`` first)."""
         return [name, *(n for n, r in self.runner.items() if r == name and n != name)]
@@ -599,7 +602,7 @@ class Build(_BuildCore):
     async def _process(self, c: Component) -> str:
         area = self._area
         step = self.steps[c.name]
-        entry = self.cached.pop(c.name, None)
+        entry = self.cache.found.pop(c.name, None)
         if entry is not None:  # unchanged inputs: the output of an earlier call
             self.results[c.name].cached = True
             return await area.unpack(cache.payload_chunks(entry))
@@ -612,83 +615,9 @@ class Build(_BuildCore):
             self._called(c.name)
             await self.watch.ended(c.name)
         checked = _checked(area, output)
-        await self._store(c.name, checked)
+        await self.cache.store(c.name, checked)
         return checked
 
-    async def _store(self, name: str, output: str) -> None:
-        """Keep a step's output in the cache (before the merge uses it up); a failure to
-        store is only logged: the build goes on without."""
-        key, store = self.keys.get(name), self.options.cache
-        if key is None or store is None:
-            return
-        try:
-            await store.put(key, await self._area.archive(output, level=TRANSPORT_LEVEL))
-            self.stored[name] = key
-        except (archive.ArchiveError, cache.CacheError, OSError) as exc:
-            log.warning("the output of %r was not cached: %s", name, describe(exc))
-
-    async def _identities(self, components: list[Component]
-                          ) -> tuple[str | None, dict[tuple[object, ...], str]]:
-        """The template's identity and each component's (by runnable; those that cannot be
-        told are left out, and logged)."""
-        runtime = self.session.runtime
-        skip = not_components(self.options, self.plan.template)
-        template_id, report = await asyncio.gather(
-            runtime.template_identity(self.plan.template),
-            parallel.run(lambda c: runtime.identity(c, skip=skip), components, limit=self.limit))
-        ids = {}
-        for c, o in zip(components, report.outcomes, strict=True):
-            if o.ok and o.value:
-                ids[c.runnable] = o.value
-            elif not o.ok:
-                log.warning("%r is not cached: %s", c.name, describe(o.error))
-        return template_id, ids
-
-    async def _recheck(self) -> None:
-        """Take back what this build stored if the template or a component changed while it
-        ran (an author saving during a watch build): those outputs may come from either."""
-        store = self.options.cache
-        if not self.stored or store is None:
-            return
-        components = list({self.steps[n].component.runnable: self.steps[n].component
-                           for n in self.stored}.values())
-        try:
-            template_id, ids = await self._identities(components)
-        except OSError:
-            template_id, ids = None, {}
-        now = {("template",): template_id, **ids}
-        for name, key in self.stored.items():
-            runnable = self.steps[name].component.runnable
-            if (now[("template",)] != self.inputs.get(("template",))
-                    or now.get(runnable) != self.inputs.get(runnable)):
-                log.info("%r's output is not kept: its inputs changed during the build", name)
-                await asyncio.to_thread(store.remove, key)
-
-    async def _lookup(self, processors: list[Component]) -> None:
-        """With a cache, the key of each cacheable processor step (:func:`cache.step_key`) and
-        the entries found for them (checked in full): those steps are not called."""
-        store = self.options.cache
-        steps = [self.steps[c.name] for c in processors if self.steps[c.name].cacheable]
-        if store is None or not steps:
-            return
-        distinct = list({s.component.runnable: s.component for s in steps}.values())
-        try:
-            template_id, ids = await self._identities(distinct)
-        except OSError as exc:
-            log.warning("no cache for this build: cannot read the template: %s", describe(exc))
-            return
-        if template_id is None:
-            return
-        self.inputs = {("template",): template_id, **ids}
-        for s in steps:
-            if (ident := ids.get(s.component.runnable)) is not None:
-                self.keys[s.component.name] = cache.step_key(
-                    ident, s.component.kind.value, s.config, s.files, template_id)
-
-        def found() -> dict[str, IO[bytes]]:
-            return {n: f for n, k in self.keys.items() if (f := store.open(k)) is not None}
-
-        self.cached = await asyncio.to_thread(found)
     async def _resolve(self, rule: merge.ResolverRule, conflict: merge.Conflict
                        ) -> tuple[str, bytes]:
         step = self.steps[rule.name]
@@ -738,18 +667,12 @@ class Build(_BuildCore):
             self._called(c.name)
         return _checked(area, output)
 
-    @property
-    def _area(self) -> Area:
-        ws = self.session.workspace
-        assert ws is not None and ws.area is not None, "the session has no work area"
-        return ws.area
-
     def missing(self) -> list[Component]:
         """The components the build will start (running neither in the session nor shared),
         one per runnable: each step's runner, named as the first step using it."""
         # (an instance named as no step is one running already)
         needed = dict.fromkeys(self.runner.get(c.name, c.name) for c in self.components
-                               if c.name not in self.cached)
+                               if not self.cache.hit(c.name))
         return self.session.missing([self.steps[n].component for n in needed if n in self.steps],
                                     self.shared)
 
@@ -757,9 +680,9 @@ class Build(_BuildCore):
         """Start what the build needs: everything at once, or in a one-shot build (the lifetime
         rule, :class:`_OnDemand`) the processors in the background, waiting for the first."""
         if self.demand is not None:
-            for name in self.cached:
+            for name in self.cache.found:
                 self.demand.skip(name)
-            calls = [c for c in processors if c.name not in self.cached]
+            calls = [c for c in processors if not self.cache.hit(c.name)]
             await asyncio.wait([self.demand.ahead(self.demand.order(calls))])
             return
         await self._fan_out("start", self.start_one, self.missing(), fail_fast=True)
@@ -770,15 +693,9 @@ class Build(_BuildCore):
             try:
                 await self._stages()
             finally:
-                for entry in self.cached.values():
-                    entry.close()
-                self.cached.clear()
+                await self.cache.close()
                 if self.demand is not None:
                     await self.demand.close()
-                await aio.shielded(self._recheck())
-                if self.stored and self.options.cache is not None:
-                    with contextlib.suppress(OSError):
-                        await asyncio.to_thread(self.options.cache.trim)
             self.result.status = Status.OK
         except BuildFailed as exc:
             self.result.errors.extend(exc.errors)
@@ -806,7 +723,7 @@ class Build(_BuildCore):
         before = asyncio.ensure_future(area.names())
         try:
             with self._stage("start"):
-                await self._lookup(processors)
+                await self.cache.lookup(processors)
                 await self._start_stage(processors)
         except BaseException:
             before.cancel()
@@ -851,15 +768,18 @@ class Build(_BuildCore):
         self.tree = tree
         if self.options.out is not None or self.options.archive is not None:
             with self._stage("output"):
-                # A one-shot build's components are all done: once their processes have
-                # ended, nothing can change the result any more, and it may be moved out.
-                move = (self.demand is not None and self.shared is None and area.moves_out
-                        and self.options.out is not None)
-                if move:
-                    assert self.demand is not None
-                    await self.demand.settle()
-                    await self.session.drop(list(self.session.instances))
-                await _deliver(area, tree, self.options, self.result, move=move)
+                await self._output(area, tree)
+
+    async def _output(self, area: Area, tree: str) -> None:
+        # A one-shot build's components are all done: once their processes have ended,
+        # nothing can change the result any more, and it may be moved out.
+        move = (self.demand is not None and self.shared is None and area.moves_out
+                and self.options.out is not None)
+        if move:
+            assert self.demand is not None
+            await self.demand.settle()
+            await self.session.drop(list(self.session.instances))
+        await _deliver(area, tree, self.options, self.result, move=move)
 
     # -- after a build in a kept session (the HTTP server's) -------------------------------
     async def stream(self, *, copy_links: bool = False) -> AsyncIterator[bytes]:
@@ -894,6 +814,109 @@ class Build(_BuildCore):
         for problem in problems:
             log.warning("session %s: %s", self.session.id, problem)
         return problems
+
+
+class _BuildCache:
+    """A build's use of the cache (:mod:`boride.cache`): the keys of its cacheable processor
+    steps, the entries found for them (those steps are not called), what it stored, and the
+    inputs the keys were made of (checked again at the end: :meth:`recheck`)."""
+
+    def __init__(self, build: _BuildCore) -> None:
+        self.build = build
+        self.keys: dict[str, str] = {}  # step -> its key
+        self.found: dict[str, IO[bytes]] = {}  # step -> its entry, until unpacked
+        self.stored: dict[str, str] = {}  # step -> key: outputs put in the cache
+        self.inputs: dict[tuple[object, ...], str] = {}  # the identities the keys were made of
+
+    def hit(self, step: str) -> bool:
+        return step in self.found
+
+    async def close(self) -> None:
+        """The build ended: release the entries, take back what must go, keep the bound."""
+        for entry in self.found.values():
+            entry.close()
+        self.found.clear()
+        await aio.shielded(self.recheck())
+        if self.stored and self.build.options.cache is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.build.options.cache.trim)
+
+    async def store(self, name: str, output: str) -> None:
+        """Keep a step's output in the cache (before the merge uses it up); a failure to
+        store is only logged: the build goes on without."""
+        key, store = self.keys.get(name), self.build.options.cache
+        if key is None or store is None:
+            return
+        try:
+            await store.put(key, await self.build._area.archive(output, level=TRANSPORT_LEVEL))
+            self.stored[name] = key
+        except (archive.ArchiveError, cache.CacheError, OSError) as exc:
+            log.warning("the output of %r was not cached: %s", name, describe(exc))
+
+    async def _identities(self, components: list[Component]
+                          ) -> tuple[str | None, dict[tuple[object, ...], str]]:
+        """The template's identity and each component's (by runnable; those that cannot be
+        told are left out, and logged)."""
+        runtime = self.build.session.runtime
+        skip = not_components(self.build.options, self.build.plan.template)
+        template_id, report = await asyncio.gather(
+            runtime.template_identity(self.build.plan.template),
+            parallel.run(lambda c: runtime.identity(c, skip=skip), components,
+                         limit=self.build.limit))
+        ids = {}
+        for c, o in zip(components, report.outcomes, strict=True):
+            if o.ok and o.value:
+                ids[c.runnable] = o.value
+            elif not o.ok:
+                log.warning("%r is not cached: %s", c.name, describe(o.error))
+        return template_id, ids
+
+    async def recheck(self) -> None:
+        """Take back what this build stored if the template or a component changed while it
+        ran (an author saving during a watch build): those outputs may come from either."""
+        store = self.build.options.cache
+        if not self.stored or store is None:
+            return
+        components = list({self.build.steps[n].component.runnable: self.build.steps[n].component
+                           for n in self.stored}.values())
+        try:
+            template_id, ids = await self._identities(components)
+        except OSError:
+            template_id, ids = None, {}
+        now = {("template",): template_id, **ids}
+        for name, key in self.stored.items():
+            runnable = self.build.steps[name].component.runnable
+            if (now[("template",)] != self.inputs.get(("template",))
+                    or now.get(runnable) != self.inputs.get(runnable)):
+                log.info("%r's output is not kept: its inputs changed during the build", name)
+                await asyncio.to_thread(store.remove, key)
+
+    async def lookup(self, processors: list[Component]) -> None:
+        """With a cache, the key of each cacheable processor step (:func:`cache.step_key`) and
+        the entries found for them (checked in full): those steps are not called."""
+        store = self.build.options.cache
+        steps = [self.build.steps[c.name] for c in processors
+                 if self.build.steps[c.name].cacheable]
+        if store is None or not steps:
+            return
+        distinct = list({s.component.runnable: s.component for s in steps}.values())
+        try:
+            template_id, ids = await self._identities(distinct)
+        except OSError as exc:
+            log.warning("no cache for this build: cannot read the template: %s", describe(exc))
+            return
+        if template_id is None:
+            return
+        self.inputs = {("template",): template_id, **ids}
+        for s in steps:
+            if (ident := ids.get(s.component.runnable)) is not None:
+                self.keys[s.component.name] = cache.step_key(
+                    ident, s.component.kind.value, s.config, s.files, template_id)
+
+        def found() -> dict[str, IO[bytes]]:
+            return {n: f for n, k in self.keys.items() if (f := store.open(k)) is not None}
+
+        self.found = await asyncio.to_thread(found)
 
 
 class _OnDemand:

@@ -18,7 +18,6 @@ What a rebuild reuses and what it starts again:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -33,12 +32,13 @@ from boride.pipeline import (
     Build,
     BuildOptions,
     BuildResult,
+    ComponentsFailed,
     Plan,
     Session,
     cannot_run,
     not_components,
 )
-from boride.runtime.base import Runtime, TemplateSource
+from boride.runtime.base import Runtime, RuntimeFailure, TemplateSource
 from boride.types import Component, Status
 
 log = logging.getLogger(__name__)
@@ -188,9 +188,12 @@ class Loop:
         missing = session.missing(components)
         if not missing:
             return
-        with contextlib.suppress(Exception):  # the next build starts (and reports) them
+        try:
             await session.start(missing, self.options.timeouts.ready,
                                 limit=self.options.limits.build_parallelism(None))
+        except (ComponentsFailed, RuntimeFailure, OSError) as exc:
+            # the next build starts them again, and reports what fails then
+            log.info("starting ahead failed: %s", describe(exc))
         self._record(session, components)
 
     async def _settle(self) -> None:
