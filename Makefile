@@ -43,6 +43,8 @@ bench: setup
 	$(BIN)/python bench/api_load.py
 	$(BIN)/python bench/docker_build.py
 	$(BIN)/python bench/shared_instances.py
+	$(BIN)/python bench/cache_watch.py
+	$(BIN)/python bench/merge_rename.py
 	$(BIN)/python docker/serve_image.py
 	test -d $(OLD_MODEL) || git worktree add --detach $(OLD_MODEL) $(OLD_MODEL_COMMIT)
 	$(MAKE) -C $(OLD_MODEL) setup
