@@ -80,8 +80,6 @@ def test_an_unchanged_build_calls_no_processor_and_gives_the_same_result(project
     assert cached(second) == {"one": True, "two": True, "plug": False}
     assert again == result
     assert result["src/a.txt"] == b"alpha\n+2"  # the last processor wins
-    # nothing was started for the cached steps: the start stage had nothing to wait for
-    assert second["stages"]["start"] < first["stages"]["start"]
 
 
 def test_a_template_edit_misses(project: Path) -> None:
