@@ -1,0 +1,6 @@
+"""``boride front``: one coordinator API in front of many workers (``boride serve`` on each
+node of a swarm). See docs/scaling.md."""
+
+from boride.front.app import FrontConfig, create_front_app
+
+__all__ = ["FrontConfig", "create_front_app"]
