@@ -33,7 +33,7 @@ class NoWorker(BorideError):
     """No healthy worker to send a new session (or a fan-out) to."""
 
 
-@dataclass
+@dataclass(eq=False)  # one object per worker: compared (and hashed) by identity
 class Worker:
     url: str  # http://10.0.1.3:9000
     node: str = ""
