@@ -422,14 +422,17 @@ def _exposure_problem(host: str, token: str | None, trusted_network: bool = Fals
               "none): whoever reaches the port can run builds on every worker.")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
               help="Seconds between rounds of discovery and health checks.")
+@click.option("--lost-after", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds of failed checks after which a worker is lost (its sessions' "
+              "calls answer 503 at once; one failed check already stops new sessions there).")
 @click.option("--max-body", type=click.IntRange(min=1024), default=LIMITS.max_body,
               show_default=True, help="Largest request body in bytes (413 beyond).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
           worker_port: int, worker_token: str | None, worker_token_file: Path | None,
-          token: str | None, trusted_network: bool, interval: float, max_body: int,
-          log_level: str) -> None:
+          token: str | None, trusted_network: bool, interval: float, lost_after: float,
+          max_body: int, log_level: str) -> None:
     """Serve the coordinator's API in front of workers (boride serve on each node): each
     new session goes to the healthy worker with the fewest sessions, and stays there.
     See docs/scaling.md."""
@@ -459,7 +462,7 @@ def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
         fail(exposure)
     config = FrontConfig(workers=workers, discover=discover, worker_port=worker_port,
                          worker_token=worker_token, token=token, interval=interval,
-                         max_body=max_body)
+                         lost_after=lost_after, max_body=max_body)
     app = create_front_app(config)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     if log_level != "debug":

@@ -61,8 +61,9 @@ class FrontConfig:
     worker_token: str | None = None  # the shared token the workers require
     token: str | None = None  # the token the front's own clients must send (None: none)
     interval: float = 2.0  # seconds between rounds of checks
-    check_timeout: float = 3.0
+    check_timeout: float = 5.0
     connect_timeout: float = 5.0
+    lost_after: float = 10.0  # seconds of failed checks before a worker counts as lost
     max_body: int = Limits().max_body
 
 
@@ -77,15 +78,21 @@ class Front:
         self.config = config
         headers = ({"authorization": f"Bearer {config.worker_token}"}
                    if config.worker_token else {})
+        # Idle connections are dropped well before a worker's own keep-alive timeout
+        # (uvicorn: 5 s), so a request never goes out on a connection the worker is closing;
+        # a connection that cannot be made is tried once more (nothing was sent on it).
         self.client = httpx.AsyncClient(
             headers=headers, trust_env=False,
+            transport=httpx.AsyncHTTPTransport(retries=1, limits=httpx.Limits(
+                max_connections=1024, max_keepalive_connections=128, keepalive_expiry=2.0)),
             timeout=httpx.Timeout(connect=config.connect_timeout, read=None, write=120.0,
-                                  pool=None),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=128))
-        self.checks = httpx.AsyncClient(headers=headers, trust_env=False,
-                                        timeout=config.check_timeout)
+                                  pool=None))
+        self.checks = httpx.AsyncClient(
+            headers=headers, trust_env=False, timeout=config.check_timeout,
+            limits=httpx.Limits(keepalive_expiry=min(2.0, config.interval / 2)))
         self.workers = Workers(self.checks, urls=config.workers, discover=config.discover,
-                               port=config.worker_port, interval=config.interval)
+                               port=config.worker_port, interval=config.interval,
+                               lost_after=config.lost_after)
         self.metrics = FrontMetrics(self.workers)
         self.warm_wanted: dict[str, None] = {}  # templates warmed through the front (ordered)
         self._warming: dict[tuple[str, str], asyncio.Future[None]] = {}

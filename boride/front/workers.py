@@ -24,9 +24,11 @@ from boride.errors import BorideError
 
 log = logging.getLogger("boride.front")
 
-#: A worker that failed this many checks in a row (or that discovery no longer finds) is
-#: lost: no new sessions go there, and its sessions' calls answer 503 at once.
-LOST_AFTER = 2
+#: A worker whose checks (and calls) have failed for this many seconds, or that discovery no
+#: longer finds, is lost: its sessions' calls answer 503 at once. One failed check already
+#: stops new sessions going there; until it is lost, its sessions' calls are still tried (a
+#: busy worker may answer a check late and still be fine).
+LOST_AFTER = 10.0
 
 
 class NoWorker(BorideError):
@@ -40,6 +42,8 @@ class Worker:
     healthy: bool = False
     gone: bool = False  # discovery no longer finds it
     failures: int = 0  # checks failed in a row
+    failing_since: float | None = None  # when the first of them failed
+    lost_after: float = LOST_AFTER
     error: str = ""  # why the last check (or call) failed
     checked: bool = False  # answered at least once
     sessions: set[str] = field(default_factory=set)  # as it listed them last
@@ -53,7 +57,8 @@ class Worker:
 
     @property
     def lost(self) -> bool:
-        return self.gone or self.failures >= LOST_AFTER
+        return self.gone or (self.failing_since is not None
+                             and time.monotonic() - self.failing_since >= self.lost_after)
 
     def describe(self) -> str:
         return f"{self.address} (node {self.node or 'unknown'})"
@@ -71,15 +76,17 @@ class Workers:
     ``port``. ``client``: what the checks use (with the token, short timeouts)."""
 
     def __init__(self, client: httpx.AsyncClient, *, urls: Iterable[str] = (),
-                 discover: str | None = None, port: int = 9000, interval: float = 2.0) -> None:
+                 discover: str | None = None, port: int = 9000, interval: float = 2.0,
+                 lost_after: float = LOST_AFTER) -> None:
         self.client = client
         self.discover = discover
         self.port = port
         self.interval = interval
+        self.lost_after = lost_after
         self.workers: dict[str, Worker] = {}
         for url in urls:
             url = url.rstrip("/")
-            self.workers[url] = Worker(url)
+            self.workers[url] = Worker(url, lost_after=lost_after)
         self.sessions: dict[str, Placement] = {}
         self._round: asyncio.Future[None] | None = None
         self._loop: asyncio.Future[None] | None = None
@@ -128,7 +135,7 @@ class Workers:
                       else f"http://{host}:{self.port}")
         for url in found - set(self.workers):
             log.info("discovery: new worker %s", url)
-            self.workers[url] = Worker(url)
+            self.workers[url] = Worker(url, lost_after=self.lost_after)
         for url, w in self.workers.items():
             if url not in found and not w.gone:
                 log.warning("discovery: worker %s is gone", w.describe())
@@ -164,6 +171,7 @@ class Workers:
             return
         was = worker.healthy
         worker.healthy, worker.failures, worker.error, worker.checked = True, 0, "", True
+        worker.failing_since = None
         worker.node = str(data.get("node") or "")
         worker.sessions_total = int(data.get("sessions_total") or 0)
         worker.templates = {str(t) for t in data.get("templates") or []}
@@ -175,9 +183,12 @@ class Workers:
 
     def failed(self, worker: Worker, error: str) -> None:
         """A check or a call could not reach ``worker``."""
+        was_lost = worker.lost
         worker.failures += 1
         worker.error = error
-        if worker.healthy or worker.failures == LOST_AFTER:
+        if worker.failing_since is None:
+            worker.failing_since = time.monotonic()
+        if worker.healthy or worker.lost != was_lost:
             log.warning("worker %s %s: %s", worker.describe(),
                         "is lost" if worker.lost else "does not answer", error)
         worker.healthy = False
