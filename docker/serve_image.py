@@ -39,11 +39,13 @@ import docker.errors  # noqa: E402
 from build_images import _tree, build  # noqa: E402
 
 BASE_IMAGE = "boride/python-base:3.11"
-DEPS_IMAGE = "boride/serve-deps:latest"
 #: The tag built; ``BORIDE_SERVE_IMAGE`` names another (a shared engine's sessions working on
 #: different trees then do not rebuild one tag in turn; give the runtime the same tag through
 #: ``BORIDE_HELPER_IMAGE``: the tests do so themselves).
 SERVE_IMAGE = os.environ.get("BORIDE_SERVE_IMAGE") or "boride/serve:latest"
+#: Its dependencies' image (``<BORIDE_SERVE_IMAGE>-deps`` with another tag: not shared either).
+DEPS_IMAGE = (f"{SERVE_IMAGE}-deps" if os.environ.get("BORIDE_SERVE_IMAGE")
+              else "boride/serve-deps:latest")
 RECIPE_REV = "1"  # bump when the recipe below changes (both images are rebuilt)
 PACKAGE = ROOT / "boride"
 PYPROJECT = ROOT / "pyproject.toml"
