@@ -302,13 +302,10 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         err.print(f"boride serve: {message}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
 
-    if token_file is not None:
-        if token is not None:
-            fail("give --token or --token-file, not both")
-        try:
-            token = read_token(token_file)
-        except ValueError as exc:
-            fail(str(exc))
+    try:
+        token = one_token(token, token_file, "--token")
+    except ValueError as exc:
+        fail(str(exc))
     exposure = _exposure_problem(host, token, trusted_network)
     if exposure is not None:
         fail(exposure)
@@ -346,6 +343,16 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
                 access_log=log_level == "debug", proxy_headers=False)
+
+
+def one_token(token: str | None, token_file: Path | None, option: str) -> str | None:
+    """The token given as ``option`` or in ``option``-file; ValueError when both are given
+    or the file has none."""
+    if token_file is None:
+        return token
+    if token is not None:
+        raise ValueError(f"give {option} or {option}-file, not both")
+    return read_token(token_file)
 
 
 def read_token(path: Path) -> str:
@@ -450,13 +457,10 @@ def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
 
     if not workers and not discover:
         fail("name the workers: --worker URL (repeat) or --discover NAME")
-    if worker_token_file is not None:
-        if worker_token is not None:
-            fail("give --worker-token or --worker-token-file, not both")
-        try:
-            worker_token = read_token(worker_token_file)
-        except ValueError as exc:
-            fail(str(exc))
+    try:
+        worker_token = one_token(worker_token, worker_token_file, "--worker-token")
+    except ValueError as exc:
+        fail(str(exc))
     exposure = _exposure_problem(host, token, trusted_network)
     if exposure is not None:
         fail(exposure)
