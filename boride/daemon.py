@@ -136,7 +136,34 @@ def start(args: list[str]) -> int:
     warning = exposure_warning(os.environ.get("HOSTNAME", ""))
     if warning:
         print(f"boride: WARNING: {warning}", file=sys.stderr, flush=True)
+    helper_is_own_image(os.environ.get("HOSTNAME", ""))
     return _boride([*SERVE_ARGS, *args])
+
+
+def helper_is_own_image(container: str) -> None:
+    """Unless ``BORIDE_HELPER_IMAGE`` says otherwise, every session's helper runs this
+    container's own image: the very same code (``boride/serve:latest`` may be another build
+    on this engine, speaking another helper protocol)."""
+    from boride.runtime.base import RuntimeFailure
+    from boride.runtime.docker import connect
+    from boride.runtime.docker.engine import ENGINE_ERRORS
+    from boride.runtime.docker.helper import IMAGE_ENV
+
+    if os.environ.get(IMAGE_ENV) or not container:
+        return
+    try:
+        client = connect(timeout=10)
+    except RuntimeFailure:
+        return  # the server says what is wrong with the engine
+    try:
+        info = client.api.inspect_container(container)
+    except ENGINE_ERRORS:
+        return  # not a container this engine knows (boride runs elsewhere)
+    finally:
+        client.close()
+    name = str((info.get("Config") or {}).get("Image") or "")
+    # a name pinned to a digest may not be how the image is known here: its id always is
+    os.environ[IMAGE_ENV] = name if name and "@" not in name else str(info.get("Image") or "")
 
 
 def _given(args: list[str], *options: str) -> bool:
@@ -155,6 +182,7 @@ def worker(args: list[str]) -> int:
                               "else", EXIT_USAGE)
         token = ["--token-file", TOKEN_SECRET]
     join_components_network(os.environ.get("HOSTNAME", ""))
+    helper_is_own_image(os.environ.get("HOSTNAME", ""))
     return _boride([*WORKER_ARGS, *token, *args])
 
 
