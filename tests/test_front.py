@@ -338,3 +338,59 @@ def test_a_client_that_goes_away_cancels_the_build_on_its_worker(tmp_path: Path)
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
     with contextlib.suppress(Exception):
         sock.close()
+
+
+async def test_workers_are_found_by_dns_and_dropped_when_the_name_goes(tmp_path: Path) -> None:
+    """``--discover NAME``: every address of NAME is a worker (as ``tasks.<service>`` on a
+    swarm); one that answers is healthy, with its node; when the name no longer resolves,
+    they are gone (no new session goes there; nothing maps to them, so they are forgotten)."""
+    from boride.front.workers import NoWorker, Workers
+
+    with running_server(worker_config(tmp_path, "a")) as a:
+        port = int(a.url.rsplit(":", 1)[1])
+        async with httpx.AsyncClient(headers=AUTH, timeout=5) as client:
+            workers = Workers(client, discover="localhost", port=port, interval=0.1)
+            await workers.refresh()
+            found = {w.url: w for w in workers.workers.values()}
+            assert f"http://127.0.0.1:{port}" in found
+            assert found[f"http://127.0.0.1:{port}"].healthy
+            assert found[f"http://127.0.0.1:{port}"].node
+            worker, placed = workers.place("s1")
+            assert placed and worker.url == f"http://127.0.0.1:{port}"
+            assert workers.place("s1") == (worker, False)
+            workers.forget("s1")
+            workers.discover = "no-such-host.invalid"
+            await workers.refresh()
+            assert workers.workers == {}
+            try:
+                workers.pick()
+            except NoWorker as exc:
+                assert "no-such-host.invalid names none" in str(exc)
+            else:
+                raise AssertionError("a worker was picked with none left")
+
+
+def test_front_command_line_refuses_what_cannot_work(tmp_path: Path,
+                                                    monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    for name in ("BORIDE_TOKEN", "BORIDE_TOKEN_FILE", "BORIDE_WORKER_TOKEN",
+                 "BORIDE_WORKER_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    from boride.cli import main
+    from boride.daemon import main as daemon_main
+
+    runner = CliRunner()
+    r = runner.invoke(main, ["front"])
+    assert r.exit_code == 2 and "--worker URL" in r.output
+    r = runner.invoke(main, ["front", "--worker", "http://x:9000", "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "--trusted-network" in r.output
+    token = tmp_path / "token"
+    token.write_text("\n")
+    r = runner.invoke(main, ["front", "--worker", "http://x:9000", "--worker-token-file",
+                             str(token)])
+    assert r.exit_code == 2 and "is empty" in r.output
+    r = runner.invoke(main, ["serve", "--token", "a" * 20, "--token-file", str(token)])
+    assert r.exit_code == 2 and "not both" in r.output
+    # a swarm worker without the shared token does not start
+    assert daemon_main(["worker"]) == 2

@@ -160,6 +160,7 @@ def boride_left_on_node_1() -> list[str]:
     return left
 
 
+@pytest.mark.timeout(600)  # the bound: bringing the nodes up and down included
 def test_two_node_swarm(swarm: str, images: Images, tmp_path: Path) -> None:  # noqa: F811
     url = swarm
     load_images(tmp_path, images)
