@@ -73,12 +73,14 @@ docker stack deploy --resolve-image "${BORIDE_RESOLVE_IMAGE:-never}" --prune \
     -c "$HERE/stack.yml" "$STACK" >&2
 ((WAIT)) || exit 0
 
-# every service's tasks running where they should (global: one per node)
+# every service's tasks running where they should (global: one per node), 3 checks in a row
+# (a task that fails at start is counted running for a moment)
 deadline=$((SECONDS + DEADLINE_S))
-while :; do
+steady=0
+while ((steady < 3)); do
     pending=$(docker service ls --filter "label=com.docker.stack.namespace=$STACK" \
         --format '{{.Name}} {{.Replicas}}' | awk '{split($2, r, "/"); if (r[1] != r[2] || r[2] == 0) print $1 " " $2}')
-    [ -z "$pending" ] && break
+    if [ -z "$pending" ]; then steady=$((steady + 1)); else steady=0; fi
     if ((SECONDS > deadline)); then
         docker stack ps --no-trunc "$STACK" >&2 || true
         die "not running after ${DEADLINE_S}s: $pending"
