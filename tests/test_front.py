@@ -394,3 +394,46 @@ def test_front_command_line_refuses_what_cannot_work(tmp_path: Path,
     assert r.exit_code == 2 and "not both" in r.output
     # a swarm worker without the shared token does not start
     assert daemon_main(["worker"]) == 2
+
+
+def test_the_archive_streams_through_without_being_held(tmp_path: Path) -> None:
+    """A worker that sends the first part of its archive and then waits: the client gets that
+    part through the front while the worker still waits (a front that held the answer would
+    hand over nothing before the worker's end)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    release = threading.Event()
+
+    async def listing(request: Any) -> Any:
+        return JSONResponse({"node": "fake", "sessions": ["s1"], "sessions_active": 1,
+                             "sessions_total": 1, "templates": [], "resolvers": []})
+
+    async def build(request: Any) -> Any:
+        async def parts() -> Any:
+            yield b"first part;"
+            released = await asyncio.to_thread(release.wait, 20)
+            yield b"second part" if released else b"never released: the front held the answer"
+        return StreamingResponse(parts(), media_type="application/x-gzip")
+
+    fake = Starlette(routes=[Route("/worker", listing),
+                             Route("/executor/{sid}", build, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(fake, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
+    thread.start()
+    wait_for(lambda: server.started)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        with running_front([url]) as front, front.client() as http:
+            healthy(http, 1)
+            with http.stream("POST", "/executor/s1", json={}) as r:
+                assert r.status_code == 200
+                chunks = r.iter_raw()
+                assert next(chunks) == b"first part;"  # while the worker still waits
+                release.set()
+                assert b"".join(chunks) == b"second part"
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(30)
