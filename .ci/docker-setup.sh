@@ -2,7 +2,8 @@
 # Prepare a Docker engine and boride's images on a Debian 12 machine (run as root).
 #
 # Idempotent; every step is skipped when its result is already there:
-#   1. docker.io (daemon + CLI), debootstrap and docker-registry (tests) from Debian, if missing;
+#   1. docker.io (daemon + CLI), debootstrap, docker-registry and iproute2 (tests) from Debian,
+#      if missing;
 #   2. dockerd started in the background when no engine answers (bounded wait);
 #   3. the Python base image boride/python-base:3.11, built with debootstrap + `docker import`
 #      (no image registry is reachable here);
@@ -43,6 +44,8 @@ need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+# the two-node swarm of tests/test_swarm.py (.ci/swarm-node.sh): network namespaces, veths
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # a private registry on loopback, for the test of pulling a missing image
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 if ((${#need[@]})); then

@@ -277,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     area = HostArea(Path(args.area), Path(args.template), guards_template=True)
+    # keep-alive well beyond the coordinator's idle expiry (2 s): it closes first, never we
     uvicorn.run(create_app(area, token), host="0.0.0.0", port=args.port,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, timeout_keep_alive=30)
     return 0
 
 

@@ -382,6 +382,9 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
 @click.option("--token", envvar="BORIDE_TOKEN", metavar="TOKEN",
               help="Require 'Authorization: Bearer TOKEN' on every route but GET / "
               "(also read from BORIDE_TOKEN).")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              envvar="BORIDE_TOKEN_FILE", help="Read the token from this file (a swarm "
+              "secret, say: /run/secrets/NAME); its surrounding white space is ignored.")
 @click.option("--trusted-network", is_flag=True,
               help="Allow a non-loopback --host without a token (the CyanPrint CLI sends "
               "none): whoever reaches the port can run containers/processes as boride.")
@@ -419,13 +422,12 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
-          trusted_network: bool, max_builds: int, dev_root: Path | None, max_body: int,
-          max_sessions: int, session_ttl: float, work_root: Path | None, parallelism: int | None,
+          token_file: Path | None, trusted_network: bool, max_builds: int,
+          dev_root: Path | None, max_body: int, max_sessions: int, session_ttl: float,
+          work_root: Path | None, parallelism: int | None,
           ready_timeout: float, build_timeout: float | None, use_cache: bool,
           cache_dir: Path | None, cache_size: str, cache_shared: bool, log_level: str) -> None:
     """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md."""
-    import logging
-
     import uvicorn
 
     from boride.registry import RegistryError, location, open_registry
@@ -437,6 +439,10 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         err.print(f"boride serve: {message}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
 
+    try:
+        token = one_token(token, token_file, "--token")
+    except ValueError as exc:
+        fail(str(exc))
     exposure = _exposure_problem(host, token, trusted_network)
     if exposure is not None:
         fail(exposure)
@@ -463,9 +469,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         fail("the {} runtime cannot run components here:\n  {}".format(
             runtime, "\n  ".join(problems)))
     app = create_app(config, runtime=runtime_, registry=registry)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    if log_level != "debug":  # one line per component call is too much
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    _configure_logging(log_level)
     notes = _serve_notes(host, port, config, trusted_network)
     notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
                  f"at most {max_builds} builds at once{', token required' if token else ''}); "
@@ -476,6 +480,36 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
                 access_log=log_level == "debug", proxy_headers=False)
+
+
+def _configure_logging(log_level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    if log_level != "debug":  # one line per component call is too much
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def one_token(token: str | None, token_file: Path | None, option: str) -> str | None:
+    """The token given as ``option`` or in ``option``-file; ValueError when both are given
+    or the file has none."""
+    if token_file is None:
+        return token
+    if token is not None:
+        raise ValueError(f"give {option} or {option}-file, not both")
+    return read_token(token_file)
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path`` (white space around it ignored); ValueError saying what is
+    wrong when there is none."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the token file {path}: {exc}") from None
+    if not token:
+        raise ValueError(f"the token file {path} is empty")
+    return token
 
 
 def _serve_notes(host: str, port: int, config: Any, trusted_network: bool) -> list[str]:
@@ -512,3 +546,79 @@ def _exposure_problem(host: str, token: str | None, trusted_network: bool = Fals
     if token is not None and len(token) < 16:
         return "--token must be at least 16 characters long"
     return None
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs --token (or "
+              "--trusted-network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=9000, show_default=True)
+@click.option("--worker", "workers", multiple=True, metavar="URL",
+              help="A worker (boride serve) by URL, e.g. http://10.0.0.5:9000; repeat.")
+@click.option("--discover", metavar="NAME",
+              help="A DNS name whose addresses are the workers, asked again every "
+              "--interval (on a swarm: tasks.<service>).")
+@click.option("--worker-port", type=click.IntRange(1, 65535), default=9000, show_default=True,
+              help="The workers' port (with --discover).")
+@click.option("--worker-token", envvar="BORIDE_WORKER_TOKEN", metavar="TOKEN",
+              help="The token the workers require (sent as a bearer token).")
+@click.option("--worker-token-file", type=click.Path(path_type=Path, dir_okay=False,
+                                                     exists=True),
+              envvar="BORIDE_WORKER_TOKEN_FILE",
+              help="Read the workers' token from this file (a swarm secret).")
+@click.option("--token", envvar="BORIDE_TOKEN", metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' from the front's own clients on "
+              "every route but GET /.")
+@click.option("--trusted-network", is_flag=True,
+              help="Allow a non-loopback --host without a token (the CyanPrint CLI sends "
+              "none): whoever reaches the port can run builds on every worker.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds between rounds of discovery and health checks.")
+@click.option("--lost-after", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds of failed checks after which a worker is lost (its sessions' "
+              "calls answer 503 at once; one failed check already stops new sessions there).")
+@click.option("--max-body", type=click.IntRange(min=1024), default=LIMITS.max_body,
+              show_default=True, help="Largest request body in bytes (413 beyond).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
+          worker_port: int, worker_token: str | None, worker_token_file: Path | None,
+          token: str | None, trusted_network: bool, interval: float, lost_after: float,
+          max_body: int, log_level: str) -> None:
+    """Serve the coordinator's API in front of workers (boride serve on each node): each
+    new session goes to the healthy worker with the fewest sessions, and stays there.
+    See docs/scaling.md."""
+    import uvicorn
+
+    from boride.front import FrontConfig, create_front_app
+
+    err = Console(stderr=True, soft_wrap=True)
+
+    def fail(message: str) -> None:
+        err.print(f"boride front: {message}", highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+
+    if not workers and not discover:
+        fail("name the workers: --worker URL (repeat) or --discover NAME")
+    try:
+        worker_token = one_token(worker_token, worker_token_file, "--worker-token")
+    except ValueError as exc:
+        fail(str(exc))
+    exposure = _exposure_problem(host, token, trusted_network)
+    if exposure is not None:
+        fail(exposure)
+    config = FrontConfig(workers=workers, discover=discover, worker_port=worker_port,
+                         worker_token=worker_token, token=token, interval=interval,
+                         lost_after=lost_after, max_body=max_body)
+    app = create_front_app(config)
+    _configure_logging(log_level)
+    if trusted_network and not token and not _is_loopback(host):
+        err.print(f"boride front: WARNING: --trusted-network: no token on {host}: whoever "
+                  f"reaches port {port} can run builds on every worker", highlight=False,
+                  markup=False)
+    where = ", ".join([*workers, *([f"{discover}:{worker_port} (DNS)"] if discover else [])])
+    err.print(f"boride front: http://{host}:{port}, workers: {where}"
+              f"{'' if worker_token else ' (no worker token)'}", highlight=False,
+              markup=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+                access_log=log_level == "debug", proxy_headers=False)

@@ -13,7 +13,8 @@ Two images, each built FROM the one before:
   pyproject.toml) says whether it matches a working tree: :func:`serve_image_stale`,
   :func:`ensure_serve_image`.
 
-Usage: ``python docker/serve_image.py [--force] [--base IMAGE]`` (``make image``).
+Usage: ``python docker/serve_image.py [--force] [--base IMAGE]`` (``make image``); the tag is
+``BORIDE_SERVE_IMAGE`` when set.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,8 +39,13 @@ import docker.errors  # noqa: E402
 from build_images import _tree, build  # noqa: E402
 
 BASE_IMAGE = "boride/python-base:3.11"
-DEPS_IMAGE = "boride/serve-deps:latest"
-SERVE_IMAGE = "boride/serve:latest"
+#: The tag built; ``BORIDE_SERVE_IMAGE`` names another (a shared engine's sessions working on
+#: different trees then do not rebuild one tag in turn; give the runtime the same tag through
+#: ``BORIDE_HELPER_IMAGE``: the tests do so themselves).
+SERVE_IMAGE = os.environ.get("BORIDE_SERVE_IMAGE") or "boride/serve:latest"
+#: Its dependencies' image (``<BORIDE_SERVE_IMAGE>-deps`` with another tag: not shared either).
+DEPS_IMAGE = (f"{SERVE_IMAGE}-deps" if os.environ.get("BORIDE_SERVE_IMAGE")
+              else "boride/serve-deps:latest")
 RECIPE_REV = "1"  # bump when the recipe below changes (both images are rebuilt)
 PACKAGE = ROOT / "boride"
 PYPROJECT = ROOT / "pyproject.toml"

@@ -28,6 +28,12 @@ EXAMPLES = ROOT / "examples"
 SETUP = ".ci/docker-setup.sh"
 
 
+# BORIDE_SERVE_IMAGE: boride's own image is built (and used) under that tag, not
+# boride/serve:latest (docker/serve_image.py); the helper containers then run it too.
+if os.environ.get("BORIDE_SERVE_IMAGE") and not os.environ.get("BORIDE_HELPER_IMAGE"):
+    os.environ["BORIDE_HELPER_IMAGE"] = os.environ["BORIDE_SERVE_IMAGE"]
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
@@ -69,7 +75,8 @@ def docker_problem() -> str | None:
         if missing:
             return (f"{len(missing)} test image(s) missing on the engine (e.g. {missing[0]}); "
                     f"run {SETUP} as root")
-        if not os.environ.get("BORIDE_HELPER_IMAGE"):
+        if (not os.environ.get("BORIDE_HELPER_IMAGE")
+                or os.environ.get("BORIDE_SERVE_IMAGE") == os.environ["BORIDE_HELPER_IMAGE"]):
             # every session's helper runs boride's own image: it must be this tree's code
             serve_image_module().ensure_serve_image(client)
     finally:

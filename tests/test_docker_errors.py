@@ -12,6 +12,7 @@ import requests.exceptions
 
 from boride.runtime.base import RuntimeFailure
 from boride.runtime.docker import NETWORK, DockerRuntime, Engine
+from boride.runtime.docker.helper import helper_image
 from boride.types import Component, Kind
 
 
@@ -99,7 +100,7 @@ async def test_problems_is_awaited_and_names_each_component() -> None:
         ".ci/docker-setup.sh, or set BORIDE_DOCKER_PULL=1 to pull it)"
         for who in ("plugin 'q'", "processor 'p'")]
     # boride's own image (every session's helper) is missing on this engine too
-    assert found[3:] == ["image 'boride/serve:latest' is not on the Docker engine (build it, "
+    assert found[3:] == [f"image '{helper_image()}' is not on the Docker engine (build it, "
                          "e.g. with .ci/docker-setup.sh, or set BORIDE_DOCKER_PULL=1 to pull "
                          "it) (boride's own image: build it with make image, or "
                          "docker/serve_image.py)"]

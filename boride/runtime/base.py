@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -208,6 +209,12 @@ class Runtime(abc.ABC):
         :class:`BlobImage`'s files), now if no open session uses it, else when the last one
         closes; return what was removed. By default nothing."""
         return []
+
+    async def node_id(self) -> str:
+        """Which machine this runtime's components run on, as the cluster names it: on Docker
+        the engine's swarm node id (else the engine's id); elsewhere the host name. ``boride
+        front`` shows it for each worker (``GET /workers``)."""
+        return socket.gethostname()
 
     async def component_networks(self) -> ComponentNetworks:
         """The networks this runtime's components have addresses on, as the host sees them: a

@@ -209,6 +209,18 @@ class StatusRes(BaseModel):
     status: str = "OK"
 
 
+class WorkerRes(BaseModel):
+    """(boride) ``GET /worker``: what this server holds, for ``boride front``."""
+
+    node: str = Field(description="The machine its components run on: on Docker the engine's "
+                                  "swarm node id (else the engine's id), else the host name")
+    sessions: list[str] = Field(description="Ids of the open sessions")
+    sessions_active: int = Field(description="How many sessions are open")
+    sessions_total: int = Field(description="Sessions made since the server started")
+    templates: list[str] = Field(description="Templates whose shared components run here")
+    resolvers: list[str] = Field(description="Resolver version ids running here")
+
+
 class WarmRes(BaseModel):
     session_id: str
     vol_ref: VolumeRef

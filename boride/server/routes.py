@@ -29,6 +29,7 @@ from boride.server.models import (
     TryRes,
     VolumeRef,
     WarmRes,
+    WorkerRes,
 )
 from boride.server.problems import trace_id_of
 from boride.server.service import Service
@@ -83,6 +84,14 @@ async def metrics(request: Request) -> Response:
     """Builds started/finished/failed/cancelled, builds in flight and waiting, duration of each
     stage, component failures by kind, sessions."""
     return Response(_service(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/worker", response_model=WorkerRes, tags=["health"])
+async def worker(request: Request) -> WorkerRes:
+    """(boride) What this server holds: the node its components run on, its open sessions,
+    the templates warm here and the resolvers running. ``boride front`` polls it to check its
+    workers' health, to place new sessions and to find them again after a restart."""
+    return await _service(request).worker_status()
 
 
 @router.post("/executor", response_model=StatusRes, tags=["executor"],

@@ -26,7 +26,7 @@ from boride.server.components import Catalog
 from boride.server.context import Context, ServerConfig
 from boride.server.errors import ResolverNotFound, SessionNotFound
 from boride.server.metrics import Metrics
-from boride.server.models import TemplateVersionRes, TryReq
+from boride.server.models import TemplateVersionRes, TryReq, WorkerRes
 from boride.server.sessions import Sessions
 from boride.server.templates import Templates
 from boride.server.tries import Tries
@@ -129,6 +129,19 @@ class Service:
             log.info("DELETE of session %s: no such session, nothing to remove", session_id)
             return False
         return True
+
+    async def worker_status(self) -> WorkerRes:
+        """``GET /worker``: the node, the sessions, the warm templates, running resolvers."""
+        try:
+            node = await self.ctx.runtime.node_id()
+        except RuntimeFailure as exc:
+            log.warning("GET /worker: %s", exc)
+            node = ""
+        sessions = self.sessions.open_ids()
+        return WorkerRes(
+            node=node, sessions=sessions, sessions_active=len(sessions),
+            sessions_total=self.sessions.total, templates=self.templates.warm_ids(),
+            resolvers=sorted({*self.templates.resolver_ids(), *self.sessions.resolver_ids()}))
 
     def resolver(self, resolver_id: str) -> Instance:
         """A running resolver by version id: a template's shared one, else a try session's."""

@@ -72,6 +72,15 @@ class Sessions(Table[SessionState]):
         self.catalog = catalog
         self.templates = templates
         self._create_lock = asyncio.Lock()
+        self.total = 0  # sessions made since the server started
+
+    def open_ids(self) -> list[str]:
+        return [sid for sid, s in self._table.items() if not s.closed]
+
+    def resolver_ids(self) -> list[str]:
+        """Resolvers running for a (try) session of their own."""
+        return [rid for s in self._table.values() for rid, name in s.resolvers.items()
+                if name in s.session.instances]
 
     def find(self, session_id: str) -> SessionState:
         check_id(session_id)
@@ -124,6 +133,7 @@ class Sessions(Table[SessionState]):
             session = await self.ctx.open_session(session_id, folder)
             state = SessionState(session_id, tid, folder, session, try_session=try_session)
             self._table[session_id] = state
+            self.total += 1
             self.ctx.metrics.sessions.set(len(self._table))
             return state, True
 

@@ -141,6 +141,14 @@ class Templates(Table[TemplateState]):
                              now - t.last_used)
                     await self.drop(t.id)
 
+    def warm_ids(self) -> list[str]:
+        """The templates whose shared components run here now."""
+        return [tid for tid, t in self._table.items() if t.instances]
+
+    def resolver_ids(self) -> list[str]:
+        return [rid for t in self._table.values() for rid, name in t.resolvers.items()
+                if name in t.instances]
+
     def shared(self, template_id: str) -> Session | None:
         t = self._table.get(template_id)
         if t is None:

@@ -118,10 +118,19 @@ class _Unreachable(httpx.AsyncBaseTransport):
         raise httpx.ConnectError(self.why, request=request)
 
 
+#: Seconds an idle connection to a container is kept for reuse (see :func:`http_client`).
+KEEPALIVE_EXPIRY = 2.0
+
+
 def http_client(container: Container, port: int, network: str) -> httpx.AsyncClient:
     """A client reaching ``container``'s ``port`` at its address on ``network``."""
     if container.address:
-        transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport()
+        # An idle connection is dropped well before the server's keep-alive timeout (5 s for
+        # uvicorn, the helper's and the SDKs' servers): reusing one the server is closing at
+        # that very moment fails the call ("Server disconnected without sending a
+        # response"), which happened under load (issue 15's swarm test).
+        transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY))
     else:
         transport = _Unreachable(f"container {container.name} has no address on {network} "
                                  "(it is not running)")

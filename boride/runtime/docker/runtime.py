@@ -85,6 +85,7 @@ class DockerRuntime(Runtime):
         self.network = Network(self.engine, self.settings.network)
         self._sessions: dict[str, _Session] = {}
         self.blobs = Blobs(self.engine, self.settings)
+        self._node_id = ""
         self._instances: set[DockerInstance] = set()
 
     # -- checks -----------------------------------------------------------------------------
@@ -117,6 +118,21 @@ class DockerRuntime(Runtime):
         except (*ENGINE_ERRORS, docker.errors.DockerException):
             return None
         return str(found["Id"])
+
+    async def node_id(self) -> str:
+        """The engine's swarm node id (``docker info``: ``Swarm.NodeID``), else the engine's
+        own id; kept once it is a swarm node's (a node's id does not change)."""
+        if self._node_id:
+            return self._node_id
+        try:
+            info = await self.engine.call(lambda api: api.info())
+        except (RuntimeFailure, *ENGINE_ERRORS) as exc:
+            raise RuntimeFailure(f"cannot ask the Docker engine who it is: {reason(exc)}") \
+                from None
+        node = str((info.get("Swarm") or {}).get("NodeID") or "")
+        if node:
+            self._node_id = node
+        return node or str(info.get("ID") or info.get("Name") or "")
 
     async def component_networks(self) -> ComponentNetworks:
         """The subnets of the components' network, from the engine (again when this runtime
