@@ -20,6 +20,7 @@ import os
 import posixpath
 import stat
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -481,3 +482,58 @@ def _remove(remove: Callable[[], None], errors: list[OSError]) -> None:
 
 # What a concurrent rename/swap/removal by a component looks like to a walk.
 _RACED = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR})
+
+
+def adopt_file(dir_fd: int, name: str, mode_mask: int, state: CopyState) -> bool:
+    """Make the file ``name`` in the folder ``dir_fd`` what boride's own copy of it would be,
+    in place: owned by boride's user, mode 0755 or 0644 by its executable bit (``& mode_mask``),
+    one link. A file boride cannot take over (another owner, as another user) or with other
+    hard links (its content could change through them) is replaced by a copy of its own.
+    False, and nothing done, when ``name`` is not a plain file (opened without following)."""
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in _RACED:
+            return False
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        mode = (0o755 if st.st_mode & 0o111 else 0o644) & mode_mask
+        if st.st_nlink > 1 or not _take(fd, st):
+            tmp = f".{name}.{uuid.uuid4().hex[:8]}.copy"
+            dfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                          | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+            try:
+                os.fchmod(dfd, mode)
+                copy_fd(fd, dfd, st.st_size, st.st_dev, state)
+            finally:
+                os.close(dfd)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        elif stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return True
+
+
+def adopt_dir(fd: int, mode: int) -> None:
+    """Make the folder ``fd`` boride's user's (when boride may: else it stays as it is) with
+    ``mode``."""
+    st = os.fstat(fd)
+    _take(fd, st)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
+def _take(fd: int, st: os.stat_result) -> bool:
+    """Whether the file ``fd`` is (now) boride's user's."""
+    me = (os.geteuid(), os.getegid())
+    if (st.st_uid, st.st_gid) == me:
+        return True
+    try:
+        os.fchown(fd, *me)
+    except PermissionError:
+        return False
+    return True

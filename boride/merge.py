@@ -102,11 +102,12 @@ from boride import aio, parallel
 from boride.errors import BorideError, describe
 from boride.fsutil import (
     DIR_FLAGS,
-    FILE_FLAGS,
     CopyState,
     DirCache,
     Entry,
     UnsafePath,
+    adopt_dir,
+    adopt_file,
     copy_fd,
     current_umask,
     is_within,
@@ -266,7 +267,6 @@ class _Writer:
     roots: Sequence[int]  # the outputs' descriptors, by layer
     state: CopyState = field(default_factory=CopyState)
     stop: threading.Event = field(default_factory=threading.Event)
-    owner: tuple[int, int] = field(default_factory=lambda: (os.geteuid(), os.getegid()))
 
     def read(self, layer: int, src: str) -> tuple[bytes, bool]:
         """A version's content and executable bit, read through descriptors."""
@@ -381,49 +381,12 @@ class _Writer:
 
     def adopt(self, dir_fd: int, name: str) -> str | None:
         """Make the file ``name`` (in the folder ``dir_fd``, moved from an output) the merge's
-        own, as a copy would be: a plain file with one link, owned by boride's user, mode 0755 or
-        0644. A file with other links (or another owner boride cannot take over) is replaced
-        by a copy of itself; anything else is removed. A problem, or None."""
-        try:
-            fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
-        except OSError:
-            _remove_entry(dir_fd, name)
-            return "changed during the merge (no longer a plain file): left out"
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                _remove_entry(dir_fd, name)
-                return "changed during the merge (no longer a plain file): left out"
-            mode = 0o755 if st.st_mode & 0o111 else 0o644
-            if st.st_nlink > 1 or not self._own(fd, st):
-                self._copy_over(dir_fd, name, fd, st, mode)
-            elif stat.S_IMODE(st.st_mode) != mode:
-                os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        return None
-
-    def _own(self, fd: int, st: os.stat_result) -> bool:
-        if (st.st_uid, st.st_gid) == self.owner:
-            return True
-        try:
-            os.fchown(fd, *self.owner)
-        except PermissionError:
-            return False
-        return True
-
-    def _copy_over(self, dir_fd: int, name: str, fd: int, st: os.stat_result,
-                   mode: int) -> None:
-        """Replace ``name`` by a copy of its content (read from ``fd``) of its own."""
-        tmp = f".{name}.{threading.get_ident()}.boride-copy"
-        dfd = os.open(tmp, _DST_FLAGS, mode, dir_fd=dir_fd)
-        try:
-            if self.umask & mode:
-                os.fchmod(dfd, mode)
-            copy_fd(fd, dfd, st.st_size, st.st_dev, self.state)
-        finally:
-            os.close(dfd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        own, as a copy would be (:func:`boride.fsutil.adopt_file`); anything but a plain file
+        is removed. A problem, or None."""
+        if adopt_file(dir_fd, name, 0o777, self.state):
+            return None
+        _remove_entry(dir_fd, name)
+        return "changed during the merge (no longer a plain file): left out"
 
     def move_dir(self, rel: str, layer: int) -> list[str] | None:
         """Rename the folder ``rel`` of output ``layer`` into the target whole and adopt what
@@ -458,13 +421,13 @@ class _Writer:
         with DirCache(self.dir_fd) as target:
             fd = os.open(name, DIR_FLAGS, dir_fd=target.dir(parent))
         try:
-            self._adopt_dir(fd)
+            adopt_dir(fd, 0o755)
             for e in walk(fd, unreadable):
                 where = f"{rel}/{e.rel}"
                 if e.kind == "dir":
                     child = os.open(e.name, DIR_FLAGS, dir_fd=e.dir_fd)
                     try:
-                        self._adopt_dir(child)
+                        adopt_dir(child, 0o755)
                     finally:
                         os.close(child)
                 elif e.kind == "file":
@@ -478,14 +441,6 @@ class _Writer:
         finally:
             os.close(fd)
         return errors
-
-    def _adopt_dir(self, fd: int) -> None:
-        st = os.fstat(fd)
-        if (st.st_uid, st.st_gid) != self.owner:
-            with contextlib.suppress(PermissionError):  # then it stays the component user's
-                os.fchown(fd, *self.owner)
-        if stat.S_IMODE(st.st_mode) != 0o755:
-            os.fchmod(fd, 0o755)
 
     def write_batch(self, jobs: Sequence[tuple[str, bytes, bool, bool, str]]) -> list[str]:
         """Write resolved contents: (path, content, executable, replace, origin)."""

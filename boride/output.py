@@ -111,7 +111,6 @@ class _Adopter:
     umask: int
     errors: list[str] = field(default_factory=list)
     state: fsutil.CopyState = field(default_factory=fsutil.CopyState)
-    owner: tuple[int, int] = field(default_factory=lambda: (os.geteuid(), os.getegid()))
 
     def run(self) -> list[str]:
         def unlistable(rel: str, exc: OSError) -> None:
@@ -135,7 +134,8 @@ class _Adopter:
                         os.unlink(e.name, dir_fd=e.dir_fd)
                         os.symlink(text, e.name, dir_fd=e.dir_fd)
                     with contextlib.suppress(PermissionError):
-                        os.chown(e.name, *self.owner, dir_fd=e.dir_fd, follow_symlinks=False)
+                        os.chown(e.name, os.geteuid(), os.getegid(), dir_fd=e.dir_fd,
+                                 follow_symlinks=False)
                 else:
                     raise OSError("not a regular file, folder or symlink")
             except (OSError, fsutil.UnsafePath) as exc:
@@ -143,37 +143,11 @@ class _Adopter:
         return sorted(self.errors)
 
     def _dir(self, fd: int, mode: int) -> None:
-        st = os.fstat(fd)
-        if (st.st_uid, st.st_gid) != self.owner:
-            with contextlib.suppress(PermissionError):
-                os.fchown(fd, *self.owner)
-        if stat.S_IMODE(st.st_mode) != mode & ~self.umask:
-            os.fchmod(fd, mode & ~self.umask)
+        fsutil.adopt_dir(fd, mode & ~self.umask)
 
     def _file(self, e: fsutil.Entry) -> None:
-        fd = os.open(e.name, fsutil.FILE_FLAGS, dir_fd=e.dir_fd)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise OSError("not a regular file, folder or symlink")
-            mode = (0o755 if st.st_mode & 0o111 else 0o644) & ~self.umask
-            owned = (st.st_uid, st.st_gid) == self.owner
-            if not owned:
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fd, *self.owner)
-                    owned = True
-            if st.st_nlink > 1 or not owned:  # an inode of its own, boride's
-                tmp = f".{e.name}.{uuid.uuid4().hex[:8]}.copy"
-                dfd = os.open(tmp, _DST_FLAGS, mode, dir_fd=e.dir_fd)
-                try:
-                    fsutil.copy_fd(fd, dfd, st.st_size, st.st_dev, self.state)
-                finally:
-                    os.close(dfd)
-                os.rename(tmp, e.name, src_dir_fd=e.dir_fd, dst_dir_fd=e.dir_fd)
-            elif stat.S_IMODE(st.st_mode) != mode:
-                os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
+        if not fsutil.adopt_file(e.dir_fd, e.name, ~self.umask, self.state):
+            raise OSError("not a regular file, folder or symlink")
 
 
 async def unpack_folder(chunks: AsyncIterator[bytes], out: Path, *, replace: bool) -> Path:
