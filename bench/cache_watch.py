@@ -36,13 +36,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import replace_section  # noqa: E402
 from boride.cache import Cache  # noqa: E402
 from boride.model import load  # noqa: E402
 from boride.pipeline import BuildOptions, build  # noqa: E402
 from boride.runtime.local import LocalRuntime  # noqa: E402
 from boride.watch import Round, watch  # noqa: E402
 
-REPORT = ROOT / "docs" / "benchmarks.md"
 TITLE = "## The cache and the watch loop (issue 14)"
 SCRIPT = ROOT / "tests" / "components" / "ok_processor.py"
 WORK_PROCESSORS, WORK_DELAY = 6, 1.0
@@ -188,17 +188,6 @@ def report(times: dict[str, Any], watched: dict[str, Any], reps: int) -> str:
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    text = REPORT.read_text()
-    if TITLE in text:
-        start = text.index(TITLE)
-        end = text.find("\n## ", start + len(TITLE))
-        text = text[:start] + section + (text[end + 1:] if end != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    REPORT.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7)
@@ -208,7 +197,7 @@ def main() -> None:
     section = report(times, watched, args.reps)
     print(section)
     if not args.no_write:
-        write(section)
+        replace_section(TITLE, section)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import replace_section  # noqa: E402
 from boride import output  # noqa: E402
 from boride.merge import Conflict, ResolverRule, merge  # noqa: E402
 
-REPORT = ROOT / "docs" / "benchmarks.md"
 TITLE = "## Merge and --out by rename (issue 13, part 3)"
 OUTPUTS = 8
 PER_DIR = 100
@@ -133,17 +133,6 @@ def report(times: dict[str, list[float]], files: int) -> str:
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    text = REPORT.read_text()
-    if TITLE in text:
-        start = text.index(TITLE)
-        end = text.find("\n## ", start + len(TITLE))
-        text = text[:start] + section + (text[end + 1:] if end != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    REPORT.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -153,7 +142,7 @@ def main() -> None:
     section = report(measure(args.reps, args.files), args.files)
     print(section)
     if not args.no_write:
-        write(section)
+        replace_section(TITLE, section)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import replace_section  # noqa: E402
 from boride.model import load  # noqa: E402
 from boride.pipeline import BuildOptions, build  # noqa: E402
 from boride.runtime.local import LocalRuntime  # noqa: E402
 
-REPORT = ROOT / "docs" / "benchmarks.md"
 TITLE = "## One instance per distinct component (issue 13)"
 SCRIPT = ROOT / "tests" / "components" / "ok_processor.py"
 STEPS = 8
@@ -113,17 +113,6 @@ def report(times: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    text = REPORT.read_text()
-    if TITLE in text:
-        start = text.index(TITLE)
-        end = text.find("\n## ", start + len(TITLE))
-        text = text[:start] + section + (text[end + 1:] if end != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    REPORT.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7)
@@ -132,7 +121,7 @@ def main() -> None:
     section = report(asyncio.run(measure(args.reps)))
     print(section)
     if not args.no_write:
-        write(section)
+        replace_section(TITLE, section)
 
 
 if __name__ == "__main__":
