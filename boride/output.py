@@ -69,11 +69,7 @@ def move_folder(tree: Path, out: Path, *, replace: bool, within: Path | None = N
     a file with other hard links replaced by a copy of its own), then renamed into place
     (replacing ``out`` only when ``replace``, and only then). Across file systems, a copy.
     Only for a tree no component can still change (their processes have ended)."""
-    if out.exists() and not out.is_dir():
-        raise OutputError([f"output {out} exists and is not a folder"])
-    if out.exists() and any(out.iterdir()) and not replace:
-        raise OutputError([f"output folder {out} exists and is not empty (use --force to "
-                           "replace it)"])
+    _check_out(out, replace)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd = fsutil.open_dir(tree, within)
     try:
@@ -166,13 +162,19 @@ async def unpack_folder(chunks: AsyncIterator[bytes], out: Path, *, replace: boo
             await aclose()
 
 
-def _swap_in(out: Path, replace: bool, fill: Callable[[Path], None]) -> Path:
-    """Fill a staging folder next to ``out``, then put it in ``out``'s place."""
+def _check_out(out: Path, replace: bool) -> None:
+    """:class:`OutputError` unless ``out`` may receive the result (missing, empty, or
+    ``replace``)."""
     if out.exists() and not out.is_dir():
         raise OutputError([f"output {out} exists and is not a folder"])
     if out.exists() and any(out.iterdir()) and not replace:
         raise OutputError([f"output folder {out} exists and is not empty (use --force to "
                            "replace it)"])
+
+
+def _swap_in(out: Path, replace: bool, fill: Callable[[Path], None]) -> Path:
+    """Fill a staging folder next to ``out``, then put it in ``out``'s place."""
+    _check_out(out, replace)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.new")
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -160,3 +162,22 @@ def tree(root: Path) -> dict[str, bytes]:
         rel = p.relative_to(root).as_posix()
         out[rel] = b"<dir>" if p.is_dir() else p.read_bytes()
     return out
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs mounted below the test's folder (another file system: renames cannot cross),
+    unmounted after; the test is skipped where it cannot be mounted (root only)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    mount.chmod(0o755)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

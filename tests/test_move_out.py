@@ -4,7 +4,6 @@ made first what a copy would be (owner, modes, links), and copied only across fi
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -93,23 +92,6 @@ def test_replace_only_with_force_and_then_whole(tmp_path: Path) -> None:
     move_folder(make_result(tmp_path / "2"), out, replace=True)
     assert "old.txt" not in tree(out) and tree(out)["run.sh"] == b"#!/bin/sh\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    mount.chmod(0o755)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_across_file_systems_it_is_a_copy(tmp_path: Path, tmpfs: Path) -> None:
