@@ -826,7 +826,9 @@ class _BuildCache:
         self.keys: dict[str, str] = {}  # step -> its key
         self.found: dict[str, IO[bytes]] = {}  # step -> its entry, until unpacked
         self.stored: dict[str, str] = {}  # step -> key: outputs put in the cache
-        self.inputs: dict[tuple[object, ...], str] = {}  # the identities the keys were made of
+        # what the keys were made of: the template's identity, each runnable's
+        self.template_id: str | None = None
+        self.identities: dict[tuple[object, ...], str] = {}
 
     def hit(self, step: str) -> bool:
         return step in self.found
@@ -883,11 +885,10 @@ class _BuildCache:
             template_id, ids = await self._identities(components)
         except OSError:
             template_id, ids = None, {}
-        now = {("template",): template_id, **ids}
         for name, key in self.stored.items():
             runnable = self.build.steps[name].component.runnable
-            if (now[("template",)] != self.inputs.get(("template",))
-                    or now.get(runnable) != self.inputs.get(runnable)):
+            if (template_id != self.template_id
+                    or ids.get(runnable) != self.identities.get(runnable)):
                 log.info("%r's output is not kept: its inputs changed during the build", name)
                 await asyncio.to_thread(store.remove, key)
 
@@ -907,7 +908,7 @@ class _BuildCache:
             return
         if template_id is None:
             return
-        self.inputs = {("template",): template_id, **ids}
+        self.template_id, self.identities = template_id, ids
         for s in steps:
             if (ident := ids.get(s.component.runnable)) is not None:
                 self.keys[s.component.name] = cache.step_key(
