@@ -26,6 +26,7 @@ from pathlib import Path
 
 import watchfiles
 
+from boride.cache import IGNORED_NAMES
 from boride.errors import describe
 from boride.model import Pipeline, PipelineError, load
 from boride.pipeline import (
@@ -44,9 +45,8 @@ from boride.types import Component, Status
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 50  # changes this close together are one edit (an editor's save is several)
 STEP_MS = 10
-#: never a reason to rebuild: byte-code, version control, editors' temporary files
-_IGNORED_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".mypy_cache", ".ruff_cache",
-                           ".pytest_cache", "node_modules/.cache"})
+#: never a reason to rebuild: what is no part of a component (byte-code, version control:
+#: :data:`boride.cache.IGNORED_NAMES`) and editors' temporary files
 _IGNORED_SUFFIXES = (".swp", ".swx", "~", ".tmp")
 
 
@@ -70,7 +70,7 @@ class _Filter(watchfiles.DefaultFilter):
     """Everything but what builds write (outputs, the cache, work areas) and noise."""
 
     def __init__(self, skip: Iterable[Path]) -> None:
-        super().__init__(ignore_dirs=sorted(_IGNORED_DIRS))
+        super().__init__(ignore_dirs=sorted(IGNORED_NAMES))
         self.skip = tuple(str(p.resolve()) for p in skip)
 
     def __call__(self, change: watchfiles.Change, path: str) -> bool:
