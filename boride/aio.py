@@ -1,4 +1,13 @@
-"""The few asyncio patterns boride needs, written once (in the spirit of trio/anyio):
+"""The few asyncio patterns boride needs, written once (in the spirit of trio/anyio). This is
+the only module that creates tasks (a house rule: ``tests/test_house_rules.py``); everything
+else starts background work in a :class:`TaskGroup` owned by whoever lives as long as it.
+
+* :class:`TaskGroup` — the owner of background tasks (a build's, a session's, a runtime's, the
+  server's): :meth:`~TaskGroup.start_soon`, :meth:`~TaskGroup.start` (trio's
+  ``nursery.start()``: wait until the task says it is ready), and closing it cancels what is
+  left and waits until it is gone. A closed group refuses new tasks.
+* :func:`to_thread` — a blocking function on a thread, at most :data:`THREADS` at once; a
+  cancelled caller waits for the thread to end (anyio's ``to_thread.run_sync``).
 
 * :func:`shielded` — run something to its end even if the caller is cancelled meanwhile (the
   cancellation is raised afterwards): clean-up that must finish (anyio's
@@ -14,21 +23,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
-__all__ = ["ThreadedChunks", "in_thread", "race", "shielded"]
+__all__ = ["TaskGroup", "TaskStatus", "ThreadedChunks", "in_thread", "race", "shielded",
+           "spawn", "to_thread"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: How many threads :func:`to_thread` runs at once per event loop (the default pool's size
+#: on a small machine; more would only queue in the pool).
+THREADS = 16
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
+
+def spawn(aw: Awaitable[T]) -> asyncio.Future[T]:
+    """A task (or future) running ``aw``. Only for this module's helpers and for code that
+    awaits the task itself before it returns (a race); background work goes to a
+    :class:`TaskGroup`."""
+    return asyncio.ensure_future(aw)
 
 
 async def shielded(aw: Awaitable[T]) -> T:
     """Await ``aw`` to its end whatever happens to the caller; if the caller was cancelled
     meanwhile, raise :class:`asyncio.CancelledError` once it has ended (its own result or
     error is then dropped, but retrieved, so nothing is logged as never retrieved)."""
-    task = asyncio.ensure_future(aw)
+    task = spawn(aw)
     cancelled = False
     while not task.done():
         try:
@@ -46,7 +75,7 @@ async def race(*aws: Awaitable[Any], timeout: float | None = None) -> asyncio.Fu
     """Run ``aws`` at once until the first ends; cancel the rest and wait for them to go.
     Return the one that ended first (read its ``result()``, which raises its error), or None
     when ``timeout`` seconds passed first. Cancelling the caller cancels them all, waited for."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    tasks = [spawn(aw) for aw in aws]
     try:
         done, _ = await asyncio.wait(tasks, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -56,6 +85,20 @@ async def race(*aws: Awaitable[Any], timeout: float | None = None) -> asyncio.Fu
                 t.cancel()
         await shielded(asyncio.gather(*tasks, return_exceptions=True))
     return next((t for t in tasks if t in done), None)
+
+
+async def to_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` on a thread of the loop's pool, at most :data:`THREADS` at once
+    (a caller waits for its turn); if the caller is cancelled, the thread is waited for before
+    the cancellation goes on (a thread cannot be stopped: nothing it still does outlives its
+    caller unnoticed). The caller's context variables are seen in the thread."""
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = _limiters[loop] = asyncio.Semaphore(THREADS)
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    async with limiter:
+        return await in_thread(None, call)
 
 
 async def in_thread(pool: Executor | None, fn: Callable[..., T], *args: Any,
@@ -72,6 +115,107 @@ async def in_thread(pool: Executor | None, fn: Callable[..., T], *args: Any,
         if not future.cancelled():
             future.exception()
         raise
+
+
+class TaskStatus(Generic[T]):
+    """Handed to a task started with :meth:`TaskGroup.start`: it calls :meth:`started` once it
+    is ready, with what the starter gets back."""
+
+    def __init__(self, future: asyncio.Future[T]) -> None:
+        self._future = future
+
+    def started(self, value: T = None) -> None:  # type: ignore[assignment]
+        if self._future.done():
+            raise RuntimeError("started() was called already")
+        self._future.set_result(value)
+
+
+class TaskGroup:
+    """Owns background tasks for its owner's life (a build, a session, a runtime, the
+    server). Unlike :class:`asyncio.TaskGroup`, a task's failure stops nothing else: it is
+    kept in its task (await the task returned by :meth:`start_soon` for it) and logged when
+    nobody asked for it. :meth:`aclose` (also leaving ``async with``) cancels every task still
+    running and waits for all to end; ``async with`` without an error waits for them instead.
+    After :meth:`aclose`, :meth:`start_soon` raises :class:`RuntimeError`: nothing can start
+    behind an owner that has closed."""
+
+    def __init__(self, name: str = "tasks") -> None:
+        self.name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start_soon(self, coro: Coroutine[Any, Any, T], *, name: str | None = None
+                   ) -> asyncio.Task[T]:
+        """Run ``coro`` in the background, owned by this group."""
+        if self._closed:
+            coro.close()
+            raise RuntimeError(f"{self.name}: closed, no new task can start")
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None and not isinstance(
+                error, Exception):
+            log.debug("%s: task %s ended with %r", self.name, task.get_name(), error)
+
+    async def start(self, fn: Callable[[TaskStatus[T]], Coroutine[Any, Any, Any]], *,
+                    name: str | None = None) -> T:
+        """Run ``fn(status)`` in the background and wait until it calls ``status.started()``
+        (trio's ``nursery.start``); return what it passed. If the task ends first, its error
+        is raised here (an end without ``started()`` is a :class:`RuntimeError`); if the
+        caller is cancelled meanwhile, the task is cancelled too and waited for."""
+        ready: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        task = self.start_soon(fn(TaskStatus(ready)), name=name)
+        try:
+            await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            await shielded(asyncio.wait({task}))
+            raise
+        if ready.done():
+            return ready.result()
+        ready.cancel()
+        if task.cancelled():
+            raise asyncio.CancelledError
+        error = task.exception()
+        raise error if error is not None else RuntimeError(
+            f"{task.get_name()} ended without saying it had started")
+
+    async def join(self) -> None:
+        """Wait until every task (also those started meanwhile) has ended."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def aclose(self) -> None:
+        """Refuse new tasks, cancel those still running and wait until all have ended (to
+        the end even if the caller is cancelled meanwhile)."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await shielded(self.join())
+
+    async def __aenter__(self) -> TaskGroup:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if kind is None:
+            try:
+                await self.join()
+            except BaseException:
+                await self.aclose()
+                raise
+        await self.aclose()
 
 
 class ThreadedChunks(AsyncIterator[bytes]):
