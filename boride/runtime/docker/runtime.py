@@ -331,6 +331,12 @@ class DockerRuntime(Runtime):
                                  f"{reason(exc)}") from None
 
     async def aclose(self) -> None:
+        # Creations still under way (a session's helper, a component's container) end first:
+        # a container must not appear on the engine after its runtime has closed.
+        jobs = {j for s in self._sessions.values()
+                for j in (*s.pending, *((s.helper_job,) if s.helper_job else ()))}
+        if jobs:
+            await aio.shielded(asyncio.wait(jobs))
         for session in self._sessions.values():
             if session.area is not None:
                 await session.area.aclose()
