@@ -133,8 +133,8 @@ class TaskStatus(Generic[T]):
 class TaskGroup:
     """Owns background tasks for its owner's life (a build, a session, a runtime, the
     server). Unlike :class:`asyncio.TaskGroup`, a task's failure stops nothing else: it is
-    kept in its task (await the task returned by :meth:`start_soon` for it) and logged when
-    nobody asked for it. :meth:`aclose` (also leaving ``async with``) cancels every task still
+    kept in its task (await the task returned by :meth:`start_soon` for it) and logged at
+    debug level. :meth:`aclose` (also leaving ``async with``) cancels every task still
     running and waits for all to end; ``async with`` without an error waits for them instead.
     After :meth:`aclose`, :meth:`start_soon` raises :class:`RuntimeError`: nothing can start
     behind an owner that has closed."""
@@ -164,8 +164,9 @@ class TaskGroup:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None and not isinstance(
-                error, Exception):
+        # Retrieved here (asyncio never warns of it), and logged: whoever needs the task's
+        # outcome awaits the task itself.
+        if not task.cancelled() and (error := task.exception()) is not None:
             log.debug("%s: task %s ended with %r", self.name, task.get_name(), error)
 
     async def start(self, fn: Callable[[TaskStatus[T]], Coroutine[Any, Any, Any]], *,
