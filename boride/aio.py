@@ -1,6 +1,7 @@
 """The few asyncio patterns boride needs, written once (in the spirit of trio/anyio). This is
-the only module that creates tasks (a house rule: ``tests/test_house_rules.py``); everything
-else starts background work in a :class:`TaskGroup` owned by whoever lives as long as it.
+meant to be the only module that creates tasks: background work belongs in a
+:class:`TaskGroup` owned by whoever lives as long as it (other modules still create their own
+tasks today; moving them here is issue 20's work).
 
 * :class:`TaskGroup` — the owner of background tasks (a build's, a session's, a runtime's, the
   server's): :meth:`~TaskGroup.start_soon`, :meth:`~TaskGroup.start` (trio's
@@ -146,10 +147,6 @@ class TaskGroup:
 
     def __len__(self) -> int:
         return len(self._tasks)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def start_soon(self, coro: Coroutine[Any, Any, T], *, name: str | None = None
                    ) -> asyncio.Task[T]:

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import docker.errors
 
@@ -57,6 +57,15 @@ class _Session:
     template_volume: str | None = None  # the blob's volume (else the session's own)
     helper_job: asyncio.Future[DockerInstance] | None = None  # its helper being started
     pending: set[asyncio.Future[Container]] = field(default_factory=set)  # start jobs
+
+    async def creations_ended(self) -> None:
+        """Wait until every creation under way (its components' containers, its helper) has
+        ended (their outcomes go to whoever asked for them)."""
+        jobs: set[asyncio.Future[Any]] = set(self.pending)
+        if self.helper_job is not None:
+            jobs.add(self.helper_job)
+        if jobs:
+            await asyncio.wait(jobs)
 
 
 class DockerRuntime(Runtime):
@@ -220,11 +229,8 @@ class DockerRuntime(Runtime):
 
     async def close_workspace(self, workspace: Workspace) -> None:
         session = self._sessions.get(workspace.session_id)
-        if session is not None and session.pending:
-            # Starts still under way end first (their outcomes go to their callers).
-            await asyncio.wait(session.pending)
-        if session is not None and session.helper_job is not None:
-            await asyncio.wait({session.helper_job})  # (its outcome goes to the area)
+        if session is not None:
+            await session.creations_ended()
         if session is not None and session.area is not None:
             await session.area.aclose()
         try:
@@ -331,12 +337,10 @@ class DockerRuntime(Runtime):
                                  f"{reason(exc)}") from None
 
     async def aclose(self) -> None:
-        # Creations still under way (a session's helper, a component's container) end first:
-        # a container must not appear on the engine after its runtime has closed.
-        jobs = {j for s in self._sessions.values()
-                for j in (*s.pending, *((s.helper_job,) if s.helper_job else ()))}
-        if jobs:
-            await aio.shielded(asyncio.wait(jobs))
+        # Creations still under way end first: a container must not appear on the engine
+        # after its runtime has closed.
+        await aio.shielded(asyncio.gather(*(s.creations_ended()
+                                            for s in self._sessions.values())))
         for session in self._sessions.values():
             if session.area is not None:
                 await session.area.aclose()
