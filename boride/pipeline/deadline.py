@@ -1,0 +1,61 @@
+"""A build's one deadline: the whole build runs inside one timeout scope, and when it runs out
+the build says who was still at work and what each was waiting for, not just that time ran
+out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+
+
+class Deadline:
+    """The timeout of one build (``seconds`` from when it was made; None: no limit).
+
+    :meth:`scope` is the timeout scope the build runs in (:func:`asyncio.timeout_at`). Each
+    wait worth naming runs in :meth:`doing`; those the deadline cuts off are kept, in the
+    order they were cut off, each with a line saying what it was waiting for
+    (:meth:`report`)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.when = asyncio.get_running_loop().time() + seconds if seconds else None
+        self._scope: asyncio.Timeout | None = None
+        self.cut_off: list[tuple[str, str]] = []  # (step, "who: what it was waiting for")
+
+    @contextlib.asynccontextmanager
+    async def scope(self) -> AsyncIterator[None]:
+        """Run the block until the deadline; past it, the block is cancelled and
+        :class:`TimeoutError` raised (see :attr:`passed`)."""
+        async with asyncio.timeout_at(self.when) as scope:
+            self._scope = scope
+            yield
+
+    @property
+    def passed(self) -> bool:
+        """The deadline ran out (the scope cancelled what ran in it)."""
+        return self._scope is not None and self._scope.expired()
+
+    @property
+    def ran_out(self) -> str:
+        return f"when the build's {self.seconds or 0:g}s timeout ran out"
+
+    @contextlib.contextmanager
+    def doing(self, step: str, who: str, waiting: Callable[[], str]) -> Iterator[None]:
+        """Run the block as ``who``'s work (for ``step``); if the deadline cuts it off (in
+        this task, or in a background task its owner cancels once the deadline passed), keep
+        ``who: ...`` with what ``waiting()`` says it waited for."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            if self.passed:
+                line = f"{who}: {waiting()}"
+                if all(line != seen for _, seen in self.cut_off):
+                    self.cut_off.append((step, line))
+            raise
+
+    def report(self, stage: str | None) -> list[str]:
+        """What the deadline cut off, one line each; at least one line, naming the stage."""
+        return [line for _, line in self.cut_off] or [
+            f"the build's {self.seconds or 0:g}s timeout ran out"
+            + (f" during its {stage} stage" if stage else "")]

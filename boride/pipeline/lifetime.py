@@ -1,0 +1,148 @@
+"""The lifetime rule of a one-shot build: an instance lives from shortly before its first call
+to right after its last."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from boride import aio, parallel
+from boride.types import Component
+
+
+class OnDemand:
+    """Starts and stops a build's instances around their calls.
+
+    Each instance's life is one task of the build's task group: it starts the instance,
+    reports it ready (trio's ``nursery.start()``: :meth:`aio.TaskGroup.start`), waits until
+    the instance's last call has ended, and stops it. Closing (:meth:`close`) cancels what is
+    left and waits until it is gone.
+
+    Processors' instances start in the order of their first call, ``limit`` at a time, while
+    the ones before them are being called, and at most ``2 x limit`` of them are alive at once
+    (the calls go in that order too, each instance's calls together, so every started one
+    finishes: no wait for a place can last forever). A resolver starts at its first conflict and
+    stops after the merge; a plugin's instance starts while the plugin before it is called.
+
+    ``runner`` maps each step to its instance's name, ``calls`` counts each instance's calls to
+    come; ``start(name)`` starts an instance and waits until it is ready, ``stop(name)``
+    stops it.
+    """
+
+    def __init__(self, runner: Mapping[str, str], calls: Mapping[str, int],
+                 start: Callable[[str], Awaitable[None]],
+                 stop: Callable[[str], Awaitable[object]], limit: int) -> None:
+        self.runner = runner
+        self.calls = dict(calls)  # instance name -> calls (steps) still to make
+        self._start, self._stop = start, stop
+        self.limit = limit
+        self.places = asyncio.Semaphore(2 * limit)  # instances started ahead, alive at once
+        self.group = aio.TaskGroup("a build's instances")
+        self.readiness: dict[str, asyncio.Task[None]] = {}  # instance name -> its start
+        self.lives: dict[str, asyncio.Task[None]] = {}  # instance name -> its life
+        self.last_call: dict[str, asyncio.Event] = {}  # set once its last call has ended
+        self.turns: dict[str, asyncio.Event] = {}  # started ahead: set when its turn comes
+
+    def order(self, steps: list[Component]) -> list[Component]:
+        """``steps`` grouped by instance, in the order of each instance's first step."""
+        first: dict[str, int] = {}
+        for i, c in enumerate(steps):
+            first.setdefault(self.runner[c.name], i)
+        return sorted(steps, key=lambda c: first[self.runner[c.name]])
+
+    def ahead(self, steps: Iterable[str]) -> asyncio.Task[None] | None:
+        """Start the instances of ``steps`` in the background, in that order, ``limit`` at a
+        time through the engine, each when it has a place; the start of the first (None
+        without steps)."""
+        names = list(dict.fromkeys(self.runner[s] for s in steps))
+        for name in names:
+            self.turns[name] = asyncio.Event()
+            self.readiness[name] = self.group.start_soon(self._started(name, placed=True),
+                                                         name=f"start {name}")
+        if not names:
+            return None
+        self.group.start_soon(parallel.run(self._turn, names, limit=self.limit),
+                              name="starts ahead")
+        return self.readiness[names[0]]
+
+    async def _turn(self, name: str) -> None:
+        """The engine's item for a start ahead: let it begin, wait until it has ended (its
+        error is for whoever calls the instance)."""
+        self.turns[name].set()
+        await asyncio.wait([self.readiness[name]])
+
+    def prefetch(self, step: str) -> None:
+        """Start a step's instance now, in the background, unless started already."""
+        name = self.runner[step]
+        if name not in self.readiness:
+            self.readiness[name] = self.group.start_soon(self._started(name),
+                                                         name=f"start {name}")
+
+    async def ready(self, step: str) -> None:
+        """Wait until a step's instance is ready, starting it if nobody has; its start's
+        error if it could not start."""
+        self.prefetch(step)
+        await asyncio.shield(self.readiness[self.runner[step]])
+
+    def skip(self, step: str) -> None:
+        """A step that needs no call (its output comes from the cache)."""
+        name = self.runner[step]
+        self.calls[name] = self.calls.get(name, 1) - 1
+
+    def called(self, name: str) -> None:
+        """A call to instance ``name`` ended: after its last, the instance stops."""
+        left = self.calls[name] = self.calls.get(name, 1) - 1
+        if left <= 0:
+            self._last_call(name).set()
+
+    async def settle(self) -> None:
+        """Wait for the stops under way (of instances whose last call has ended)."""
+        await self._wait_lives(n for n, e in self.last_call.items() if e.is_set())
+
+    async def retire(self, names: Iterable[str]) -> None:
+        """Stop these instances now (the resolvers, after the merge)."""
+        names = list(names)
+        for name in names:
+            self._last_call(name).set()
+        await self._wait_lives(names)
+
+    async def close(self) -> None:
+        """Cancel the starts still to come; wait for every start and stop under way (what
+        runs still is the session's to stop; a stop under way is not cut short, as the
+        session no longer knows the instance)."""
+        await self.group.aclose()
+
+    async def _started(self, name: str, *, placed: bool = False) -> None:
+        turn = self.turns.get(name)
+        if turn is not None:
+            await turn.wait()
+        await self.group.start(functools.partial(self._life, name, placed),
+                               name=f"instance {name}")
+
+    async def _life(self, name: str, placed: bool, status: aio.TaskStatus[None]) -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        self.lives[name] = current
+        if placed:
+            await self.places.acquire()
+        try:
+            try:
+                await self._start(name)
+            except BaseException:
+                await aio.shielded(self._stop(name))
+                raise
+            status.started()
+            await self._last_call(name).wait()
+            await aio.shielded(self._stop(name))  # (once begun, a stop ends: see close)
+        finally:
+            if placed:
+                self.places.release()
+
+    def _last_call(self, name: str) -> asyncio.Event:
+        return self.last_call.setdefault(name, asyncio.Event())
+
+    async def _wait_lives(self, names: Iterable[str]) -> None:
+        lives = [t for n in names if (t := self.lives.get(n)) is not None and not t.done()]
+        if lives:
+            await asyncio.wait(lives)
