@@ -3,6 +3,7 @@ coordinator's API, real cyanprintsdk components on the local runtime."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -282,6 +283,29 @@ def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) 
         assert list(instances) == ["me/ok:1"]  # the failed one was stopped, the good one kept
         assert not any("fail_500" in p for p in boride_processes())
         # the session still builds
+        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
+        assert r.status_code == 200 and "src/a.txt" in files_of(r.content)
+        http.delete(f"/executor/{sid}")
+
+
+def test_an_api_build_past_its_timeout_names_the_component_at_work(tmp_path: Path) -> None:
+    """The API's builds have the same one deadline as `boride run`: the problem names the
+    processor whose call had not answered, and the session still builds afterwards."""
+    ok = entry("me/ok", "ok_processor")
+    stuck = entry("me/stuck", "hang")
+    config, folder, sid = _try_setup(tmp_path, processors=[ok, stuck])
+    config = dataclasses.replace(config, timeouts=Timeouts(build=5))
+    template = template_body("local-t", [ok, stuck])
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": "local-t", "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None),
+                                                                    ("me/stuck", None)]))
+        data = problem(r, 400)
+        assert data["data"] == ["processor 'me/stuck:1': its call had not answered when the "
+                                "build's 5s timeout ran out"], data
+        assert list(server.service.sessions[sid].session.instances) == ["me/ok:1"]
         r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
         assert r.status_code == 200 and "src/a.txt" in files_of(r.content)
         http.delete(f"/executor/{sid}")

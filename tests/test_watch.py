@@ -154,6 +154,29 @@ def test_a_broken_edit_keeps_the_last_good_result(project: Path, watcher: Watche
     assert list(watcher.work.iterdir()) == []
 
 
+def test_a_watch_build_past_its_timeout_names_the_component_and_the_next_one_builds(
+        project: Path) -> None:
+    """--watch builds have the one deadline too: a processor edited to hang is named."""
+    watcher = Watcher(project, "--timeout", "15")
+    try:
+        assert watcher.next_build()["status"] == "ok"
+        upper = project / "ex" / "processors" / "upper.py"
+        source = upper.read_text()
+        upper.write_text(source.replace("    for file in", "    import asyncio\n"
+                                        "    await asyncio.Event().wait()\n    for file in", 1))
+        hung = watcher.next_build()
+        assert hung["status"] == "failed"
+        assert hung["errors"] == ["processor 'upper': its call had not answered when the "
+                                  "build's 15s timeout ran out"], hung["errors"]
+        upper.write_text(source)
+        while watcher.next_build()["status"] != "ok":
+            pass
+        assert watcher.interrupt() == 130
+        assert list(watcher.work.iterdir()) == []
+    finally:
+        watcher.kill()
+
+
 def test_files_the_build_writes_never_trigger_a_build(project: Path, watcher: Watcher) -> None:
     """The loop must not feed itself: --out, the cache and the work areas are ignored."""
     assert watcher.next_build()["status"] == "ok"
