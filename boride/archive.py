@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from boride import parallel
-from boride.errors import BorideError, describe
+from boride.errors import BorideError, describe, shown
 from boride.fsutil import (
     DirCache,
     UnsafePath,
@@ -101,12 +101,8 @@ class ArchiveError(BorideError):
     """The tree cannot be archived; ``errors`` lists every problem, each naming its path."""
 
     def __init__(self, errors: list[str]) -> None:
-        self.errors = list(errors)
-        shown = self.errors[:50]
-        text = f"cannot archive: {len(self.errors)} error(s):\n  - " + "\n  - ".join(shown)
-        if len(self.errors) > len(shown):
-            text += f"\n  ... and {len(self.errors) - len(shown)} more"
-        super().__init__(text)
+        super().__init__(errors, message=shown(f"cannot archive: {len(errors)} error(s):",
+                                               errors, 50))
 
 
 class ArchiveResult(NamedTuple):

@@ -22,17 +22,14 @@ from pathlib import Path, PurePosixPath
 
 from boride import aio, archive, fsutil, output
 from boride import merge as merging
-from boride.errors import BorideError, describe
+from boride.errors import AreaFailure as AreaFailure  # (re-exported: areas raise it)
+from boride.errors import describe
 from boride.merge import ResolveFn, ResolverRule
 
 __all__ = ["Area", "AreaFailure", "HostArea", "inside", "remove_new"]
 
 #: what the archive of a result is compressed with when it is only a transport (``--out``)
 TRANSPORT_LEVEL = 1
-
-
-class AreaFailure(BorideError):
-    """The area could not do what was asked; the message is for the user."""
 
 
 def inside(root: str, returned: str) -> str:

@@ -40,7 +40,7 @@ from starlette.routing import Route
 
 from boride import archive, merge, output
 from boride.area import AreaFailure, HostArea
-from boride.errors import BorideError, describe
+from boride.errors import BorideError, ComponentError, describe
 
 #: bumped when a route changes: the client refuses a helper speaking another version
 PROTOCOL = 2
@@ -52,7 +52,7 @@ TOKEN_ENV = "BORIDE_HELPER_TOKEN"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class ResolveFailed(BorideError):
+class ResolveFailed(ComponentError):
     """The coordinator could not resolve a conflict; its message says why."""
 
 

@@ -28,6 +28,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from boride.errors import BorideError
+
 USAGE = """\
 usage: docker run [docker options] boride/serve:latest [COMMAND [ARGS...]]
 
@@ -65,7 +67,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-class DaemonError(Exception):
+class DaemonError(BorideError):
     """A failure to report in one line, with its exit code."""
 
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:

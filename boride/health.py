@@ -9,14 +9,14 @@ import httpx
 
 from boride import aio, diagnose
 from boride.config import Timeouts
-from boride.errors import BorideError
+from boride.errors import ComponentError
 from boride.runtime.base import ExitInfo, Instance
 
 FIRST_DELAY = 0.002
 MAX_DELAY = 0.2
 
 
-class NotReady(BorideError):
+class NotReady(ComponentError):
     """The component never answered ``GET /`` with 200; the message says why."""
 
 

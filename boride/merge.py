@@ -99,7 +99,7 @@ from typing import Any, TypeVar
 from wcmatch import glob as wcglob
 
 from boride import aio, parallel
-from boride.errors import BorideError, describe
+from boride.errors import BorideError, describe, shown
 from boride.fsutil import (
     DIR_FLAGS,
     CopyState,
@@ -177,13 +177,8 @@ class MergeError(BorideError):
     MAX_SHOWN = 50
 
     def __init__(self, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
-        shown = self.errors[: self.MAX_SHOWN]
-        more = len(self.errors) - len(shown)
-        text = f"merge failed with {len(self.errors)} error(s):\n  - " + "\n  - ".join(shown)
-        if more:
-            text += f"\n  ... and {more} more"
-        super().__init__(text)
+        super().__init__(errors, message=shown(f"merge failed with {len(errors)} error(s):",
+                                               errors, self.MAX_SHOWN))
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,18 +12,19 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from boride.errors import BorideError
+from boride import protocol
+from boride.errors import InputError
 from boride.types import Component, Kind
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")]
 
 
-class PipelineError(BorideError):
+class PipelineError(InputError):
     """A pipeline file that cannot be used; ``str()`` is the whole message for the user."""
 
     def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems)
         self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 class _Strict(BaseModel):
@@ -36,9 +37,9 @@ class Glob(_Strict):
     exclude: list[str] = Field(default_factory=list)
     type: Literal["template", "copy"] = "template"
 
-    def wire(self) -> dict[str, Any]:
-        return {"root": self.root, "glob": self.glob, "exclude": list(self.exclude),
-                "type": self.type}
+    def protocol(self) -> protocol.Glob:
+        """As the component protocol sends it."""
+        return protocol.Glob(self.glob, self.root, tuple(self.exclude), self.type)
 
 
 class _ComponentSpec(_Strict):

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from boride import fsutil
-from boride.errors import BorideError
+from boride.errors import BorideError, shown
 
 __all__ = ["OutputError", "copy_into", "move_folder", "unpack_folder", "write_folder"]
 
@@ -47,12 +47,7 @@ class OutputError(BorideError):
     """The result cannot be written; ``errors`` has one line per problem, each naming a path."""
 
     def __init__(self, errors: list[str]) -> None:
-        self.errors = list(errors)
-        shown = self.errors[:MAX_SHOWN]
-        text = "\n".join(shown)
-        if len(self.errors) > len(shown):
-            text += f"\n... and {len(self.errors) - len(shown)} more"
-        super().__init__(text)
+        super().__init__(errors, message=shown("", errors, MAX_SHOWN))
 
 
 def write_folder(tree: Path, out: Path, *, replace: bool, within: Path | None = None) -> Path:

@@ -1,17 +1,20 @@
-"""HTTP client side of the component protocol (fixed by the CyanPrint SDKs; camelCase JSON)."""
+"""HTTP client side of the component protocol (fixed by the CyanPrint SDKs; camelCase JSON):
+every request and answer body typed here, and nowhere else."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
-from boride.errors import BorideError
+from boride.errors import ComponentError
 
 
-class ProtocolError(BorideError):
+class ProtocolError(ComponentError):
     """A component answered, but not as the protocol says (or not at all)."""
 
 
@@ -19,8 +22,54 @@ class TransportFailed(ProtocolError):
     """The connection to the component failed or broke (it may be dying)."""
 
 
+@dataclass(frozen=True)
+class Glob:
+    """A processor's selection of template files (``POST /api/process``'s ``globs``)."""
+
+    glob: str
+    root: str | None = None
+    exclude: tuple[str, ...] = ()
+    type: Literal["template", "copy"] = "template"
+
+    def wire(self) -> dict[str, Any]:
+        return {"root": self.root, "glob": self.glob, "exclude": list(self.exclude),
+                "type": self.type}
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Origin(_Wire):
+    """Where a conflicting version comes from: the template, and the processor's layer."""
+
+    template: str
+    layer: int
+
+
+class ResolveFile(_Wire):
+    """One version of a conflicting file, as a resolver gets it."""
+
+    path: str
+    content: str
+    origin: Origin
+
+
+class ProcessRequest(_Wire):
+    read_dir: str
+    write_dir: str
+    globs: list[dict[str, Any]]
+    config: Any = None
+
+
+class PlugRequest(_Wire):
+    directory: str
+    config: Any = None
+
+
+class ResolveRequest(_Wire):
+    config: Any = None
+    files: list[ResolveFile]
 
 
 class OutputDirResponse(_Wire):
@@ -37,10 +86,10 @@ def _snippet(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-async def _post(client: httpx.AsyncClient, route: str, body: dict[str, Any],
+async def _post(client: httpx.AsyncClient, route: str, request: _Wire,
                 model: type[_Wire]) -> Any:
     try:
-        response = await client.post(route, json=body)
+        response = await client.post(route, json=request.model_dump(by_alias=True))
     except httpx.TransportError as exc:
         raise TransportFailed(f"POST {route} failed: {type(exc).__name__}: {exc}".rstrip(": "))\
             from exc
@@ -62,21 +111,23 @@ async def _post(client: httpx.AsyncClient, route: str, body: dict[str, Any],
 
 
 async def process(client: httpx.AsyncClient, read_dir: str, write_dir: str,
-                  globs: list[dict[str, Any]], config: Any) -> str:
-    body = {"readDir": read_dir, "writeDir": write_dir, "globs": globs, "config": config}
-    res: OutputDirResponse = await _post(client, "/api/process", body, OutputDirResponse)
+                  globs: Sequence[Glob], config: Any) -> str:
+    request = ProcessRequest(read_dir=read_dir, write_dir=write_dir,
+                             globs=[g.wire() for g in globs], config=config)
+    res: OutputDirResponse = await _post(client, "/api/process", request, OutputDirResponse)
     return res.output_dir
 
 
 async def plug(client: httpx.AsyncClient, directory: str, config: Any) -> str:
     res: OutputDirResponse = await _post(client, "/api/plug",
-                                         {"directory": directory, "config": config},
+                                         PlugRequest(directory=directory, config=config),
                                          OutputDirResponse)
     return res.output_dir
 
 
 async def resolve(client: httpx.AsyncClient, config: Any,
-                  files: list[dict[str, Any]]) -> tuple[str, str]:
+                  files: Sequence[ResolveFile]) -> tuple[str, str]:
     res: ResolveResponse = await _post(client, "/api/resolve",
-                                       {"config": config, "files": files}, ResolveResponse)
+                                       ResolveRequest(config=config, files=list(files)),
+                                       ResolveResponse)
     return res.path, res.content

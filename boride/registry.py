@@ -41,7 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from boride import parallel
-from boride.errors import BorideError, describe
+from boride.errors import BorideError, InputError, describe
 from boride.types import Component, Kind
 
 __all__ = [
@@ -77,12 +77,12 @@ class Unavailable(RegistryError):
     """The registry could not be asked or answered nonsense (not the client's mistake)."""
 
 
-class RegistryFileError(RegistryError):
+class RegistryFileError(RegistryError, InputError):
     """A registry file that cannot be used; every problem is listed."""
 
     def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems)
         self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 @dataclass(frozen=True)

@@ -625,14 +625,13 @@ async def test_helper_killed_during_a_session_fails_the_build_naming_it(
     """The session's helper container does the file work: killed from outside, the next build
     fails with a message naming it (never a hang, never a traceback), and closing the session
     still removes everything."""
-    from boride.pipeline import Build, Plan, Session, Step
+    from boride.pipeline import Build, Plan, ProtocolGlob, Session, Step
 
     session = uuid.uuid4().hex
     rt = DockerRuntime()
     client = connect()
     proc = Component("p", Kind.PROCESSOR, image=image_of("ok_processor"))
-    plan = Plan(template, (Step(proc, {}, ({"root": None, "glob": "**/*", "exclude": ["x"],
-                                            "type": "template"},)),))
+    plan = Plan(template, (Step(proc, {}, globs=(ProtocolGlob("**/*", exclude=("x",)),)),))
     try:
         s = await Session.opened(rt, session, template)
         first = await Build(plan, s, BuildOptions()).run()

@@ -51,7 +51,7 @@ def test_good_file_and_relative_paths(tmp_path: Path) -> None:
     assert pipeline.template_dir == (tmp_path / "tpl").resolve()
     assert pipeline.parallelism == 3
     assert pipeline.processors[0].config == {"name": "cyan", "nested": [1, 2, {"a": None}]}
-    assert pipeline.processors[0].files[1].wire() == {
+    assert pipeline.processors[0].files[1].protocol().wire() == {
         "root": None, "glob": "assets/*", "exclude": [], "type": "copy"}
     kinds = [(c.name, c.kind, c.cwd) for c in pipeline.components()]
     assert kinds == [("upper", Kind.PROCESSOR, tmp_path.resolve()),

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from boride import aio
 from boride.config import Limits
-from boride.errors import describe
+from boride.errors import RuntimeFailure, describe
 from boride.front.metrics import FrontMetrics
 from boride.front.workers import NoWorker, Worker, Workers
 from boride.server.problems import TRACE_HEADER, problem_response, trace_id_of
@@ -49,7 +49,9 @@ class FrontConfig:
     max_body: int = Limits().max_body
 
 
-class WorkerLost(Exception):
+class WorkerLost(RuntimeFailure):
+    """A worker that cannot be reached (the message says how it failed)."""
+
     def __init__(self, worker: Worker, error: str) -> None:
         super().__init__(error)
         self.worker = worker

@@ -49,6 +49,7 @@ from boride.pipeline.results import (
     TemplateUnusable,
 )
 from boride.pipeline.session import Session, fan_out
+from boride.protocol import Glob as ProtocolGlob
 
 __all__ = [
     "STAGES",
@@ -65,6 +66,7 @@ __all__ = [
     "EventFn",
     "MergeFailed",
     "Plan",
+    "ProtocolGlob",
     "Session",
     "Step",
     "TemplateUnusable",

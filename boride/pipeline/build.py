@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import httpx
 
-from boride import aio, archive, cache, diagnose, merge, parallel, protocol
+from boride import aio, cache, diagnose, merge, parallel, protocol
 from boride.area import Area, AreaFailure
 from boride.errors import describe
 from boride.model import Pipeline
@@ -23,12 +23,10 @@ from boride.pipeline.deliver import deliver, full_disk
 from boride.pipeline.lifetime import OnDemand
 from boride.pipeline.plan import Plan, cannot_run, not_components, runners
 from boride.pipeline.results import (
-    ArchiveFailed,
     BuildFailed,
     BuildOptions,
     BuildResult,
     ComponentResult,
-    MergeFailed,
 )
 from boride.pipeline.session import Session, fan_out
 from boride.pipeline.template_watch import TemplateWatch
@@ -196,6 +194,8 @@ class Build(_BuildCore):
             self.result.status = Status.OK
         except BuildFailed as exc:
             self.result.errors.extend(exc.errors)
+        except merge.MergeError as exc:
+            self.result.errors.extend(f"merge: {e}" for e in exc.errors)
         except AreaFailure as exc:  # the work area (on Docker, its helper) failed
             self.result.errors.append(str(exc))
         except OSError as exc:  # e.g. the output folder cannot be written
@@ -294,7 +294,7 @@ class Build(_BuildCore):
         self.watch.running(c.name)
         try:
             output = await self._call(c.name, lambda client: protocol.process(
-                client, area.template, write_dir, list(step.files), step.config))
+                client, area.template, write_dir, step.globs, step.config))
         finally:
             self._called(c.name)
             await self.watch.ended(c.name)
@@ -313,9 +313,8 @@ class Build(_BuildCore):
                 raise protocol.ProtocolError(
                     f"cannot send {conflict.path!r} to resolver {rule.name!r}: "
                     "it is not UTF-8 text") from None
-            files.append({"path": conflict.path, "content": content,
-                          "origin": {"template": self.plan.template.name,
-                                     "layer": v.layer}})
+            files.append(protocol.ResolveFile(path=conflict.path, content=content, origin=(
+                protocol.Origin(template=self.plan.template.name, layer=v.layer))))
         try:
             path, content = await self._call(rule.name, lambda client: protocol.resolve(
                 client, step.config, files), who=f"resolver {rule.name!r} on {conflict.path!r}")
@@ -327,13 +326,10 @@ class Build(_BuildCore):
 
     async def merge_into(self, outputs: Sequence[str], target: str) -> None:
         """Merge ``outputs`` (folders of the area, in order) into ``target``, conflicts sent
-        to the plan's resolvers; :class:`MergeFailed` with every problem."""
+        to the plan's resolvers; :class:`~boride.merge.MergeError` with every problem."""
         rules = [merge.ResolverRule(r.component.name, tuple(r.files))
                  for r in self.plan.resolvers]
-        try:
-            await self._area.merge(outputs, target, rules, self._resolve, limit=self.limit)
-        except merge.MergeError as exc:
-            raise MergeFailed([f"merge: {e}" for e in exc.errors]) from None
+        await self._area.merge(outputs, target, rules, self._resolve, limit=self.limit)
 
     async def _plugins(self, plugins: list[Component], tree: str) -> str:
         for i, c in enumerate(plugins):
@@ -382,13 +378,11 @@ class Build(_BuildCore):
     # -- after a build in a kept session (the HTTP server's) -------------------------------
     async def stream(self, *, copy_links: bool = False) -> AsyncIterator[bytes]:
         """The result as ``.tar.gz`` chunks, produced while iterating (after a successful
-        :meth:`run`); :class:`ArchiveFailed` when the tree cannot be archived. With
+        :meth:`run`); :class:`~boride.archive.ArchiveError` when the tree cannot be
+        archived. With
         ``copy_links``, in-tree symlinks are stored as what they lead to."""
         assert self.tree is not None, "the build has no result"
-        try:
-            return await self._area.archive(self.tree, copy_links=copy_links)
-        except archive.ArchiveError as exc:
-            raise ArchiveFailed(exc) from None
+        return await self._area.archive(self.tree, copy_links=copy_links)
 
     async def release(self, *, cancelled: bool = False) -> list[str]:
         """Ready the session for its next build: stop the components that failed or were cut
@@ -428,7 +422,7 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
     try:
         try:
             await session.open(plan.template)
-        except (RuntimeFailure, OSError) as exc:
+        except (RuntimeFailure, OSError) as exc:  # (a template refused, too)
             return BuildResult.not_started(components, [f"cannot open the work area: {exc}"],
                                            session.id)
         result = await Build(plan, session, options, on_demand=True).run()

@@ -119,7 +119,8 @@ class BuildCache:
         for s in steps:
             if (ident := ids.get(s.component.runnable)) is not None:
                 self.keys[s.component.name] = cache.step_key(
-                    ident, s.component.kind.value, s.config, s.files, template_id)
+                    ident, s.component.kind.value, s.config, [g.wire() for g in s.globs],
+                    template_id)
 
         def found() -> dict[str, IO[bytes]]:
             return {n: f for n, k in self.keys.items() if (f := store.open(k)) is not None}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boride import protocol
 from boride.model import Pipeline
 from boride.pipeline.results import BuildOptions
 from boride.runtime.base import Runtime, TemplateSource
@@ -16,14 +17,14 @@ from boride.types import Component
 
 @dataclass(frozen=True)
 class Step:
-    """One component's part in a build: what to call and with which config/globs.
-
-    ``files`` are wire globs (dicts) for a processor and glob strings for a resolver.
-    """
+    """One component's part in a build: what to call and with which config: a processor's
+    ``globs`` (the template files it reads), a resolver's ``files`` (the paths it decides,
+    as glob patterns)."""
 
     component: Component
     config: Any = None
-    files: tuple[Any, ...] = ()
+    globs: tuple[protocol.Glob, ...] = ()
+    files: tuple[str, ...] = ()
     cacheable: bool = True  # with a cache, its output may be reused (a pure processor)
 
 
@@ -42,9 +43,10 @@ class Plan:
         comps = {c.name: c for c in pipeline.components()}
         return cls(
             template=pipeline.template_dir,
-            processors=tuple(Step(comps[p.name], p.config, tuple(g.wire() for g in p.files),
-                                  p.cache) for p in pipeline.processors),
-            resolvers=tuple(Step(comps[r.name], r.config, tuple(r.files))
+            processors=tuple(Step(comps[p.name], p.config,
+                                  globs=tuple(g.protocol() for g in p.files), cacheable=p.cache)
+                             for p in pipeline.processors),
+            resolvers=tuple(Step(comps[r.name], r.config, files=tuple(r.files))
                             for r in pipeline.resolvers),
             plugins=tuple(Step(comps[p.name], p.config) for p in pipeline.plugins),
             parallelism=pipeline.parallelism)

@@ -10,7 +10,9 @@ from typing import Any
 
 from boride import archive, cache
 from boride.config import Limits, Timeouts
-from boride.errors import BorideError
+from boride.errors import AreaFailure, BorideError, ComponentError, InputError
+from boride.merge import MergeError
+from boride.runtime.base import TemplateRefused
 from boride.types import Component, Status
 
 STAGES = ("start", "process", "merge", "plugins", "output")
@@ -90,12 +92,8 @@ class BuildOptions:
 class BuildFailed(BorideError):
     """Raised inside a build to stop it; carries every error of the failing stage."""
 
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
-
-class ComponentsFailed(BuildFailed):
+class ComponentsFailed(BuildFailed, ComponentError):
     """Components that failed (to start, to become ready, a call): every one's error, and which
     components they were."""
 
@@ -104,33 +102,21 @@ class ComponentsFailed(BuildFailed):
         self.failed = list(failed)
 
 
-class MergeFailed(BuildFailed):
-    """The outputs cannot be merged: every problem, each naming its path."""
-
-
-class CannotRun(BorideError):
+class CannotRun(InputError):
     """Components that cannot run on this runtime (found before starting anything)."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.errors = problems
 
-
-class AreaUnavailable(BorideError):
+class AreaUnavailable(AreaFailure):
     """A session's work area cannot be made (the runtime or the file system refused)."""
 
 
-class TemplateUnusable(BorideError):
-    """The template folder cannot be used (outside the allowed root, not a folder, links
-    leading out); the message says which and why."""
-
-
-class ArchiveFailed(BorideError):
-    """A tree cannot be archived: every problem, each naming its path."""
-
-    def __init__(self, error: archive.ArchiveError) -> None:
-        super().__init__(str(error).splitlines()[0])
-        self.errors = error.errors
+#: The template folder cannot be used (outside the allowed root, not a folder, links leading
+#: out); the message says which and why. (The runtime's own error, not wrapped again.)
+TemplateUnusable = TemplateRefused
+#: A tree cannot be archived: every problem, each naming its path.
+ArchiveFailed = archive.ArchiveError
+#: The outputs cannot be merged: every problem, each naming its path.
+MergeFailed = MergeError
 
 
 class BuildError(BorideError):
@@ -139,6 +125,6 @@ class BuildError(BorideError):
     def __init__(self, result: BuildResult) -> None:
         failed = [c for c in result.components if c.status == Status.FAILED]
         names = ", ".join(f"{c.kind} {c.name!r}" for c in failed[:5])
-        super().__init__(f"The build failed ({names})" if failed else "The build failed")
+        super().__init__(result.errors, message=f"The build failed ({names})" if failed
+                         else "The build failed")
         self.result = result
-        self.errors = list(result.errors)

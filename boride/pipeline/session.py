@@ -15,7 +15,7 @@ from typing import TypeVar
 from boride import aio, fsutil, health, parallel
 from boride.config import Timeouts
 from boride.errors import describe
-from boride.pipeline.results import AreaUnavailable, ComponentsFailed, TemplateUnusable
+from boride.pipeline.results import AreaUnavailable, ComponentsFailed
 from boride.runtime.base import (
     Instance,
     Runtime,
@@ -85,9 +85,9 @@ class Session:
         session = cls(runtime, session_id, work_root=work_root)
         try:
             await session.open(template, area=area)
-        except TemplateRefused as exc:
+        except TemplateRefused:
             await session.close()
-            raise TemplateUnusable(str(exc)) from None
+            raise
         except (RuntimeFailure, OSError) as exc:
             await session.close()
             if session.leftovers:

@@ -19,7 +19,8 @@ import httpx
 
 from boride import cache, diagnose
 from boride.area import Area
-from boride.errors import BorideError
+from boride.errors import InputError
+from boride.errors import RuntimeFailure as RuntimeFailure  # (re-exported: runtimes raise it)
 from boride.types import Component
 
 
@@ -134,11 +135,7 @@ class Cleaned:
     volumes: tuple[str, ...] = ()
 
 
-class RuntimeFailure(BorideError):
-    """A runtime could not do what was asked; the message is for the user."""
-
-
-class TemplateRefused(RuntimeFailure):
+class TemplateRefused(RuntimeFailure, InputError):
     """A template folder that cannot be used (a :class:`HostFolder` outside its root, not a
     folder; links leading out); the message says which and why."""
 

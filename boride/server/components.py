@@ -78,7 +78,8 @@ class Catalog:
         return list(out.values())
 
     async def resolver_steps(self, resolvers: Iterable[ResolverRes]) -> tuple[Step, ...]:
-        return tuple(Step(c, r.config, tuple(r.files)) for r, c in await self.resolvers(resolvers))
+        return tuple(Step(c, r.config, files=tuple(r.files))
+                     for r, c in await self.resolvers(resolvers))
 
     async def question_server(self, template: TemplateVersionRes) -> Component:
         """The template's Q&A server: the registry entry's command (or image), else, on Docker,
@@ -127,7 +128,8 @@ class Catalog:
             return base if n == 1 else dataclasses.replace(base, name=f"{base.name}#{n}")
 
         count = len(req.cyan.processors)
-        processors = tuple(Step(component(e), p.config, tuple(g.wire() for g in p.files))
+        processors = tuple(Step(component(e), p.config,
+                                globs=tuple(g.protocol() for g in p.files))
                            for e, p in zip(entries[:count], req.cyan.processors, strict=True))
         plugins = tuple(Step(component(e), p.config)
                         for e, p in zip(entries[count:], req.cyan.plugins, strict=True))

@@ -1,15 +1,15 @@
 """What the service refuses or fails at, as :class:`~boride.errors.BorideError` subclasses that
 name what a user needs (the session, the template, the component, the path). None of them
 knows HTTP: :mod:`boride.server.problems` maps each class to a status and a title, in one
-table. Their message is the problem's ``detail``; ``errors`` (when there are several) its
-``data``."""
+table. Their message is the problem's ``detail``; their ``errors`` its ``data``. Each derives
+from the category of :mod:`boride.errors` it belongs to (most are the client's input)."""
 
 from __future__ import annotations
 
-from boride.errors import BorideError
+from boride.errors import BorideError, ComponentError, InputError
 
 
-class SessionError(BorideError):
+class SessionError(InputError):
     """About one session (``session_id``)."""
 
     def __init__(self, session_id: str, message: str) -> None:
@@ -52,7 +52,7 @@ class TooManySessions(BorideError):
         self.limit = limit
 
 
-class TemplateError(BorideError):
+class TemplateError(InputError):
     """About one template (``template_id``)."""
 
     def __init__(self, template_id: str, message: str) -> None:
@@ -76,32 +76,29 @@ class QuestionServerUnknown(TemplateError):
     """Nothing says how to run the template's Q&A server on this runtime."""
 
 
-class TemplateCannotRun(BorideError):
+class TemplateCannotRun(InputError):
     """Components a template pins that cannot run on this server's runtime."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("Some of the template's components cannot run here")
-        self.errors = problems
+        super().__init__(problems, message="Some of the template's components cannot run here")
 
 
-class UnknownNames(BorideError):
+class UnknownNames(InputError):
     """Processors or plugins of a build that resolve to no version the template pins."""
 
     def __init__(self, errors: list[str]) -> None:
-        super().__init__("Some processors or plugins cannot be resolved to a version pinned "
-                         "in the template")
-        self.errors = errors
+        super().__init__(errors, message="Some processors or plugins cannot be resolved to a "
+                         "version pinned in the template")
 
 
 class RegistryUnavailable(BorideError):
     """The registry could not be asked while resolving a build's names."""
 
     def __init__(self, errors: list[str], first: str) -> None:
-        super().__init__(first)
-        self.errors = errors
+        super().__init__(errors, message=first)
 
 
-class ResolverNotFound(BorideError):
+class ResolverNotFound(InputError):
     """No resolver of that id runs here."""
 
     def __init__(self, resolver_id: str, message: str) -> None:
@@ -113,16 +110,15 @@ class ResolverNotRunning(ResolverNotFound):
     """A merge names a resolver that is not running in the session or its template."""
 
 
-class UpstreamFailed(BorideError):
+class UpstreamFailed(ComponentError):
     """A component a request was forwarded to could not be reached."""
 
     def __init__(self, component: str, message: str, cause: str) -> None:
-        super().__init__(message)
+        super().__init__([cause], message=message)
         self.component = component
-        self.errors = [cause]
 
 
-class TryRefused(BorideError):
+class TryRefused(InputError):
     """A try session the server will not make, and why (``path``: what the client sent)."""
 
     def __init__(self, path: str, message: str) -> None:

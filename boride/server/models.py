@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from boride.model import Glob
+from boride.pipeline import ProtocolGlob
 
 #: Session ids: letters, digits and inner dashes, at most 64 characters (UUIDs with or without
 #: dashes fit). The same rule as the Docker runtime's, so a session id is always a valid
@@ -141,9 +142,9 @@ class GlobReq(_Go):
     exclude: Annotated[list[str], BeforeValidator(_none_as_empty)] = Field(default_factory=list)
     type: Literal["template", "copy"] = "template"
 
-    def wire(self) -> dict[str, Any]:
+    def protocol(self) -> ProtocolGlob:
         """As the component protocol sends it: the same as a pipeline file's glob."""
-        return Glob(**self.model_dump()).wire()
+        return Glob(**self.model_dump()).protocol()
 
 
 class CyanProcessorReq(_Go):

@@ -114,7 +114,6 @@ BY_ROUTE: dict[tuple[str, type[BaseException]], Rule] = {
     ("try_executor", pipeline.ComponentsFailed): Rule(
         503, "Failed to set up the try session", "The template's resolvers did not start"),
     ("try_executor", errs.TemplateCannotRun): Rule(400, "Failed to set up the try session"),
-    ("zip_dir", pipeline.ArchiveFailed): Rule(400, "Cannot archive the folder"),
 }
 
 
@@ -205,7 +204,8 @@ def install(app: FastAPI) -> None:
         if rule is None:  # a BorideError no table knows: a bug, answered as one
             return await on_error(request, exc)
         detail = rule.detail or str(exc)
-        data = list(getattr(exc, "errors", None) or [str(exc)])
+        assert isinstance(exc, BorideError)
+        data = exc.errors or [str(exc)]
         level = logging.WARNING if rule.status >= 500 else logging.INFO
         log.log(level, "[%s] %s %s -> %d %s: %s", trace, request.method, request.url.path,
                 rule.status, rule.title, "; ".join(data))
