@@ -12,6 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "boride"
 MAX_CLASS_LINES = 300
 MAX_FUNCTION_LINES = 60
+MAX_PIPELINE_MODULE_LINES = 500
 BROAD = {"Exception", "BaseException"}
 
 
@@ -33,6 +34,14 @@ def test_no_class_over_300_and_no_function_over_60_lines() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) \
                     and _size(node) > MAX_FUNCTION_LINES:
                 too_long.append(f"{path}:{node.lineno} {node.name}(): {_size(node)} lines")
+    assert not too_long, "\n".join(too_long)
+
+
+def test_no_module_of_the_pipeline_over_500_lines() -> None:
+    """The pipeline is a package of one concept a module (it was one 1,174-line module)."""
+    too_long = [f"{path}: {n} lines" for path, _ in modules() if path.parts[1] == "pipeline"
+                and (n := len((PACKAGE.parent / path).read_text().splitlines()))
+                > MAX_PIPELINE_MODULE_LINES]
     assert not too_long, "\n".join(too_long)
 
 
