@@ -46,7 +46,9 @@ from boride.runtime.docker import (
     clean,
     connect,
     container_name,
+    helper,
 )
+from boride.runtime.docker.engine import Engine
 from boride.runtime.local import LocalRuntime
 from boride.types import Component, Kind
 from tests.conftest import tree
@@ -563,6 +565,37 @@ async def test_clean_all_removes_every_session(tmp_path: Path, template: Path) -
     for s in sessions:
         assert session_leftovers(s) == []
         assert f"cyan-area-{s}" in removed and f"cyan-template-{s}" in removed
+
+
+class SlowHelperEngine(Engine):
+    """The real engine, slow to make a session's helper container (a busy engine)."""
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn is helper.create_helper:
+            make = fn
+
+            def fn(api: Any, *a: Any, **kw: Any) -> Any:
+                time.sleep(1.5)
+                return make(api, *a, **kw)
+
+        return await super().call(fn, *args, **kwargs)
+
+
+async def test_closing_the_runtime_while_a_helper_is_made_leaves_nothing_behind_clean(
+        tmp_path: Path, template: Path) -> None:
+    """aclose() while the session's helper container is still being made: that creation
+    ends first, so clean-up after it (what clean --all does) finds it, and nothing of the
+    session appears once clean-up is done."""
+    session = str(uuid.uuid4())
+    rt = DockerRuntime(engine=SlowHelperEngine())
+    try:
+        await rt.open_workspace(session, template, tmp_path / "root")
+    finally:
+        await rt.aclose()  # the helper is still being made
+    await aclean(session=session)
+    assert session_leftovers(session) == []
+    await asyncio.sleep(3)  # long enough for a creation still under way to end
+    assert session_leftovers(session) == [], "something appeared after the runtime closed"
 
 
 async def test_reopening_a_session_a_killed_run_left_replaces_its_leftovers(
