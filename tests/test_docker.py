@@ -46,6 +46,7 @@ from boride.runtime.docker import (
     clean,
     connect,
     container_name,
+    containers,
     helper,
 )
 from boride.runtime.docker.engine import Engine
@@ -567,11 +568,16 @@ async def test_clean_all_removes_every_session(tmp_path: Path, template: Path) -
         assert f"cyan-area-{s}" in removed and f"cyan-template-{s}" in removed
 
 
-class SlowHelperEngine(Engine):
-    """The real engine, slow to make a session's helper container (a busy engine)."""
+class SlowEngine(Engine):
+    """The real engine, slow to do ``slow`` (making a session's helper container, by
+    default): a busy engine."""
+
+    def __init__(self, slow: Any = helper.create_helper) -> None:
+        super().__init__()
+        self.slow = slow
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if fn is helper.create_helper:
+        if fn is self.slow:
             make = fn
 
             def fn(api: Any, *a: Any, **kw: Any) -> Any:
@@ -587,7 +593,7 @@ async def test_closing_the_runtime_while_a_helper_is_made_leaves_nothing_behind_
     ends first, so clean-up after it (what clean --all does) finds it, and nothing of the
     session appears once clean-up is done."""
     session = str(uuid.uuid4())
-    rt = DockerRuntime(engine=SlowHelperEngine())
+    rt = DockerRuntime(engine=SlowEngine())
     try:
         await rt.open_workspace(session, template, tmp_path / "root")
     finally:
@@ -596,6 +602,29 @@ async def test_closing_the_runtime_while_a_helper_is_made_leaves_nothing_behind_
     assert session_leftovers(session) == []
     await asyncio.sleep(3)  # long enough for a creation still under way to end
     assert session_leftovers(session) == [], "something appeared after the runtime closed"
+
+
+async def test_a_start_cancelled_while_its_container_is_made_leaves_no_container(
+        tmp_path: Path, template: Path) -> None:
+    """The creation ends, then its container is removed: the component starts again."""
+    rt = DockerRuntime(engine=SlowEngine(containers.create_and_start))
+    session = str(uuid.uuid4())
+    comp = Component("p", Kind.PROCESSOR, image=image_of("ok_processor"))
+    name = container_name(Kind.PROCESSOR, "p", session)
+    client = connect()
+    try:
+        ws = await rt.open_workspace(session, template, tmp_path / "root")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await rt.start(ws, comp)
+        assert not client.api.containers(all=True, filters={"name": name})
+        await rt.stop(await rt.start(ws, comp))
+        await rt.close_workspace(ws)
+        assert session_leftovers(session) == []
+    finally:
+        client.close()
+        await rt.aclose()
+        await aclean(session=session)
 
 
 async def test_reopening_a_session_a_killed_run_left_replaces_its_leftovers(
