@@ -38,6 +38,7 @@ from docker.types import Mount
 from boride import aio, archive, health, output
 from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.area_server import PROTOCOL, TOKEN_ENV
+from boride.config import HELPER_MEMORY, Timeouts
 from boride.errors import describe
 from boride.merge import Conflict, MergeError, ResolveFn, ResolverRule, Version
 from boride.runtime.base import HostFolder, RuntimeFailure, TemplateRefused
@@ -59,8 +60,6 @@ T = TypeVar("T")
 
 IMAGE = "boride/serve:latest"
 IMAGE_ENV = "BORIDE_HELPER_IMAGE"
-MEMORY = "1g"
-READY_TIMEOUT = 60.0
 _ENTRY = ["python3", "-m", "boride.area_server"]
 _COPY_TIMEOUT = 600
 
@@ -84,7 +83,7 @@ def _owner(settings: DockerSettings) -> str:
 def _locked_down(api: docker.APIClient, settings: DockerSettings, mounts: list[Mount],
                  caps: list[str], network: str) -> dict[str, Any]:
     return api.create_host_config(
-        mounts=mounts, network_mode=network, mem_limit=MEMORY, memswap_limit=MEMORY,
+        mounts=mounts, network_mode=network, mem_limit=HELPER_MEMORY, memswap_limit=HELPER_MEMORY,
         pids_limit=settings.pids, security_opt=["no-new-privileges:true"], cap_drop=["ALL"],
         cap_add=caps, read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"})
 
@@ -218,7 +217,7 @@ class HelperArea(Area):
         self.client = self.instance.client
         self.client.headers["authorization"] = f"Bearer {self._token}"
         try:
-            await health.wait_ready(self.instance, READY_TIMEOUT)
+            await health.wait_ready(self.instance, Timeouts().ready)
             said = (await self.client.get("/")).json()
         except (health.NotReady, httpx.HTTPError, ValueError) as exc:
             raise AreaFailure(f"the session's helper container {self.name} "
