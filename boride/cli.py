@@ -211,8 +211,9 @@ def clean(session: str | None, all_: bool, as_json: bool) -> None:
     except ValueError as exc:
         err.print(f"boride: {exc}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
-    except RuntimeFailure as exc:
-        err.print(f"boride: {exc}", highlight=False, markup=False)
+    except RuntimeFailure as exc:  # (one line for each thing left)
+        for line in str(exc).splitlines():
+            err.print(f"boride: {line}", highlight=False, markup=False)
         sys.exit(EXIT_FAILED)
     if as_json:
         click.echo(json.dumps({"removed": removed}))

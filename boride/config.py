@@ -12,7 +12,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["Limits", "Timeouts", "cpu_count"]
+__all__ = ["DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY", "NOBODY", "Limits",
+           "Timeouts", "cpu_count"]
+
+# What one component may use and who it runs as, on either runtime (a local sandbox, a
+# Docker container); ``BORIDE_LOCAL_MEMORY``/``_PIDS`` and ``BORIDE_DOCKER_CPUS``/``_MEMORY``/
+# ``_PIDS`` override them.
+NOBODY = (65534, 65534)  # (uid, gid) components run as when boride runs as root
+DEFAULT_MEMORY = "512m"  # memory of each component (swap included)
+DEFAULT_PIDS = 256  # processes of each component
+DEFAULT_CPUS = 1.0  # CPUs of each component (Docker: a local sandbox has no CPU bound)
+HELPER_MEMORY = "1g"  # memory of a Docker session's helper container (the session's file work)
 
 
 def cpu_count() -> int:

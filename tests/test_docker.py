@@ -46,7 +46,10 @@ from boride.runtime.docker import (
     clean,
     connect,
     container_name,
+    containers,
+    helper,
 )
+from boride.runtime.docker.engine import Engine
 from boride.runtime.local import LocalRuntime
 from boride.types import Component, Kind
 from tests.conftest import tree
@@ -563,6 +566,65 @@ async def test_clean_all_removes_every_session(tmp_path: Path, template: Path) -
     for s in sessions:
         assert session_leftovers(s) == []
         assert f"cyan-area-{s}" in removed and f"cyan-template-{s}" in removed
+
+
+class SlowEngine(Engine):
+    """The real engine, slow to do ``slow`` (making a session's helper container, by
+    default): a busy engine."""
+
+    def __init__(self, slow: Any = helper.create_helper) -> None:
+        super().__init__()
+        self.slow = slow
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn is self.slow:
+            make = fn
+
+            def fn(api: Any, *a: Any, **kw: Any) -> Any:
+                time.sleep(1.5)
+                return make(api, *a, **kw)
+
+        return await super().call(fn, *args, **kwargs)
+
+
+async def test_closing_the_runtime_while_a_helper_is_made_leaves_nothing_behind_clean(
+        tmp_path: Path, template: Path) -> None:
+    """aclose() while the session's helper container is still being made: that creation
+    ends first, so clean-up after it (what clean --all does) finds it, and nothing of the
+    session appears once clean-up is done."""
+    session = str(uuid.uuid4())
+    rt = DockerRuntime(engine=SlowEngine())
+    try:
+        await rt.open_workspace(session, template, tmp_path / "root")
+    finally:
+        await rt.aclose()  # the helper is still being made
+    await aclean(session=session)
+    assert session_leftovers(session) == []
+    await asyncio.sleep(3)  # long enough for a creation still under way to end
+    assert session_leftovers(session) == [], "something appeared after the runtime closed"
+
+
+async def test_a_start_cancelled_while_its_container_is_made_leaves_no_container(
+        tmp_path: Path, template: Path) -> None:
+    """The creation ends, then its container is removed: the component starts again."""
+    rt = DockerRuntime(engine=SlowEngine(containers.create_and_start))
+    session = str(uuid.uuid4())
+    comp = Component("p", Kind.PROCESSOR, image=image_of("ok_processor"))
+    name = container_name(Kind.PROCESSOR, "p", session)
+    client = connect()
+    try:
+        ws = await rt.open_workspace(session, template, tmp_path / "root")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await rt.start(ws, comp)
+        assert not client.api.containers(all=True, filters={"name": name})
+        await rt.stop(await rt.start(ws, comp))
+        await rt.close_workspace(ws)
+        assert session_leftovers(session) == []
+    finally:
+        client.close()
+        await rt.aclose()
+        await aclean(session=session)
 
 
 async def test_reopening_a_session_a_killed_run_left_replaces_its_leftovers(

@@ -32,6 +32,7 @@ import httpx
 
 from boride import cache, fsutil
 from boride.area import HostArea
+from boride.config import DEFAULT_MEMORY, DEFAULT_PIDS, NOBODY
 from boride.runtime.base import (
     LOG_TAIL,
     BlobImage,
@@ -47,9 +48,6 @@ from boride.types import Component, Kind
 
 _STOP_GRACE = 5.0
 _SOCKET_DIR_MAX = 80  # leaves room for "/NNNN-processor/sock" within the 107-byte limit
-NOBODY = (65534, 65534)  # who components run as when boride runs as root
-DEFAULT_MEMORY = "512m"
-DEFAULT_PIDS = 256
 _TMP_SIZE = 64 << 20  # the private /tmp, like the Docker runtime's
 _SYSTEM = ("/usr", "/etc", "/opt")
 _MERGED_USR = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")

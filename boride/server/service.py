@@ -91,8 +91,8 @@ class Service:
             # First, so that the answer names every container and volume removed, also the
             # sessions' own (closing a session afterwards finds them gone, which is fine).
             cleaned = await self.ctx.runtime.clean_all()
-        except RuntimeFailure as exc:
-            errors.append(str(exc))
+        except RuntimeFailure as exc:  # (one line for each thing left)
+            errors += str(exc).splitlines()
         errors += await self.sessions.close_all()
         errors += await self.templates.close_all()
         for line in errors:

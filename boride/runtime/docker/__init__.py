@@ -32,6 +32,7 @@ The modules, one concern each:
 
 from __future__ import annotations
 
+from boride.config import DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_PIDS
 from boride.runtime.docker.cleanup import aclean, clean, remove_labelled
 from boride.runtime.docker.containers import Container
 from boride.runtime.docker.engine import Engine, connect, engine_address
@@ -53,13 +54,7 @@ from boride.runtime.docker.names import (
 )
 from boride.runtime.docker.network import NETWORKS_TTL, find_or_create
 from boride.runtime.docker.runtime import DockerRuntime
-from boride.runtime.docker.settings import (
-    DEFAULT_CPUS,
-    DEFAULT_MEMORY,
-    DEFAULT_PIDS,
-    NOBODY,
-    DockerSettings,
-)
+from boride.runtime.docker.settings import NOBODY, DockerSettings
 
 __all__ = [
     "DEFAULT_CPUS",

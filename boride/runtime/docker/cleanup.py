@@ -5,7 +5,6 @@ killed run left (``boride clean``, :func:`clean`) are found by label, never by n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,49 +14,98 @@ import docker.errors
 from boride import parallel
 from boride.errors import describe
 from boride.runtime.base import Cleaned, RuntimeFailure
-from boride.runtime.docker.engine import Engine, reason
+from boride.runtime.docker.engine import ENGINE_ERRORS, Engine, reason
 from boride.runtime.docker.names import LABEL_MANAGED, LABEL_SESSION, validate_session
 
 Runner = Callable[..., Awaitable[Any]]
 
 _VOLUME_TRIES = 20  # a volume is still in use (409) for a moment after its container went
+_WHY_LENGTH = 160  # the most of the engine's words a line of a failed clean-up shows
+
+
+class CleanupFailed(RuntimeFailure):
+    """Things could not be removed: ``lines`` has one short line for each (its message is
+    them, one a line)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = tuple(lines)
 
 
 def left_behind(session: str, error: BaseException) -> str:
     """What is left of ``session`` when removing it failed with ``error``, and how to remove it."""
+    why = "; ".join(error.lines) if isinstance(error, CleanupFailed) else reason(error)
     return (f"the session's containers and volumes (label {LABEL_SESSION}={session}) could not "
-            f"be removed ({reason(error)}); remove them with: boride clean --session {session}")
+            f"be removed ({why}); remove them with: boride clean --session {session}")
 
 
-async def _remove_container(api: docker.APIClient, run: Runner, c: dict[str, Any]) -> str:
-    with contextlib.suppress(docker.errors.NotFound):  # gone already: removed all the same
-        await run(api.remove_container, c["Id"], force=True, v=False)
-    names = c.get("Names") or [c["Id"][:12]]
+def _why(exc: BaseException) -> str:
+    """The engine's reason, short and on one line."""
+    text = " ".join(reason(exc).split())
+    return text if len(text) <= _WHY_LENGTH else text[:_WHY_LENGTH] + "..."
+
+
+def _name(c: dict[str, Any]) -> str:
+    names = c.get("Names") or [str(c["Id"])[:12]]
     return str(names[0]).lstrip("/")
 
 
+async def _remove_container(api: docker.APIClient, run: Runner, c: dict[str, Any]) -> str:
+    try:
+        await run(api.remove_container, c["Id"], force=True, v=False)
+    except docker.errors.NotFound:  # gone already: removed all the same
+        pass
+    except ENGINE_ERRORS as exc:
+        raise CleanupFailed([f"could not remove container {_name(c)}: {_why(exc)}"]) from None
+    return _name(c)
+
+
 async def _remove_volume(api: docker.APIClient, run: Runner, v: dict[str, Any]) -> str:
+    """Remove a volume; while a container holds it (409), remove that container first when
+    it is boride's (one made after the containers were listed), then try again, a bounded
+    number of times. :class:`CleanupFailed` with one line when it cannot be removed."""
     name = str(v["Name"])
+    users: list[dict[str, Any]] = []
     for attempt in range(_VOLUME_TRIES):
         try:
             await run(api.remove_volume, name, force=True)
-            break
+            return name
         except docker.errors.NotFound:
-            break
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409 or attempt == _VOLUME_TRIES - 1:
-                raise
+            return name
+        except ENGINE_ERRORS as exc:
+            if not isinstance(exc, docker.errors.APIError) or exc.status_code != 409:
+                raise CleanupFailed([f"could not remove volume {name}: {_why(exc)}"]) from None
+        users = await run(api.containers, all=True, filters={"volume": name})
+        foreign = [c for c in users if LABEL_MANAGED not in (c.get("Labels") or {})]
+        if foreign:  # never boride's to remove
+            raise CleanupFailed([f"could not remove volume {name}: in use by container "
+                                 f"{', '.join(str(c['Id'])[:12] for c in foreign)} "
+                                 "(not boride's)"])
+        for c in users:
+            await _remove_container(api, run, c)
+        if not users:  # (its container went a moment ago: the engine lets go of it soon)
             await asyncio.sleep(0.05 * (attempt + 1))
-    return name
+    held = ", ".join(_name(c) for c in users) or "a container that has gone"
+    raise CleanupFailed([f"could not remove volume {name}: still in use by {held} after "
+                         f"{_VOLUME_TRIES} tries"])
 
 
 async def remove_labelled(api: docker.APIClient, labels: dict[str, str | None],
                           run: Runner) -> list[str]:
     """Remove every container, then every volume, carrying all ``labels`` (a None value: the
     label is present, whatever its value), calling the engine through ``run``; return the
-    names removed. :class:`RuntimeFailure` naming each one that could not be removed."""
+    names removed. A volume still held by a boride container (made after the containers
+    were listed) goes once that container has gone. :class:`CleanupFailed` with one line for
+    each one that could not be removed."""
     removed = await remove_labelled_by_kind(api, labels, run)
     return [*removed.containers, *removed.volumes]
+
+
+def _line(outcome: parallel.Outcome[dict[str, Any], str]) -> list[str]:
+    if isinstance(outcome.error, CleanupFailed):
+        return list(outcome.error.lines)
+    what = outcome.item.get("Name") or _name(outcome.item)
+    return [f"could not remove {what}: {describe(outcome.error)[:_WHY_LENGTH]}"]
 
 
 async def remove_labelled_by_kind(api: docker.APIClient, labels: dict[str, str | None],
@@ -68,11 +116,9 @@ async def remove_labelled_by_kind(api: docker.APIClient, labels: dict[str, str |
     report = await parallel.run(lambda c: _remove_container(api, run, c), containers, limit=16)
     volumes = (await run(api.volumes, filters=filters)).get("Volumes") or []
     vreport = await parallel.run(lambda v: _remove_volume(api, run, v), volumes, limit=16)
-    errors = [o for o in report.outcomes + vreport.outcomes if not o.ok]
-    if errors:
-        raise RuntimeFailure("could not remove " + "; ".join(
-            f"{o.item.get('Names') or o.item.get('Name')}: {describe(o.error)}"
-            for o in errors))
+    lines = [line for o in report.outcomes + vreport.outcomes if not o.ok for line in _line(o)]
+    if lines:
+        raise CleanupFailed(lines)
     return Cleaned(tuple(str(v) for v in report.values if v),
                    tuple(str(v) for v in vreport.values if v))
 

@@ -38,6 +38,7 @@ from docker.types import Mount
 from boride import aio, archive, health, output
 from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.area_server import PROTOCOL, TOKEN_ENV
+from boride.config import HELPER_MEMORY, Timeouts
 from boride.errors import describe
 from boride.merge import Conflict, MergeError, ResolveFn, ResolverRule, Version
 from boride.runtime.base import HostFolder, RuntimeFailure, TemplateRefused
@@ -59,8 +60,6 @@ T = TypeVar("T")
 
 IMAGE = "boride/serve:latest"
 IMAGE_ENV = "BORIDE_HELPER_IMAGE"
-MEMORY = "1g"
-READY_TIMEOUT = 60.0
 _ENTRY = ["python3", "-m", "boride.area_server"]
 _COPY_TIMEOUT = 600
 
@@ -84,7 +83,7 @@ def _owner(settings: DockerSettings) -> str:
 def _locked_down(api: docker.APIClient, settings: DockerSettings, mounts: list[Mount],
                  caps: list[str], network: str) -> dict[str, Any]:
     return api.create_host_config(
-        mounts=mounts, network_mode=network, mem_limit=MEMORY, memswap_limit=MEMORY,
+        mounts=mounts, network_mode=network, mem_limit=HELPER_MEMORY, memswap_limit=HELPER_MEMORY,
         pids_limit=settings.pids, security_opt=["no-new-privileges:true"], cap_drop=["ALL"],
         cap_add=caps, read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"})
 
@@ -179,6 +178,11 @@ def copy_host_folder(api: docker.APIClient, settings: DockerSettings, session: s
         remove_container(api, container_id)
 
 
+async def _awaited(aw: Awaitable[T]) -> T:
+    """``aw`` as a coroutine (a task runs coroutines only)."""
+    return await aw
+
+
 class HelperArea(Area):
     """A session's area in engine volumes, worked on by its helper container."""
 
@@ -188,14 +192,16 @@ class HelperArea(Area):
 
     def __init__(self, starting: asyncio.Future[DockerInstance], token: str, name: str) -> None:
         """``starting``: the helper being made and started (in the background, while the
-        session's components start); every operation waits until it answers."""
+        session's components start); every operation waits until it answers. The area's
+        tasks (that wait, its exchanges with the helper) are its own, ended by
+        :meth:`aclose`."""
         self.name = name
         self._token = token
         self._starting = starting
         self.instance: DockerInstance | None = None
         self.client = httpx.AsyncClient()  # replaced by the helper's once it runs
-        self._ready = asyncio.ensure_future(self._wait_ready())
-        self._ready.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._tasks = aio.TaskGroup(f"area of {name}")
+        self._ready = self._tasks.start_soon(self._wait_ready(), name=f"{name} ready")
 
     @staticmethod
     def helper_component() -> Component:
@@ -211,7 +217,7 @@ class HelperArea(Area):
         self.client = self.instance.client
         self.client.headers["authorization"] = f"Bearer {self._token}"
         try:
-            await health.wait_ready(self.instance, READY_TIMEOUT)
+            await health.wait_ready(self.instance, Timeouts().ready)
             said = (await self.client.get("/")).json()
         except (health.NotReady, httpx.HTTPError, ValueError) as exc:
             raise AreaFailure(f"the session's helper container {self.name} "
@@ -233,7 +239,7 @@ class HelperArea(Area):
         :class:`AreaFailure` saying how it ended and what it printed (a container killed
         from outside would otherwise leave a connection waiting for an answer forever)."""
         assert self.instance is not None, "_up() first"
-        task = asyncio.ensure_future(aw)
+        task = self._tasks.start_soon(_awaited(aw), name=f"{self.name} exchange")
         first = await aio.race(task, self.instance.wait_exit())
         if first is not None and first is not task:
             raise AreaFailure(f"the session's helper container {self.name} "
@@ -337,7 +343,7 @@ class HelperArea(Area):
         merge_id = str(body["id"])
         by_name = {r.name: r for r in rules}
         ended: dict[str, Any] = {}
-        answers: set[asyncio.Future[None]] = set()  # resolutions being made and sent back
+        answers = aio.TaskGroup(f"merge {merge_id}")  # resolutions being made and sent back
         try:
             async with self.client.stream("POST", "/merge", json=body) as r:
                 if r.status_code != 200:
@@ -347,16 +353,14 @@ class HelperArea(Area):
                 async for line in r.aiter_lines():
                     event = json.loads(line) if line.strip() else {}
                     if "conflict" in event:
-                        answers.add(asyncio.ensure_future(
-                            self._answer(merge_id, event, by_name, resolve)))
+                        answers.start_soon(self._answer(merge_id, event, by_name, resolve),
+                                           name=f"merge {merge_id} answer")
                     elif "done" in event or "errors" in event:
                         ended = event
         except httpx.HTTPError as exc:
             raise self._failed("merge", exc) from None
         finally:  # (the merge ends once every answer is in: only a failure leaves some)
-            for answer in answers:
-                answer.cancel()
-            await asyncio.gather(*answers, return_exceptions=True)
+            await answers.aclose()
         return ended
 
     async def _answer(self, merge_id: str, event: dict[str, Any],
@@ -376,8 +380,7 @@ class HelperArea(Area):
             log.debug("merge %s: answer not delivered: %s", merge_id, describe(exc))
 
     async def aclose(self) -> None:
-        self._ready.cancel()
-        await asyncio.gather(self._ready, return_exceptions=True)
+        await self._tasks.aclose()
         await self.client.aclose()
         if self.instance is not None:
             await self.instance.release()

@@ -105,8 +105,8 @@ class Network:
                 return self._subnets
             network_id = self.id
             try:
-                self._subnets = await asyncio.wait_for(
-                    self.engine.call(read_subnets, self.name), NETWORKS_WAIT)
+                async with asyncio.timeout(NETWORKS_WAIT):
+                    self._subnets = await self.engine.call(read_subnets, self.name)
             except (*ENGINE_ERRORS, RuntimeFailure, TimeoutError, ValueError) as exc:
                 log.warning("cannot learn the subnets of the %s network (%s): using the last "
                             "known ones", self.name, reason(exc))

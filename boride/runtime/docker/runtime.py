@@ -4,9 +4,10 @@ package (settings, engine, network, volumes, images, containers, clean-up)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,17 +56,36 @@ class _Session:
     area: HelperArea | None = None
     blob: BlobImage | None = None  # where its template's files are, when an image's
     template_volume: str | None = None  # the blob's volume (else the session's own)
-    helper_job: asyncio.Future[DockerInstance] | None = None  # its helper being started
-    pending: set[asyncio.Future[Container]] = field(default_factory=set)  # start jobs
+    helper_job: asyncio.Task[DockerInstance] | None = None  # its helper being started
+    #: its creations under way (its helper, its components' containers), for its life
+    tasks: aio.TaskGroup = field(default_factory=lambda: aio.TaskGroup("docker session"))
+
+    closing: bool = False  # no creation starts any more
+
+    def create(self, make: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """``make`` (a creation on the engine) in the background, owned by the session;
+        :class:`RuntimeFailure` once the session is closing."""
+        self._refuse_if_closing()
+        return self.tasks.start_soon(make, name=f"{name} of session {self.id}")
+
+    async def start(self, fn: Callable[[aio.TaskStatus[T]], Coroutine[Any, Any, Any]],
+                    name: str) -> T:
+        """``fn`` (a creation on the engine) owned by the session, waited for until it says
+        what it made (:meth:`aio.TaskGroup.start`); :class:`RuntimeFailure` once the session
+        is closing."""
+        self._refuse_if_closing()
+        return await self.tasks.start(fn, name=f"{name} of session {self.id}")
+
+    def _refuse_if_closing(self) -> None:
+        if self.closing:
+            raise RuntimeFailure(f"session {self.id!r} is closing")
 
     async def creations_ended(self) -> None:
-        """Wait until every creation under way (its components' containers, its helper) has
-        ended (their outcomes go to whoever asked for them)."""
-        jobs: set[asyncio.Future[Any]] = set(self.pending)
-        if self.helper_job is not None:
-            jobs.add(self.helper_job)
-        if jobs:
-            await asyncio.wait(jobs)
+        """Close the session's task group once every creation under way has ended (their
+        outcomes go to whoever asked for them): none can start any more."""
+        self.closing = True
+        await self.tasks.join()
+        await self.tasks.aclose()
 
 
 class DockerRuntime(Runtime):
@@ -178,15 +198,14 @@ class DockerRuntime(Runtime):
                     await self.engine.call(helper.fill_template, self.settings, session_id,
                                            template)
                 return Workspace(session_id, None)
-            chunks = (await asyncio.to_thread(helper.template_chunks, template)
+            chunks = (await aio.to_thread(helper.template_chunks, template)
                       if isinstance(template, Path) else None)
             # The helper starts while the session's components do: the build needs it first
-            # when it asks for a processor's writeDir, after the start stage.
+            # when it asks for a processor's writeDir, after the start stage. (Its failure is
+            # the area's to tell; a session closed first never asks.)
             token = secrets.token_urlsafe(32)
-            session.helper_job = asyncio.ensure_future(self._start_helper(session, token,
-                                                                          chunks))
-            # (its failure is the area's to tell; a session closed first never asks)
-            session.helper_job.add_done_callback(lambda j: j.cancelled() or j.exception())
+            session.helper_job = session.create(self._start_helper(session, token, chunks),
+                                                "helper")
             session.area = HelperArea(session.helper_job, token, helper.helper_name(session_id))
         except BaseException as exc:  # whatever stopped it (a cancellation too): undo, re-raise
             await aio.shielded(self._undo_open(session_id, exc))
@@ -211,6 +230,11 @@ class DockerRuntime(Runtime):
         cancellation goes on, what is left is logged)."""
         session = self._sessions.pop(session_id, None)
         why = reason(error) if isinstance(error, ENGINE_ERRORS) else describe(error)
+        if session is not None:  # (a creation cancelled ends first: nothing appears after)
+            session.closing = True
+            await session.tasks.aclose()
+            if session.area is not None:
+                await session.area.aclose()
         try:
             await self._remove_session(session_id)
             if session is not None and session.blob is not None:
@@ -304,27 +328,36 @@ class DockerRuntime(Runtime):
         await self.network.ensure()
         return await make()
 
+    async def _creations_ended(self) -> None:
+        """Every session's creations under way have ended, and no new one can start."""
+        for session in list(self._sessions.values()):
+            await session.creations_ended()
+
     async def _start_container(self, session: _Session, component: Component) -> Container:
-        """Create and start in one job that a cancellation cannot cut in half: a cancelled
-        start waits for the job, then removes whatever it made."""
+        """Create and start in one task of the session that a cancellation cannot cut in
+        half (it says when the container runs): a cancelled start waits for it, then removes
+        whatever it made (a creation that failed removed what it made itself)."""
         await self.network.ensure()
-        job = asyncio.ensure_future(self.engine.call(
-            containers.create_and_start, self.settings, session.id, component,
-            session.template_volume))
-        session.pending.add(job)
-        job.add_done_callback(session.pending.discard)
+        made: list[Container] = []
         try:
-            return await asyncio.shield(job)
+            return await session.start(functools.partial(self._create, session, component,
+                                                         made), f"container of {component.name}")
         except asyncio.CancelledError:
-            await aio.shielded(self._discard(job))
+            if made:
+                await aio.shielded(self.engine.call(containers.remove_container, made[0].id))
             raise
 
-    async def _discard(self, job: asyncio.Future[Container]) -> None:
-        """Remove the container a cancelled start was making, once that job has ended (a job
-        that failed removed what it made itself)."""
-        await asyncio.wait({job})
-        if not job.cancelled() and job.exception() is None:
-            await self.engine.call(containers.remove_container, job.result().id)
+    async def _create(self, session: _Session, component: Component, made: list[Container],
+                      status: aio.TaskStatus[Container]) -> None:
+        """Make and start ``component``'s container (to its end, even when cancelled
+        meanwhile), put it in ``made``, and report it started."""
+
+        async def make() -> None:
+            made.append(await self.engine.call(containers.create_and_start, self.settings,
+                                               session.id, component, session.template_volume))
+
+        await aio.shielded(make())
+        status.started(made[0])
 
     async def stop(self, instance: Instance) -> None:
         assert isinstance(instance, DockerInstance)
@@ -339,8 +372,7 @@ class DockerRuntime(Runtime):
     async def aclose(self) -> None:
         # Creations still under way end first: a container must not appear on the engine
         # after its runtime has closed.
-        await aio.shielded(asyncio.gather(*(s.creations_ended()
-                                            for s in self._sessions.values())))
+        await aio.shielded(self._creations_ended())
         for session in self._sessions.values():
             if session.area is not None:
                 await session.area.aclose()

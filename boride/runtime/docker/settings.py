@@ -8,12 +8,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from boride import config
+from boride.config import DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_PIDS
 from boride.runtime.docker.names import NETWORK
 
-NOBODY = "65534:65534"
-DEFAULT_CPUS = 1.0
-DEFAULT_MEMORY = "512m"
-DEFAULT_PIDS = 256
+NOBODY = "{}:{}".format(*config.NOBODY)  # (as Docker writes a user)
 
 
 @dataclass(frozen=True)
