@@ -38,8 +38,8 @@ import yaml
 from boride.daemon import exposure_warning
 from boride.runtime.docker import LABEL_KIND, LABEL_MANAGED, LABEL_SESSION, NETWORK, connect
 from boride.server.templates import _session_id as template_session
-from tests.conftest import tree
 from tests.docker_helpers import EXAMPLES, in_ci, labelled, serve_image_module
+from tests.helpers import tree
 from tests.test_server_support import EXAMPLE_REGISTRY, example_build, example_template, new_id
 
 pytestmark = pytest.mark.docker
@@ -369,7 +369,7 @@ def untar(data: bytes) -> dict[str, bytes]:
 
 
 def expected_files() -> dict[str, bytes]:
-    return {k: v for k, v in tree(EXAMPLES / "expected").items() if v != b"<dir>"}
+    return tree(EXAMPLES / "expected", dirs=False)
 
 
 def build(http: httpx.Client, sid: str, template: dict[str, Any]) -> dict[str, bytes]:

@@ -9,10 +9,7 @@ restart, without disturbing anything else on the machine's engine.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,8 @@ from boride.pipeline import BuildOptions, BuildResult, build
 from boride.runtime.base import Instance, TemplateSource, Workspace
 from boride.runtime.docker import DockerRuntime
 from boride.types import Component
-from tests.docker_helpers import session_leftovers, write_pipeline
+from tests.docker_helpers import session_leftovers
+from tests.helpers import run_cli, write_pipeline
 
 pytestmark = pytest.mark.docker
 
@@ -131,7 +129,7 @@ def proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EnginePro
 
 async def outage_build(tmp_path: Path, template: Path, runtime: OutageRuntime) -> BuildResult:
     pipeline = write_pipeline(tmp_path / "pipeline.yaml", template,
-                              [("ok", "ok_processor", {}), ("stuck", "hang", {})])
+                              [("ok", "ok_processor", {}), ("stuck", "hang", {})], images=True)
     try:
         return await build(load(pipeline), runtime, BuildOptions(
             out=tmp_path / "out", work_root=tmp_path / "work", timeouts=Timeouts(build=8)))
@@ -160,8 +158,7 @@ async def test_what_clean_up_cannot_remove_is_reported_with_the_command(
     assert len(left) < 1000
     proxy.restore()
     assert session_leftovers(session) != []  # really left behind, as reported
-    proc = subprocess.run([sys.executable, "-m", "boride", "clean", "--session", session],
-                          capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "DOCKER_HOST": f"unix://{ENGINE}"})
+    proc = run_cli("clean", "--session", session, timeout=120,
+                   env={"DOCKER_HOST": f"unix://{ENGINE}"})
     assert proc.returncode == 0, proc.stderr
     assert session_leftovers(session) == []

@@ -12,7 +12,8 @@ from boride.pipeline import BuildOptions, build
 from boride.runtime.base import Instance, Workspace
 from boride.runtime.local import LocalRuntime
 from boride.types import Component
-from tests.conftest import PipelineFactory, tree
+from tests.conftest import PipelineFactory
+from tests.helpers import tree
 
 
 class Counting(LocalRuntime):
