@@ -1,14 +1,17 @@
 """The tests' one place for each thing: running the ``boride`` command line (``run_cli``,
 ``run_json``, ``start_cli``), writing a pipeline file (``write_pipeline``) and taking a snapshot
-of a tree of files (``tree``). Every test uses these; none has a copy of its own."""
+of a tree of files (``tree``) or of an archive's files (``archive_files``). Every test uses
+these; none has a copy of its own."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
 import subprocess
 import sys
+import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -193,3 +196,12 @@ def tree(root: Path, *, dirs: bool = True, executable: bool = False, regular: bo
         content = path.read_bytes()
         out[rel] = (content, bool(st.st_mode & 0o111)) if executable else content
     return out
+
+
+def archive_files(archive: bytes | Path, *, strip: str = "") -> dict[str, bytes]:
+    """Name -> content of every regular file in a ``.tar.gz`` (its bytes, or a file), each name
+    without ``strip`` at its start (``"./"`` for an archive made from ``.``)."""
+    source = {"name": archive} if isinstance(archive, Path) else {"fileobj": io.BytesIO(archive)}
+    with tarfile.open(mode="r:gz", **source) as tar:  # type: ignore[call-overload]
+        return {m.name.removeprefix(strip): tar.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tar.getmembers() if m.isfile()}

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pytest
 
 from boride.config import Limits
 from tests.conftest import EXAMPLES, PipelineFactory, boride_processes
-from tests.helpers import run_cli, run_json, start_cli, tree
+from tests.helpers import archive_files, run_cli, run_json, start_cli, tree
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -53,10 +52,7 @@ def test_archive_output_has_the_same_files(tmp_path: Path) -> None:
     proc = run_cli("run", EXAMPLES / "pipeline.yaml", "--archive", archive, tmpdir=tmp_path / "w")
     assert proc.returncode == 0, proc.stderr
     expected = tree(EXAMPLES / "expected", dirs=False)
-    with tarfile.open(archive, "r:gz") as tar:
-        files = {m.name.removeprefix("./"): tar.extractfile(m).read()  # type: ignore[union-attr]
-                 for m in tar.getmembers() if m.isfile()}
-    assert files == expected
+    assert archive_files(archive, strip="./") == expected
     assert not (Path.cwd() / "out").exists()  # --archive alone writes no folder
 
 
