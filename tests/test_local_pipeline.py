@@ -21,7 +21,7 @@ import pytest
 
 from boride.config import Limits
 from tests.conftest import EXAMPLES, PipelineFactory, boride_processes
-from tests.helpers import archive_files, run_cli, run_json, start_cli, tree
+from tests.helpers import archive_files, run_cli, run_json, start_cli, tree, write_pipeline
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -238,9 +238,8 @@ def test_broken_pipeline_file_exits_2_naming_field_and_line(tmp_path: Path,
 
 def test_missing_command_is_reported_before_anything_starts(
         tmp_path: Path, template: Path) -> None:
-    pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(f"template: {template}\nprocessors:\n  - name: a\n"
-                        "    command: [no-such-program-here]\n")
+    pipeline = write_pipeline(tmp_path / "p.yaml", template,
+                              [{"name": "a", "command": ["no-such-program-here"]}])
     proc, data = run_json(pipeline, tmpdir=tmp_path / "work")
     assert proc.returncode == 1
     assert "'no-such-program-here' not found" in data["errors"][0]
