@@ -5,19 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPONENTS = ROOT / "tests" / "components"
-EXAMPLES = ROOT / "examples"
-
+from tests.helpers import COMPONENTS as COMPONENTS  # the tests import these two from here
+from tests.helpers import EXAMPLES as EXAMPLES
+from tests.helpers import write_pipeline
 
 # Every process this test run starts inherits this mark, so that processes of other test runs
 # on the same machine (other clones, other sessions) are never taken for this run's leftovers.
@@ -111,10 +108,6 @@ def _docker_required(request: pytest.FixtureRequest) -> None:
         pytest.fail(f"CI=true but the Docker tests cannot run: {problem} ({SETUP})")
 
 
-def component(name: str) -> list[str]:
-    return [sys.executable, str(COMPONENTS / f"{name}.py")]
-
-
 @pytest.fixture
 def template(tmp_path: Path) -> Path:
     tpl = tmp_path / "template"
@@ -130,38 +123,13 @@ PipelineFactory = Callable[..., Path]
 
 @pytest.fixture
 def make_pipeline(tmp_path: Path, template: Path) -> PipelineFactory:
-    """Write a pipeline file: ``processors`` as (name, component file, config) tuples, etc."""
+    """``write_pipeline`` to the test's ``pipeline.yaml``, over the ``template`` fixture:
+    ``make(processors, resolvers=(), plugins=(), **extra)``."""
 
-    def make(processors: list[tuple[str, str, Any]],
-             resolvers: list[tuple[str, str, list[str], dict[str, Any]]] = (),  # type: ignore[assignment]
-             plugins: list[tuple[str, str, dict[str, Any]]] = (),  # type: ignore[assignment]
-             **extra: Any) -> Path:
-        data: dict[str, Any] = {
-            "template": str(template),
-            "processors": [
-                {"name": n, "command": component(c), "config": cfg,
-                 "files": [{"glob": "**/*.*", "exclude": ["**/*.bak"], "type": "template"}]}
-                for n, c, cfg in processors],
-            "resolvers": [{"name": n, "command": component(c), "files": f, "config": cfg}
-                          for n, c, f, cfg in resolvers],
-            "plugins": [{"name": n, "command": component(c), "config": cfg}
-                        for n, c, cfg in plugins],
-            **extra,
-        }
-        path = tmp_path / "pipeline.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
+    def make(*steps: Any, **extra: Any) -> Path:
+        return write_pipeline(tmp_path / "pipeline.yaml", template, *steps, **extra)
 
     return make
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Relative path -> content of every file below ``root`` (folders as b"<dir>")."""
-    out: dict[str, bytes] = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        out[rel] = b"<dir>" if p.is_dir() else p.read_bytes()
-    return out
 
 
 @pytest.fixture

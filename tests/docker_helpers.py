@@ -1,5 +1,6 @@
 """Helpers for the Docker tests and the Docker benchmark: engine check, leftovers by label,
-pipeline files whose components run from the images ``.ci/docker-setup.sh`` builds."""
+the images ``.ci/docker-setup.sh`` builds (pipeline files that run them:
+``tests.helpers.write_pipeline(..., images=True)``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import os
 import tarfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import docker.errors
 import yaml
@@ -125,27 +125,6 @@ def managed_sessions() -> set[str]:
         return found - {""}
     finally:
         client.close()
-
-
-def write_pipeline(path: Path, template: Path, processors: list[tuple[str, str, Any]],
-                   resolvers: list[tuple[str, str, list[str], dict[str, Any]]] | None = None,
-                   plugins: list[tuple[str, str, dict[str, Any]]] | None = None,
-                   **extra: Any) -> Path:
-    """A pipeline file whose components are test images: ``processors`` as
-    (name, component, config) tuples, with the component a ``tests/components`` stem."""
-    globs = [{"glob": "**/*.*", "exclude": ["**/*.bak"], "type": "template"}]
-    data: dict[str, Any] = {
-        "template": str(template),
-        "processors": [{"name": n, "image": image_of(c), "config": cfg, "files": globs}
-                       for n, c, cfg in processors],
-        "resolvers": [{"name": n, "image": image_of(c), "files": f, "config": cfg}
-                      for n, c, f, cfg in resolvers or []],
-        "plugins": [{"name": n, "image": image_of(c), "config": cfg}
-                    for n, c, cfg in plugins or []],
-        **extra,
-    }
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def build_context(files: dict[str, str | bytes]) -> io.BytesIO:

@@ -22,8 +22,17 @@ import pytest
 import yaml
 
 from boride import cache
-from tests.conftest import COMPONENTS, EXAMPLES, tree
-from tests.test_local_pipeline import boride, by_name, run_json
+from tests.conftest import COMPONENTS, EXAMPLES
+from tests.helpers import (
+    TEMPLATE_FILES,
+    component,
+    run_cli,
+    run_json,
+    start_cli,
+    tree,
+    write_pipeline,
+)
+from tests.test_local_pipeline import by_name
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -38,27 +47,26 @@ def project(tmp_path: Path) -> Path:
     (tpl / "README.md").write_text("# readme\n")
     for name in ("one", "two"):
         shutil.copy(COMPONENTS / "ok_processor.py", tmp_path / f"{name}.py")
-    write_pipeline(tmp_path, {"one": {"suffix": "+1"}, "two": {"suffix": "+2"}})
+    write_project(tmp_path, {"one": {"suffix": "+1"}, "two": {"suffix": "+2"}})
     return tmp_path
 
 
-def write_pipeline(folder: Path, configs: dict[str, Any], **extra: Any) -> Path:
-    glob = [{"glob": "**/*.*", "exclude": ["**/*.bak"], "type": "template"}]
-    data = {"template": "template",
-            "processors": [{"name": n, "command": [sys.executable, f"{n}.py"], "config": c,
-                            "files": glob, **extra.pop(n, {})} for n, c in configs.items()],
-            "plugins": [{"name": "plug", "command": [sys.executable,
-                                                     str(COMPONENTS / "noop_plugin.py")]}],
-            **extra}
-    path = folder / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+def write_project(folder: Path, configs: dict[str, Any], script: str | None = None,
+                  **extra: Any) -> Path:
+    """The project's pipeline file: a processor a config, running ``<its name>.py`` (or
+    ``<script>.py``) from the project's folder (``extra[name]``: more of its keys), then the
+    plugin; ``extra``'s other keys go to the top level."""
+    steps = [{"name": n, "command": [sys.executable, f"{script or n}.py"], "config": c,
+              "files": TEMPLATE_FILES, **extra.pop(n, {})} for n, c in configs.items()]
+    plugin = {"name": "plug", "command": component("noop_plugin")}
+    return write_pipeline(folder / "pipeline.yaml", "template", steps, plugins=[plugin],
+                          **extra)
 
 
 def build(project: Path, *args: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     out = project / "out"
     proc, data = run_json(project / "pipeline.yaml", "--out", out, "--force", "--cache",
-                          "--cache-dir", project / "cache", *args, work=project / "work")
+                          "--cache-dir", project / "cache", *args, tmpdir=project / "work")
     assert proc.returncode == 0, proc.stderr
     assert data["status"] == "ok", data["errors"]
     return data, tree(out)
@@ -96,7 +104,7 @@ def test_a_template_edit_misses(project: Path) -> None:
 
 def test_a_config_edit_misses_for_that_step_only(project: Path) -> None:
     build(project)
-    write_pipeline(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+TWO"}})
+    write_project(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+TWO"}})
     data, result = build(project)
     assert cached(data) == {"one": True, "two": False, "plug": False}
     assert result["src/a.txt"] == b"alpha\n+TWO"
@@ -133,7 +141,7 @@ def test_a_corrupt_entry_is_a_miss_and_is_replaced(project: Path) -> None:
 
 
 def test_a_step_can_opt_out(project: Path) -> None:
-    write_pipeline(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+2"}},
+    write_project(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+2"}},
                    two={"cache": False})
     build(project)
     data, _ = build(project)
@@ -142,15 +150,15 @@ def test_a_step_can_opt_out(project: Path) -> None:
 
 
 def test_the_pipeline_file_can_turn_it_on_and_no_cache_off(project: Path) -> None:
-    write_pipeline(project, {"one": {}, "two": {}}, cache=True)
+    write_project(project, {"one": {}, "two": {}}, cache=True)
     env_args = ("--cache-dir", project / "cache")
     for _ in range(2):
         proc, data = run_json(project / "pipeline.yaml", "--out", project / "out", "--force",
-                              *env_args, work=project / "work")
+                              *env_args, tmpdir=project / "work")
         assert proc.returncode == 0, proc.stderr
     assert cached(data)["one"] is True
     proc, data = run_json(project / "pipeline.yaml", "--out", project / "out", "--force",
-                          "--no-cache", *env_args, work=project / "work")
+                          "--no-cache", *env_args, tmpdir=project / "work")
     assert cached(data)["one"] is False
 
 
@@ -160,11 +168,9 @@ def test_two_builds_at_once_share_the_cache(project: Path, tmp_path_factory: Any
     results_dir = tmp_path_factory.mktemp("results")
 
     def start(n: int) -> subprocess.Popen[str]:
-        env = {**os.environ, "TMPDIR": str(project / "work")}
-        return subprocess.Popen(
-            [sys.executable, "-m", "boride", "run", str(project / "pipeline.yaml"), "--out",
-             str(results_dir / f"out{n}"), "--cache", "--cache-dir", str(project / "cache"),
-             "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return start_cli("run", project / "pipeline.yaml", "--out", results_dir / f"out{n}",
+                         "--cache", "--cache-dir", project / "cache", "--json",
+                         tmpdir=project / "work")
 
     (project / "work").mkdir()
     for round_ in range(2):
@@ -216,13 +222,13 @@ def test_size_bound_in_a_build(project: Path) -> None:
 
 def test_cache_info_and_clear(project: Path) -> None:
     build(project)
-    proc = boride("cache", "info", "--cache-dir", project / "cache", "--json",
-                  work=project / "work")
+    proc = run_cli("cache", "info", "--cache-dir", project / "cache", "--json",
+                   tmpdir=project / "work")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["entries"] == 2 and info["bytes"] > 0
-    proc = boride("cache", "clear", "--cache-dir", project / "cache", "--json",
-                  work=project / "work")
+    proc = run_cli("cache", "clear", "--cache-dir", project / "cache", "--json",
+                   tmpdir=project / "work")
     assert json.loads(proc.stdout)["removed"] == 2
     assert entries(project) == []
     data, _ = build(project)
@@ -230,8 +236,8 @@ def test_cache_info_and_clear(project: Path) -> None:
 
 
 def test_bad_cache_size_is_a_usage_error(project: Path) -> None:
-    proc = boride("run", project / "pipeline.yaml", "--cache", "--cache-size", "lots",
-                  work=project / "work")
+    proc = run_cli("run", project / "pipeline.yaml", "--cache", "--cache-size", "lots",
+                   tmpdir=project / "work")
     assert proc.returncode == 2
     assert "--cache-size" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -240,7 +246,7 @@ def test_the_bundled_example_with_the_cache(tmp_path: Path) -> None:
     args = ("--cache", "--cache-dir", tmp_path / "cache")
     for expect in (False, True):
         proc, data = run_json(EXAMPLES / "pipeline.yaml", "--out", tmp_path / "out", "--force",
-                              *args, work=tmp_path / "work")
+                              *args, tmpdir=tmp_path / "work")
         assert proc.returncode == 0, proc.stderr
         assert cached(data)["upper"] is expect
         assert tree(tmp_path / "out") == tree(EXAMPLES / "expected")
@@ -303,7 +309,7 @@ async def test_on_docker_the_key_is_the_image_id(tmp_path: Path) -> None:
     data = yaml.safe_load((EXAMPLES / "pipeline.yaml").read_text())
     data["template"] = str(tmp_path / "template")
     data["processors"][0]["image"] = tag
-    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(data))
+    write_pipeline(tmp_path / "pipeline.yaml", **data)
     store = cache.Cache(tmp_path / "cache")
     runtime = DockerRuntime()
     try:
@@ -328,12 +334,8 @@ async def test_on_docker_the_key_is_the_image_id(tmp_path: Path) -> None:
 def test_many_hits_at_once(project: Path) -> None:
     """More cached outputs unpacked at once than the event loop's thread pool has threads (it
     once deadlocked: each unpack held a thread waiting for chunks read by another)."""
-    configs = {"one": {"suffix": "+1"}, "two": {"suffix": "+2"}}
-    write_pipeline(project, configs, parallelism=12)
-    data = yaml.safe_load((project / "pipeline.yaml").read_text())
-    data["processors"] = [dict(data["processors"][0], name=f"p{i}",
-                               config={"files": {f"own-{i}.txt": str(i)}}) for i in range(12)]
-    (project / "pipeline.yaml").write_text(yaml.safe_dump(data))
+    write_project(project, {f"p{i}": {"files": {f"own-{i}.txt": str(i)}} for i in range(12)},
+                  script="one", parallelism=12)
     _, first = build(project, "--timeout", "120")
     again, second = build(project, "--timeout", "120")
     assert all(c["cached"] for c in again["components"] if c["kind"] == "processor")
@@ -350,7 +352,7 @@ async def test_an_edit_during_the_build_takes_back_what_it_stored(project: Path)
     from boride.runtime.local import LocalRuntime
     from boride.types import Status
 
-    write_pipeline(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+2", "delay": 3}})
+    write_project(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+2", "delay": 3}})
     store = cache.Cache(project / "cache")
     running: asyncio.Event = asyncio.Event()
 

@@ -25,7 +25,8 @@ from boride.runtime.base import Cleaned, ComponentNetworks, RuntimeFailure
 from boride.runtime.local import LocalRuntime
 from boride.server import ServerConfig, create_app
 from tests.conftest import boride_processes
-from tests.test_server_cli import serve, serving
+from tests.helpers import run_cli
+from tests.test_server_cli import serving
 from tests.test_server_support import (
     EXAMPLE_REGISTRY,
     Running,
@@ -402,7 +403,7 @@ def test_loopback_server_trys_below_its_working_directory(tmp_path: Path) -> Non
 # --- 6. the trust model -----------------------------------------------------------------------
 
 def test_a_public_address_needs_a_token_or_trusted_network() -> None:
-    proc = serve("--host", "0.0.0.0")
+    proc = run_cli("serve", "--host", "0.0.0.0")
     assert proc.returncode == 2 and "--trusted-network" in proc.stderr
 
 

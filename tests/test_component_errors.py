@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from boride import diagnose
 from tests.conftest import COMPONENTS, PipelineFactory
+from tests.helpers import run_json
 
 PYTHON_TRACE = """\
 INFO:     127.0.0.1 - "GET / HTTP/1.1" 200 OK
@@ -53,36 +49,26 @@ def test_summary_is_bounded() -> None:
     assert diagnose.error_line([]) is None and diagnose.summary([]) == ""
 
 
-def run(tmp_path: Path, pipeline: Path) -> tuple[int, dict[str, object], str]:
-    proc = subprocess.run([sys.executable, "-m", "boride", "run", str(pipeline), "--json",
-                           "--out", str(tmp_path / "out")],
-                          env={**os.environ, "TMPDIR": str(tmp_path)},
-                          capture_output=True, text=True, timeout=240, check=False)
-    return proc.returncode, json.loads(proc.stdout), proc.stderr
-
-
 @pytest.mark.usefixtures("no_leftovers")
 def test_http_500_shows_the_exception_the_component_raised(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
-    code, report, stderr = run(tmp_path, make_pipeline([("a", "fail_500", {})]))
-    assert code == 1
+    proc, report = run_json(make_pipeline([("a", "fail_500", {})]), "--out", tmp_path / "out",
+                            tmpdir=tmp_path)
+    assert proc.returncode == 1
     (error,) = report["errors"]  # type: ignore[misc]
     assert "HTTP 500" in error
     assert ("its error: RuntimeError: fail_500: deliberate failure inside the processor "
             "function") in error
-    assert "its error: RuntimeError" in stderr
+    assert "its error: RuntimeError" in proc.stderr
 
 
 @pytest.mark.usefixtures("no_leftovers")
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_a_component_dying_with_a_js_stack_shows_the_message_not_the_frames(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
-    pipeline = make_pipeline([("a", "ok_processor", {})])
-    data = yaml.safe_load(pipeline.read_text())
-    data["processors"][0]["command"] = [shutil.which("node"), str(COMPONENTS / "crash_node.js")]
-    pipeline.write_text(yaml.safe_dump(data))
-    code, report, _ = run(tmp_path, pipeline)
-    assert code == 1
+    pipeline = make_pipeline([("a", [shutil.which("node"), COMPONENTS / "crash_node.js"], {})])
+    proc, report = run_json(pipeline, "--out", tmp_path / "out", tmpdir=tmp_path)
+    assert proc.returncode == 1
     (error,) = report["errors"]  # type: ignore[misc]
     assert "died during its call" in error
     assert "its error: ReferenceError: Can't find variable: color" in error

@@ -15,11 +15,9 @@ command without a session, ``DELETE /cleanup``) is only tried when
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import socket
-import tarfile
 import threading
 import time
 import uuid
@@ -38,8 +36,8 @@ import yaml
 from boride.daemon import exposure_warning
 from boride.runtime.docker import LABEL_KIND, LABEL_MANAGED, LABEL_SESSION, NETWORK, connect
 from boride.server.templates import _session_id as template_session
-from tests.conftest import tree
 from tests.docker_helpers import EXAMPLES, in_ci, labelled, serve_image_module
+from tests.helpers import archive_files, tree
 from tests.test_server_support import EXAMPLE_REGISTRY, example_build, example_template, new_id
 
 pytestmark = pytest.mark.docker
@@ -357,19 +355,8 @@ def assert_only_volumes(daemon: Daemon, seen: list[Seen]) -> None:
     assert not bad, "containers mount more than engine volumes:\n" + "\n".join(bad)
 
 
-def untar(data: bytes) -> dict[str, bytes]:
-    files = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for member in tar.getmembers():
-            if member.isfile():
-                f = tar.extractfile(member)
-                assert f is not None
-                files[member.name.removeprefix("./")] = f.read()
-    return files
-
-
 def expected_files() -> dict[str, bytes]:
-    return {k: v for k, v in tree(EXAMPLES / "expected").items() if v != b"<dir>"}
+    return tree(EXAMPLES / "expected", dirs=False)
 
 
 def build(http: httpx.Client, sid: str, template: dict[str, Any]) -> dict[str, bytes]:
@@ -378,7 +365,7 @@ def build(http: httpx.Client, sid: str, template: dict[str, Any]) -> dict[str, b
         assert r.status_code == 200, body[:2000]
         assert r.headers["content-type"] == "application/x-gzip"
         assert "cyan-output.tar.gz" in r.headers.get("content-disposition", "")
-    return untar(body)
+    return archive_files(body, strip="./")
 
 
 class TestDaemon:

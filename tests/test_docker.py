@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,7 +26,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from boride.area import HostArea
 from boride.config import Timeouts
@@ -52,7 +50,6 @@ from boride.runtime.docker import (
 from boride.runtime.docker.engine import Engine
 from boride.runtime.local import LocalRuntime
 from boride.types import Component, Kind
-from tests.conftest import tree
 from tests.docker_helpers import (
     EXAMPLES,
     SETUP,
@@ -60,8 +57,8 @@ from tests.docker_helpers import (
     in_ci,
     managed_sessions,
     session_leftovers,
-    write_pipeline,
 )
+from tests.helpers import TEMPLATE_FILES, run_cli, start_cli, tree, write_pipeline
 
 pytestmark = pytest.mark.docker
 
@@ -138,10 +135,8 @@ def test_cli_runs_the_example_on_docker(tmp_path: Path) -> None:
     before = managed_sessions()
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "boride", "run", str(EXAMPLES / "pipeline.yaml"), "--runtime",
-         "docker", "--out", str(out), "--json"], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TMPDIR": str(work)}, check=False)
+    proc = run_cli("run", EXAMPLES / "pipeline.yaml", "--runtime", "docker", "--out", out,
+                   "--json", tmpdir=work, timeout=300)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["status"] == "ok"
@@ -230,7 +225,8 @@ async def test_containers_are_isolated_labelled_and_limited(
 async def test_template_is_read_only_in_containers(tmp_path: Path, template: Path,
                                                    runtime: RecordingRuntime) -> None:
     before = tree(template)
-    pipeline = write_pipeline(tmp_path / "p.yaml", template, [("tamper", "write_template", {})])
+    pipeline = write_pipeline(tmp_path / "p.yaml", template, [("tamper", "write_template", {})],
+                              images=True)
     out = tmp_path / "out"
     res = await run_build(pipeline, runtime, tmp_path, out=out)
     assert res.ok, res.errors
@@ -248,7 +244,7 @@ async def test_resolver_and_plugins_on_docker(tmp_path: Path, template: Path,
                                                         {"suffix": "[2]"})],
         resolvers=[("join", "ok_resolver", ["src/**"], {"separator": "|"})],
         plugins=[("one", "ok_plugin", {"line": "plugin one"}),
-                 ("two", "ok_plugin", {"line": "plugin two"})])
+                 ("two", "ok_plugin", {"line": "plugin two"})], images=True)
     out = tmp_path / "out"
     res = await run_build(pipeline, runtime, tmp_path, out=out)
     assert res.ok, res.errors
@@ -272,7 +268,7 @@ async def test_steps_of_one_image_share_one_container(tmp_path: Path, template: 
         tmp_path / "p.yaml", template,
         [(f"s{i}", "ok_processor", {"suffix": f"[{i}]", "delay": 0.2,
                                     "files": {f"calls/{i}.txt": f"step {i}"}})
-         for i in range(8)], parallelism=4)
+         for i in range(8)], parallelism=4, images=True)
     out = tmp_path / "out"
     res = await run_build(pipeline, runtime, tmp_path, out=out)
     assert res.ok, res.errors
@@ -289,7 +285,8 @@ async def test_steps_of_one_image_share_one_container(tmp_path: Path, template: 
 async def test_missing_image_is_reported_before_anything_starts(
         tmp_path: Path, template: Path, runtime: RecordingRuntime) -> None:
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
-                              [("good", "ok_processor", {}), ("ghost", "does_not_exist", {})])
+                              [("good", "ok_processor", {}), ("ghost", "does_not_exist", {})],
+                              images=True)
     before = managed_sessions()
     res = await run_build(pipeline, runtime, tmp_path)
     assert res.status == "failed"
@@ -346,11 +343,8 @@ async def test_missing_image_is_pulled_from_a_registry_when_allowed(
         for chunk in client.api.push(repo, tag="1", stream=True, decode=True):
             assert "error" not in chunk, chunk
         client.api.remove_image(image)
-        pipeline = tmp_path / "p.yaml"
-        pipeline.write_text(yaml.safe_dump({
-            "template": str(template),
-            "processors": [{"name": "pulled", "image": image, "config": {}, "files": [
-                {"glob": "**/*.*", "exclude": ["**/*.bak"], "type": "template"}]}]}))
+        pipeline = write_pipeline(tmp_path / "p.yaml", template, [
+            {"name": "pulled", "image": image, "config": {}, "files": TEMPLATE_FILES}])
         component = [Component("pulled", Kind.PROCESSOR, image=image)]
         no_pull = DockerRuntime(pull=False)
         try:
@@ -395,7 +389,8 @@ async def test_unreachable_engine_is_reported_clearly(monkeypatch: pytest.Monkey
 async def test_container_exiting_at_start_gives_code_and_log(
         tmp_path: Path, template: Path, runtime: RecordingRuntime) -> None:
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
-                              [("good", "ok_processor", {}), ("dies", "exit_at_start", {})])
+                              [("good", "ok_processor", {}), ("dies", "exit_at_start", {})],
+                              images=True)
     start = time.monotonic()
     res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(ready=120))
     assert time.monotonic() - start < 60  # at once, not at the readiness deadline
@@ -408,7 +403,8 @@ async def test_container_exiting_at_start_gives_code_and_log(
 
 async def test_never_ready_fails_at_the_deadline(tmp_path: Path, template: Path,
                                                  runtime: RecordingRuntime) -> None:
-    pipeline = write_pipeline(tmp_path / "p.yaml", template, [("slow", "never_ready", {})])
+    pipeline = write_pipeline(tmp_path / "p.yaml", template, [("slow", "never_ready", {})],
+                              images=True)
     start = time.monotonic()
     res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(ready=3))
     elapsed = time.monotonic() - start
@@ -421,7 +417,7 @@ async def test_never_ready_fails_at_the_deadline(tmp_path: Path, template: Path,
 async def test_call_hanging_past_the_timeout(tmp_path: Path, template: Path,
                                              runtime: RecordingRuntime) -> None:
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
-                              [("good", "ok_processor", {}), ("stuck", "hang", {})])
+                              [("good", "ok_processor", {}), ("stuck", "hang", {})], images=True)
     start = time.monotonic()
     res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(build=10))
     assert time.monotonic() - start < 40
@@ -434,7 +430,8 @@ async def test_call_hanging_past_the_timeout(tmp_path: Path, template: Path,
 async def test_container_dying_during_its_call(tmp_path: Path, template: Path,
                                                runtime: RecordingRuntime) -> None:
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
-                              [("good", "ok_processor", {}), ("bad", "die_during_call", {})])
+                              [("good", "ok_processor", {}), ("bad", "die_during_call", {})],
+                              images=True)
     res = await run_build(pipeline, runtime, tmp_path)
     assert res.status == "failed"
     error = errors_of(res)["bad"]
@@ -446,7 +443,7 @@ async def test_container_dying_during_its_call(tmp_path: Path, template: Path,
 
 async def test_container_killed_during_its_call(tmp_path: Path, template: Path,
                                                 runtime: RecordingRuntime) -> None:
-    pipeline = write_pipeline(tmp_path / "p.yaml", template, [("victim", "hang", {})])
+    pipeline = write_pipeline(tmp_path / "p.yaml", template, [("victim", "hang", {})], images=True)
     calling = asyncio.Event()
 
     def on_event(stage: str, name: str | None, status: str) -> None:
@@ -471,14 +468,12 @@ async def test_container_killed_during_its_call(tmp_path: Path, template: Path,
 
 def test_sigterm_to_boride_run_leaves_nothing(tmp_path: Path, template: Path) -> None:
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
-                              [("good", "ok_processor", {}), ("stuck", "hang", {})])
+                              [("good", "ok_processor", {}), ("stuck", "hang", {})], images=True)
     work = tmp_path / "work"
     work.mkdir()
     before = managed_sessions()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "boride", "run", str(pipeline), "--runtime", "docker", "--out",
-         str(tmp_path / "out")], env={**os.environ, "TMPDIR": str(work)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli("run", pipeline, "--runtime", "docker", "--out", tmp_path / "out",
+                     tmpdir=work)
     lines: queue.Queue[str] = queue.Queue()
     seen: list[str] = []
     assert proc.stderr is not None
@@ -542,9 +537,8 @@ async def test_clean_removes_what_a_killed_run_left(tmp_path: Path, template: Pa
         await rt.aclose()  # as if the run died here: no stop, no close_workspace
     left = session_leftovers(session)
     assert len(left) == 5, left  # two components, the helper, two volumes
-    proc = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "boride", "clean", "--session", session, "--json"],
-        capture_output=True, text=True, timeout=120, check=False)
+    proc = await asyncio.to_thread(run_cli, "clean", "--session", session, "--json",
+                                   timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert sorted(json.loads(proc.stdout)["removed"]) == sorted(left)
     assert session_leftovers(session) == []

@@ -16,8 +16,6 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,7 +36,8 @@ from boride.runtime.docker.engine import Engine
 from boride.runtime.docker.names import SEEN_AREA, session_labels, volume_names
 from boride.runtime.docker.volumes import create_volume
 from boride.types import Component
-from tests.docker_helpers import image_of, in_ci, session_leftovers, write_pipeline
+from tests.docker_helpers import image_of, in_ci, session_leftovers
+from tests.helpers import run_cli, write_pipeline
 
 pytestmark = pytest.mark.docker
 
@@ -145,7 +144,7 @@ def proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EnginePro
 
 async def outage_build(tmp_path: Path, template: Path, runtime: OutageRuntime) -> BuildResult:
     pipeline = write_pipeline(tmp_path / "pipeline.yaml", template,
-                              [("ok", "ok_processor", {}), ("stuck", "hang", {})])
+                              [("ok", "ok_processor", {}), ("stuck", "hang", {})], images=True)
     try:
         return await build(load(pipeline), runtime, BuildOptions(
             out=tmp_path / "out", work_root=tmp_path / "work", timeouts=Timeouts(build=8)))
@@ -174,9 +173,8 @@ async def test_what_clean_up_cannot_remove_is_reported_with_the_command(
     assert len(left) < 1000
     proxy.restore()
     assert session_leftovers(session) != []  # really left behind, as reported
-    proc = subprocess.run([sys.executable, "-m", "boride", "clean", "--session", session],
-                          capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "DOCKER_HOST": f"unix://{ENGINE}"})
+    proc = run_cli("clean", "--session", session, timeout=120,
+                   env={"DOCKER_HOST": f"unix://{ENGINE}"})
     assert proc.returncode == 0, proc.stderr
     assert session_leftovers(session) == []
 
@@ -258,9 +256,7 @@ def test_clean_session_removes_a_boride_container_holding_its_volume() -> None:
     client = connect(timeout=30)
     try:
         holder = _make_holder(client.api, volume, {LABEL_MANAGED: "1"})
-        proc = subprocess.run(
-            [sys.executable, "-m", "boride", "clean", "--session", session, "--json"],
-            capture_output=True, text=True, timeout=120, check=False)
+        proc = run_cli("clean", "--session", session, "--json", timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert volume in json.loads(proc.stdout)["removed"]
         assert session_leftovers(session) == []
@@ -278,9 +274,7 @@ def test_a_volume_held_by_a_foreign_container_is_one_line() -> None:
     client = connect(timeout=30)
     try:
         holder = _make_holder(client.api, volume, {})
-        proc = subprocess.run(
-            [sys.executable, "-m", "boride", "clean", "--session", session],
-            capture_output=True, text=True, timeout=120, check=False)
+        proc = run_cli("clean", "--session", session, timeout=120)
         assert proc.returncode != 0
         assert proc.stderr.strip() == (f"boride: could not remove volume {volume}: in use by "
                                        f"container {holder[:12]} (not boride's)")

@@ -16,7 +16,8 @@ import pytest
 from boride.model import load
 from boride.pipeline import BuildOptions, build
 from boride.runtime.docker import DockerRuntime
-from tests.docker_helpers import session_leftovers, write_pipeline
+from tests.docker_helpers import session_leftovers
+from tests.helpers import write_pipeline
 
 pytestmark = [pytest.mark.docker,
               pytest.mark.skipif(os.geteuid() != 0, reason="the hand-over chowns only as root")]
@@ -38,7 +39,7 @@ async def test_plugin_swapping_folders_cannot_reach_host_files(
     pipeline = write_pipeline(
         tmp_path / "pipeline.yaml", template, [("p", "ok_processor", {})],
         plugins=[("swapper", "swap_plugin", swap),
-                 *[(f"next{n}", "noop_plugin", {}) for n in range(6)]])
+                 *[(f"next{n}", "noop_plugin", {}) for n in range(6)]], images=True)
     runtime = DockerRuntime()
     dest = tmp_path / ("result" if output == "out" else "result.tar.gz")
     try:

@@ -23,6 +23,7 @@ from boride.archive import iter_archive
 from boride.front import FrontConfig, create_front_app
 from boride.server import ServerConfig
 from tests.conftest import EXAMPLES, boride_processes
+from tests.helpers import run_cli
 from tests.test_server import _raw_post
 from tests.test_server_support import (
     EXAMPLE_REGISTRY,
@@ -372,26 +373,22 @@ async def test_workers_are_found_by_dns_and_dropped_when_the_name_goes(tmp_path:
 
 def test_front_command_line_refuses_what_cannot_work(tmp_path: Path,
                                                     monkeypatch: Any) -> None:
-    from click.testing import CliRunner
-
     for name in ("BORIDE_TOKEN", "BORIDE_TOKEN_FILE", "BORIDE_WORKER_TOKEN",
                  "BORIDE_WORKER_TOKEN_FILE"):
         monkeypatch.delenv(name, raising=False)
-    from boride.cli import main
     from boride.daemon import main as daemon_main
 
-    runner = CliRunner()
-    r = runner.invoke(main, ["front"])
-    assert r.exit_code == 2 and "--worker URL" in r.output
-    r = runner.invoke(main, ["front", "--worker", "http://x:9000", "--host", "0.0.0.0"])
-    assert r.exit_code == 2 and "--trusted-network" in r.output
+    r = run_cli("front", in_process=True)
+    assert r.returncode == 2 and "--worker URL" in r.stdout + r.stderr
+    r = run_cli("front", "--worker", "http://x:9000", "--host", "0.0.0.0", in_process=True)
+    assert r.returncode == 2 and "--trusted-network" in r.stdout + r.stderr
     token = tmp_path / "token"
     token.write_text("\n")
-    r = runner.invoke(main, ["front", "--worker", "http://x:9000", "--worker-token-file",
-                             str(token)])
-    assert r.exit_code == 2 and "is empty" in r.output
-    r = runner.invoke(main, ["serve", "--token", "a" * 20, "--token-file", str(token)])
-    assert r.exit_code == 2 and "not both" in r.output
+    r = run_cli("front", "--worker", "http://x:9000", "--worker-token-file", token,
+                in_process=True)
+    assert r.returncode == 2 and "is empty" in r.stdout + r.stderr
+    r = run_cli("serve", "--token", "a" * 20, "--token-file", token, in_process=True)
+    assert r.returncode == 2 and "not both" in r.stdout + r.stderr
     # a swarm worker without the shared token does not start
     assert daemon_main(["worker"]) == 2
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import PipelineFactory
+from tests.helpers import run_json
 
 pytestmark = [pytest.mark.usefixtures("no_leftovers"),
               pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")]
@@ -41,16 +39,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def run(tmp_path: Path, pipeline: Path, *args: str, tmpdir: Path | None = None
-        ) -> tuple[int, dict[str, Any], str]:
-    work = tmpdir or tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "boride", "run", str(pipeline), "--json",
-                           *args], env={**os.environ, "TMPDIR": str(work)},
-                          capture_output=True, text=True, timeout=240, check=False)
-    return proc.returncode, json.loads(proc.stdout), proc.stderr
-
-
 @pytest.fixture
 def big_template(template: Path) -> Path:
     for n in range(400):
@@ -63,12 +51,12 @@ def test_out_on_a_full_disk_is_one_short_message(
         tmp_path: Path, make_pipeline: PipelineFactory, big_template: Path,
         small_disk: Path) -> None:
     out = small_disk / "result"
-    code, report, stderr = run(tmp_path, make_pipeline([("p", "ok_processor", {})]),
-                               "--out", str(out))
-    assert code == 1
+    proc, report = run_json(make_pipeline([("p", "ok_processor", {})]), "--out", out,
+                            tmpdir=tmp_path / "work")
+    assert proc.returncode == 1
     text = "\n".join(report["errors"])
     assert "No space left on device" in text and str(small_disk) in text, text
-    assert len(stderr) < 4000, stderr
+    assert len(proc.stderr) < 4000, proc.stderr
     assert not out.exists()
     assert [p.name for p in small_disk.iterdir()] == []  # no half-written staging folder
 
@@ -77,21 +65,21 @@ def test_archive_on_a_full_disk_names_the_archive(
         tmp_path: Path, make_pipeline: PipelineFactory, big_template: Path,
         small_disk: Path) -> None:
     dest = small_disk / "result.tar.gz"
-    code, report, stderr = run(tmp_path, make_pipeline([("p", "ok_processor", {})]),
-                               "--archive", str(dest))
-    assert code == 1
+    proc, report = run_json(make_pipeline([("p", "ok_processor", {})]), "--archive", dest,
+                            tmpdir=tmp_path / "work")
+    assert proc.returncode == 1
     text = "\n".join(report["errors"])
     assert f"cannot write the archive {dest}: No space left on device" in text, text
-    assert len(stderr) < 4000, stderr
+    assert len(proc.stderr) < 4000, proc.stderr
     assert [p.name for p in small_disk.iterdir()] == []
 
 
 def test_a_full_work_area_is_named_as_the_cause(
         tmp_path: Path, make_pipeline: PipelineFactory, big_template: Path,
         small_disk: Path) -> None:
-    code, report, stderr = run(tmp_path, make_pipeline([("p", "ok_processor", {})]),
-                               "--out", str(tmp_path / "out"), tmpdir=small_disk)
-    assert code == 1, (report, stderr)
+    proc, report = run_json(make_pipeline([("p", "ok_processor", {})]), "--out",
+                            tmp_path / "out", tmpdir=small_disk)
+    assert proc.returncode == 1, (report, proc.stderr)
     text = "\n".join(report["errors"])
     assert "the work area's file system is full" in text, text
-    assert len(stderr) < 6000, stderr
+    assert len(proc.stderr) < 6000, proc.stderr

@@ -8,10 +8,8 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from boride.config import Limits
 from boride.model import load
@@ -20,6 +18,7 @@ from boride.runtime.base import Instance, Workspace
 from boride.runtime.local import LocalRuntime
 from boride.types import Component, Kind
 from tests.conftest import COMPONENTS
+from tests.helpers import write_pipeline
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -67,17 +66,14 @@ def distinct(tmp_path: Path, n: int, script: str) -> list[list[str]]:
 async def test_at_most_twice_the_parallelism_alive_in_a_40_processor_build(
         tmp_path: Path, template: Path, parallelism: int) -> None:
     procs = distinct(tmp_path, 40, "ok_processor")
-    data: dict[str, Any] = {
-        "template": str(template), "parallelism": parallelism,
-        "processors": [{"name": f"p{i}", "command": cmd,
-                        "config": {"suffix": f"<{i}>", "files": {f"out/{i}.txt": str(i)}}}
-                       for i, cmd in enumerate(procs)],
-        "resolvers": [{"name": "join", "command": distinct(tmp_path, 1, "ok_resolver")[0],
-                       "files": ["src/deep/**"], "config": {"separator": ""}}],
-        "plugins": [{"name": f"plug{i}", "command": cmd, "config": {"line": f"plug{i}"}}
-                    for i, cmd in enumerate(distinct(tmp_path, 3, "ok_plugin"))],
-    }
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    write_pipeline(
+        tmp_path / "p.yaml", template,
+        [(f"p{i}", cmd, {"suffix": f"<{i}>", "files": {f"out/{i}.txt": str(i)}})
+         for i, cmd in enumerate(procs)],
+        [("join", distinct(tmp_path, 1, "ok_resolver")[0], ["src/deep/**"], {"separator": ""})],
+        [(f"plug{i}", cmd, {"line": f"plug{i}"})
+         for i, cmd in enumerate(distinct(tmp_path, 3, "ok_plugin"))],
+        files=None, parallelism=parallelism)
     runtime = Live()
     out = tmp_path / "out"
     result = await build(load(tmp_path / "p.yaml"), runtime, BuildOptions(
@@ -101,10 +97,10 @@ async def test_a_component_failing_to_start_fails_its_steps_the_others_run(
         tmp_path: Path, template: Path) -> None:
     procs = distinct(tmp_path, 6, "ok_processor")
     bad = distinct(tmp_path, 1, "exit_at_start")[0]
-    data = {"template": str(template), "parallelism": 1,
-            "processors": [{"name": f"p{i}", "command": cmd} for i, cmd in enumerate(procs)]
-            + [{"name": "bad", "command": bad}, {"name": "bad-again", "command": bad}]}
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    write_pipeline(tmp_path / "p.yaml", template,
+                   [{"name": f"p{i}", "command": cmd} for i, cmd in enumerate(procs)]
+                   + [{"name": "bad", "command": bad}, {"name": "bad-again", "command": bad}],
+                   parallelism=1)
     runtime = Live()
     result = await build(load(tmp_path / "p.yaml"), runtime, BuildOptions(
         limits=Limits(parallelism=1), work_root=tmp_path / "work"))

@@ -6,13 +6,11 @@ lies, ...) and every test checks that no component process and no work area surv
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,27 +20,10 @@ from typing import Any
 import pytest
 
 from boride.config import Limits
-from tests.conftest import EXAMPLES, PipelineFactory, boride_processes, tree
+from tests.conftest import EXAMPLES, PipelineFactory, boride_processes
+from tests.helpers import archive_files, run_cli, run_json, start_cli, tree, write_pipeline
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
-
-
-def boride(*args: str | Path, work: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run the CLI with its work areas under ``work`` (so the test can see they are gone)."""
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(work)}
-    return subprocess.run([sys.executable, "-m", "boride", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def run_json(*args: str | Path, work: Path, **kw: Any) -> tuple[subprocess.CompletedProcess[str],
-                                                                 dict[str, Any]]:
-    proc = boride("run", *args, "--json", work=work, **kw)
-    try:
-        data = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"stdout is not JSON: {proc.stdout!r}\nstderr: {proc.stderr}")
-    return proc, data
 
 
 def assert_work_area_gone(work: Path) -> None:
@@ -55,7 +36,7 @@ def by_name(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_bundled_example_matches_expected_tree(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc, data = run_json(EXAMPLES / "pipeline.yaml", "--out", out, work=tmp_path / "work")
+    proc, data = run_json(EXAMPLES / "pipeline.yaml", "--out", out, tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     assert data["status"] == "ok" and data["errors"] == []
     assert set(data["stages"]) == {"start", "process", "merge", "plugins", "output"}
@@ -68,13 +49,10 @@ def test_bundled_example_matches_expected_tree(tmp_path: Path) -> None:
 
 def test_archive_output_has_the_same_files(tmp_path: Path) -> None:
     archive = tmp_path / "result.tar.gz"
-    proc = boride("run", EXAMPLES / "pipeline.yaml", "--archive", archive, work=tmp_path / "w")
+    proc = run_cli("run", EXAMPLES / "pipeline.yaml", "--archive", archive, tmpdir=tmp_path / "w")
     assert proc.returncode == 0, proc.stderr
-    expected = {k: v for k, v in tree(EXAMPLES / "expected").items() if v != b"<dir>"}
-    with tarfile.open(archive, "r:gz") as tar:
-        files = {m.name.removeprefix("./"): tar.extractfile(m).read()  # type: ignore[union-attr]
-                 for m in tar.getmembers() if m.isfile()}
-    assert files == expected
+    expected = tree(EXAMPLES / "expected", dirs=False)
+    assert archive_files(archive, strip="./") == expected
     assert not (Path.cwd() / "out").exists()  # --archive alone writes no folder
 
 
@@ -83,7 +61,7 @@ def test_processors_run_in_parallel_each_on_the_same_port(
     procs = [(f"p{i}", "ok_processor", {"suffix": f"-{i}", "delay": 0.5}) for i in range(4)]
     pipeline = make_pipeline(procs, parallelism=4)
     out = tmp_path / "out"
-    proc, data = run_json(pipeline, "--out", out, work=tmp_path / "work")
+    proc, data = run_json(pipeline, "--out", out, tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     # last processor wins on every path (no resolver)
     assert (out / "src" / "a.txt").read_text() == "alpha\n-3"
@@ -99,7 +77,7 @@ def test_conflict_goes_to_resolver_and_plugins_run_in_order(
         plugins=[("one", "ok_plugin", {"line": "plugin one"}),
                  ("two", "ok_plugin", {"line": "plugin two"})])
     out = tmp_path / "out"
-    proc, _ = run_json(pipeline, "--out", out, work=tmp_path / "work")
+    proc, _ = run_json(pipeline, "--out", out, tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     # src/** conflicts go to the resolver (layer order), README.md is last-wins
     assert (out / "src" / "a.txt").read_text() == (
@@ -116,7 +94,7 @@ def test_conflict_goes_to_resolver_and_plugins_run_in_order(
 def test_processor_failure_is_named_with_its_error(
         tmp_path: Path, make_pipeline: PipelineFactory, component: str, expected: str) -> None:
     pipeline = make_pipeline([("good", "ok_processor", {}), ("bad", component, {})])
-    proc, data = run_json(pipeline, "--out", tmp_path / "out", work=tmp_path / "work")
+    proc, data = run_json(pipeline, "--out", tmp_path / "out", tmpdir=tmp_path / "work")
     assert proc.returncode == 1, proc.stderr
     assert data["status"] == "failed"
     bad = by_name(data)["bad"]
@@ -131,7 +109,7 @@ def test_every_failure_of_a_stage_is_reported(tmp_path: Path,
                                               make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("a", "fail_500", {}), ("b", "ok_processor", {}),
                               ("c", "garbage_json", {})])
-    proc, data = run_json(pipeline, "--out", tmp_path / "out", work=tmp_path / "work")
+    proc, data = run_json(pipeline, "--out", tmp_path / "out", tmpdir=tmp_path / "work")
     assert proc.returncode == 1
     assert len(data["errors"]) == 2
     assert "processor 'a'" in proc.stderr and "processor 'c'" in proc.stderr
@@ -141,7 +119,7 @@ def test_component_exiting_at_start_is_reported_at_once(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("good", "ok_processor", {}), ("dies", "exit_at_start", {})])
     start = time.monotonic()
-    proc, data = run_json(pipeline, "--ready-timeout", "120", work=tmp_path / "work")
+    proc, data = run_json(pipeline, "--ready-timeout", "120", tmpdir=tmp_path / "work")
     elapsed = time.monotonic() - start
     assert proc.returncode == 1
     error = by_name(data)["dies"]["error"]
@@ -153,7 +131,7 @@ def test_component_exiting_at_start_is_reported_at_once(
 def test_component_never_ready_fails_at_the_deadline(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("slow", "never_ready", {})])
-    proc, data = run_json(pipeline, "--ready-timeout", "3", work=tmp_path / "work")
+    proc, data = run_json(pipeline, "--ready-timeout", "3", tmpdir=tmp_path / "work")
     assert proc.returncode == 1
     assert "not ready after 3s" in by_name(data)["slow"]["error"]
 
@@ -161,7 +139,7 @@ def test_component_never_ready_fails_at_the_deadline(
 def test_hanging_processor_fails_at_the_build_timeout(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("good", "ok_processor", {}), ("stuck", "hang", {})])
-    proc, data = run_json(pipeline, "--timeout", "8", work=tmp_path / "work")
+    proc, data = run_json(pipeline, "--timeout", "8", tmpdir=tmp_path / "work")
     assert proc.returncode == 1
     stuck = by_name(data)["stuck"]
     said = "processor 'stuck': its call had not answered when the build's 8s timeout ran out"
@@ -192,7 +170,7 @@ def test_template_is_read_only_to_processors(tmp_path: Path, template: Path,
     before = tree(template)
     pipeline = make_pipeline([("tamper", "write_template", {})])
     out = tmp_path / "out"
-    proc, _ = run_json(pipeline, "--out", out, work=tmp_path / "work")
+    proc, _ = run_json(pipeline, "--out", out, tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     assert tree(template) == before
     reports = [p.read_text() for p in out.rglob("*") if p.is_file() and "create:" in
@@ -236,7 +214,7 @@ def test_failing_plugin_stops_the_build(tmp_path: Path, make_pipeline: PipelineF
     pipeline = make_pipeline([("p", "ok_processor", {})],
                              plugins=[("breaks", "fail_plugin", {}),
                                       ("after", "ok_plugin", {"line": "x"})])
-    proc, data = run_json(pipeline, "--out", tmp_path / "out", work=tmp_path / "work")
+    proc, data = run_json(pipeline, "--out", tmp_path / "out", tmpdir=tmp_path / "work")
     assert proc.returncode == 1
     assert by_name(data)["breaks"]["status"] == "failed"
     assert by_name(data)["after"]["status"] == "skipped"
@@ -249,10 +227,7 @@ def test_signal_mid_build_cleans_up(tmp_path: Path, make_pipeline: PipelineFacto
     pipeline = make_pipeline([("good", "ok_processor", {}), ("stuck", "hang", {})])
     work = tmp_path / "work"
     work.mkdir()
-    env = {**os.environ, "TMPDIR": str(work)}
-    proc = subprocess.Popen([sys.executable, "-m", "boride", "run", str(pipeline), "--out",
-                             str(tmp_path / "out")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_cli("run", pipeline, "--out", tmp_path / "out", tmpdir=work)
     # wait until the build is in its process stage (both components running)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(
@@ -271,20 +246,19 @@ def test_broken_pipeline_file_exits_2_naming_field_and_line(tmp_path: Path,
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"template: {template}\nprocessors:\n  - name: a\n    command: [x]\n"
                    "    colour: red\n")
-    proc = boride("run", bad, work=tmp_path / "work")
+    proc = run_cli("run", bad, tmpdir=tmp_path / "work")
     assert proc.returncode == 2
     assert f"{bad}:5: processors[0].colour: unknown field" in proc.stderr
     assert "Traceback" not in proc.stderr
-    missing = boride("run", tmp_path / "nope.yaml", work=tmp_path / "work")
+    missing = run_cli("run", tmp_path / "nope.yaml", tmpdir=tmp_path / "work")
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
 def test_missing_command_is_reported_before_anything_starts(
         tmp_path: Path, template: Path) -> None:
-    pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(f"template: {template}\nprocessors:\n  - name: a\n"
-                        "    command: [no-such-program-here]\n")
-    proc, data = run_json(pipeline, work=tmp_path / "work")
+    pipeline = write_pipeline(tmp_path / "p.yaml", template,
+                              [{"name": "a", "command": ["no-such-program-here"]}])
+    proc, data = run_json(pipeline, tmpdir=tmp_path / "work")
     assert proc.returncode == 1
     assert "'no-such-program-here' not found" in data["errors"][0]
     assert data["stages"] == {}
@@ -292,7 +266,7 @@ def test_missing_command_is_reported_before_anything_starts(
 
 def test_result_folder_gets_the_users_permissions(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = boride("run", EXAMPLES / "pipeline.yaml", "--out", out, work=tmp_path / "work")
+    proc = run_cli("run", EXAMPLES / "pipeline.yaml", "--out", out, tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_mode & 0o002 == 0  # not world-writable like the work area
 
@@ -305,9 +279,8 @@ def test_components_die_with_boride_even_on_sigkill(
     work = tmp_path / "work"
     work.mkdir()
     socket_dirs = set(Path("/tmp").glob("boride-*"))  # see LocalRuntime.open_workspace
-    proc = subprocess.Popen([sys.executable, "-m", "boride", "run", str(pipeline)],
-                            env={**os.environ, "TMPDIR": str(work)}, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli("run", pipeline, tmpdir=work, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any("hang.py" in p for p in boride_processes()):
         time.sleep(0.1)
@@ -354,10 +327,9 @@ def test_runs_as_an_ordinary_user(ordinary_tmp: Path) -> None:
     if version != str(sys.version_info[:2]):
         pytest.skip(f"/usr/bin/python3 is {version}, not this interpreter's version")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(SYSTEM_PYTHON),
-         "-m", "boride", "run", str(EXAMPLES / "pipeline.yaml"), "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=240, check=False)
+    proc = run_cli("run", EXAMPLES / "pipeline.yaml", "--out", out, env=env, inherit_env=False,
+                   python=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           SYSTEM_PYTHON])
     assert proc.returncode == 0, proc.stderr
     assert tree(out) == tree(EXAMPLES / "expected")
     assert out.stat().st_uid == 65534
@@ -366,7 +338,7 @@ def test_runs_as_an_ordinary_user(ordinary_tmp: Path) -> None:
 
 def test_keep_leaves_the_work_area_for_debugging(tmp_path: Path) -> None:
     proc, data = run_json(EXAMPLES / "pipeline.yaml", "--out", tmp_path / "out", "--keep",
-                          work=tmp_path / "work")
+                          tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     kept = Path(data["work_dir"])
     assert kept.parent == tmp_path / "work"

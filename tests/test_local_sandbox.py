@@ -12,8 +12,6 @@ import os
 import shutil
 import socket
 import socketserver
-import subprocess
-import sys
 import tempfile
 import threading
 import uuid
@@ -24,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PipelineFactory
+from tests.helpers import run_json
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -31,15 +30,10 @@ pytestmark = pytest.mark.usefixtures("no_leftovers")
 def build(pipeline: Path, out: Path, work: Path, *, cwd: Path | None = None,
           env: dict[str, str] | None = None) -> dict[str, Any]:
     """``boride run --json``; the build must succeed. Its result as data."""
-    work.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "boride", "run", str(pipeline), "--out", str(out), "--json"],
-        env={**os.environ, "TMPDIR": str(work), **(env or {})}, cwd=cwd,
-        capture_output=True, text=True, timeout=240, check=False)
+    proc, data = run_json(pipeline, "--out", out, tmpdir=work, cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stderr
     assert list(work.iterdir()) == [], "work area left behind"
-    data: dict[str, Any] = json.loads(proc.stdout)
-    return data
+    return data  # type: ignore[no-any-return]
 
 
 def report(out: Path, name: str) -> dict[str, Any]:
@@ -172,11 +166,9 @@ def test_template_closed_to_nobody_is_reported_before_the_processor_starts(
     pipeline = make_pipeline([("p", "ok_processor", {})])
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "boride", "run", str(pipeline), "--json"],
-                          env={**os.environ, "TMPDIR": str(work)}, capture_output=True,
-                          text=True, timeout=240, check=False)
+    proc, data = run_json(pipeline, tmpdir=work)
     assert proc.returncode == 1
-    assert f"nobody may not enter {template}" in json.loads(proc.stdout)["errors"][0]
+    assert f"nobody may not enter {template}" in data["errors"][0]
 
 
 def test_limits_come_from_the_environment() -> None:
@@ -197,10 +189,6 @@ def test_limits_come_from_the_environment() -> None:
 def test_bad_limit_is_reported_before_anything_starts(tmp_path: Path,
                                                       make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("p", "ok_processor", {})])
-    proc = subprocess.run([sys.executable, "-m", "boride", "run", str(pipeline), "--json"],
-                          env={**os.environ, "TMPDIR": str(tmp_path),
-                               "BORIDE_LOCAL_MEMORY": "lots"},
-                          capture_output=True, text=True, timeout=240, check=False)
+    proc, data = run_json(pipeline, tmpdir=tmp_path, env={"BORIDE_LOCAL_MEMORY": "lots"})
     assert proc.returncode == 1
-    data = json.loads(proc.stdout)
     assert data["stages"] == {} and "BORIDE_LOCAL_MEMORY: not a size: 'lots'" in data["errors"][0]

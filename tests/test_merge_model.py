@@ -22,6 +22,7 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from boride.merge import Conflict, MergeError, ResolverRule, merge
+from tests.helpers import tree
 
 NAMES = ["a", "b", "é", "日本", ".h", "x.md", "y.txt", "ü b"]
 DEEP = "/".join(["deep"] + [f"n{i}" for i in range(40)])
@@ -235,21 +236,6 @@ def modes(root: Path) -> dict[str, int]:
             for d, dirnames, filenames in os.walk(root) for n in dirnames + filenames}
 
 
-def snapshot(root: Path) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            rel = path.relative_to(root).as_posix()
-            mode = path.lstat().st_mode
-            if stat.S_ISDIR(mode):
-                out[rel] = "<dir>"
-            else:
-                assert stat.S_ISREG(mode)
-                out[rel] = (path.read_bytes(), bool(mode & 0o111))
-    return out
-
-
 @settings(max_examples=150, deadline=None)
 @given(outputs=outputs_strategy(), rules=rules_strategy(), limit=st.integers(1, 4),
        move=st.booleans())
@@ -311,7 +297,7 @@ def check(outputs: list[Layer], rules: list[Rule], limit: int, move: bool = Fals
                 raise AssertionError(f"expected errors about {expected.error_paths}")
         else:
             result = asyncio.run(coro)
-            assert snapshot(target) == expected.tree
+            assert tree(target, executable=True, regular=True) == expected.tree
             assert modes(target) == {p: (0o755 if v == "<dir>" or v[1] else 0o644)  # type: ignore[index]
                                      for p, v in expected.tree.items()}
             assert result.files == sum(1 for v in expected.tree.values() if v != "<dir>")

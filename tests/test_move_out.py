@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from boride.output import OutputError, move_folder, write_folder
-from tests.conftest import EXAMPLES, tree
-from tests.test_local_pipeline import run_json
+from tests.conftest import EXAMPLES
+from tests.helpers import run_json, tree
 
 
 def make_result(root: Path) -> Path:
@@ -104,7 +104,7 @@ def test_across_file_systems_it_is_a_copy(tmp_path: Path, tmpfs: Path) -> None:
 
 def test_the_example_to_another_file_system(tmp_path: Path, tmpfs: Path) -> None:
     proc, _ = run_json(EXAMPLES / "pipeline.yaml", "--out", tmpfs / "out",
-                          work=tmp_path / "work")
+                       tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     assert tree(tmpfs / "out") == tree(EXAMPLES / "expected")
     assert list((tmp_path / "work").iterdir()) == []
@@ -114,7 +114,7 @@ def test_the_example_renamed_into_place(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "stale").mkdir(parents=True)
     proc, _ = run_json(EXAMPLES / "pipeline.yaml", "--out", out, "--force",
-                          work=tmp_path / "work")
+                       tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     assert tree(out) == tree(EXAMPLES / "expected")
     assert all(uid == os.geteuid() for _, uid in modes(out).values())

@@ -6,19 +6,15 @@ shows its own error and last output."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import COMPONENTS
 from tests.docker_helpers import managed_sessions
+from tests.helpers import run_json, write_pipeline
 
 NODE = shutil.which("node")
 SCRIPT = COMPONENTS / "node" / "processor.js"
@@ -32,22 +28,15 @@ def pipeline(tmp_path: Path, template: Path, config: Any, runtime: str) -> Path:
         proc["image"] = IMAGE
     else:
         proc["command"] = [NODE, str(SCRIPT)]
-    path = tmp_path / f"pipeline-{runtime}.yaml"
-    path.write_text(yaml.safe_dump({"template": str(template), "processors": [proc]}))
-    return path
+    return write_pipeline(tmp_path / f"pipeline-{runtime}.yaml", template, [proc])
 
 
 def run(tmp_path: Path, file: Path, runtime: str, out: Path) -> tuple[int, dict[str, Any]]:
     # The work area goes to a folder of its own, not below the pipeline file's folder (the
     # components' cwd, shown to them read-only, with boride's private work folder in it).
-    work = tmp_path / "tmp"
-    work.mkdir(exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "boride", "run", str(file), "--json",
-                           "--runtime", runtime, "--out", str(out)],
-                          env={**os.environ, "TMPDIR": str(work)},
-                          capture_output=True, text=True, timeout=240, check=False)
+    proc, report = run_json(file, "--runtime", runtime, "--out", out, tmpdir=tmp_path / "tmp")
     assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+    return proc.returncode, report
 
 
 def check(tmp_path: Path, template: Path, runtime: str) -> None:

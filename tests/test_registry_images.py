@@ -48,8 +48,9 @@ import yaml
 
 from boride.runtime.docker import LABEL_SESSION, connect
 from boride.server.templates import _session_id as template_session
-from tests.conftest import EXAMPLES, tree
+from tests.conftest import EXAMPLES
 from tests.docker_helpers import build_test_image, labelled, remove_test_images
+from tests.helpers import tree
 from tests.test_daemon_container import (  # noqa: F401  (fixtures, used by name)
     Daemon,
     assert_only_volumes,
@@ -344,7 +345,7 @@ def unpack_like_the_cli(data: bytes) -> dict[str, bytes]:
 
 
 def expected_files() -> dict[str, bytes]:
-    return {k: v for k, v in tree(EXAMPLES / "expected").items() if v != b"<dir>"}
+    return tree(EXAMPLES / "expected", dirs=False)
 
 
 def assert_expected(files: dict[str, bytes]) -> None:

@@ -4,12 +4,10 @@ coordinator's API, real cyanprintsdk components on the local runtime."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import signal
 import socket
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -21,7 +19,8 @@ import pytest
 from boride.archive import iter_archive
 from boride.config import Limits, Timeouts
 from boride.server import ServerConfig
-from tests.conftest import EXAMPLES, boride_processes, tree
+from tests.conftest import EXAMPLES, boride_processes
+from tests.helpers import archive_files, tree
 from tests.test_server_support import (
     EXAMPLE_REGISTRY,
     build_body,
@@ -38,12 +37,6 @@ from tests.test_server_support import (
 )
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
-
-
-def files_of(archive: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        return {m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
-                for m in tar.getmembers() if m.isfile()}
 
 
 def session_area_empty(work: Path) -> bool:
@@ -82,8 +75,8 @@ def test_go_client_flow_builds_the_example_byte_for_byte(tmp_path: Path) -> None
             chunks.extend(r.iter_bytes())
         streamed = b"".join(chunks)
         assert streamed == b"".join(iter_archive(EXAMPLES / "expected"))
-        expected = {k: v for k, v in tree(EXAMPLES / "expected").items() if v != b"<dir>"}
-        assert files_of(streamed) == expected
+        expected = tree(EXAMPLES / "expected", dirs=False)
+        assert archive_files(streamed) == expected
 
         # a second build in the same session reuses the running components
         again = http.post(f"/executor/{sid}", json=example_build(template))
@@ -144,7 +137,7 @@ def test_local_try_flow_end_to_end_leaves_nothing_running(tmp_path: Path) -> Non
                           [("me/plug", {"line": "plugged"})])
         r = http.post(f"/executor/{sid}", json=body)
         assert r.status_code == 200, r.text
-        assert files_of(r.content) == {
+        assert archive_files(r.content) == {
             "README.md": b"# readme\n2plugged\n",  # no resolver for README.md: last wins
             "src/a.txt": b"alpha\n1|alpha\n2plugged\n",  # resolved by me/join
         }
@@ -173,8 +166,8 @@ def test_names_resolve_to_the_versions_the_template_pins(tmp_path: Path) -> None
         def build(name: str) -> httpx.Response:
             return http.post(f"/executor/{sid}", json=build_body(template, [(name, None)]))
 
-        assert files_of(build("me/p").content) == {"version.txt": b"2"}
-        assert files_of(build("me/p:1").content) == {"version.txt": b"1"}
+        assert archive_files(build("me/p").content) == {"version.txt": b"2"}
+        assert archive_files(build("me/p:1").content) == {"version.txt": b"1"}
         data = problem(build("me/p:3"), 400)
         assert data["title"] == "Unknown component"
         assert "not one of the versions pinned in the template" in data["data"][0]
@@ -284,7 +277,7 @@ def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) 
         assert not any("fail_500" in p for p in boride_processes())
         # the session still builds
         r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
-        assert r.status_code == 200 and "src/a.txt" in files_of(r.content)
+        assert r.status_code == 200 and "src/a.txt" in archive_files(r.content)
         http.delete(f"/executor/{sid}")
 
 
@@ -338,7 +331,7 @@ def test_sessions_build_at_once_isolated_and_at_most_max_builds(tmp_path: Path) 
             t.join(60)
         for sid in sids:  # each session got its own config's output, nothing of the other's
             assert answers[sid].status_code == 200, answers[sid].text
-            assert files_of(answers[sid].content)["src/a.txt"] == f"alpha\n{sid}".encode()
+            assert archive_files(answers[sid].content)["src/a.txt"] == f"alpha\n{sid}".encode()
         assert metric(http, "boride_builds_started_total") == 2
         for sid in sids:
             http.delete(f"/executor/{sid}")
@@ -495,7 +488,7 @@ class _Shipped:
         r = self.http.post(f"/executor/{sid}",
                            json=build_body(self.template, [("me/one", None)]))
         assert r.status_code == 200, r.text
-        return files_of(r.content)
+        return archive_files(r.content)
 
     def warm_and_start(self, sid: str, template: dict[str, Any]) -> None:
         assert self.http.post(f"/executor/{sid}/warm", json=template).status_code == 200

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ import pytest
 
 from boride.archive import iter_archive
 from tests.conftest import EXAMPLES, boride_processes
+from tests.helpers import run_cli, start_cli
 from tests.test_server_support import (
     EXAMPLE_REGISTRY,
     build_body,
@@ -34,11 +34,6 @@ from tests.test_server_support import (
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
 
-def serve(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "boride", "serve", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,9 +44,7 @@ def free_port() -> int:
 def serving(*args: str | Path, cwd: Path | None = None
             ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "boride", "serve", "--port", str(port),
-                             *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    proc = start_cli("serve", "--port", str(port), *args, stderr=subprocess.STDOUT, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -72,17 +65,17 @@ def serving(*args: str | Path, cwd: Path | None = None
 
 
 def test_refuses_a_public_address_without_a_token() -> None:
-    proc = serve("--host", "0.0.0.0")
+    proc = run_cli("serve", "--host", "0.0.0.0")
     assert proc.returncode == 2
     assert "is not a loopback address" in proc.stderr and "--token" in proc.stderr
-    proc = serve("--host", "127.0.0.1", "--token", "short")
+    proc = run_cli("serve", "--host", "127.0.0.1", "--token", "short")
     assert proc.returncode == 2 and "at least 16 characters" in proc.stderr
 
 
 def test_refuses_an_unusable_registry(tmp_path: Path) -> None:
     bad = tmp_path / "r.yaml"
     bad.write_text("processors: [{ref: a/b}]")
-    proc = serve("--registry", bad)
+    proc = run_cli("serve", "--registry", bad)
     assert proc.returncode == 2
     assert "cannot use the registry" in proc.stderr
     assert "processors.0.id: required field is missing" in proc.stderr

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import socket
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from boride.runtime.docker import LABEL_SESSION
 from boride.server import ServerConfig
 from tests.conftest import EXAMPLES
 from tests.docker_helpers import image_of, labelled
+from tests.helpers import archive_files
 from tests.test_server_support import (
     EXAMPLE_REGISTRY,
     build_body,
@@ -102,8 +101,7 @@ def test_try_flow_and_disconnect_on_docker(tmp_path: Path) -> None:
                           [("me/plug", {"line": "p"})])
         r = http.post(f"/executor/{sid}", json=body)
         assert r.status_code == 200, r.text
-        with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
-            got = tar.extractfile("src/a.txt").read()  # type: ignore[union-attr]
+        got = archive_files(r.content)["src/a.txt"]
         assert got == b"alpha\n1|alpha\n2p\n"  # the same processor twice, resolved, plugged
 
         # a client that goes away mid-build: the build is cancelled, containers removed

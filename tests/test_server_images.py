@@ -30,6 +30,7 @@ from boride.runtime.docker import LABEL_SESSION, connect
 from boride.server import ServerConfig
 from tests.conftest import boride_processes
 from tests.docker_helpers import image_of, labelled
+from tests.helpers import archive_files
 from tests.test_server_support import (
     build_body,
     new_id,
@@ -206,8 +207,7 @@ def test_components_from_the_images_the_template_pins(tmp_path: Path,
                           [("me/plug", {"line": "p"})])
         r = http.post(f"/executor/{sid}", json=body)
         assert r.status_code == 200, r.text
-        with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
-            got = tar.extractfile("src/a.txt").read()  # type: ignore[union-attr]
+        got = archive_files(r.content)["src/a.txt"]
         assert got == b"alpha\n1|alpha\n2p\n"
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
         assert labelled({LABEL_SESSION: sid}) == []

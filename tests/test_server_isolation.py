@@ -9,11 +9,9 @@ the right token."""
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import json
 import subprocess
-import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from boride.runtime.docker import NETWORK, DockerRuntime, Engine, connect
 from boride.runtime.local import LocalRuntime
 from boride.server import ServerConfig, create_app
 from tests.docker_helpers import image_of, session_leftovers
+from tests.helpers import archive_files
 from tests.test_server_cli import serving
 from tests.test_server_support import (
     build_body,
@@ -54,12 +53,6 @@ def network_gateways() -> list[str]:
         return [str(c["Gateway"]) for c in ipam.get("Config") or [] if c.get("Gateway")]
     finally:
         client.close()
-
-
-def files_of(archive: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        return {m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
-                for m in tar.getmembers() if m.isfile()}
 
 
 def attack_calls(victim: str) -> list[list[Any]]:
@@ -199,7 +192,7 @@ def test_a_component_cannot_drive_boride(tmp_path: Path) -> None:
         r = http.post(f"/executor/{attacker}",
                       json=build_body(template, [("me/probe", config)]))
         assert r.status_code == 200, r.text
-        results = json.loads(files_of(r.content)["probe.json"])
+        results = json.loads(archive_files(r.content)["probe.json"])
         (tmp_path / "probe.json").write_text(json.dumps(results, indent=1))
         gateways = network_gateways()
         assert {res["host"] for res in results} >= {*gateways, *host_addresses()}
@@ -240,7 +233,7 @@ def assert_helper_refuses(http: httpx.Client, template: dict[str, Any], victim: 
     config = {"port": 5560, "token": TOKEN, "calls": HELPER_CALLS, "hosts": helpers}
     r = http.post(f"/executor/{attacker}", json=build_body(template, [("me/probe", config)]))
     assert r.status_code == 200, r.text
-    results = json.loads(files_of(r.content)["probe.json"])
+    results = json.loads(archive_files(r.content)["probe.json"])
     mine = [res for res in results if res["host"] in helpers]
     assert len(mine) == 2 * len(HELPER_CALLS) * len(helpers)  # reached, and refused
     assert all(res["status"] == 401 for res in mine), json.dumps(mine, indent=1)

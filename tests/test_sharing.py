@@ -1,6 +1,8 @@
 """One instance per distinct component (issue 13, part 1): steps naming the same runnable (the
 same image, or the same command and working folder) call one running instance, concurrently,
-each call with its own config and its own ``writeDir``; each step keeps its own result."""
+each call with its own config and its own ``writeDir``; each step keeps its own result. In a
+build (``by_config``, which reports each call, and ``ok_processor``) and in the API (one
+instance per pinned component id per session)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from boride.pipeline import BuildOptions, BuildResult, build
 from boride.runtime.base import Instance, Workspace
 from boride.runtime.local import LocalRuntime
 from boride.types import Component
-from tests.conftest import PipelineFactory
-from tests.test_server import files_of
+from tests.conftest import PipelineFactory, boride_processes
+from tests.helpers import archive_files, tree
+from tests.test_server import _try_setup
 from tests.test_server_support import (
     build_body,
     entry,
@@ -157,9 +160,82 @@ def test_api_runs_one_instance_per_pinned_component_in_a_session(tmp_path: Path)
         for _ in range(2):
             r = http.post(f"/executor/{sid}", json=body)
             assert r.status_code == 200, r.text
-            files = files_of(r.content)
+            files = archive_files(r.content)
             assert sorted(files) == ["calls/a.txt", "calls/b.txt", "calls/c.txt"]
             assert len({files[f"calls/{t}.txt"].split()[1] for t in "abc"}) == 1
             assert list(session.instances) == ["me/by:1"]
             assert session.instances["me/by:1"] is first
+        assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+
+
+async def test_eight_steps_each_write_their_own_files_through_one_instance(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    steps = [(f"p{i}", "ok_processor", {"files": {f"own-{i}.txt": f"config {i}"},
+                                        "delay": 0.2}) for i in range(8)]
+    pipeline = load(make_pipeline(steps, parallelism=4))
+    runtime = Counting()
+    out = tmp_path / "out"
+    result = await build(pipeline, runtime, BuildOptions(out=out, work_root=tmp_path / "w"))
+    assert result.ok, result.errors
+    assert [c.name for c in runtime.started] == ["p0"]  # one instance for the eight steps
+    files = tree(out)
+    for i in range(8):  # each call had its own config and its own writeDir
+        assert files[f"own-{i}.txt"] == f"config {i}".encode()
+    assert [(c.name, c.status) for c in result.components] == [
+        (f"p{i}", "ok") for i in range(8)]
+
+
+async def test_a_step_failing_on_its_config_fails_alone_on_a_shared_instance(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    steps = [("good", "ok_processor", {"files": {"good.txt": "g"}}),
+             ("bad", "ok_processor", {"fail": "this step's input is wrong"}),
+             ("also-good", "ok_processor", {"files": {"also.txt": "a"}})]
+    pipeline = load(make_pipeline(steps, parallelism=3))
+    runtime = Counting()
+    result = await build(pipeline, runtime, BuildOptions(work_root=tmp_path / "w",
+                                                         limits=Limits(parallelism=3)))
+    assert not result.ok
+    by_name = {c.name: c for c in result.components}
+    assert by_name["bad"].status == "failed"
+    assert "this step's input is wrong" in (by_name["bad"].error or "")
+    assert by_name["good"].status == "ok" and by_name["also-good"].status == "ok"
+    assert [c.name for c in runtime.started] == ["good"]
+
+
+async def test_a_shared_instance_dying_fails_every_step_with_the_cause(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    steps = [(f"d{i}", "die_during_call", {}) for i in range(3)]
+    pipeline = load(make_pipeline(steps, parallelism=3))
+    runtime = Counting()
+    result = await build(pipeline, runtime, BuildOptions(work_root=tmp_path / "w"))
+    assert not result.ok
+    assert [c.name for c in runtime.started] == ["d0"]
+    for c in result.components:
+        assert c.status == "failed", c
+        assert "died during its call" in (c.error or "") or "exited" in (c.error or ""), c
+
+
+def test_a_cyan_naming_one_processor_four_times_uses_its_one_instance(tmp_path: Path) -> None:
+    """In the API: one instance per pinned component id per session. The cyan's four uses of
+    ``me/one`` (four configs) go to the instance ``POST /executor`` started."""
+    one = entry("me/one", "ok_processor")
+    config, folder, sid = _try_setup(tmp_path, processors=[one])
+    template = template_body(local_id := "local-four", [one])
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": local_id, "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        assert http.post("/executor", json={"session_id": sid, "template": template}
+                         ).json() == {"status": "OK"}
+        started = [p for p in boride_processes() if "ok_processor" in p]
+        assert list(server.service.sessions[sid].session.instances) == ["me/one:1"]
+        body = build_body(template, [("me/one", {"files": {f"f{i}.txt": str(i)}})
+                                     for i in range(4)])
+        r = http.post(f"/executor/{sid}", json=body)
+        assert r.status_code == 200, r.text
+        files = archive_files(r.content)
+        assert {f"f{i}.txt": str(i).encode() for i in range(4)}.items() <= files.items()
+        assert [p for p in boride_processes() if "ok_processor" in p] == started
+        state = server.service.sessions[sid]
+        assert list(state.session.instances) == ["me/one:1"]
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}

@@ -6,12 +6,9 @@ and say why; Ctrl-C must stop everything (exit 130, no process, no work area lef
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLES, boride_processes, tree
+from tests.conftest import EXAMPLES, boride_processes
+from tests.helpers import start_cli, tree
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 WAIT = 120.0  # seconds a build may take on a loaded machine before the test gives up
@@ -31,12 +29,9 @@ class Watcher:
     def __init__(self, project: Path, *extra: str) -> None:
         self.work = project / "work"
         self.work.mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "boride", "run", str(project / "ex" / "pipeline.yaml"),
-             "--out", str(project / "out"), "--watch", "--json", "--cache-dir",
-             str(project / "cache"), *extra],
-            env={**os.environ, "TMPDIR": str(self.work)}, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+        self.proc = start_cli("run", project / "ex" / "pipeline.yaml", "--out", project / "out",
+                              "--watch", "--json", "--cache-dir", project / "cache", *extra,
+                              tmpdir=self.work)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
