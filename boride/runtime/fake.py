@@ -87,7 +87,8 @@ class Behaviour:
     kind's, see :func:`default_answer`); ``ready_after``: seconds from its start before it
     listens; ``never_ready``: it listens but ``GET /`` answers 503 for ever; ``exit_at_start``:
     it exits at once with this code, its stack printed (``error`` last); ``fails``: how every
-    call goes wrong (``error`` is the line it prints, ``exit_code`` what it dies with);
+    call goes wrong (``error`` is the line it prints about it, ``exit_code`` what it dies
+    with; a hanging call prints nothing);
     ``delay``: seconds each call takes; ``output``: what it prints when it starts;
     ``version``: part of its identity (the cache's keys), change it to make it another
     component."""
@@ -236,11 +237,11 @@ class FakeInstance(Instance):
                       "      at processTicksAndRejections (native:7:39)")
         if failure in ("die", "hang"):
             await asyncio.Event().wait()  # never answers (a death cuts the connection)
+        self.print(*_python_stack(error))  # what it printed about it
         if failure == "not_json":
             return _text(200, "<html><body>502 Bad Gateway</body></html>")
         if failure == "wrong_shape":
             return _json(200, {"status": "done"})
-        self.print(*_python_stack(error))
         return _text(500, "Internal Server Error")
 
 
