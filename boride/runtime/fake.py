@@ -168,10 +168,12 @@ def _text(status: int, text: str) -> tuple[int, str, bytes]:
 class FakeInstance(Instance):
     """A running fake component: its client, its log, the calls it got."""
 
-    def __init__(self, component: Component, behaviour: Behaviour, session_id: str) -> None:
+    def __init__(self, component: Component, behaviour: Behaviour, session_id: str,
+                 events: list[str] | None = None) -> None:
         self.component = component
         self.behaviour = behaviour
         self.session_id = session_id
+        self.events = [] if events is None else events  # "call NAME ROUTE", "end NAME ROUTE"
         self.lines: list[str] = [f"fake {component.kind.value} {component.name}: starting",
                                  *behaviour.output]
         self.calls: list[Call] = []
@@ -216,6 +218,13 @@ class FakeInstance(Instance):
         except ValueError:
             return _text(400, "the body is not JSON")
         self.calls.append(call)
+        self.events.append(f"call {self.component.name} {path}")
+        try:
+            return await self._answer(call)
+        finally:
+            self.events.append(f"end {self.component.name} {path}")
+
+    async def _answer(self, call: Call) -> tuple[int, str, bytes]:
         config = call.config
         delay = float(config.get("delay") or self.behaviour.delay)
         if delay:
@@ -319,7 +328,8 @@ class _Counts:
 
     started: list[str] = field(default_factory=list)  # component names, in start order
     stopped: list[str] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)  # "start NAME", "stop NAME", in order
+    # "start NAME", "stop NAME", and each call's "call NAME ROUTE" and "end NAME ROUTE", in order
+    events: list[str] = field(default_factory=list)
     peak: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(Kind, 0))
 
 
@@ -376,7 +386,7 @@ class FakeRuntime(Runtime):
         behaviour = self.behaviour(component)
         assert behaviour is not None, "checked by problems()"
         await asyncio.sleep(0)  # a start takes a turn of the loop, as a real one takes longer
-        instance = FakeInstance(component, behaviour, workspace.session_id)
+        instance = FakeInstance(component, behaviour, workspace.session_id, self.counts.events)
         self.instances.append(instance)
         self.live.add(instance)
         self.counts.started.append(component.name)
