@@ -19,9 +19,10 @@ MAX_LINES = 6
 MAX_WIDTH = 240
 
 # "ValueError: ...", "json.decoder.JSONDecodeError: ...", "ReferenceError: Can't find ...",
+# "Error: ..." (Node's and Bun's ``throw new Error(...)``),
 # "KeyboardInterrupt", "error: ..." (Bun, Rust), "panic: ..." (Go), "Uncaught ..." (Node).
 _ERROR = re.compile(
-    r"^(?:[A-Za-z_$][\w$.]*(?:Error|Exception|Exit|Interrupt|Failure|Fault)(?::\s.*|\s*)"
+    r"^(?:(?:[A-Za-z_$][\w$.]*)?(?:Error|Exception|Exit|Interrupt|Failure|Fault)(?::\s.*|\s*)"
     r"|(?:error|panic|fatal|Uncaught)(?:\[\w+\])?:\s.*)$")
 # Stack frames and the code lines and carets Python prints under them.
 _FRAME = re.compile(r"^\s+(?:at\s|File\s\"|\^|~|\.\.\.)|^\s{2,}\S|^Traceback \(most recent")

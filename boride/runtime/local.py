@@ -211,7 +211,7 @@ def component_env() -> dict[str, str]:
     return env
 
 
-def _template_folder(template: TemplateSource) -> Path:
+def template_folder(template: TemplateSource) -> Path:
     """The template's folder on this machine; a :class:`HostFolder` must really lie below its
     root (links resolved) and be a folder."""
     if isinstance(template, Path):
@@ -316,7 +316,7 @@ class LocalRuntime(Runtime):
 
     async def template_problem(self, source: TemplateSource) -> str | None:
         try:
-            _template_folder(source)
+            template_folder(source)
         except TemplateRefused as exc:
             return str(exc)
         return None
@@ -324,7 +324,7 @@ class LocalRuntime(Runtime):
     async def open_workspace(self, session_id: str, template: TemplateSource,
                              root: Path | None, *, area: bool = True) -> Workspace:
         assert root is not None, "the local runtime's areas are host folders"
-        tpl = _template_folder(template)
+        tpl = template_folder(template)
         for sub in ("area", "run"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root / "area", 0o755)  # the component user must reach the folders below it
