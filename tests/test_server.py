@@ -300,7 +300,7 @@ def test_an_api_build_past_its_timeout_names_the_component_at_work(tmp_path: Pat
                                 "build's 5s timeout ran out"], data
         assert list(server.service.sessions[sid].session.instances) == ["me/ok:1"]
         r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
-        assert r.status_code == 200 and "src/a.txt" in files_of(r.content)
+        assert r.status_code == 200 and "src/a.txt" in archive_files(r.content)
         http.delete(f"/executor/{sid}")
 
 
