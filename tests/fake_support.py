@@ -7,20 +7,21 @@ from pathlib import Path
 from typing import Any
 
 from boride.config import Limits, Timeouts
-from boride.pipeline import BuildOptions, BuildResult, Plan, Step, build
+from boride.pipeline import BuildOptions, BuildResult, Plan, ProtocolGlob, Step, build
 from boride.runtime.fake import FakeRuntime
 from boride.types import Component, Kind
 
 
-def processor(name: str, key: str = "ok", globs: tuple[dict[str, Any], ...] = (),
+def processor(name: str, key: str = "ok", globs: tuple[ProtocolGlob, ...] = (),
               cacheable: bool = True, **config: Any) -> Step:
     """A processor step running the fake behaviour ``key`` with ``config``."""
-    return Step(Component(name, Kind.PROCESSOR, image=key), config, globs, cacheable)
+    return Step(Component(name, Kind.PROCESSOR, image=key), config, globs=globs,
+                cacheable=cacheable)
 
 
 def resolver(name: str, globs: tuple[str, ...] = ("**",), key: str = "join",
              **config: Any) -> Step:
-    return Step(Component(name, Kind.RESOLVER, image=key), config, globs)
+    return Step(Component(name, Kind.RESOLVER, image=key), config, files=globs)
 
 
 def plugin(name: str, key: str = "plug", **config: Any) -> Step:

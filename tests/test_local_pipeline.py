@@ -142,9 +142,9 @@ def test_hanging_processor_fails_at_the_build_timeout(
     proc, data = run_json(pipeline, "--timeout", "8", tmpdir=tmp_path / "work")
     assert proc.returncode == 1
     stuck = by_name(data)["stuck"]
-    said = "processor 'stuck': its call had not answered when the build's 8s timeout ran out"
+    said = "its call had not answered when the build's 8s timeout ran out"
     assert stuck["status"] == "failed" and stuck["error"] == said
-    assert data["errors"] == [said]  # only the one that was still at work
+    assert data["errors"] == [f"processor 'stuck': {said}"]  # only the one still at work
     assert by_name(data)["good"]["status"] == "ok"
     assert_work_area_gone(tmp_path / "work")
 
@@ -155,13 +155,14 @@ def test_build_timeout_names_the_component_that_never_became_ready(
     with what it waited for (issue 20: it said only "build timed out after 6s")."""
     pipeline = make_pipeline([("good", "ok_processor", {}), ("mute", "never_ready", {})])
     proc, data = run_json(pipeline, "--timeout", "6", "--ready-timeout", "60",
-                          work=tmp_path / "work")
+                          tmpdir=tmp_path / "work")
     assert proc.returncode == 1
     mute = by_name(data)["mute"]
     assert mute["status"] == "failed"
-    assert mute["error"].startswith("processor 'mute': not ready when the build's 6s timeout "
-                                    "ran out (GET / never answered 200)"), mute["error"]
-    assert [e.splitlines()[0] for e in data["errors"]] == [mute["error"].splitlines()[0]]
+    assert mute["error"].startswith("not ready when the build's 6s timeout ran out "
+                                    "(GET / never answered 200)"), mute["error"]
+    assert [e.splitlines()[0] for e in data["errors"]] == [
+        "processor 'mute': " + mute["error"].splitlines()[0]]
     assert_work_area_gone(tmp_path / "work")
 
 

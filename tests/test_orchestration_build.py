@@ -9,8 +9,8 @@ from pathlib import Path
 
 from boride import cache
 from boride.runtime.fake import Behaviour, FakeRuntime
-from tests.conftest import tree
 from tests.fake_support import by_name, plan, plugin, processor, resolver, run
+from tests.helpers import DIR, tree
 
 GOOD = {"ok": Behaviour(), "join": Behaviour(), "plug": Behaviour()}
 
@@ -26,8 +26,8 @@ async def test_processors_merge_and_plugins_give_the_result(tmp_path: Path,
         ("a", "ok"), ("one", "ok"), ("two", "ok")]
     assert tree(tmp_path / "out") == {
         "README.md": b"# readme\n<a>one\ntwo\n", "a.only": b"Aone\ntwo\n",
-        "src": b"<dir>", "src/a.txt": b"alpha\n<a>one\ntwo\n",
-        "src/deep": b"<dir>", "src/deep/b.txt": b"beta\n<a>one\ntwo\n"}
+        "src": DIR, "src/a.txt": b"alpha\n<a>one\ntwo\n",
+        "src/deep": DIR, "src/deep/b.txt": b"beta\n<a>one\ntwo\n"}
     # the stages took their turns, each timed
     assert list(result.stages) == ["start", "process", "merge", "plugins", "output"]
     assert runtime.live == set() and runtime.areas == {}

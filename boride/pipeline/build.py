@@ -130,14 +130,14 @@ class _BuildCore:
             res.error = error
 
     async def _call(self, step: str, call: Callable[[httpx.AsyncClient], Awaitable[T]],
-                    who: str | None = None) -> T:
+                    about: str = "") -> T:
         """A call to a step's instance (started first if the lifetime rule has not yet),
-        named ``who`` if the build's deadline cuts it off."""
+        named (``about``: on what) if the build's deadline cuts it off."""
         if self.demand is not None:
             await self.demand.ready(step)
         c = self.steps[step].component
-        with self.deadline.doing(step, who or f"{c.kind.value} {step!r}",
-                                 lambda: f"its call had not answered {self.deadline.ran_out}"):
+        with self.deadline.doing(step, f"{c.kind.value} {step!r}", lambda: (
+                f"its call had not answered {self.deadline.ran_out}"), about):
             return await self.calls.call(step, call)
 
     async def start_one(self, c: Component) -> None:
@@ -156,10 +156,10 @@ class _BuildCore:
     def _timed_out(self) -> list[str]:
         """The deadline passed: every step it cut off failed (the others at work were
         cancelled); what each was waiting for."""
-        for step, line in self.deadline.cut_off:
-            for name in self._sharing(step) if step in self.steps else []:
+        for cut in self.deadline.cut_off:
+            for name in self._sharing(cut.step) if cut.step in self.steps else []:
                 if self.results[name].status in (Status.PENDING, Status.RUNNING):
-                    self._set(name, Status.FAILED, line)
+                    self._set(name, Status.FAILED, cut.own)
         for res in self.results.values():
             if res.status is Status.RUNNING:
                 res.status = Status.CANCELLED
@@ -317,7 +317,7 @@ class Build(_BuildCore):
                 protocol.Origin(template=self.plan.template.name, layer=v.layer))))
         try:
             path, content = await self._call(rule.name, lambda client: protocol.resolve(
-                client, step.config, files), who=f"resolver {rule.name!r} on {conflict.path!r}")
+                client, step.config, files), about=f"on {conflict.path!r}")
         except protocol.ProtocolError as exc:
             self._set(rule.name, Status.FAILED, f"on {conflict.path!r}: {exc}")
             raise protocol.ProtocolError(f"resolver {rule.name!r} on {conflict.path!r}: {exc}")\

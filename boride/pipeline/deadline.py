@@ -7,6 +7,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CutOff:
+    """A wait the deadline cut off: ``step``'s, said as ``who`` (``about``: on what, e.g. a
+    path) and what it was waiting for."""
+
+    step: str
+    who: str
+    what: str
+    about: str = ""
+
+    @property
+    def line(self) -> str:
+        """For the build's errors: ``processor 'slow': its call had not answered ...``."""
+        return f"{self.who}{' ' + self.about if self.about else ''}: {self.what}"
+
+    @property
+    def own(self) -> str:
+        """For the component's own result (its name is said there already)."""
+        return f"{self.about}: {self.what}" if self.about else self.what
 
 
 class Deadline:
@@ -14,14 +36,13 @@ class Deadline:
 
     :meth:`scope` is the timeout scope the build runs in (:func:`asyncio.timeout_at`). Each
     wait worth naming runs in :meth:`doing`; those the deadline cuts off are kept, in the
-    order they were cut off, each with a line saying what it was waiting for
-    (:meth:`report`)."""
+    order they were cut off (:attr:`cut_off`, :meth:`report`)."""
 
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self.when = asyncio.get_running_loop().time() + seconds if seconds else None
         self._scope: asyncio.Timeout | None = None
-        self.cut_off: list[tuple[str, str]] = []  # (step, "who: what it was waiting for")
+        self.cut_off: list[CutOff] = []
 
     @contextlib.asynccontextmanager
     async def scope(self) -> AsyncIterator[None]:
@@ -41,21 +62,22 @@ class Deadline:
         return f"when the build's {self.seconds or 0:g}s timeout ran out"
 
     @contextlib.contextmanager
-    def doing(self, step: str, who: str, waiting: Callable[[], str]) -> Iterator[None]:
-        """Run the block as ``who``'s work (for ``step``); if the deadline cuts it off (in
-        this task, or in a background task its owner cancels once the deadline passed), keep
-        ``who: ...`` with what ``waiting()`` says it waited for."""
+    def doing(self, step: str, who: str, waiting: Callable[[], str], about: str = ""
+              ) -> Iterator[None]:
+        """Run the block as ``who``'s work for ``step`` (``about``: on what); if the deadline
+        cuts it off (in this task, or in a background task its owner cancels once the
+        deadline passed), keep what ``waiting()`` says it waited for."""
         try:
             yield
         except asyncio.CancelledError:
             if self.passed:
-                line = f"{who}: {waiting()}"
-                if all(line != seen for _, seen in self.cut_off):
-                    self.cut_off.append((step, line))
+                cut = CutOff(step, who, waiting(), about)
+                if cut not in self.cut_off:
+                    self.cut_off.append(cut)
             raise
 
     def report(self, stage: str | None) -> list[str]:
         """What the deadline cut off, one line each; at least one line, naming the stage."""
-        return [line for _, line in self.cut_off] or [
+        return [c.line for c in self.cut_off] or [
             f"the build's {self.seconds or 0:g}s timeout ran out"
             + (f" during its {stage} stage" if stage else "")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ class Step:
 
     component: Component
     config: Any = None
+    _: KW_ONLY
     globs: tuple[protocol.Glob, ...] = ()
     files: tuple[str, ...] = ()
     cacheable: bool = True  # with a cache, its output may be reused (a pure processor)
