@@ -88,18 +88,20 @@ async def race(*aws: Awaitable[Any], timeout: float | None = None) -> asyncio.Fu
     return next((t for t in tasks if t in done), None)
 
 
-async def to_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def to_thread(fn: Callable[..., T], *args: Any, stop: threading.Event | None = None,
+                    **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` on a thread of the loop's pool, at most :data:`THREADS` at once
-    (a caller waits for its turn); if the caller is cancelled, the thread is waited for before
-    the cancellation goes on (a thread cannot be stopped: nothing it still does outlives its
-    caller unnoticed). The caller's context variables are seen in the thread."""
+    (a caller waits for its turn); if the caller is cancelled, ``stop`` (when given; not passed
+    to ``fn``) is set for ``fn`` to notice, and the thread is waited for before the cancellation
+    goes on (a thread cannot be stopped: nothing it still does outlives its caller unnoticed).
+    The caller's context variables are seen in the thread."""
     loop = asyncio.get_running_loop()
     limiter = _limiters.get(loop)
     if limiter is None:
         limiter = _limiters[loop] = asyncio.Semaphore(THREADS)
     call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
     async with limiter:
-        return await in_thread(None, call)
+        return await in_thread(None, call, stop=stop)
 
 
 async def in_thread(pool: Executor | None, fn: Callable[..., T], *args: Any,

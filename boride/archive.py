@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from boride import parallel
+from boride import aio, parallel
 from boride.errors import BorideError, describe, shown
 from boride.fsutil import (
     DirCache,
@@ -408,12 +408,11 @@ def _gzip_header(level: int) -> bytes:
 async def _produce(tree: _Tree, level: int, threads: int, block_size: int,
                    emit: Callable[[bytes], None]) -> None:
     """Compress the tar stream on ``threads`` threads; ``emit`` the gzip bytes in order."""
-    loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="boride-gzip")
     ops: dict[int, int] = {}
 
     async def compress(item: tuple[bytes, bytes, bool]) -> tuple[bytes, int, int]:
-        return await loop.run_in_executor(pool, _deflate, item, level)
+        return await aio.in_thread(pool, _deflate, item, level)
 
     try:
         emit(_gzip_header(level))

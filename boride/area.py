@@ -14,7 +14,6 @@ folder a component names must really lie in the area when it is opened.
 from __future__ import annotations
 
 import abc
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -133,7 +132,7 @@ async def _write_chunks(chunks: AsyncIterator[bytes], dest: Path) -> None:
     try:
         with open(tmp, "wb") as f:
             async for chunk in chunks:
-                await asyncio.to_thread(f.write, chunk)
+                await aio.to_thread(f.write, chunk)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -170,7 +169,7 @@ class HostArea(Area):
 
     async def hand_over(self, folder: str) -> None:
         if self.owner is not None:
-            await asyncio.to_thread(give_tree, self.path(folder), self.root_path, self.owner)
+            await aio.to_thread(give_tree, self.path(folder), self.root_path, self.owner)
 
     def check(self, returned: str) -> str:
         """As :meth:`Area.check`, and where it leads (through links) must be in the area too."""
@@ -196,7 +195,7 @@ class HostArea(Area):
 
     async def archive(self, tree: str, *, copy_links: bool = False,
                       level: int = archive.DEFAULT_LEVEL) -> AsyncIterator[bytes]:
-        chunks = await asyncio.to_thread(self.chunks, tree, copy_links=copy_links, level=level)
+        chunks = await aio.to_thread(self.chunks, tree, copy_links=copy_links, level=level)
         return aio.ThreadedChunks(chunks)
 
     async def unpack(self, chunks: AsyncIterator[bytes]) -> str:
@@ -216,27 +215,27 @@ class HostArea(Area):
             finally:
                 tmp.unlink(missing_ok=True)
 
-        await asyncio.to_thread(write)
+        await aio.to_thread(write)
 
     async def write_folder(self, tree: str, out: Path, *, replace: bool,
                            move: bool = False) -> Path:
         write = output.move_folder if move else output.write_folder
-        return await asyncio.to_thread(write, self.path(tree), out, replace=replace,
+        return await aio.to_thread(write, self.path(tree), out, replace=replace,
                                        within=self.root_path)
 
     async def names(self) -> set[str]:
-        return set(await asyncio.to_thread(os.listdir, self.root_path))
+        return set(await aio.to_thread(os.listdir, self.root_path))
 
     async def remove_new(self, before: set[str]) -> list[str]:
-        return await asyncio.to_thread(remove_new, self.root_path, before)
+        return await aio.to_thread(remove_new, self.root_path, before)
 
     async def full(self) -> bool:
-        return await asyncio.to_thread(fsutil.is_full, self.root_path)
+        return await aio.to_thread(fsutil.is_full, self.root_path)
 
     async def template_print(self) -> dict[str, tuple[int, int, int, int]]:
         if self.guards_template:
             return {}
-        return await asyncio.to_thread(fingerprint, self.template_path)
+        return await aio.to_thread(fingerprint, self.template_path)
 
 
 def give_tree(folder: Path, area: Path, owner: tuple[int, int]) -> None:

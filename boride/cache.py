@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from boride import aio
 from boride.errors import BorideError
 
 __all__ = ["Cache", "CacheInfo", "default_root", "local_identity", "step_key", "tree_digest"]
@@ -245,21 +246,21 @@ class Cache:
         """Store ``chunks`` as ``key``'s entry; nothing is stored when the stream fails (its
         error is raised)."""
         path = self._path(key)
-        await asyncio.to_thread(self._prepare)
+        await aio.to_thread(self._prepare)
         tmp = self.folder / "tmp" / f"{key[:16]}.{uuid.uuid4().hex[:8]}"
         h = hashlib.sha256()
         try:
             with open(tmp, "wb") as f:
                 async for chunk in chunks:
                     h.update(chunk)
-                    await asyncio.to_thread(f.write, chunk)
+                    await aio.to_thread(f.write, chunk)
                 f.write(_MAGIC + h.hexdigest().encode() + b"\n")
 
             def place() -> None:
                 path.parent.mkdir(mode=0o700, exist_ok=True)
                 os.replace(tmp, path)
 
-            await asyncio.to_thread(place)
+            await aio.to_thread(place)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()

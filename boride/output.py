@@ -17,6 +17,7 @@ copied.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import io
@@ -25,6 +26,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
+import threading
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from boride import fsutil
+from boride import aio, fsutil
 from boride.errors import BorideError, shown
 
 __all__ = ["OutputError", "copy_into", "move_folder", "unpack_folder", "write_folder"]
@@ -149,8 +151,10 @@ async def unpack_folder(chunks: AsyncIterator[bytes], out: Path, *, replace: boo
     loop = asyncio.get_running_loop()
     reader = _AsyncReader(chunks, loop)
     try:
-        return await asyncio.to_thread(_swap_in, out, replace,
-                                       lambda staging: _unpack(reader, staging))
+        # Cancelled, the thread would wait for a chunk (maybe for ever) before it could end:
+        # the stop ends its wait, and the unpacking with it.
+        return await aio.to_thread(_swap_in, out, replace,
+                                   lambda staging: _unpack(reader, staging), stop=reader.stop)
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:  # a stream left early: stop its producer
@@ -189,22 +193,49 @@ def _swap_in(out: Path, replace: bool, fill: Callable[[Path], None]) -> Path:
     return out
 
 
+class _Stop(threading.Event):
+    """Set when the reader's caller is cancelled: also ends the wait for a chunk under way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: concurrent.futures.Future[bytes | None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+
 class _AsyncReader(io.RawIOBase):
-    """A blocking file over async chunks, read from a thread while ``loop`` runs."""
+    """A blocking file over async chunks, read from a thread while ``loop`` runs; once
+    ``stop`` is set, reading is an :class:`OutputError`."""
 
     def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
         self._chunks = chunks
         self._loop = loop
         self._buffer = b""
         self._ended = False
+        self.stop = _Stop()
 
     def readable(self) -> bool:
         return True
 
+    def _next(self) -> bytes | None:
+        future = asyncio.run_coroutine_threadsafe(_next_chunk(self._chunks), self._loop)
+        self.stop.waiting = future
+        if self.stop.is_set():  # set before the wait was there to cancel
+            future.cancel()
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise OutputError(["the result was not received: its receiver was cancelled"]
+                              ) from None
+        finally:
+            self.stop.waiting = None
+
     def readinto(self, b: Any) -> int:
         while not self._buffer and not self._ended:
-            future = asyncio.run_coroutine_threadsafe(_next_chunk(self._chunks), self._loop)
-            chunk = future.result()
+            chunk = self._next()
             if chunk is None:
                 self._ended = True
             else:

@@ -6,8 +6,11 @@ resolver calls, removals. Compared with the Go coordinator's semaphore-per-gorou
 * a fixed pool of ``limit`` workers pulls items lazily from the input, so memory is O(limit) and a
   million items cost no more memory than ten;
 * outcomes come back in input order, each with its own error: nothing is dropped or swallowed;
-* an operation that raises anything (``KeyboardInterrupt`` and ``SystemExit`` included) becomes a
-  failed outcome; it never escapes into the event loop and never takes the process down;
+* an operation that raises anything else than ``KeyboardInterrupt`` or ``SystemExit`` (any other
+  ``BaseException`` included) becomes a failed outcome, never an error in the event loop;
+* ``KeyboardInterrupt`` and ``SystemExit`` (from an operation, the input or a progress callback)
+  are never an item's outcome: the other workers are cancelled and waited for, then the error is
+  raised to the caller (by the iteration of :func:`stream`'s outcomes or when its block is left);
 * per-item timeouts, a timeout for the whole run, optional fail-fast, and cancellation of the
   caller cancels every item in flight and waits for their clean-up before returning.
 
@@ -33,6 +36,9 @@ from boride.types import Status
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+
+#: What stops a run instead of being an item's outcome: the process is asked to end.
+FATAL = (KeyboardInterrupt, SystemExit)
 
 
 def default_limit() -> int:
@@ -193,6 +199,7 @@ class Fanout(Generic[T, R]):
         self.wake_workers = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
         self.running: dict[int, asyncio.Task[None]] = {}  # item index -> worker running it
+        self.fatal: BaseException | None = None  # a KeyboardInterrupt or SystemExit to raise
 
     def _emit(self, kind: str, index: int, item: T, outcome: Outcome[T, R] | None) -> None:
         assert self.on_event is not None
@@ -210,6 +217,8 @@ class Fanout(Generic[T, R]):
         except StopIteration:
             self.exhausted = True
             return None
+        except FATAL:
+            raise
         except BaseException as exc:  # the input itself failed: record it as a failed item
             self._input_failed(exc)
             return None
@@ -261,6 +270,29 @@ class Fanout(Generic[T, R]):
             raise ItemTimeout(self.item_timeout) from exc
 
     async def worker(self) -> None:
+        """One worker: takes items until there are none. A KeyboardInterrupt or SystemExit
+        stops the run (:meth:`_stop_fatally`) instead of escaping into the event loop."""
+        try:
+            await self._work()
+        except FATAL as exc:
+            self._stop_fatally(exc)
+
+    def _stop_fatally(self, exc: BaseException) -> None:
+        """Keep ``exc`` for the caller, take nothing more, cancel the other workers (once:
+        unless the block is being left, which cancels them itself)."""
+        if self.fatal is None:
+            self.fatal = exc
+        else:
+            log.debug("a second %r while the run stops for %r", exc, self.fatal)
+        if not self.closing:
+            self.closing = True
+            current = asyncio.current_task()
+            for w in self.workers:
+                if w is not current:
+                    w.cancel()
+        self.wake_consumer.set()
+
+    async def _work(self) -> None:
         task = asyncio.current_task()
         assert task is not None
         while True:
@@ -284,29 +316,14 @@ class Fanout(Generic[T, R]):
             try:
                 value = await self._call(item)
             except asyncio.CancelledError:
-                seconds = time.perf_counter() - start
                 del self.running[index]
-                if self.stopping is not None and task.cancelling():
-                    # Cancelled by fail-fast or the run's timeout: record it and keep the worker
-                    # alive so that it can drain (take returns None now).
-                    task.uncancel()
-                    outcome: Outcome[T, R] = Outcome(
-                        index, item, Status.CANCELLED, error=self.stop_error, seconds=seconds
-                    )
-                    self.progress.failed += 1
-                    self._finish(outcome)
-                    if self.on_event is not None:
-                        self._emit("failed", index, item, outcome)
-                    continue
-                if not task.cancelling():
-                    # The operation raised CancelledError on its own: that is its failure.
-                    outcome = Outcome(index, item, Status.FAILED,
-                                      error=RuntimeError("operation raised CancelledError"),
-                                      seconds=seconds)
-                    self._record_failure(outcome)
+                if self._cancelled(task, index, item, time.perf_counter() - start):
                     continue
                 raise  # the caller is cancelling the whole run
-            except BaseException as exc:  # contain everything, KeyboardInterrupt included
+            except FATAL:
+                del self.running[index]
+                raise
+            except BaseException as exc:  # contain everything else
                 seconds = time.perf_counter() - start
                 del self.running[index]
                 self._record_failure(Outcome(index, item, Status.FAILED, error=exc,
@@ -319,6 +336,29 @@ class Fanout(Generic[T, R]):
             self._finish(outcome)
             if self.on_event is not None:
                 self._emit("done", index, item, outcome)
+
+    def _cancelled(self, task: asyncio.Task[None], index: int, item: T, seconds: float) -> bool:
+        """The item raised CancelledError: record its outcome and return True for the worker
+        to go on, or return False when the caller is cancelling the whole run."""
+        if self.stopping is not None and task.cancelling():
+            # Cancelled by fail-fast or the run's timeout: record it and keep the worker alive
+            # so that it can drain (take returns None now).
+            task.uncancel()
+            outcome: Outcome[T, R] = Outcome(
+                index, item, Status.CANCELLED, error=self.stop_error, seconds=seconds
+            )
+            self.progress.failed += 1
+            self._finish(outcome)
+            if self.on_event is not None:
+                self._emit("failed", index, item, outcome)
+            return True
+        if not task.cancelling():
+            # The operation raised CancelledError on its own: that is its failure.
+            self._record_failure(Outcome(index, item, Status.FAILED,
+                                         error=RuntimeError("operation raised CancelledError"),
+                                         seconds=seconds))
+            return True
+        return False
 
     def _record_failure(self, outcome: Outcome[T, R]) -> None:
         self.progress.failed += 1
@@ -349,6 +389,8 @@ class Fanout(Generic[T, R]):
             except StopIteration:
                 self.exhausted = True
                 return
+            except FATAL:
+                raise
             except BaseException as exc:  # the input itself failed
                 self._input_failed(exc)
                 yield self.buffer.pop(self.next_index - 1)
@@ -361,6 +403,8 @@ class Fanout(Generic[T, R]):
 
     async def _outcomes(self) -> AsyncIterator[Outcome[T, R]]:
         while True:
+            if self.fatal is not None:
+                raise self.fatal
             outcome = self.buffer.pop(self.next_out, None)
             if outcome is not None:
                 self.next_out += 1
@@ -390,7 +434,8 @@ async def stream(
     """Run ``fn`` over ``items`` with at most ``limit`` in flight; yield outcomes in input order.
 
     Leaving the ``async with`` block (normally, by an error, or by cancellation) cancels whatever
-    still runs and waits for it to finish cleaning up.
+    still runs and waits for it to finish cleaning up. The workers are a task group owned by
+    the block. A KeyboardInterrupt or SystemExit of the run is raised once they are all gone.
     """
     if limit is None:
         limit = default_limit()
@@ -400,7 +445,8 @@ async def stream(
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     run = Fanout(fn, items, limit, item_timeout, timeout, fail_fast, on_event)
-    run.workers = [asyncio.create_task(run.worker()) for _ in range(limit)]
+    workers = aio.TaskGroup("parallel workers")
+    run.workers = [workers.start_soon(run.worker()) for _ in range(limit)]
     loop = asyncio.get_running_loop()
     timer = loop.call_later(timeout, run.expire) if timeout is not None else None
     try:
@@ -410,11 +456,17 @@ async def stream(
             timer.cancel()
         # An item may swallow (or turn into an error) the cancellation below: its worker must
         # then stop instead of taking more items.
-        run.closing = True
-        for w in run.workers:
-            w.cancel()
-        # Wait for every worker to finish its clean-up, even if we are being cancelled ourselves.
-        await aio.shielded(asyncio.gather(*run.workers, return_exceptions=True))
+        if run.fatal is None:
+            run.closing = True
+            # Cancel every worker and wait for its clean-up, even if we are being cancelled
+            # ourselves.
+            await workers.aclose()
+        if run.fatal is not None:
+            # The other workers were cancelled when it happened (a second cancellation would
+            # cut their clean-up short): wait for them.
+            await aio.shielded(workers.join())
+            await workers.aclose()
+            raise run.fatal
 
 
 class Options(TypedDict, total=False):

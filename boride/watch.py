@@ -26,6 +26,7 @@ from pathlib import Path
 
 import watchfiles
 
+from boride import aio
 from boride.cache import IGNORED_NAMES
 from boride.errors import describe
 from boride.model import Pipeline, PipelineError, load
@@ -43,6 +44,9 @@ from boride.runtime.base import Runtime, RuntimeFailure, TemplateSource
 from boride.types import Component, Status
 
 log = logging.getLogger(__name__)
+#: What a watcher yields: the changes of one edit (kind, path).
+_Changes = set[tuple[watchfiles.Change, str]]
+
 DEBOUNCE_MS = 50  # changes this close together are one edit (an editor's save is several)
 STEP_MS = 10
 #: never a reason to rebuild: what is no part of a component (byte-code, version control:
@@ -102,7 +106,9 @@ def watched_paths(pipeline_file: Path, pipeline: Pipeline | None) -> list[Path]:
 
 
 class Loop:
-    """The state of one watch loop: the pipeline, the session, what its components are."""
+    """The state of one watch loop: the pipeline, the session, what its components are.
+    Its background work (the wait for the next change, starting ahead) is ``tasks``, closed
+    with the loop."""
 
     def __init__(self, pipeline_file: Path, runtime: Runtime, options: BuildOptions) -> None:
         self.pipeline_file = pipeline_file
@@ -110,7 +116,8 @@ class Loop:
         self.options = options
         self.session: Session | None = None
         self.identities: dict[str, str | None] = {}  # instance -> its identity when started
-        self.prestart: asyncio.Future[None] | None = None
+        self.tasks = aio.TaskGroup("watch")
+        self.prestart: asyncio.Task[None] | None = None
         self._now: dict[tuple[object, ...], str | None] = {}  # runnable -> identity, this build
         self.template: TemplateSource = Path(".")  # the pipeline's, once loaded
         # what builds write: never a change to rebuild for
@@ -141,7 +148,8 @@ class Loop:
         result.session = session.id
         self._record(session, components)
         # components the cache spared start now, in the background: the next edit may need them
-        self.prestart = asyncio.ensure_future(self._start_rest(session, components))
+        self.prestart = self.tasks.start_soon(self._start_rest(session, components),
+                                              name="watch: start ahead")
         return result
 
     async def _session(self, plan: Plan, template_changed: bool) -> Session:
@@ -198,7 +206,7 @@ class Loop:
 
     async def _settle(self) -> None:
         if self.prestart is not None:
-            await asyncio.gather(self.prestart, return_exceptions=True)
+            await asyncio.wait({self.prestart})  # its failures are told by _start_rest
             self.prestart = None
 
     async def _close(self) -> None:
@@ -213,7 +221,15 @@ class Loop:
                 log.warning("left behind: %s", "; ".join(session.leftovers))
 
     async def aclose(self) -> None:
+        await self.tasks.aclose()
         await self._close()
+
+    def next_change(self, watcher: AsyncIterator[_Changes]) -> asyncio.Task[_Changes | None]:
+        """The next change ``watcher`` sees (None when it ends), awaited in the background."""
+        async def wait() -> _Changes | None:
+            return await anext(watcher, None)
+
+        return self.tasks.start_soon(wait(), name="watch: next change")
 
 
 async def watch(pipeline_file: Path, runtime: Runtime, options: BuildOptions,
@@ -224,8 +240,8 @@ async def watch(pipeline_file: Path, runtime: Runtime, options: BuildOptions,
     round. Everything started is stopped before this returns or raises."""
     loop = Loop(pipeline_file, runtime, options)
     make = changes or _awatch
-    watcher: AsyncIterator[set[tuple[watchfiles.Change, str]]] | None = None
-    pending: asyncio.Future[set[tuple[watchfiles.Change, str]] | None] | None = None
+    watcher: AsyncIterator[_Changes] | None = None
+    pending: asyncio.Task[_Changes | None] | None = None
     paths: list[Path] = []
     changed: list[str] = []
     number = 0
@@ -238,14 +254,14 @@ async def watch(pipeline_file: Path, runtime: Runtime, options: BuildOptions,
             if watcher is None or wanted != paths:
                 if pending is not None:
                     pending.cancel()
-                    await asyncio.gather(pending, return_exceptions=True)
+                    await asyncio.wait({pending})
                     pending = None
                 if watcher is not None:
                     await _close(watcher)
                 paths, watcher = wanted, make(wanted, _Filter(loop.skip))
             if pending is None:
                 # watching starts before the build: an edit made during it is the next round
-                pending = asyncio.ensure_future(anext(watcher, None))
+                pending = loop.next_change(watcher)
                 await asyncio.sleep(0)
             result = None
             if pipeline is not None:
@@ -262,9 +278,7 @@ async def watch(pipeline_file: Path, runtime: Runtime, options: BuildOptions,
                 return
             changed = sorted({p for _, p in found})
     finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
+        await loop.tasks.aclose()  # the wait for a change ends before its watcher closes
         if watcher is not None:
             await _close(watcher)
         await loop.aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -237,8 +238,7 @@ class CustomBase(BaseException):
     pass
 
 
-@pytest.mark.parametrize("make", [KeyboardInterrupt, lambda: SystemExit(3), CustomBase,
-                                  GeneratorExit, MemoryError])
+@pytest.mark.parametrize("make", [CustomBase, GeneratorExit, MemoryError])
 @pytest.mark.parametrize("where", ["sync", "after-await", "with-item-timeout"])
 async def test_base_exceptions_are_contained(make: Callable[[], BaseException], where: str) -> None:
     async def op(i: int) -> int:
@@ -260,6 +260,131 @@ async def test_base_exceptions_are_contained(make: Callable[[], BaseException], 
     assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
+# KeyboardInterrupt and SystemExit are not an item's outcome: they reach the caller once the
+# other workers are cancelled and gone. (Not under guarded(): asyncio.wait_for runs its
+# awaitable in a task of its own, out of which a KeyboardInterrupt would escape into the loop.)
+
+@pytest.mark.parametrize("make", [KeyboardInterrupt, lambda: SystemExit(3)])
+@pytest.mark.parametrize("where", ["sync", "after-await", "with-item-timeout", "fail-fast"])
+async def test_keyboard_interrupt_and_system_exit_reach_the_caller(
+        make: Callable[[], BaseException], where: str) -> None:
+    tracker = Tracker(full_at=3)
+    cleaned: list[int] = []
+    raised: list[BaseException] = []
+
+    async def op(i: int) -> int:
+        if i == 3:
+            await tracker.full.wait()  # the three others are running
+            if where != "sync":
+                await asyncio.sleep(0)
+            raised.append(make())
+            raise raised[0]
+        tracker.enter(i)
+        try:
+            await forever()
+        finally:
+            await asyncio.sleep(0.01)  # clean-up that awaits: it ends before the caller hears
+            cleaned.append(i)
+        return i
+
+    timeout = 30.0 if where == "with-item-timeout" else None
+    async with asyncio.timeout(HANG_GUARD):
+        with pytest.raises(type(make())) as caught:
+            await run(op, range(10), limit=4, item_timeout=timeout, fail_fast=where == "fail-fast")
+    assert caught.value is raised[0]
+    assert sorted(cleaned) == [0, 1, 2]
+    assert tracker.starts == [0, 1, 2]  # nothing more was taken
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt("input broke"), SystemExit(4)])
+async def test_input_raising_keyboard_interrupt_reaches_the_caller(error: BaseException) -> None:
+    cleaned: list[int] = []
+
+    async def op(i: int) -> int:
+        try:
+            await forever()
+        finally:
+            cleaned.append(i)
+        return i
+
+    async with asyncio.timeout(HANG_GUARD):
+        with pytest.raises(type(error)) as caught:
+            await run(op, failing_input(3, error), limit=4)
+    assert caught.value is error
+    assert sorted(cleaned) == [0, 1, 2]
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_progress_callback_raising_keyboard_interrupt_reaches_the_caller() -> None:
+    def on_event(event: Event[Any]) -> None:
+        if event.kind == "done":
+            raise KeyboardInterrupt
+
+    async def op(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    async with asyncio.timeout(HANG_GUARD):
+        with pytest.raises(KeyboardInterrupt):
+            await run(op, range(10), limit=2, on_event=on_event)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_keyboard_interrupt_reaches_a_stream_consumer_that_stopped_iterating() -> None:
+    async def op(i: int) -> int:
+        if i == 1:
+            raise KeyboardInterrupt
+        await forever()
+        return i
+
+    async with asyncio.timeout(HANG_GUARD):
+        with pytest.raises(KeyboardInterrupt):
+            async with stream(op, range(5), limit=2):
+                await settle()  # the body never iterates: leaving the block raises it
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+# An uncaught KeyboardInterrupt ends Python by SIGINT (its exit status says so).
+@pytest.mark.parametrize("error, code", [("KeyboardInterrupt()", -signal.SIGINT),
+                                         ("SystemExit(7)", 7)])
+def test_the_process_ends_on_keyboard_interrupt_or_system_exit_of_an_item(
+        error: str, code: int) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from boride.parallel import run
+
+        async def op(i):
+            if i == 2:
+                await asyncio.sleep(0.05)
+                raise {error}
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                print("cleaned", i, flush=True)
+
+        async def main():
+            try:
+                report = await run(op, range(8), limit=3)
+            finally:
+                print("caller left run", flush=True)
+            print("a report", report.outcomes)
+
+        asyncio.run(main())
+        print("alive")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_GUARD,
+        check=False,
+    )
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.splitlines() == ["cleaned 0", "cleaned 1", "caller left run"]
+    if code == -signal.SIGINT:
+        assert proc.stderr.rstrip().endswith("KeyboardInterrupt"), proc.stderr
+
+
 def test_process_survives_base_exceptions_from_operations() -> None:
     script = textwrap.dedent(
         """
@@ -270,7 +395,7 @@ def test_process_survives_base_exceptions_from_operations() -> None:
             pass
 
         def make(i):
-            return [KeyboardInterrupt(), SystemExit(7), Custom("c"), GeneratorExit()][i % 4]
+            return [Custom("c"), GeneratorExit()][i % 2]
 
         async def op(i):
             if i >= 4:
@@ -292,7 +417,7 @@ def test_process_survives_base_exceptions_from_operations() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "['Custom', 'GeneratorExit', 'KeyboardInterrupt', 'SystemExit']",
+        "['Custom', 'GeneratorExit']",
         "8",
         "alive",
     ]
@@ -938,7 +1063,7 @@ def failing_input(good: int, error: BaseException | None = None) -> Iterator[int
     raise error if error is not None else OSError("input broke")
 
 
-@pytest.mark.parametrize("error", [OSError("input broke"), KeyboardInterrupt("input broke")])
+@pytest.mark.parametrize("error", [OSError("input broke"), GeneratorExit("input broke")])
 async def test_input_raising_midway_is_a_failed_item(error: BaseException) -> None:
     async def op(i: int) -> int:
         await asyncio.sleep(0)

@@ -94,3 +94,29 @@ def test_a_broken_stream_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="could not be received"):
         unpack(data[: len(data) // 2], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cancelled_unpacking_ends_at_once_and_leaves_nothing(tmp_path: Path) -> None:
+    """The caller is cancelled while the stream waits for its next chunk (for ever): the
+    unpacking thread stops waiting instead of keeping the cancellation waiting."""
+    data = archive(lambda tar: file(tar, "a.txt", os.urandom(200_000)))
+    sent = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield data[: len(data) // 2]
+        sent.set()
+        await asyncio.Event().wait()  # the rest never comes
+        yield b""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(unpack_folder(stalled(), tmp_path / "area" / "out",
+                                                   replace=False))
+        await sent.wait()
+        task.cancel()
+        async with asyncio.timeout(60):  # a hang guard only
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    (tmp_path / "area").mkdir()
+    asyncio.run(main())
+    assert list((tmp_path / "area").iterdir()) == []  # no staging folder, no result

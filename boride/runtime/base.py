@@ -8,7 +8,6 @@ container, ...) and how boride reaches it. The pipeline only sees :class:`Runtim
 from __future__ import annotations
 
 import abc
-import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 
-from boride import cache, diagnose
+from boride import aio, cache, diagnose
 from boride.area import Area
 from boride.errors import InputError
 from boride.errors import RuntimeFailure as RuntimeFailure  # (re-exported: runtimes raise it)
@@ -193,7 +192,7 @@ class Runtime(abc.ABC):
         """A digest of ``source``'s files (:func:`boride.cache.tree_digest` of a folder of
         boride's machine), or None when they cannot be read from here."""
         if isinstance(source, Path):
-            return await asyncio.to_thread(cache.tree_digest, source)
+            return await aio.to_thread(cache.tree_digest, source)
         return None
 
     async def template_problem(self, source: TemplateSource) -> str | None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from boride import cache, fsutil
+from boride import aio, cache, fsutil
 from boride.area import HostArea
 from boride.config import DEFAULT_MEMORY, DEFAULT_PIDS, NOBODY
 from boride.runtime.base import (
@@ -295,7 +295,7 @@ class LocalRuntime(Runtime):
 
     async def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
-        sandbox = await asyncio.to_thread(sandbox_problem)  # runs bwrap once: off the loop
+        sandbox = await aio.to_thread(sandbox_problem)  # runs bwrap once: off the loop
         found += [p for p in (sandbox, self._limits_problem) if p is not None]
         for c in components:
             if not c.command:
@@ -311,7 +311,7 @@ class LocalRuntime(Runtime):
         if not component.command:
             return None
         cwd = component.cwd or Path.cwd()
-        return await asyncio.to_thread(cache.local_identity, component.command, cwd,
+        return await aio.to_thread(cache.local_identity, component.command, cwd,
                                        skip=skip)
 
     async def template_problem(self, source: TemplateSource) -> str | None:
