@@ -21,11 +21,12 @@ from boride.pipeline.calls import Calls, checked
 from boride.pipeline.deadline import Deadline
 from boride.pipeline.deliver import deliver, full_disk
 from boride.pipeline.lifetime import OnDemand
-from boride.pipeline.plan import Plan, cannot_run, not_components, runners
+from boride.pipeline.plan import Plan, not_components, runners
 from boride.pipeline.results import (
     BuildFailed,
     BuildOptions,
     BuildResult,
+    CannotRun,
     ComponentResult,
 )
 from boride.pipeline.session import Session, fan_out
@@ -415,10 +416,11 @@ async def build(pipeline: Pipeline | Plan, runtime: Runtime,
     options = options or BuildOptions()
     plan = Plan.from_pipeline(pipeline) if isinstance(pipeline, Pipeline) else pipeline
     components = [s.component for s in plan.steps]
-    problems = await cannot_run(runtime, components)
-    if problems:
-        return BuildResult.not_started(components, problems)
     session = Session(runtime, work_root=options.work_root, keep=options.keep)
+    try:
+        await session.refuse_unrunnable(components)
+    except CannotRun as exc:
+        return BuildResult.not_started(components, exc.errors)
     try:
         try:
             await session.open(plan.template)

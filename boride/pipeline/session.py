@@ -15,7 +15,8 @@ from typing import TypeVar
 from boride import aio, fsutil, health, parallel
 from boride.config import Timeouts
 from boride.errors import describe
-from boride.pipeline.results import AreaUnavailable, ComponentsFailed
+from boride.pipeline.plan import cannot_run
+from boride.pipeline.results import AreaUnavailable, CannotRun, ComponentsFailed
 from boride.runtime.base import (
     Instance,
     Runtime,
@@ -116,6 +117,17 @@ class Session:
             if self.name_of(c, shared) is None:
                 found.setdefault(c.runnable, c)
         return list(found.values())
+
+    async def refuse_unrunnable(self, components: Iterable[Component],
+                                shared: Session | None = None) -> list[Component]:
+        """The components this session would start for ``components`` (:meth:`missing`);
+        :class:`CannotRun` naming every one of them that cannot run on its runtime, before
+        anything starts."""
+        missing = self.missing(components, shared)
+        problems = await cannot_run(self.runtime, missing)
+        if problems:
+            raise CannotRun(problems)
+        return missing
 
     def name_of(self, component: Component, shared: Session | None = None) -> str | None:
         """The name of the instance running ``component`` here or in ``shared``: its own

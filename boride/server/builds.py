@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from boride import aio
-from boride.pipeline import Build, BuildError, BuildResult, CannotRun, Plan, Session
+from boride.pipeline import Build, BuildError, BuildResult, Plan, Session
 from boride.server.components import Catalog
 from boride.server.context import Context
 from boride.server.errors import SessionNotFound
@@ -37,10 +37,7 @@ class Builds:
         plan = Plan(state.folder, processors, resolvers, plugins,
                     self.ctx.config.limits.parallelism)
         shared = self.sessions.shared(state)
-        missing = state.session.missing([s.component for s in plan.steps], shared)
-        problems = await self.ctx.cannot_run(missing)
-        if problems:
-            raise CannotRun(problems)
+        await state.session.refuse_unrunnable([s.component for s in plan.steps], shared)
         return plan, shared
 
     async def run(self, state: SessionState, plan: Plan, shared: Session | None

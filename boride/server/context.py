@@ -13,7 +13,7 @@ from typing import TypeVar
 from boride import registry as reg
 from boride.cache import Cache
 from boride.config import Limits, Timeouts
-from boride.pipeline import BuildOptions, CannotRun, ComponentsFailed, Session, cannot_run
+from boride.pipeline import BuildOptions, ComponentsFailed, Session, cannot_run
 from boride.runtime.base import Runtime, TemplateSource
 from boride.server.metrics import Metrics
 from boride.types import Component
@@ -67,9 +67,7 @@ class Context:
         :class:`CannotRun` before anything starts, :class:`ComponentsFailed` (every one's
         error) when some do not start or never become ready."""
         wanted = list(components)
-        problems = await self.cannot_run(session.missing(wanted))
-        if problems:
-            raise CannotRun(problems)
+        await session.refuse_unrunnable(wanted)
         async with self.slots:
             try:
                 await session.start(wanted, self.config.timeouts.ready,
