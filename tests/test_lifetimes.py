@@ -21,7 +21,7 @@ from boride.runtime.local import LocalRuntime
 from boride.types import Component, Kind
 from tests.conftest import COMPONENTS
 
-pytestmark = pytest.mark.usefixtures("no_leftovers")
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("no_leftovers")]
 
 
 class Live(LocalRuntime):

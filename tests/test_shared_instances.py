@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from boride.config import Limits
 from boride.model import load
 from boride.pipeline import BuildOptions, build
@@ -13,6 +15,8 @@ from boride.runtime.base import Instance, Workspace
 from boride.runtime.local import LocalRuntime
 from boride.types import Component
 from tests.conftest import PipelineFactory, tree
+
+pytestmark = pytest.mark.sandbox
 
 
 class Counting(LocalRuntime):

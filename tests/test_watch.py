@@ -91,6 +91,7 @@ def cached(data: dict[str, Any]) -> dict[str, bool]:
     return {c["name"]: c["cached"] for c in data["components"] if c["kind"] == "processor"}
 
 
+@pytest.mark.sandbox
 def test_an_edit_gives_a_new_result_and_ctrl_c_stops_everything(
         project: Path, watcher: Watcher) -> None:
     first = watcher.next_build()
@@ -121,6 +122,7 @@ def test_an_edit_gives_a_new_result_and_ctrl_c_stops_everything(
     assert list(watcher.work.iterdir()) == []
 
 
+@pytest.mark.sandbox
 def test_a_broken_edit_keeps_the_last_good_result(project: Path, watcher: Watcher) -> None:
     assert watcher.next_build()["status"] == "ok"
     good = tree(project / "out")
@@ -154,6 +156,7 @@ def test_a_broken_edit_keeps_the_last_good_result(project: Path, watcher: Watche
     assert list(watcher.work.iterdir()) == []
 
 
+@pytest.mark.sandbox
 def test_files_the_build_writes_never_trigger_a_build(project: Path, watcher: Watcher) -> None:
     """The loop must not feed itself: --out, the cache and the work areas are ignored."""
     assert watcher.next_build()["status"] == "ok"
