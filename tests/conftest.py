@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.docker_helpers import SETUP, docker_problem, in_ci
 from tests.helpers import COMPONENTS as COMPONENTS  # the tests import these two from here
 from tests.helpers import EXAMPLES as EXAMPLES
 from tests.helpers import write_pipeline
@@ -72,40 +73,54 @@ def _open_tmp_path(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
 
 
-_DOCKER_SKIPPED: list[str] = []
+_SKIPPED: list[str] = []  # one line per kind of test left out, and why
 
 
+def _sandbox_problem() -> str | None:
+    """Why the local runtime's sandbox (bubblewrap) cannot be made here, or None."""
+    from boride.runtime.local import sandbox_problem
+
+    return sandbox_problem()
+
+
+#: marker -> (what its tests are called, why they cannot run here, or None; how to set it up)
+_NEEDS = {"docker": ("Docker tests", docker_problem, SETUP),
+          "sandbox": ("sandbox tests", _sandbox_problem,
+                      "apt-get install bubblewrap; .ci/run installs it")}
+
+
+@pytest.hookimpl(trylast=True)  # after -m: only what would have run is counted
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without a Docker engine the ``docker`` tests are left out, with one line saying why
+    """Without a Docker engine the ``docker`` tests are left out, and without bubblewrap the
+    ``sandbox`` tests (those running the local runtime), each kind with one line saying why
     (see pytest_terminal_summary), except under CI=true, where they must run and fail."""
-    marked = [i for i in items if i.get_closest_marker("docker") is not None]
-    if not marked:
-        return
-    from tests.docker_helpers import docker_problem, in_ci
-
-    problem = docker_problem()
-    if problem is None or in_ci():
-        return
-    items[:] = [i for i in items if i.get_closest_marker("docker") is None]
-    config.hook.pytest_deselected(items=marked)
-    _DOCKER_SKIPPED.append(f"Docker tests skipped ({len(marked)} tests): {problem}")
+    for marker, (what, problem_of, _) in _NEEDS.items():
+        marked = [i for i in items if i.get_closest_marker(marker) is not None]
+        if not marked or in_ci():
+            continue
+        problem = problem_of()
+        if problem is None:
+            continue
+        items[:] = [i for i in items if i.get_closest_marker(marker) is None]
+        config.hook.pytest_deselected(items=marked)
+        _SKIPPED.append(f"{what[0].upper()}{what[1:]} skipped ({len(marked)} tests): {problem}")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for line in _DOCKER_SKIPPED:
+    for line in _SKIPPED:
         terminalreporter.write_line(line, yellow=True)
 
 
 @pytest.fixture(autouse=True)
-def _docker_required(request: pytest.FixtureRequest) -> None:
-    """Under CI=true the Docker tests never skip: a missing engine fails them."""
-    if request.node.get_closest_marker("docker") is None:
-        return
-    from tests.docker_helpers import SETUP, docker_problem
-
-    problem = docker_problem()
-    if problem is not None:
-        pytest.fail(f"CI=true but the Docker tests cannot run: {problem} ({SETUP})")
+def _needs_met(request: pytest.FixtureRequest) -> None:
+    """Under CI=true the Docker and sandbox tests never skip: a missing engine or a missing
+    bubblewrap fails them."""
+    for marker, (what, problem_of, setup) in _NEEDS.items():
+        if request.node.get_closest_marker(marker) is None:
+            continue
+        problem = problem_of()
+        if problem is not None:
+            pytest.fail(f"CI=true but the {what} cannot run: {problem} ({setup})")
 
 
 @pytest.fixture

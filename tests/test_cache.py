@@ -80,6 +80,7 @@ def entries(project: Path) -> list[Path]:
     return sorted((project / "cache").glob("*/entries/*/*"))
 
 
+@pytest.mark.sandbox
 def test_an_unchanged_build_calls_no_processor_and_gives_the_same_result(project: Path) -> None:
     first, result = build(project)
     assert cached(first) == {"one": False, "two": False, "plug": False}
@@ -90,6 +91,7 @@ def test_an_unchanged_build_calls_no_processor_and_gives_the_same_result(project
     assert result["src/a.txt"] == b"alpha\n+2"  # the last processor wins
 
 
+@pytest.mark.sandbox
 def test_a_template_edit_misses(project: Path) -> None:
     build(project)
     (project / "template" / "src" / "a.txt").write_text("ALPHA\n")
@@ -102,6 +104,7 @@ def test_a_template_edit_misses(project: Path) -> None:
     assert cached(data)["one"] is False
 
 
+@pytest.mark.sandbox
 def test_a_config_edit_misses_for_that_step_only(project: Path) -> None:
     build(project)
     write_project(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+TWO"}})
@@ -110,6 +113,7 @@ def test_a_config_edit_misses_for_that_step_only(project: Path) -> None:
     assert result["src/a.txt"] == b"alpha\n+TWO"
 
 
+@pytest.mark.sandbox
 def test_a_component_change_misses(project: Path) -> None:
     build(project)
     script = project / "one.py"
@@ -124,6 +128,7 @@ def test_a_component_change_misses(project: Path) -> None:
     assert cached(data) == {"one": False, "two": False, "plug": False}
 
 
+@pytest.mark.sandbox
 def test_a_corrupt_entry_is_a_miss_and_is_replaced(project: Path) -> None:
     _, result = build(project)
     for entry in entries(project):
@@ -140,6 +145,7 @@ def test_a_corrupt_entry_is_a_miss_and_is_replaced(project: Path) -> None:
     assert cached(data) == {"one": True, "two": True, "plug": False}
 
 
+@pytest.mark.sandbox
 def test_a_step_can_opt_out(project: Path) -> None:
     write_project(project, {"one": {"suffix": "+1"}, "two": {"suffix": "+2"}},
                    two={"cache": False})
@@ -149,6 +155,7 @@ def test_a_step_can_opt_out(project: Path) -> None:
     assert len(entries(project)) == 1
 
 
+@pytest.mark.sandbox
 def test_the_pipeline_file_can_turn_it_on_and_no_cache_off(project: Path) -> None:
     write_project(project, {"one": {}, "two": {}}, cache=True)
     env_args = ("--cache-dir", project / "cache")
@@ -162,6 +169,7 @@ def test_the_pipeline_file_can_turn_it_on_and_no_cache_off(project: Path) -> Non
     assert cached(data)["one"] is False
 
 
+@pytest.mark.sandbox
 def test_two_builds_at_once_share_the_cache(project: Path, tmp_path_factory: Any) -> None:
     # (the results go outside the pipeline's folder, the folder the components run in: a new
     # result there would be a change of every local component)
@@ -213,6 +221,7 @@ def test_the_size_bound_removes_the_least_recently_used(tmp_path: Path) -> None:
     assert store.info().bytes <= store.max_bytes
 
 
+@pytest.mark.sandbox
 def test_size_bound_in_a_build(project: Path) -> None:
     build(project, "--cache-size", "1")
     assert entries(project) == []  # each entry is larger than a byte: none is kept
@@ -220,6 +229,7 @@ def test_size_bound_in_a_build(project: Path) -> None:
     assert cached(data)["one"] is False
 
 
+@pytest.mark.sandbox
 def test_cache_info_and_clear(project: Path) -> None:
     build(project)
     proc = run_cli("cache", "info", "--cache-dir", project / "cache", "--json",
@@ -242,6 +252,7 @@ def test_bad_cache_size_is_a_usage_error(project: Path) -> None:
     assert "--cache-size" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.sandbox
 def test_the_bundled_example_with_the_cache(tmp_path: Path) -> None:
     args = ("--cache", "--cache-dir", tmp_path / "cache")
     for expect in (False, True):
@@ -252,6 +263,7 @@ def test_the_bundled_example_with_the_cache(tmp_path: Path) -> None:
         assert tree(tmp_path / "out") == tree(EXAMPLES / "expected")
 
 
+@pytest.mark.sandbox
 def test_the_api_reuses_outputs_across_sessions_per_token(tmp_path: Path) -> None:
     """A server with --cache: a second session's build of the example calls none of its three
     processors and streams the same archive; another token gets a cache of its own."""
@@ -331,6 +343,7 @@ async def test_on_docker_the_key_is_the_image_id(tmp_path: Path) -> None:
         client.images.remove(tag)
 
 
+@pytest.mark.sandbox
 def test_many_hits_at_once(project: Path) -> None:
     """More cached outputs unpacked at once than the event loop's thread pool has threads (it
     once deadlocked: each unpack held a thread waiting for chunks read by another)."""
@@ -343,6 +356,7 @@ def test_many_hits_at_once(project: Path) -> None:
     assert all(f"own-{i}.txt" in second for i in range(12))
 
 
+@pytest.mark.sandbox
 async def test_an_edit_during_the_build_takes_back_what_it_stored(project: Path) -> None:
     """An author saving the template while processors run (a watch build): their outputs may
     come from either version, so none of them stays in the cache."""

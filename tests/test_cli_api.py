@@ -144,6 +144,7 @@ def test_delete_of_an_unknown_session_is_ok(http: httpx.Client) -> None:
     standard_ok(http.delete(f"/executor/{session_id()}"))
 
 
+@pytest.mark.sandbox
 def test_delete_after_expiry_is_ok_and_a_build_is_a_clear_404(tmp_path: Path) -> None:
     config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), work_root=tmp_path,
                           timeouts=Timeouts(session_idle=0.2))
@@ -290,6 +291,7 @@ def _build_with_links(server: Running, template: dict[str, Any],
     return r
 
 
+@pytest.mark.sandbox
 def test_in_tree_links_arrive_as_their_content(
         link_server: tuple[Running, dict[str, Any]]) -> None:
     server, template = link_server
@@ -305,6 +307,7 @@ def test_in_tree_links_arrive_as_their_content(
         assert not [m.name for m in tar if m.issym() or m.islnk()]
 
 
+@pytest.mark.sandbox
 def test_links_leading_out_are_a_problem_naming_the_path(
         link_server: tuple[Running, dict[str, Any]]) -> None:
     server, template = link_server
@@ -340,6 +343,7 @@ def cleanup_res(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.sandbox
 def test_cleanup_removes_every_session_and_component(tmp_path: Path) -> None:
     runtime = _Runtime()
     config = ServerConfig(registry=(str(EXAMPLE_REGISTRY),), work_root=tmp_path)
@@ -381,6 +385,7 @@ def test_cleanup_says_what_is_left(tmp_path: Path) -> None:
 
 # --- 5. --dev-root defaults to the working directory on loopback ----------------------------
 
+@pytest.mark.sandbox
 def test_loopback_server_trys_below_its_working_directory(tmp_path: Path) -> None:
     (tmp_path / "tpl").mkdir()
     (tmp_path / "tpl" / "a.txt").write_text("a\n")
@@ -407,6 +412,7 @@ def test_a_public_address_needs_a_token_or_trusted_network() -> None:
     assert proc.returncode == 2 and "--trusted-network" in proc.stderr
 
 
+@pytest.mark.sandbox
 def test_trusted_network_serves_the_cli_without_a_token(tmp_path: Path) -> None:
     (tmp_path / "dev").mkdir()
     with serving("--host", "0.0.0.0", "--trusted-network", "--registry", EXAMPLE_REGISTRY,
@@ -451,6 +457,7 @@ def _doc_template() -> dict[str, Any]:
     return dict(json.loads(text[start:text.index("\nEOF\n", start)]))
 
 
+@pytest.mark.sandbox
 def test_the_documented_template_is_a_complete_template_version(http: httpx.Client) -> None:
     t = _doc_template()
     p = t["principal"]

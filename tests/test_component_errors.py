@@ -49,6 +49,7 @@ def test_summary_is_bounded() -> None:
     assert diagnose.error_line([]) is None and diagnose.summary([]) == ""
 
 
+@pytest.mark.sandbox
 @pytest.mark.usefixtures("no_leftovers")
 def test_http_500_shows_the_exception_the_component_raised(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
@@ -62,6 +63,7 @@ def test_http_500_shows_the_exception_the_component_raised(
     assert "its error: RuntimeError" in proc.stderr
 
 
+@pytest.mark.sandbox
 @pytest.mark.usefixtures("no_leftovers")
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_a_component_dying_with_a_js_stack_shows_the_message_not_the_frames(

@@ -112,6 +112,7 @@ async def run_build(pipeline_file: Path, runtime: Any, tmp_path: Path,
 
 # -- the bundled example -----------------------------------------------------------------------
 
+@pytest.mark.sandbox
 async def test_example_on_docker_is_identical_to_local(tmp_path: Path,
                                                        runtime: RecordingRuntime) -> None:
     pipeline = load(EXAMPLES / "pipeline.yaml")

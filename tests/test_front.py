@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from boride.archive import iter_archive
@@ -119,6 +120,7 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[Running, Running]]:
         yield a, b
 
 
+@pytest.mark.sandbox
 def test_sessions_spread_over_workers_and_build_through_the_front(tmp_path: Path) -> None:
     template = example_template()
     tid = template["principal"]["id"]
@@ -191,6 +193,7 @@ def test_workers_answer_only_the_shared_token(tmp_path: Path) -> None:
             assert data["title"] == "No worker" and "401" in data["detail"]
 
 
+@pytest.mark.sandbox
 def test_a_lost_workers_sessions_fail_clearly_and_new_ones_go_elsewhere(tmp_path: Path
                                                                        ) -> None:
     template = example_template()
@@ -230,6 +233,7 @@ def test_a_lost_workers_sessions_fail_clearly_and_new_ones_go_elsewhere(tmp_path
     wait_for(lambda: boride_processes() == [])
 
 
+@pytest.mark.sandbox
 def test_a_restarted_front_finds_every_session_again(tmp_path: Path) -> None:
     template = example_template()
     with two_workers(tmp_path) as (a, b):
@@ -251,6 +255,7 @@ def test_a_restarted_front_finds_every_session_again(tmp_path: Path) -> None:
         assert not a.service.sessions and not b.service.sessions
 
 
+@pytest.mark.sandbox
 def test_a_worker_without_the_template_warms_it_before_its_first_session(tmp_path: Path
                                                                         ) -> None:
     template = example_template()
@@ -272,6 +277,7 @@ def test_a_worker_without_the_template_warms_it_before_its_first_session(tmp_pat
         assert http.delete("/cleanup").json()["status"] == "OK"
 
 
+@pytest.mark.sandbox
 def test_proxies_go_to_a_worker_that_has_the_template_or_resolver(tmp_path: Path) -> None:
     from tests.test_server import QNA_SERVER
 
@@ -310,6 +316,7 @@ def test_proxies_go_to_a_worker_that_has_the_template_or_resolver(tmp_path: Path
     wait_for(lambda: boride_processes() == [])
 
 
+@pytest.mark.sandbox
 def test_a_client_that_goes_away_cancels_the_build_on_its_worker(tmp_path: Path) -> None:
     ok = entry("me/ok", "ok_processor")
     hang = entry("me/hang", "hang")

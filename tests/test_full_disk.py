@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import PipelineFactory
 from tests.helpers import run_json
 
-pytestmark = [pytest.mark.usefixtures("no_leftovers"),
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("no_leftovers"),
               pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")]
 
 

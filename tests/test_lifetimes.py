@@ -20,7 +20,7 @@ from boride.types import Component, Kind
 from tests.conftest import COMPONENTS
 from tests.helpers import write_pipeline
 
-pytestmark = pytest.mark.usefixtures("no_leftovers")
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("no_leftovers")]
 
 
 class Live(LocalRuntime):

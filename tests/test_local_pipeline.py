@@ -34,6 +34,7 @@ def by_name(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in data["components"]}
 
 
+@pytest.mark.sandbox
 def test_bundled_example_matches_expected_tree(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc, data = run_json(EXAMPLES / "pipeline.yaml", "--out", out, tmpdir=tmp_path / "work")
@@ -47,6 +48,7 @@ def test_bundled_example_matches_expected_tree(tmp_path: Path) -> None:
     assert_work_area_gone(tmp_path / "work")
 
 
+@pytest.mark.sandbox
 def test_archive_output_has_the_same_files(tmp_path: Path) -> None:
     archive = tmp_path / "result.tar.gz"
     proc = run_cli("run", EXAMPLES / "pipeline.yaml", "--archive", archive, tmpdir=tmp_path / "w")
@@ -56,6 +58,7 @@ def test_archive_output_has_the_same_files(tmp_path: Path) -> None:
     assert not (Path.cwd() / "out").exists()  # --archive alone writes no folder
 
 
+@pytest.mark.sandbox
 def test_processors_run_in_parallel_each_on_the_same_port(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     procs = [(f"p{i}", "ok_processor", {"suffix": f"-{i}", "delay": 0.5}) for i in range(4)]
@@ -68,6 +71,7 @@ def test_processors_run_in_parallel_each_on_the_same_port(
     assert len(data["components"]) == 4
 
 
+@pytest.mark.sandbox
 def test_conflict_goes_to_resolver_and_plugins_run_in_order(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline(
@@ -85,6 +89,7 @@ def test_conflict_goes_to_resolver_and_plugins_run_in_order(
     assert (out / "README.md").read_text() == "# readme\n[2]plugin one\nplugin two\n"
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize(("component", "expected"), [
     ("fail_500", "HTTP 500"),
     ("garbage_json", "not JSON"),
@@ -105,6 +110,7 @@ def test_processor_failure_is_named_with_its_error(
     assert_work_area_gone(tmp_path / "work")
 
 
+@pytest.mark.sandbox
 def test_every_failure_of_a_stage_is_reported(tmp_path: Path,
                                               make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("a", "fail_500", {}), ("b", "ok_processor", {}),
@@ -115,6 +121,7 @@ def test_every_failure_of_a_stage_is_reported(tmp_path: Path,
     assert "processor 'a'" in proc.stderr and "processor 'c'" in proc.stderr
 
 
+@pytest.mark.sandbox
 def test_component_exiting_at_start_is_reported_at_once(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("good", "ok_processor", {}), ("dies", "exit_at_start", {})])
@@ -128,6 +135,7 @@ def test_component_exiting_at_start_is_reported_at_once(
     assert_work_area_gone(tmp_path / "work")
 
 
+@pytest.mark.sandbox
 def test_component_never_ready_fails_at_the_deadline(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("slow", "never_ready", {})])
@@ -136,6 +144,7 @@ def test_component_never_ready_fails_at_the_deadline(
     assert "not ready after 3s" in by_name(data)["slow"]["error"]
 
 
+@pytest.mark.sandbox
 def test_hanging_processor_fails_at_the_build_timeout(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("good", "ok_processor", {}), ("stuck", "hang", {})])
@@ -149,6 +158,7 @@ def test_hanging_processor_fails_at_the_build_timeout(
     assert_work_area_gone(tmp_path / "work")
 
 
+@pytest.mark.sandbox
 def test_build_timeout_names_the_component_that_never_became_ready(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     """Processors start on demand: a readiness wait the build's timeout cuts off is named,
@@ -166,6 +176,7 @@ def test_build_timeout_names_the_component_that_never_became_ready(
     assert_work_area_gone(tmp_path / "work")
 
 
+@pytest.mark.sandbox
 def test_template_is_read_only_to_processors(tmp_path: Path, template: Path,
                                              make_pipeline: PipelineFactory) -> None:
     before = tree(template)
@@ -179,6 +190,7 @@ def test_template_is_read_only_to_processors(tmp_path: Path, template: Path,
     assert reports and "errno=30" in reports[0]  # EROFS
 
 
+@pytest.mark.sandbox
 async def test_template_change_is_detected_and_names_the_processor(
         tmp_path: Path, template: Path, make_pipeline: PipelineFactory) -> None:
     from boride.model import load
@@ -211,6 +223,7 @@ async def test_template_change_is_detected_and_names_the_processor(
     assert components["fine"].status == "ok"
 
 
+@pytest.mark.sandbox
 def test_failing_plugin_stops_the_build(tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("p", "ok_processor", {})],
                              plugins=[("breaks", "fail_plugin", {}),
@@ -222,6 +235,7 @@ def test_failing_plugin_stops_the_build(tmp_path: Path, make_pipeline: PipelineF
     assert "plugin 'breaks'" in proc.stderr
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_build_cleans_up(tmp_path: Path, make_pipeline: PipelineFactory,
                                     signum: int, code: int) -> None:
@@ -255,6 +269,7 @@ def test_broken_pipeline_file_exits_2_naming_field_and_line(tmp_path: Path,
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
+@pytest.mark.sandbox
 def test_missing_command_is_reported_before_anything_starts(
         tmp_path: Path, template: Path) -> None:
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
@@ -265,6 +280,7 @@ def test_missing_command_is_reported_before_anything_starts(
     assert data["stages"] == {}
 
 
+@pytest.mark.sandbox
 def test_result_folder_gets_the_users_permissions(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run_cli("run", EXAMPLES / "pipeline.yaml", "--out", out, tmpdir=tmp_path / "work")
@@ -272,6 +288,7 @@ def test_result_folder_gets_the_users_permissions(tmp_path: Path) -> None:
     assert out.stat().st_mode & 0o002 == 0  # not world-writable like the work area
 
 
+@pytest.mark.sandbox
 def test_components_die_with_boride_even_on_sigkill(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     """No clean-up code runs on SIGKILL: the components must still go (nsinit sees its stdin
@@ -337,6 +354,7 @@ def test_runs_as_an_ordinary_user(ordinary_tmp: Path) -> None:
     assert_work_area_gone(work)
 
 
+@pytest.mark.sandbox
 def test_keep_leaves_the_work_area_for_debugging(tmp_path: Path) -> None:
     proc, data = run_json(EXAMPLES / "pipeline.yaml", "--out", tmp_path / "out", "--keep",
                           tmpdir=tmp_path / "work")

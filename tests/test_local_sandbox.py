@@ -51,6 +51,7 @@ def outside_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.sandbox
 def test_processor_writes_land_nowhere_outside_its_area(
         tmp_path: Path, template: Path, make_pipeline: PipelineFactory,
         outside_dir: Path) -> None:
@@ -82,6 +83,7 @@ def test_processor_writes_land_nowhere_outside_its_area(
     assert all(why in ("EROFS", "EACCES", "ENOENT") for why in refused.values()), refused
 
 
+@pytest.mark.sandbox
 @pytest.mark.skipif(os.geteuid() != 0, reason="as an ordinary user components run as that user")
 def test_component_runs_as_an_unprivileged_user(tmp_path: Path,
                                                 make_pipeline: PipelineFactory) -> None:
@@ -126,6 +128,7 @@ def host_servers() -> Iterator[list[socketserver.TCPServer]]:
         server.server_close()
 
 
+@pytest.mark.sandbox
 def test_processor_reaches_neither_host_services_nor_other_components(
         tmp_path: Path, make_pipeline: PipelineFactory,
         host_servers: list[socketserver.TCPServer]) -> None:
@@ -147,6 +150,7 @@ def test_processor_reaches_neither_host_services_nor_other_components(
     assert accepted == [1] * len(host_servers)
 
 
+@pytest.mark.sandbox
 def test_process_and_memory_limits_stop_a_greedy_component(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("greedy", "limits_probe",
@@ -159,6 +163,7 @@ def test_process_and_memory_limits_stop_a_greedy_component(
     assert found["allocated"] is False, found
 
 
+@pytest.mark.sandbox
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root switches components to nobody")
 def test_template_closed_to_nobody_is_reported_before_the_processor_starts(
         tmp_path: Path, template: Path, make_pipeline: PipelineFactory) -> None:
@@ -186,6 +191,7 @@ def test_limits_come_from_the_environment() -> None:
         SandboxLimits.from_env({"BORIDE_LOCAL_PIDS": "0"})
 
 
+@pytest.mark.sandbox
 def test_bad_limit_is_reported_before_anything_starts(tmp_path: Path,
                                                       make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline([("p", "ok_processor", {})])

@@ -102,6 +102,7 @@ def test_across_file_systems_it_is_a_copy(tmp_path: Path, tmpfs: Path) -> None:
     assert modes(out)["run.sh"][0] & 0o111
 
 
+@pytest.mark.sandbox
 def test_the_example_to_another_file_system(tmp_path: Path, tmpfs: Path) -> None:
     proc, _ = run_json(EXAMPLES / "pipeline.yaml", "--out", tmpfs / "out",
                        tmpdir=tmp_path / "work")
@@ -110,6 +111,7 @@ def test_the_example_to_another_file_system(tmp_path: Path, tmpfs: Path) -> None
     assert list((tmp_path / "work").iterdir()) == []
 
 
+@pytest.mark.sandbox
 def test_the_example_renamed_into_place(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "stale").mkdir(parents=True)

@@ -62,6 +62,7 @@ def check(tmp_path: Path, template: Path, runtime: str) -> None:
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.sandbox
 @pytest.mark.usefixtures("no_leftovers")
 @pytest.mark.skipif(NODE is None, reason="needs node")
 def test_node_processor_on_the_local_runtime(tmp_path: Path, template: Path) -> None:

@@ -229,3 +229,25 @@ async def test_unknown_sessions_and_names_are_client_errors(tmp_path: Path) -> N
             template, [("me/nope", None)])), 400)
         assert "unknown processor 'me/nope'" in unknown["data"][0]
         await http.delete(f"/executor/{sid}")
+
+
+async def test_a_build_past_the_server_s_timeout_names_the_component_still_called(
+        tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    hang = fake("me/hang", "fake/hang")
+    registry = write_registry(tmp_path / "hang.yaml", processors=[s.one, hang])
+    config = ServerConfig(registry=(str(registry),), dev_root=s.config.dev_root,
+                          work_root=s.work, timeouts=Timeouts(build=0.2))
+    runtime = FakeRuntime({**BEHAVIOURS, "fake/hang": Behaviour(fails="hang")})
+    sid, template = new_id(), template_body("local-hang", [s.one, hang])
+    async with serving(config, runtime) as http:
+        assert (await http.post("/executor/try", json=s.try_body(sid, template))
+                ).status_code == 200
+        body = build_body(template, [("me/one", None), ("me/hang", None)])
+        data = problem(await http.post(f"/executor/{sid}", json=body), 400)
+        (error,) = data["data"]
+        assert error.startswith("processor 'me/hang:1': ") and "timed out after 0.2s" in error
+        # the hanging one is stopped (its state is unknown), the good one lives on
+        assert runtime.alive() == ["me/one:1"]
+        await http.delete(f"/executor/{sid}")
+    assert runtime.live == set() and s.area_empty()

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import PipelineFactory
 from tests.helpers import run_json
 
-pytestmark = pytest.mark.usefixtures("no_leftovers")
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("no_leftovers")]
 
 OUTSIDE = {"evil": "/etc/passwd", "etc": "/etc", "up": "../../../../../../etc/hostname"}
 INSIDE = {"docs/readme-link": "../README.md", "src/same": "a.txt", "alias": "src"}

@@ -310,6 +310,7 @@ async def test_chain_asks_each_registry_in_turn(tmp_path: Path,
     assert isinstance(open_registry([cyanprint.url]), HttpRegistry)
 
 
+@pytest.mark.sandbox
 @pytest.mark.usefixtures("no_leftovers")
 def test_server_resolves_names_through_the_cyanprint_registry(
         tmp_path: Path, cyanprint: FakeCyanPrint) -> None:

@@ -480,6 +480,7 @@ def test_cli_flows_against_the_daemon_container(daemon: Daemon,  # noqa: F811
     assert labelled({LABEL_SESSION: sid}) == [] and labelled({LABEL_SESSION: try_sid}) == []
 
 
+@pytest.mark.sandbox
 def test_local_runtime_refuses_a_blob_only_template(tmp_path: Path) -> None:
     """No engine: the files of a template that exists only as a blob image cannot be had.
     The session warm the CLI sends with the template warm, and a try with ``source:

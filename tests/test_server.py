@@ -43,6 +43,7 @@ def session_area_empty(work: Path) -> bool:
     return not work.exists() or not any(work.iterdir())
 
 
+@pytest.mark.sandbox
 def test_go_client_flow_builds_the_example_byte_for_byte(tmp_path: Path) -> None:
     """warm template → warm session → start → build → delete, as a Go coordinator client does;
     the streamed archive is the very archive of examples/expected."""
@@ -110,6 +111,7 @@ def _try_setup(tmp_path: Path, *, processors: list[dict[str, Any]],
     return config, folder, new_id()
 
 
+@pytest.mark.sandbox
 def test_local_try_flow_end_to_end_leaves_nothing_running(tmp_path: Path) -> None:
     """POST /executor/try (a folder under --dev-root) → build with conflicts decided by the
     template's resolver, and a plugin → DELETE: no process, no work area left."""
@@ -147,6 +149,7 @@ def test_local_try_flow_end_to_end_leaves_nothing_running(tmp_path: Path) -> Non
         assert (folder / "src" / "a.txt").read_text() == "alpha\n"  # the folder is untouched
 
 
+@pytest.mark.sandbox
 def test_names_resolve_to_the_versions_the_template_pins(tmp_path: Path) -> None:
     """``user/name`` is the newest pinned version, ``user/name:v`` that version if pinned."""
     scripts = {}
@@ -203,6 +206,7 @@ def _raw_post(url: str, path: str, body: dict[str, Any]) -> socket.socket:
     return sock
 
 
+@pytest.mark.sandbox
 def test_client_disconnect_cancels_the_build_and_stops_its_components(tmp_path: Path) -> None:
     ok = entry("me/ok", "ok_processor")
     hang = entry("me/hang", "hang")
@@ -235,6 +239,7 @@ def test_client_disconnect_cancels_the_build_and_stops_its_components(tmp_path: 
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
 
 
+@pytest.mark.sandbox
 def test_delete_during_a_build_cancels_it(tmp_path: Path) -> None:
     hang = entry("me/hang", "hang")
     config, folder, sid = _try_setup(tmp_path, processors=[hang])
@@ -256,6 +261,7 @@ def test_delete_during_a_build_cancels_it(tmp_path: Path) -> None:
         problem(http.post(f"/executor/{sid}", json=build_body(template, [])), 404)
 
 
+@pytest.mark.sandbox
 def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) -> None:
     ok = entry("me/ok", "ok_processor")
     bad = entry("me/bad", "fail_500")
@@ -281,6 +287,7 @@ def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) 
         http.delete(f"/executor/{sid}")
 
 
+@pytest.mark.sandbox
 def test_an_api_build_past_its_timeout_names_the_component_at_work(tmp_path: Path) -> None:
     """The API's builds have the same one deadline as `boride run`: the problem names the
     processor whose call had not answered, and the session still builds afterwards."""
@@ -304,6 +311,7 @@ def test_an_api_build_past_its_timeout_names_the_component_at_work(tmp_path: Pat
         http.delete(f"/executor/{sid}")
 
 
+@pytest.mark.sandbox
 def test_sessions_build_at_once_isolated_and_at_most_max_builds(tmp_path: Path) -> None:
     p = entry("me/slow", "ok_processor")
     config, folder, _ = _try_setup(tmp_path, processors=[p])
@@ -355,6 +363,7 @@ def test_token_guards_every_route_but_health(tmp_path: Path) -> None:
         assert http.delete("/executor/abc", headers=auth).json() == {"status": "OK"}
 
 
+@pytest.mark.sandbox
 def test_resolver_and_template_proxies(tmp_path: Path) -> None:
     qna = tmp_path / "qna.py"
     qna.write_text(QNA_SERVER)
@@ -419,6 +428,7 @@ def test_the_go_coordinators_internal_routes_are_not_served(tmp_path: Path) -> N
         assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.sandbox
 def test_idle_sessions_expire(tmp_path: Path) -> None:
     p = entry("me/one", "ok_processor")
     res = entry("me/join", "ok_resolver")
@@ -439,6 +449,7 @@ def test_idle_sessions_expire(tmp_path: Path) -> None:
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}  # as Boron: gone
 
 
+@pytest.mark.sandbox
 def test_starting_again_restarts_dead_components(tmp_path: Path) -> None:
     p = entry("me/one", "ok_processor")
     config, folder, sid = _try_setup(tmp_path, processors=[p])
@@ -508,6 +519,7 @@ class _Shipped:
 REGISTRY_FILES = {"src/a.txt": b"registry\n"}
 
 
+@pytest.mark.sandbox
 def test_a_try_session_never_changes_a_registry_template(tmp_path: Path) -> None:
     """The attack of issue 8 item 2, through the API: a try whose ``localTemplateId`` is a
     registry template's id, pointing at another folder. Only the try session builds that
@@ -544,6 +556,7 @@ def test_a_try_session_never_changes_a_registry_template(tmp_path: Path) -> None
     assert session_area_empty(tmp_path / "work")
 
 
+@pytest.mark.sandbox
 def test_a_refused_try_leaves_nothing_behind(tmp_path: Path) -> None:
     """429 (the session limit), 403 (outside the dev root), 400 (no folder), 409 (a session
     id in use): nothing of the try in the service's tables, the registry template intact."""

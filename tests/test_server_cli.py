@@ -81,6 +81,7 @@ def test_refuses_an_unusable_registry(tmp_path: Path) -> None:
     assert "processors.0.id: required field is missing" in proc.stderr
 
 
+@pytest.mark.sandbox
 def test_a_whole_session_against_the_command_then_sigterm(tmp_path: Path) -> None:
     token = "a-token-long-enough-for-the-cli"
     work = tmp_path / "work"
@@ -110,6 +111,7 @@ def test_a_whole_session_against_the_command_then_sigterm(tmp_path: Path) -> Non
     assert not work.exists() or list(work.iterdir()) == []
 
 
+@pytest.mark.sandbox
 def test_sigterm_during_a_hanging_build_stops_everything(tmp_path: Path) -> None:
     hang = entry("me/hang", "hang")
     registry = write_registry(tmp_path / "r.yaml", processors=[hang])

@@ -123,6 +123,7 @@ def test_unknown_template(http: httpx.Client) -> None:
         assert "has no files boride can use" in data["detail"]
 
 
+@pytest.mark.sandbox
 def test_unknown_names_and_versions(server: Running, http: httpx.Client) -> None:
     template = example_template()
     sid = new_id()
@@ -193,6 +194,7 @@ def test_try_without_a_dev_root_is_refused(tmp_path: Path) -> None:
         assert "--dev-root" in data["detail"]
 
 
+@pytest.mark.sandbox
 def test_session_of_another_template_and_too_many_sessions(http: httpx.Client) -> None:
     template = example_template()
     sid = new_id()
@@ -206,6 +208,7 @@ def test_session_of_another_template_and_too_many_sessions(http: httpx.Client) -
     assert problem(r, 429)["title"] == "Too many sessions"
 
 
+@pytest.mark.sandbox
 def test_components_that_do_not_start(server: Running, http: httpx.Client) -> None:
     bad = server.app.state.test_bad
     template = example_template()
@@ -222,6 +225,7 @@ def test_components_that_do_not_start(server: Running, http: httpx.Client) -> No
     assert len(server.service.sessions[sid].session.instances) == 4
 
 
+@pytest.mark.sandbox
 def test_components_that_cannot_run_here(server: Running, http: httpx.Client) -> None:
     template = example_template()
     template["processors"].append({"id": new_id(), "version": 1, "dockerReference": "x/y",

@@ -240,6 +240,7 @@ def test_local_runtime_refuses_a_template_without_a_qna_server_it_can_run(
         assert server.service.templates[tpl["id"]].session is None  # nothing started
 
 
+@pytest.mark.sandbox
 @pytest.mark.usefixtures("no_leftovers")
 def test_an_idle_template_stops_its_qna_server(tmp_path: Path) -> None:
     from tests.test_server import QNA_SERVER

@@ -29,7 +29,7 @@ from tests.test_server_support import (
     write_registry,
 )
 
-pytestmark = pytest.mark.usefixtures("no_leftovers")
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("no_leftovers")]
 
 
 class Counting(LocalRuntime):

@@ -86,6 +86,7 @@ def cached(data: dict[str, Any]) -> dict[str, bool]:
     return {c["name"]: c["cached"] for c in data["components"] if c["kind"] == "processor"}
 
 
+@pytest.mark.sandbox
 def test_an_edit_gives_a_new_result_and_ctrl_c_stops_everything(
         project: Path, watcher: Watcher) -> None:
     first = watcher.next_build()
@@ -116,6 +117,7 @@ def test_an_edit_gives_a_new_result_and_ctrl_c_stops_everything(
     assert list(watcher.work.iterdir()) == []
 
 
+@pytest.mark.sandbox
 def test_a_broken_edit_keeps_the_last_good_result(project: Path, watcher: Watcher) -> None:
     assert watcher.next_build()["status"] == "ok"
     good = tree(project / "out")
@@ -149,6 +151,7 @@ def test_a_broken_edit_keeps_the_last_good_result(project: Path, watcher: Watche
     assert list(watcher.work.iterdir()) == []
 
 
+@pytest.mark.sandbox
 def test_a_watch_build_past_its_timeout_names_the_component_and_the_next_one_builds(
         project: Path) -> None:
     """--watch builds have the one deadline too: a processor edited to hang is named."""
@@ -172,6 +175,7 @@ def test_a_watch_build_past_its_timeout_names_the_component_and_the_next_one_bui
         watcher.kill()
 
 
+@pytest.mark.sandbox
 def test_files_the_build_writes_never_trigger_a_build(project: Path, watcher: Watcher) -> None:
     """The loop must not feed itself: --out, the cache and the work areas are ignored."""
     assert watcher.next_build()["status"] == "ok"

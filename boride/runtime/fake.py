@@ -44,11 +44,10 @@ from boride.runtime.base import (
     ExitInfo,
     Instance,
     Runtime,
-    TemplateRefused,
     TemplateSource,
     Workspace,
 )
-from boride.runtime.local import template_folder
+from boride.runtime.local import template_folder, template_folder_problem
 from boride.types import Component, Kind
 
 __all__ = ["Behaviour", "Call", "Failure", "FakeInstance", "FakeRuntime", "key_of"]
@@ -368,11 +367,7 @@ class FakeRuntime(Runtime):
         return hashlib.sha256(f"{key_of(component)}\0{behaviour.version}".encode()).hexdigest()
 
     async def template_problem(self, source: TemplateSource) -> str | None:
-        try:
-            template_folder(source)
-        except TemplateRefused as exc:
-            return str(exc)
-        return None
+        return template_folder_problem(source)
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
                              root: Path | None, *, area: bool = True) -> Workspace:

@@ -228,6 +228,15 @@ def template_folder(template: TemplateSource) -> Path:
     return folder
 
 
+def template_folder_problem(template: TemplateSource) -> str | None:
+    """Why :func:`template_folder` refuses ``template``, or None."""
+    try:
+        template_folder(template)
+    except TemplateRefused as exc:
+        return str(exc)
+    return None
+
+
 def _find_executable(command: tuple[str, ...], cwd: Path, env: dict[str, str]) -> str | None:
     exe = command[0]
     if "/" in exe:
@@ -315,11 +324,7 @@ class LocalRuntime(Runtime):
                                        skip=skip)
 
     async def template_problem(self, source: TemplateSource) -> str | None:
-        try:
-            template_folder(source)
-        except TemplateRefused as exc:
-            return str(exc)
-        return None
+        return template_folder_problem(source)
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
                              root: Path | None, *, area: bool = True) -> Workspace:
