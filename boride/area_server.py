@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from boride import archive, merge, output
+from boride import aio, archive, merge, output
 from boride.area import AreaFailure, HostArea
 from boride.errors import BorideError, ComponentError, describe
 
@@ -205,7 +205,8 @@ async def _merge_events(area: HostArea, merges: _Merges, merge_id: str, outputs:
         except (ValueError, OSError, AreaFailure) as exc:
             await events.put({"errors": [describe(exc)]})
 
-    task = asyncio.ensure_future(run())
+    merging = aio.TaskGroup(f"merge {merge_id}")  # the merge lives as long as this stream
+    merging.start_soon(run(), name=f"merge {merge_id}")
     try:
         while True:
             event = await events.get()
@@ -213,8 +214,7 @@ async def _merge_events(area: HostArea, merges: _Merges, merge_id: str, outputs:
             if "done" in event or "errors" in event:
                 break
     finally:
-        task.cancel()  # the client went away: stop the merge
-        await asyncio.gather(task, return_exceptions=True)
+        await merging.aclose()  # the client went away: stop the merge (waited for)
 
 
 def _drop_to(owner: tuple[int, int], area: Path) -> None:

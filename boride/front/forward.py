@@ -79,9 +79,12 @@ class Front:
                                lost_after=config.lost_after)
         self.metrics = FrontMetrics(self.workers)
         self.warm_wanted: dict[str, None] = {}  # templates warmed through the front (ordered)
-        self._warming: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._warming: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: the front's own background work (templates being warmed on a worker)
+        self.tasks = aio.TaskGroup("front")
 
     async def aclose(self) -> None:
+        await self.tasks.aclose()
         await self.workers.aclose()
         await self.client.aclose()
         await self.checks.aclose()
@@ -104,7 +107,7 @@ class Front:
                                         headers=self._headers(request),
                                         params=request.url.query or None)
         t0 = time.perf_counter()
-        sending = asyncio.ensure_future(self.client.send(req, stream=True))
+        sending = aio.spawn(self.client.send(req, stream=True))  # raced, awaited right here
         try:
             answer = await until_disconnect(request.receive, sending)
         except (httpx.TransportError, httpx.InvalidURL) as exc:
@@ -177,7 +180,9 @@ class Front:
         key = (worker.url, tid)
         job = self._warming.get(key)
         if job is None:
-            job = asyncio.ensure_future(self._warm_one(request, worker, tid, template))
+            # the front's (one warming for every request asking; none outlives the front)
+            job = self.tasks.start_soon(self._warm_one(request, worker, tid, template),
+                                        name=f"warm {tid}")
             self._warming[key] = job
             job.add_done_callback(lambda _: self._warming.pop(key, None))
         await asyncio.shield(job)

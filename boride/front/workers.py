@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from boride import parallel
+from boride import aio, parallel
 from boride.errors import BorideError
 
 log = logging.getLogger("boride.front")
@@ -73,7 +73,8 @@ class Placement:
 class Workers:
     """Every worker the front knows, and the session map. ``urls``: fixed workers;
     ``discover``: a DNS name whose addresses are the workers (``tasks.<service>``), on
-    ``port``. ``client``: what the checks use (with the token, short timeouts)."""
+    ``port``. ``client``: what the checks use (with the token, short timeouts). The checks
+    (the loop, a round in progress) are ``tasks``, closed by :meth:`aclose`."""
 
     def __init__(self, client: httpx.AsyncClient, *, urls: Iterable[str] = (),
                  discover: str | None = None, port: int = 9000, interval: float = 2.0,
@@ -88,20 +89,20 @@ class Workers:
             url = url.rstrip("/")
             self.workers[url] = Worker(url, lost_after=lost_after)
         self.sessions: dict[str, Placement] = {}
-        self._round: asyncio.Future[None] | None = None
-        self._loop: asyncio.Future[None] | None = None
+        self.tasks = aio.TaskGroup("worker checks")
+        self._round: asyncio.Task[None] | None = None
+        self._looping = False
         self.rounds = 0
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        if self._loop is None:
-            self._loop = asyncio.ensure_future(self._forever())
+        if not self._looping:
+            self._looping = True
+            self.tasks.start_soon(self._forever(), name="worker checks")
 
     async def aclose(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
-            self._loop = None
+        """Stop the checks (the loop and a round in progress), waited for."""
+        await self.tasks.aclose()
 
     async def _forever(self) -> None:
         while True:
@@ -114,8 +115,8 @@ class Workers:
     async def refresh(self) -> None:
         """One round of discovery and checks (joined if one runs already)."""
         if self._round is None or self._round.done():
-            self._round = asyncio.ensure_future(self._check_all())
-        await asyncio.shield(self._round)
+            self._round = self.tasks.start_soon(self._check_all(), name="worker checks round")
+        await asyncio.shield(self._round)  # a caller that goes leaves the round to the others
 
     # -- discovery and checks -----------------------------------------------------------------
     async def _discover(self) -> None:

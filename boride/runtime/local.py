@@ -246,6 +246,9 @@ def _find_executable(command: tuple[str, ...], cwd: Path, env: dict[str, str]) -
 
 
 class LocalInstance(Instance):
+    """A component's sandboxed process. The watch for its exit is a task the instance owns
+    (:meth:`close`, once the process has ended, waits for it)."""
+
     def __init__(self, component: Component, process: asyncio.subprocess.Process,
                  socket_path: Path, log_path: Path) -> None:
         self.component = component
@@ -256,12 +259,25 @@ class LocalInstance(Instance):
         self.client = httpx.AsyncClient(transport=transport,
                                         base_url=f"http://{component.kind.value}",
                                         timeout=None)
-        self._exit: asyncio.Future[ExitInfo] | None = None
+        self._tasks = aio.TaskGroup(f"instance {component.name!r}")
+        self._exit: asyncio.Task[ExitInfo] | None = None
+        self._closed = False
 
     async def wait_exit(self) -> ExitInfo:
         if self._exit is None:
-            self._exit = asyncio.ensure_future(self._watch())
-        return await asyncio.shield(self._exit)
+            if self._closed:  # stopped: the process has ended
+                return await self._watch()
+            self._exit = self._tasks.start_soon(self._watch(), name="exit watch")
+        return await asyncio.shield(self._exit)  # one watch for every waiter
+
+    async def close(self) -> None:
+        """Once the process has ended: let the exit watch end too (it is about to; waited
+        for, not cancelled, so that no waiter sees a cancellation), then refuse a new one."""
+        self._closed = True
+        try:
+            await self._tasks.join()
+        finally:
+            await self._tasks.aclose()
 
     async def _watch(self) -> ExitInfo:
         code = await self.process.wait()
@@ -414,14 +430,13 @@ class LocalRuntime(Runtime):
             # which kills everything in the namespace.
             if proc.stdin is not None:
                 proc.stdin.close()
-            try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), _STOP_GRACE)
-            except TimeoutError:
+            if await aio.race(proc.wait(), timeout=_STOP_GRACE) is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, 9)
                 await proc.wait()
         elif proc.stdin is not None:
             proc.stdin.close()
+        await instance.close()
         with contextlib.suppress(FileNotFoundError):
             instance.socket_path.unlink()
         with contextlib.suppress(OSError):

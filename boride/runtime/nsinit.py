@@ -101,33 +101,45 @@ async def _forward(port: int, client_r: asyncio.StreamReader,
             w.close()
 
 
-async def _stdin_closed() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while await reader.read(4096):
-        pass
+class _Ends(asyncio.Protocol, asyncio.SubprocessProtocol):
+    """Sets ``ended`` when the component exits, or when this one's standard input closes
+    (no task needed to wait for either: boride's own helpers are not importable here)."""
+
+    def __init__(self, ended: asyncio.Future[None]) -> None:
+        self.ended = ended
+
+    def _end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def process_exited(self) -> None:
+        self._end()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
 
 
 async def serve(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    exited, released = loop.create_future(), loop.create_future()
     user = (args.uid, args.gid) if args.uid is not None else None
     # cwd is entered before the switch of user: a folder only root may enter still works.
-    child = await asyncio.create_subprocess_exec(
-        *args.command, cwd=args.cwd, stdin=asyncio.subprocess.DEVNULL,
+    child, _ = await loop.subprocess_exec(
+        lambda: _Ends(exited), *args.command, cwd=args.cwd, stdin=subprocess.DEVNULL,
+        stdout=None, stderr=None,
         preexec_fn=functools.partial(confine, user, args.memory, args.pids))
     server = await asyncio.start_unix_server(
         lambda r, w: _forward(args.port, r, w), path=args.socket)
     os.chmod(args.socket, 0o600)
-    exited = asyncio.ensure_future(child.wait())
-    released = asyncio.ensure_future(_stdin_closed())
+    await loop.connect_read_pipe(lambda: _Ends(released), sys.stdin)
     await asyncio.wait([exited, released], return_when=asyncio.FIRST_COMPLETED)
     server.close()
-    if not exited.done():
+    code = child.get_returncode()
+    if code is None:
         with contextlib.suppress(ProcessLookupError):
             child.kill()
         code = 0
     else:
-        code = exited.result()
         code = code if code >= 0 else 128 - code
     # Leave at once: tearing the event loop down would only cancel forwarders noisily; bwrap
     # (PID 1) exits with us and the kernel ends everything else in the namespace.

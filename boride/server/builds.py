@@ -66,7 +66,7 @@ class Builds:
                     state.lock.release()
 
             response = ArchiveResponse(chunks, Hooks(
-                on_close, track=state.track, on_bytes=self.ctx.metrics.archive_bytes.inc))
+                on_close, owner=state.start_soon, on_bytes=self.ctx.metrics.archive_bytes.inc))
             handed_over = True
             return response
         finally:

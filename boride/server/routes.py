@@ -6,7 +6,6 @@ that only the coordinator holds the token for (:mod:`boride.area_server`)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -125,8 +124,7 @@ async def build(request: Request, sessionId: SessionId, body: BuildReq) -> Respo
     service = _service(request)
     state = service.sessions.find(sessionId)
     plan, shared = await service.builds.plan(state, body)
-    task = asyncio.ensure_future(service.builds.run(state, plan, shared))
-    state.track(task)
+    task = state.start_soon(service.builds.run(state, plan, shared))  # the session's work
     try:
         return await until_disconnect(request.receive, task)
     except ClientGone:

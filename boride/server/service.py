@@ -18,6 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from boride import aio
 from boride import registry as reg
 from boride.errors import describe
 from boride.runtime.base import Cleaned, Instance, Runtime, RuntimeFailure
@@ -27,7 +28,7 @@ from boride.server.context import Context, ServerConfig
 from boride.server.errors import ResolverNotFound, SessionNotFound
 from boride.server.metrics import Metrics
 from boride.server.models import TemplateVersionRes, TryReq, WorkerRes
-from boride.server.sessions import Sessions
+from boride.server.sessions import Sessions, reap_period
 from boride.server.templates import Templates
 from boride.server.tries import Tries
 
@@ -56,20 +57,35 @@ class Service:
         self.sessions = Sessions(self.ctx, self.catalog, self.templates)
         self.tries = Tries(self.ctx, self.catalog, self.sessions)
         self.builds = Builds(self.ctx, self.catalog, self.sessions, self.templates)
-        self._reaper: asyncio.Future[tuple[None, None]] | None = None
+        #: the server's own background work (the idle reaper), for the server's life
+        self.tasks = aio.TaskGroup("server")
+        self._reaping = False
 
     # -- life cycle ---------------------------------------------------------------------------
     def start_background(self) -> None:
         ttl = self.config.timeouts.session_idle
-        if ttl and self._reaper is None:
-            self._reaper = asyncio.ensure_future(asyncio.gather(
-                self.sessions.reap(ttl), self.templates.reap(ttl, self._template_in_use)))
+        if ttl and not self._reaping:
+            self._reaping = True
+            self.tasks.start_soon(self._reap(ttl), name="idle reaper")
+
+    async def _reap(self, ttl: float) -> None:
+        """The one idle reaper, forever: the sessions idle for ``ttl`` seconds are removed,
+        then the templates idle as long are stopped (a template is in use while a session of
+        it is open). A failed round is logged; the next one comes all the same."""
+        while True:
+            await asyncio.sleep(reap_period(ttl))
+            try:
+                await self.sessions.reap_idle(ttl)
+            except Exception as exc:  # reported; the templates' turn and the next round come
+                log.error("removing idle sessions failed: %s", describe(exc))
+            try:
+                await self.templates.reap_idle(ttl, self._template_in_use)
+            except Exception as exc:  # reported; the next round comes all the same
+                log.error("stopping idle templates failed: %s", describe(exc))
 
     async def aclose(self) -> None:
-        """Stop everything: every session, every shared component, the runtime."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
+        """Stop everything: the reaper, every session, every shared component, the runtime."""
+        await self.tasks.aclose()
         await self.sessions.close_all()
         await self.templates.close_all()
         for name, close in (("runtime", self.ctx.runtime.aclose),

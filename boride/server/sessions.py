@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from boride import aio, parallel
 from boride.errors import describe
@@ -28,6 +29,13 @@ from boride.server.models import RESERVED_PREFIX, SESSION_RE, TemplateVersionRes
 from boride.server.templates import Templates
 
 log = logging.getLogger("boride.server")
+T = TypeVar("T")
+
+
+
+def reap_period(ttl: float) -> float:
+    """How often the idle reaper looks, for a time to live of ``ttl`` seconds."""
+    return max(0.05, min(ttl / 4, 30.0))
 
 
 @dataclass
@@ -39,7 +47,8 @@ class SessionState:
     try_session: bool = False  # a try session owns its resolvers
     merger_id: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    tasks: set[asyncio.Future[Any]] = field(default_factory=set)
+    #: the session's work (a build, the stream of its output): closed when it is deleted
+    tasks: aio.TaskGroup = field(default_factory=lambda: aio.TaskGroup("session"))
     resolvers: dict[str, str] = field(default_factory=dict)  # resolver id -> component name
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
@@ -47,9 +56,13 @@ class SessionState:
     def touch(self) -> None:
         self.last_used = time.monotonic()
 
-    def track(self, task: asyncio.Future[Any]) -> None:
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def start_soon(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """``work`` in the background, owned by the session (cancelled when it is deleted);
+        :class:`SessionNotFound` once it is."""
+        if self.closed:
+            work.close()
+            raise SessionNotFound(self.id, f"session {self.id!r} was deleted")
+        return self.tasks.start_soon(work, name=f"session {self.id}")
 
 
 def check_id(session_id: str) -> str:
@@ -172,11 +185,9 @@ class Sessions(Table[SessionState]):
         if state is None or state.closed:
             raise SessionNotFound(session_id, f"no session {session_id!r}")
         state.closed = True
-        tasks = list(state.tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:  # their own clean-up included; their outcome is their requests' business
-            await aio.shielded(asyncio.gather(*tasks, return_exceptions=True))
+        # its work cancelled, waited for (their own clean-up included; their outcome is their
+        # requests' business)
+        await state.tasks.aclose()
         async with state.lock:
             await state.session.close()
         if state.session.leftovers:
@@ -187,16 +198,14 @@ class Sessions(Table[SessionState]):
         if session_id in self._table:  # no await between this test and delete's pop
             await self.delete(session_id)
 
-    async def reap(self, ttl: float) -> None:
-        """Remove the sessions idle for ``ttl`` seconds, forever."""
-        while True:
-            await asyncio.sleep(max(0.05, min(ttl / 4, 30.0)))
-            now = time.monotonic()
-            for s in list(self._table.values()):
-                idle = now - s.last_used > ttl and not s.lock.locked() and not s.tasks
-                if idle and self._table.get(s.id) is s:  # not deleted (or made anew) meanwhile
-                    log.info("session %s idle for %.0fs: removing it", s.id, now - s.last_used)
-                    await self.delete(s.id)
+    async def reap_idle(self, ttl: float) -> None:
+        """Remove the sessions idle for ``ttl`` seconds (the server's idle reaper calls it)."""
+        now = time.monotonic()
+        for s in list(self._table.values()):
+            idle = now - s.last_used > ttl and not s.lock.locked() and len(s.tasks) == 0
+            if idle and self._table.get(s.id) is s:  # not deleted (or made anew) meanwhile
+                log.info("session %s idle for %.0fs: removing it", s.id, now - s.last_used)
+                await self.delete(s.id)
 
     async def close_all(self) -> list[str]:
         """Delete every session; return (and log) what could not be removed."""

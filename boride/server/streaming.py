@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -60,11 +60,13 @@ async def until_disconnect(receive: Receive, task: asyncio.Future[T]) -> T:
 
 @dataclass
 class Hooks:
-    """What an :class:`ArchiveResponse` tells its owner: the streaming task (for the owner to
-    cancel it), each chunk's size, and the end (whether the whole archive went out)."""
+    """What an :class:`ArchiveResponse` asks of its owner: ``owner`` starts the streaming task
+    in the owner's task group (the owner may cancel it; when the owner refuses, the stream is
+    not sent); it is told each chunk's size, and the end (whether the whole archive went
+    out)."""
 
     on_close: Callable[[bool], Awaitable[None]]
-    track: Callable[[asyncio.Future[None]], None] | None = None
+    owner: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] | None = None
     on_bytes: Callable[[int], None] | None = None
 
 
@@ -92,18 +94,21 @@ class ArchiveResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stream = asyncio.ensure_future(self._stream(send))
-        if self.hooks.track is not None:
-            self.hooks.track(stream)
+        stream: asyncio.Future[None] | None = None
         try:
+            # Awaited here (the race) whoever owns it: nothing streams after this returns.
+            stream = (self.hooks.owner(self._stream(send)) if self.hooks.owner is not None
+                      else aio.spawn(self._stream(send)))
             await aio.race(stream, wait_disconnect(receive))
         finally:
             # The clean-up runs to its end even if this task is cancelled meanwhile.
             await aio.shielded(self._cleanup(stream))
 
-    async def _cleanup(self, stream: asyncio.Future[None]) -> None:
-        complete = stream.done() and not stream.cancelled() and stream.exception() is None
-        if stream.done() and not stream.cancelled() and not complete:
+    async def _cleanup(self, stream: asyncio.Future[None] | None) -> None:
+        """``stream`` is None when its owner refused to start it (a session deleted since)."""
+        complete = stream is not None and stream.done() and not stream.cancelled() \
+            and stream.exception() is None
+        if stream is not None and stream.done() and not stream.cancelled() and not complete:
             log.warning("streaming %s failed: %s", FILENAME, describe(stream.exception()))
         try:
             aclose = getattr(self.chunks, "aclose", None)

@@ -126,20 +126,18 @@ class Templates(Table[TemplateState]):
             log.error("closing %s", line)
         return errors
 
-    async def reap(self, ttl: float, in_use: Callable[[str], bool]) -> None:
+    async def reap_idle(self, ttl: float, in_use: Callable[[str], bool]) -> None:
         """Stop the templates idle for ``ttl`` seconds (``in_use``: whether a session of the
-        template is open), forever."""
-        while True:
-            await asyncio.sleep(max(0.05, min(ttl / 4, 30.0)))
-            now = time.monotonic()
-            for t in list(self._table.values()):
-                if in_use(t.id):
-                    t.touch()
-                idle = now - t.last_used > ttl and not t.lock.locked()
-                if idle and self._table.get(t.id) is t:
-                    log.info("template %s idle for %.0fs: stopping its components", t.id,
-                             now - t.last_used)
-                    await self.drop(t.id)
+        template is open; the server's idle reaper calls it)."""
+        now = time.monotonic()
+        for t in list(self._table.values()):
+            if in_use(t.id):
+                t.touch()
+            idle = now - t.last_used > ttl and not t.lock.locked()
+            if idle and self._table.get(t.id) is t:
+                log.info("template %s idle for %.0fs: stopping its components", t.id,
+                         now - t.last_used)
+                await self.drop(t.id)
 
     def warm_ids(self) -> list[str]:
         """The templates whose shared components run here now."""
