@@ -15,13 +15,17 @@ from types import ModuleType
 
 import docker.errors
 import yaml
+from docker.types import Mount
 
 from boride.runtime.base import RuntimeFailure
 from boride.runtime.docker import (
     LABEL_MANAGED,
     LABEL_SESSION,
+    SEEN_AREA,
     connect,
+    volume_names,
 )
+from boride.runtime.docker.volumes import create_volume
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -162,5 +166,37 @@ def remove_test_images(*tags: str) -> None:
         for tag in tags:
             with contextlib.suppress(docker.errors.ImageNotFound):
                 client.images.remove(tag, force=True)
+    finally:
+        client.close()
+
+
+def make_volume(session: str) -> str:
+    """A session's area volume, labelled as boride labels it."""
+    client = connect(timeout=30)
+    try:
+        _, area_vol = volume_names(session)
+        create_volume(client.api, session, area_vol, "area")
+        return area_vol
+    finally:
+        client.close()
+
+
+def make_holder(api: docker.APIClient, volume: str, labels: dict[str, str]) -> str:
+    """A container (created, never started) mounting ``volume``: the engine refuses to remove
+    the volume while it exists."""
+    created = api.create_container(
+        image_of("ok_processor"), labels=labels, host_config=api.create_host_config(
+            mounts=[Mount(SEEN_AREA, volume, type="volume", no_copy=True)]))
+    return str(created["Id"])
+
+
+def remove_holders(volume: str) -> None:
+    """Remove ``volume`` and every container holding it (what a test made)."""
+    client = connect(timeout=30)
+    try:
+        for c in client.api.containers(all=True, filters={"volume": volume}):
+            client.api.remove_container(c["Id"], force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            client.api.remove_volume(volume, force=True)
     finally:
         client.close()

@@ -22,10 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import docker
-import docker.errors
 import pytest
-from docker.types import Mount
 
 from boride.config import Timeouts
 from boride.model import load
@@ -33,10 +30,15 @@ from boride.pipeline import BuildOptions, BuildResult, build
 from boride.runtime.base import Instance, TemplateSource, Workspace
 from boride.runtime.docker import LABEL_MANAGED, DockerRuntime, connect
 from boride.runtime.docker.engine import Engine
-from boride.runtime.docker.names import SEEN_AREA, session_labels, volume_names
-from boride.runtime.docker.volumes import create_volume
+from boride.runtime.docker.names import session_labels
 from boride.types import Component
-from tests.docker_helpers import image_of, in_ci, session_leftovers
+from tests.docker_helpers import (
+    in_ci,
+    make_holder,
+    make_volume,
+    remove_holders,
+    session_leftovers,
+)
 from tests.helpers import run_cli, write_pipeline
 
 pytestmark = pytest.mark.docker
@@ -181,36 +183,6 @@ async def test_what_clean_up_cannot_remove_is_reported_with_the_command(
 
 # -- a volume still held by a container ---------------------------------------------------------
 
-def _make_volume(session: str) -> str:
-    client = connect(timeout=30)
-    try:
-        _, area_vol = volume_names(session)
-        create_volume(client.api, session, area_vol, "area")
-        return area_vol
-    finally:
-        client.close()
-
-
-def _make_holder(api: docker.APIClient, volume: str, labels: dict[str, str]) -> str:
-    """A container (created, never started) mounting ``volume``: the engine refuses to remove
-    the volume while it exists."""
-    created = api.create_container(
-        image_of("ok_processor"), labels=labels, host_config=api.create_host_config(
-            mounts=[Mount(SEEN_AREA, volume, type="volume", no_copy=True)]))
-    return str(created["Id"])
-
-
-def _remove_holders(volume: str) -> None:
-    client = connect(timeout=30)
-    try:
-        for c in client.api.containers(all=True, filters={"volume": volume}):
-            client.api.remove_container(c["Id"], force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            client.api.remove_volume(volume, force=True)
-    finally:
-        client.close()
-
-
 class LateContainerEngine(Engine):
     """The real engine; right after boride lists the containers to remove, a boride container
     holding ``volume`` appears (made by a runtime still creating it): the list misses it."""
@@ -223,7 +195,7 @@ class LateContainerEngine(Engine):
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         found = await super().run(fn, *args, **kwargs)
         if getattr(fn, "__name__", "") == "containers" and not self.made:
-            self.made.append(await super().run(_make_holder, self.api, self.volume,
+            self.made.append(await super().run(make_holder, self.api, self.volume,
                                                self.labels))
         return found
 
@@ -235,7 +207,7 @@ async def test_clean_all_removes_a_container_made_after_its_list_that_holds_a_vo
         pytest.skip("removes every boride container on the engine: runs under CI=true or "
                     "BORIDE_TEST_CLEAN_ALL=1")
     session = uuid.uuid4().hex
-    volume = _make_volume(session)
+    volume = make_volume(session)
     engine = LateContainerEngine(volume, session_labels(session, "component"))
     runtime = DockerRuntime(engine=engine)
     try:
@@ -245,17 +217,17 @@ async def test_clean_all_removes_a_container_made_after_its_list_that_holds_a_vo
         assert session_leftovers(session) == []
     finally:
         await runtime.aclose()
-        _remove_holders(volume)
+        remove_holders(volume)
 
 
 def test_clean_session_removes_a_boride_container_holding_its_volume() -> None:
     """boride clean --session: a boride container its list does not find (another label)
     holds the session's volume; it goes, then the volume."""
     session = uuid.uuid4().hex
-    volume = _make_volume(session)
+    volume = make_volume(session)
     client = connect(timeout=30)
     try:
-        holder = _make_holder(client.api, volume, {LABEL_MANAGED: "1"})
+        holder = make_holder(client.api, volume, {LABEL_MANAGED: "1"})
         proc = run_cli("clean", "--session", session, "--json", timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert volume in json.loads(proc.stdout)["removed"]
@@ -263,17 +235,17 @@ def test_clean_session_removes_a_boride_container_holding_its_volume() -> None:
         assert not client.api.containers(all=True, filters={"id": holder})
     finally:
         client.close()
-        _remove_holders(volume)
+        remove_holders(volume)
 
 
 def test_a_volume_held_by_a_foreign_container_is_one_line() -> None:
     """A container that is not boride's is never removed: the failure is one short line
     naming the volume and the container, not the engine's whole answer."""
     session = uuid.uuid4().hex
-    volume = _make_volume(session)
+    volume = make_volume(session)
     client = connect(timeout=30)
     try:
-        holder = _make_holder(client.api, volume, {})
+        holder = make_holder(client.api, volume, {})
         proc = run_cli("clean", "--session", session, timeout=120)
         assert proc.returncode != 0
         assert proc.stderr.strip() == (f"boride: could not remove volume {volume}: in use by "
@@ -281,4 +253,4 @@ def test_a_volume_held_by_a_foreign_container_is_one_line() -> None:
         assert client.api.containers(all=True, filters={"id": holder})  # left alone
     finally:
         client.close()
-        _remove_holders(volume)
+        remove_holders(volume)

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from boride.archive import iter_archive
-from boride.runtime.docker import LABEL_SESSION
+from boride.runtime.docker import LABEL_SESSION, connect
 from boride.server import ServerConfig
 from tests.conftest import EXAMPLES
-from tests.docker_helpers import image_of, labelled
+from tests.docker_helpers import image_of, labelled, make_holder, make_volume, remove_holders
 from tests.helpers import archive_files
 from tests.test_server_support import (
     EXAMPLE_REGISTRY,
@@ -144,3 +144,24 @@ def test_cleanup_removes_everything_boride_made_on_docker(tmp_path: Path) -> Non
         # The sessions are gone too; deleting one again is fine (the Go coordinator's answer).
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
         assert http.post(f"/executor/{sid}", json=example_build(template)).status_code == 404
+
+
+def test_cleanup_names_a_volume_it_cannot_remove_in_one_line(tmp_path: Path) -> None:
+    """``DELETE /cleanup`` while a container that is not boride's holds a boride volume: that
+    container is left alone, and the answer says so in one short line (not the engine's
+    whole answer)."""
+    config = ServerConfig(runtime="docker", registry=(str(EXAMPLE_REGISTRY),),
+                          work_root=tmp_path / "work")
+    volume = make_volume(new_id())
+    client = connect(timeout=30)
+    try:
+        holder = make_holder(client.api, volume, {})
+        with running_server(config) as server, server.client() as http:
+            r = http.delete("/cleanup")
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "ERROR"
+        assert r.json()["error"] == (f"could not remove volume {volume}: in use by container "
+                                     f"{holder[:12]} (not boride's)")
+    finally:
+        client.close()
+        remove_holders(volume)

@@ -26,7 +26,7 @@ import logging
 import os
 import posixpath
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -239,7 +239,13 @@ class HelperArea(Area):
         :class:`AreaFailure` saying how it ended and what it printed (a container killed
         from outside would otherwise leave a connection waiting for an answer forever)."""
         assert self.instance is not None, "_up() first"
-        task = self._tasks.start_soon(_awaited(aw), name=f"{self.name} exchange")
+        try:
+            task = self._tasks.start_soon(_awaited(aw), name=f"{self.name} exchange")
+        except RuntimeError:  # (the area's group refused it: closed)
+            if isinstance(aw, Coroutine):
+                aw.close()
+            raise AreaFailure(f"the session's helper container {self.name}: its area is "
+                              "closed") from None
         first = await aio.race(task, self.instance.wait_exit())
         if first is not None and first is not task:
             raise AreaFailure(f"the session's helper container {self.name} "

@@ -59,7 +59,6 @@ class _Session:
     helper_job: asyncio.Task[DockerInstance] | None = None  # its helper being started
     #: its creations under way (its helper, its components' containers), for its life
     tasks: aio.TaskGroup = field(default_factory=lambda: aio.TaskGroup("docker session"))
-
     closing: bool = False  # no creation starts any more
 
     def create(self, make: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
