@@ -32,7 +32,7 @@ import shutil
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import httpx
 from wcmatch import glob as wglob
@@ -55,7 +55,7 @@ __all__ = ["Behaviour", "Call", "Failure", "FakeInstance", "FakeRuntime", "key_o
 #: How a call goes wrong: the component dies (its connection is cut), never answers, answers
 #: a body that is not JSON, JSON without the protocol's fields, or HTTP 500.
 Failure = Literal["die", "hang", "not_json", "wrong_shape", "http_500"]
-_FAILURES: tuple[str, ...] = ("die", "hang", "not_json", "wrong_shape", "http_500")
+_FAILURES: tuple[str, ...] = get_args(Failure)
 ROUTES = {Kind.PROCESSOR: ("/api/process",), Kind.PLUGIN: ("/api/plug",),
           Kind.RESOLVER: ("/api/resolve",),
           Kind.TEMPLATE: ("/api/template/init", "/api/template/validate")}
