@@ -1,14 +1,23 @@
-"""The few asyncio patterns boride needs, written once (in the spirit of trio/anyio). This is
-meant to be the only module that creates tasks: background work belongs in a
-:class:`TaskGroup` owned by whoever lives as long as it (other modules still create their own
-tasks today; moving them here is issue 20's work).
+"""The few asyncio patterns boride needs, written once (in the spirit of trio/anyio).
+
+The house rule (``tests/test_house_rules.py``): this is the only module that calls
+``ensure_future``/``create_task``, ``asyncio.to_thread`` or ``run_in_executor``. Elsewhere,
+background work is a :class:`TaskGroup` owned by whoever lives as long as it (a session, a
+runtime, an instance, the server, the front, a watch loop) and closed when its owner closes,
+so that nothing outlives its owner; readiness is :meth:`TaskGroup.start` with
+:meth:`TaskStatus.started`, never a hand-made future; a short race awaited in place is
+:func:`race` (or :func:`spawn`, for a task the caller awaits itself before it returns); threads
+are :func:`to_thread` (or :func:`in_thread` on a pool of one's own). The one other task maker
+allowed is ``group.create_task`` inside the ``async with asyncio.TaskGroup() as group`` block
+that owns it (a structured fork and join, as :mod:`boride.merge` does).
 
 * :class:`TaskGroup` — the owner of background tasks (a build's, a session's, a runtime's, the
   server's): :meth:`~TaskGroup.start_soon`, :meth:`~TaskGroup.start` (trio's
   ``nursery.start()``: wait until the task says it is ready), and closing it cancels what is
   left and waits until it is gone. A closed group refuses new tasks.
 * :func:`to_thread` — a blocking function on a thread, at most :data:`THREADS` at once; a
-  cancelled caller waits for the thread to end (anyio's ``to_thread.run_sync``).
+  cancelled caller sets its ``stop`` event, if any, and waits for the thread to end (anyio's
+  ``to_thread.run_sync``).
 
 * :func:`shielded` — run something to its end even if the caller is cancelled meanwhile (the
   cancellation is raised afterwards): clean-up that must finish (anyio's

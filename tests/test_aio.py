@@ -131,6 +131,25 @@ async def test_to_thread_waits_for_the_thread_when_cancelled() -> None:
     assert ended.is_set()  # the cancelled caller returned only after the thread had ended
 
 
+async def test_to_thread_tells_the_thread_to_stop_when_cancelled() -> None:
+    stop = threading.Event()
+    started = threading.Event()
+    seen = []
+
+    def blocking(label: str) -> None:
+        seen.append(label)  # stop is the helper's, not passed on
+        started.set()
+        stop.wait(60)  # a hang guard only: the cancellation sets it
+
+    task = asyncio.ensure_future(aio.to_thread(blocking, "work", stop=stop))
+    while not started.is_set():
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert stop.is_set() and seen == ["work"]
+
+
 async def test_to_thread_runs_at_most_its_limit_of_threads_at_once() -> None:
     running = 0
     most = 0

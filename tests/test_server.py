@@ -449,6 +449,44 @@ def test_idle_sessions_expire(tmp_path: Path) -> None:
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}  # as Boron: gone
 
 
+async def test_one_idle_reaper_for_sessions_and_templates_outlives_a_failed_round(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The service's one reaper: each round the idle sessions, then the idle templates (told
+    which are in use); a round that fails is logged and the next one comes."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from boride import aio
+    from boride.server.service import Service
+
+    rounds: list[str] = []
+    enough = asyncio.Event()
+
+    class Part:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def reap_idle(self, ttl: float, *in_use: Any) -> None:
+            rounds.append(self.name)
+            assert ttl == 0.01 and len(in_use) == (self.name == "templates")
+            if len(rounds) >= 6:
+                enough.set()
+            if rounds == ["sessions"]:
+                raise OSError("the area's disk broke")
+
+    fake = SimpleNamespace(sessions=Part("sessions"), templates=Part("templates"),
+                           _template_in_use=lambda template_id: False)
+    group = aio.TaskGroup("test")
+    group.start_soon(Service._reap(fake, 0.01))  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(60):  # a hang guard only
+            await enough.wait()
+    finally:
+        await group.aclose()
+    assert rounds[:6] == ["sessions", "templates"] * 3
+    assert "removing idle sessions failed: OSError: the area's disk broke" in caplog.text
+
+
 @pytest.mark.sandbox
 def test_starting_again_restarts_dead_components(tmp_path: Path) -> None:
     p = entry("me/one", "ok_processor")

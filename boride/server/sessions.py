@@ -32,7 +32,6 @@ log = logging.getLogger("boride.server")
 T = TypeVar("T")
 
 
-
 def reap_period(ttl: float) -> float:
     """How often the idle reaper looks, for a time to live of ``ttl`` seconds."""
     return max(0.05, min(ttl / 4, 30.0))
