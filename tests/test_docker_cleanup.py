@@ -193,13 +193,14 @@ class LateContainerEngine(Engine):
     def __init__(self, volume: str, labels: dict[str, str]) -> None:
         super().__init__(8)
         self.volume, self.labels = volume, labels
-        self.made: list[str] = []
+        self.made: list[str] = []  # its name
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         found = await super().run(fn, *args, **kwargs)
         if getattr(fn, "__name__", "") == "containers" and not self.made:
-            self.made.append(await super().run(make_holder, self.api, self.volume,
-                                               self.labels))
+            made = await super().run(make_holder, self.api, self.volume, self.labels)
+            info = await super().run(self.api.inspect_container, made)
+            self.made.append(str(info["Name"]).lstrip("/"))
         return found
 
 
@@ -217,6 +218,7 @@ async def test_clean_all_removes_a_container_made_after_its_list_that_holds_a_vo
         removed = await runtime.clean_all()
         assert engine.made, "the late container was not made"
         assert volume in removed.volumes
+        assert engine.made[0] in removed.containers
         assert session_leftovers(session) == []
     finally:
         await runtime.aclose()
@@ -231,11 +233,12 @@ def test_clean_session_removes_a_boride_container_holding_its_volume() -> None:
     client = connect(timeout=30)
     try:
         holder = make_holder(client.api, volume, {LABEL_MANAGED: "1"})
+        holder_name = str(client.api.inspect_container(holder)["Name"]).lstrip("/")
         proc = subprocess.run(
             [sys.executable, "-m", "boride", "clean", "--session", session, "--json"],
             capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
-        assert volume in json.loads(proc.stdout)["removed"]
+        assert sorted(json.loads(proc.stdout)["removed"]) == sorted([volume, holder_name])
         assert session_leftovers(session) == []
         assert not client.api.containers(all=True, filters={"id": holder})
     finally:
