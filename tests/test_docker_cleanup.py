@@ -190,13 +190,14 @@ class LateContainerEngine(Engine):
     def __init__(self, volume: str, labels: dict[str, str]) -> None:
         super().__init__(8)
         self.volume, self.labels = volume, labels
-        self.made: list[str] = []
+        self.made: list[str] = []  # its name
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         found = await super().run(fn, *args, **kwargs)
         if getattr(fn, "__name__", "") == "containers" and not self.made:
-            self.made.append(await super().run(make_holder, self.api, self.volume,
-                                               self.labels))
+            made = await super().run(make_holder, self.api, self.volume, self.labels)
+            info = await super().run(self.api.inspect_container, made)
+            self.made.append(str(info["Name"]).lstrip("/"))
         return found
 
 
@@ -214,6 +215,7 @@ async def test_clean_all_removes_a_container_made_after_its_list_that_holds_a_vo
         removed = await runtime.clean_all()
         assert engine.made, "the late container was not made"
         assert volume in removed.volumes
+        assert engine.made[0] in removed.containers
         assert session_leftovers(session) == []
     finally:
         await runtime.aclose()
@@ -228,9 +230,10 @@ def test_clean_session_removes_a_boride_container_holding_its_volume() -> None:
     client = connect(timeout=30)
     try:
         holder = make_holder(client.api, volume, {LABEL_MANAGED: "1"})
+        holder_name = str(client.api.inspect_container(holder)["Name"]).lstrip("/")
         proc = run_cli("clean", "--session", session, "--json", timeout=120)
         assert proc.returncode == 0, proc.stderr
-        assert volume in json.loads(proc.stdout)["removed"]
+        assert sorted(json.loads(proc.stdout)["removed"]) == sorted([volume, holder_name])
         assert session_leftovers(session) == []
         assert not client.api.containers(all=True, filters={"id": holder})
     finally:

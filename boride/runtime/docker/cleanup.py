@@ -60,18 +60,21 @@ async def _remove_container(api: docker.APIClient, run: Runner, c: dict[str, Any
     return _name(c)
 
 
-async def _remove_volume(api: docker.APIClient, run: Runner, v: dict[str, Any]) -> str:
+async def _remove_volume(api: docker.APIClient, run: Runner, v: dict[str, Any]
+                         ) -> tuple[str, list[str]]:
     """Remove a volume; while a container holds it (409), remove that container first when
     it is boride's (one made after the containers were listed), then try again, a bounded
-    number of times. :class:`CleanupFailed` with one line when it cannot be removed."""
+    number of times. Return the volume's name and those of the containers removed for it;
+    :class:`CleanupFailed` with one line when it cannot be removed."""
     name = str(v["Name"])
     users: list[dict[str, Any]] = []
+    holders: list[str] = []
     for attempt in range(_VOLUME_TRIES):
         try:
             await run(api.remove_volume, name, force=True)
-            return name
+            return name, holders
         except docker.errors.NotFound:
-            return name
+            return name, holders
         except ENGINE_ERRORS as exc:
             if not isinstance(exc, docker.errors.APIError) or exc.status_code != 409:
                 raise CleanupFailed([f"could not remove volume {name}: {_why(exc)}"]) from None
@@ -82,7 +85,7 @@ async def _remove_volume(api: docker.APIClient, run: Runner, v: dict[str, Any]) 
                                  f"{', '.join(str(c['Id'])[:12] for c in foreign)} "
                                  "(not boride's)"])
         for c in users:
-            await _remove_container(api, run, c)
+            holders.append(await _remove_container(api, run, c))
         if not users:  # (its container went a moment ago: the engine lets go of it soon)
             await asyncio.sleep(0.05 * (attempt + 1))
     held = ", ".join(_name(c) for c in users) or "a container that has gone"
@@ -101,7 +104,7 @@ async def remove_labelled(api: docker.APIClient, labels: dict[str, str | None],
     return [*removed.containers, *removed.volumes]
 
 
-def _line(outcome: parallel.Outcome[dict[str, Any], str]) -> list[str]:
+def _line(outcome: parallel.Outcome[dict[str, Any], Any]) -> list[str]:
     if isinstance(outcome.error, CleanupFailed):
         return list(outcome.error.lines)
     what = outcome.item.get("Name") or _name(outcome.item)
@@ -119,8 +122,9 @@ async def remove_labelled_by_kind(api: docker.APIClient, labels: dict[str, str |
     lines = [line for o in report.outcomes + vreport.outcomes if not o.ok for line in _line(o)]
     if lines:
         raise CleanupFailed(lines)
-    return Cleaned(tuple(str(v) for v in report.values if v),
-                   tuple(str(v) for v in vreport.values if v))
+    holders = [h for v in vreport.values if v for h in v[1]]
+    return Cleaned(tuple(str(v) for v in [*report.values, *holders] if v),
+                   tuple(str(v[0]) for v in vreport.values if v))
 
 
 def _labels(session: str | None, all_: bool) -> dict[str, str | None]:

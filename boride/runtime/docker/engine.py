@@ -1,8 +1,8 @@
 """The Docker engine: connecting to it (``DOCKER_HOST`` honoured), the errors its calls raise,
 and the thread pool its blocking calls run on.
 
-Blocking SDK calls run in a pool of the runtime's own: the default pool of
-``asyncio.to_thread`` has ``cpu + 4`` threads, which eight long ``wait`` calls would starve.
+Blocking SDK calls run in a pool of the runtime's own: the event loop's default pool has
+``cpu + 4`` threads, which eight long ``wait`` calls would starve.
 """
 
 from __future__ import annotations
