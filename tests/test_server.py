@@ -261,6 +261,20 @@ def test_delete_during_a_build_cancels_it(tmp_path: Path) -> None:
         problem(http.post(f"/executor/{sid}", json=build_body(template, [])), 404)
 
 
+def _open_try(http: httpx.Client, sid: str, local_id: str, folder: Path,
+              template: dict[str, Any]) -> None:
+    assert http.post("/executor/try", json={
+        "sessionId": sid, "localTemplateId": local_id, "source": "path",
+        "path": str(folder), "template": template}).status_code == 200
+
+
+def _still_builds(http: httpx.Client, sid: str, template: dict[str, Any]) -> None:
+    """The session (whose failed component was stopped) builds again with the good one."""
+    r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
+    assert r.status_code == 200 and "src/a.txt" in archive_files(r.content)
+    http.delete(f"/executor/{sid}")
+
+
 @pytest.mark.sandbox
 def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) -> None:
     ok = entry("me/ok", "ok_processor")
@@ -268,9 +282,7 @@ def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) 
     config, folder, sid = _try_setup(tmp_path, processors=[ok, bad])
     template = template_body("local-f", [ok, bad])
     with running_server(config) as server, server.client() as http:
-        assert http.post("/executor/try", json={
-            "sessionId": sid, "localTemplateId": "local-f", "source": "path",
-            "path": str(folder), "template": template}).status_code == 200
+        _open_try(http, sid, "local-f", folder, template)
         r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None),
                                                                     ("me/bad", None)]))
         data = problem(r, 400)
@@ -281,10 +293,7 @@ def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) 
         instances = server.service.sessions[sid].session.instances
         assert list(instances) == ["me/ok:1"]  # the failed one was stopped, the good one kept
         assert not any("fail_500" in p for p in boride_processes())
-        # the session still builds
-        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
-        assert r.status_code == 200 and "src/a.txt" in archive_files(r.content)
-        http.delete(f"/executor/{sid}")
+        _still_builds(http, sid, template)
 
 
 @pytest.mark.sandbox
@@ -297,18 +306,14 @@ def test_an_api_build_past_its_timeout_names_the_component_at_work(tmp_path: Pat
     config = dataclasses.replace(config, timeouts=Timeouts(build=5))
     template = template_body("local-t", [ok, stuck])
     with running_server(config) as server, server.client() as http:
-        assert http.post("/executor/try", json={
-            "sessionId": sid, "localTemplateId": "local-t", "source": "path",
-            "path": str(folder), "template": template}).status_code == 200
+        _open_try(http, sid, "local-t", folder, template)
         r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None),
                                                                     ("me/stuck", None)]))
         data = problem(r, 400)
         assert data["data"] == ["processor 'me/stuck:1': its call had not answered when the "
                                 "build's 5s timeout ran out"], data
         assert list(server.service.sessions[sid].session.instances) == ["me/ok:1"]
-        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
-        assert r.status_code == 200 and "src/a.txt" in archive_files(r.content)
-        http.delete(f"/executor/{sid}")
+        _still_builds(http, sid, template)
 
 
 @pytest.mark.sandbox

@@ -14,17 +14,10 @@ from typing import TypeVar
 
 from boride import aio, fsutil, health, parallel
 from boride.config import Timeouts
-from boride.errors import describe
+from boride.errors import RuntimeFailure, describe
 from boride.pipeline.plan import cannot_run
 from boride.pipeline.results import AreaUnavailable, CannotRun, ComponentsFailed
-from boride.runtime.base import (
-    Instance,
-    Runtime,
-    RuntimeFailure,
-    TemplateRefused,
-    TemplateSource,
-    Workspace,
-)
+from boride.runtime.base import Instance, Runtime, TemplateRefused, TemplateSource, Workspace
 from boride.types import Component, Status
 
 log = logging.getLogger(__name__)
