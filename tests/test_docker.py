@@ -417,14 +417,22 @@ async def test_never_ready_fails_at_the_deadline(tmp_path: Path, template: Path,
 
 async def test_call_hanging_past_the_timeout(tmp_path: Path, template: Path,
                                              runtime: RecordingRuntime) -> None:
+    """The build's one deadline on Docker names what each component still at work waited for:
+    a call that never answers, a container that never becomes ready (issue 20: both said only
+    "build timed out after 10s")."""
     pipeline = write_pipeline(tmp_path / "p.yaml", template,
-                              [("good", "ok_processor", {}), ("stuck", "hang", {})], images=True)
+                              [("good", "ok_processor", {}), ("stuck", "hang", {}),
+                               ("mute", "never_ready", {})], images=True)
     start = time.monotonic()
-    res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(build=10))
+    res = await run_build(pipeline, runtime, tmp_path, timeouts=Timeouts(build=10, ready=60))
     assert time.monotonic() - start < 40
     assert res.status == "failed"
-    assert "timed out" in errors_of(res)["stuck"]
-    assert any("stuck" in e and "timed out" in e for e in res.errors)
+    ran_out = "when the build's 10s timeout ran out"
+    assert errors_of(res)["stuck"] == f"its call had not answered {ran_out}"
+    assert errors_of(res)["mute"].startswith(f"not ready {ran_out} (GET / never answered 200)")
+    assert sorted(e.splitlines()[0] for e in res.errors) == [
+        f"processor 'mute': not ready {ran_out} (GET / never answered 200)",
+        f"processor 'stuck': its call had not answered {ran_out}"]
     assert_clean(res, runtime, tmp_path / "work")
 
 
