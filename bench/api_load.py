@@ -66,8 +66,10 @@ def make_fixture(root: Path, files: int) -> tuple[Path, dict[str, Any], list[dic
     ids = {name: str(uuid.uuid4()) for name in
            ["template", "resolver", "plugin", *(f"p{i}" for i in range(PROCESSORS))]}
     registry = {
+        # its Q&A server: POST /template/warm starts it (required since the warm route did)
         "templates": [{"ref": "bench/site", "version": 1, "id": ids["template"],
-                       "path": str(tpl)}],
+                       "path": str(tpl),
+                       "command": [sys.executable, str(ROOT / "examples" / "qna" / "example.py")]}],
         "processors": [{"ref": f"bench/p{i}", "version": 1, "id": ids[f"p{i}"],
                         "command": component("ok_processor")} for i in range(PROCESSORS)],
         "resolvers": [{"ref": "bench/join", "version": 1, "id": ids["resolver"],
@@ -303,6 +305,7 @@ def main() -> None:
         args.clients, args.files = 4, 40
     with tempfile.TemporaryDirectory(prefix="boride-api-bench-") as tmp:
         root = Path(tmp)
+        root.chmod(0o755)  # as root, components run as nobody, who must enter it
         registry, template, processors = make_fixture(root, args.files)
         port = free_port()
         server = subprocess.Popen(
