@@ -3,6 +3,7 @@ coordinator's API, real cyanprintsdk components on the local runtime."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,59 +263,49 @@ def test_delete_during_a_build_cancels_it(tmp_path: Path) -> None:
         problem(http.post(f"/executor/{sid}", json=build_body(template, [])), 404)
 
 
-def _open_try(http: httpx.Client, sid: str, local_id: str, folder: Path,
-              template: dict[str, Any]) -> None:
-    assert http.post("/executor/try", json={
-        "sessionId": sid, "localTemplateId": local_id, "source": "path",
-        "path": str(folder), "template": template}).status_code == 200
-
-
-def _still_builds(http: httpx.Client, sid: str, template: dict[str, Any]) -> None:
-    """The session (whose failed component was stopped) builds again with the good one."""
-    r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
-    assert r.status_code == 200 and "src/a.txt" in archive_files(r.content)
-    http.delete(f"/executor/{sid}")
+@contextlib.contextmanager
+def _a_build_with_a_bad_processor(tmp_path: Path, component: str,
+                                  timeouts: Timeouts | None = None
+                                  ) -> Iterator[tuple[Any, httpx.Client, dict[str, Any]]]:
+    """A try session of ``me/ok`` and ``me/bad`` (``component``) and its build's problem;
+    afterwards, the bad one was stopped, the good one kept, and the session builds again."""
+    ok = entry("me/ok", "ok_processor")
+    bad = entry("me/bad", component)
+    config, folder, sid = _try_setup(tmp_path, processors=[ok, bad])
+    if timeouts is not None:
+        config = dataclasses.replace(config, timeouts=timeouts)
+    template = template_body("local-f", [ok, bad])
+    with running_server(config) as server, server.client() as http:
+        assert http.post("/executor/try", json={
+            "sessionId": sid, "localTemplateId": "local-f", "source": "path",
+            "path": str(folder), "template": template}).status_code == 200
+        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None),
+                                                                    ("me/bad", None)]))
+        yield server, http, problem(r, 400)
+        instances = server.service.sessions[sid].session.instances
+        assert list(instances) == ["me/ok:1"]  # the failed one was stopped, the good one kept
+        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None)]))
+        assert r.status_code == 200 and "src/a.txt" in archive_files(r.content)
+        http.delete(f"/executor/{sid}")
 
 
 @pytest.mark.sandbox
 def test_failed_build_is_a_problem_and_its_component_is_stopped(tmp_path: Path) -> None:
-    ok = entry("me/ok", "ok_processor")
-    bad = entry("me/bad", "fail_500")
-    config, folder, sid = _try_setup(tmp_path, processors=[ok, bad])
-    template = template_body("local-f", [ok, bad])
-    with running_server(config) as server, server.client() as http:
-        _open_try(http, sid, "local-f", folder, template)
-        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None),
-                                                                    ("me/bad", None)]))
-        data = problem(r, 400)
+    with _a_build_with_a_bad_processor(tmp_path, "fail_500") as (_, http, data):
         assert data["title"] == "Build failed"
         assert any("me/bad:1" in line and "500" in line for line in data["data"]), data
         assert metric(http, "boride_builds_failed_total") == 1
         assert metric(http, "boride_component_failures_total", kind="processor") == 1
-        instances = server.service.sessions[sid].session.instances
-        assert list(instances) == ["me/ok:1"]  # the failed one was stopped, the good one kept
         assert not any("fail_500" in p for p in boride_processes())
-        _still_builds(http, sid, template)
 
 
 @pytest.mark.sandbox
 def test_an_api_build_past_its_timeout_names_the_component_at_work(tmp_path: Path) -> None:
     """The API's builds have the same one deadline as `boride run`: the problem names the
     processor whose call had not answered, and the session still builds afterwards."""
-    ok = entry("me/ok", "ok_processor")
-    stuck = entry("me/stuck", "hang")
-    config, folder, sid = _try_setup(tmp_path, processors=[ok, stuck])
-    config = dataclasses.replace(config, timeouts=Timeouts(build=5))
-    template = template_body("local-t", [ok, stuck])
-    with running_server(config) as server, server.client() as http:
-        _open_try(http, sid, "local-t", folder, template)
-        r = http.post(f"/executor/{sid}", json=build_body(template, [("me/ok", None),
-                                                                    ("me/stuck", None)]))
-        data = problem(r, 400)
-        assert data["data"] == ["processor 'me/stuck:1': its call had not answered when the "
+    with _a_build_with_a_bad_processor(tmp_path, "hang", Timeouts(build=5)) as (_, _, data):
+        assert data["data"] == ["processor 'me/bad:1': its call had not answered when the "
                                 "build's 5s timeout ran out"], data
-        assert list(server.service.sessions[sid].session.instances) == ["me/ok:1"]
-        _still_builds(http, sid, template)
 
 
 @pytest.mark.sandbox

@@ -82,6 +82,15 @@ def watcher(project: Path) -> Iterator[Watcher]:
         w.kill()
 
 
+def edit_upper(project: Path, old: str, new: str) -> tuple[Path, str]:
+    """The example's ``upper`` processor with its first ``old`` made ``new``: its file, and
+    its source before (to mend it with)."""
+    upper = project / "ex" / "processors" / "upper.py"
+    source = upper.read_text()
+    upper.write_text(source.replace(old, new, 1))
+    return upper, source
+
+
 def cached(data: dict[str, Any]) -> dict[str, bool]:
     return {c["name"]: c["cached"] for c in data["components"] if c["kind"] == "processor"}
 
@@ -123,10 +132,8 @@ def test_a_broken_edit_keeps_the_last_good_result(project: Path, watcher: Watche
     good = tree(project / "out")
 
     # a processor that now fails its call: the build fails with its own words
-    upper = project / "ex" / "processors" / "upper.py"
-    source = upper.read_text()
-    upper.write_text(source.replace("    return ", "    raise RuntimeError('upper is broken "
-                                                  "today')\n    return ", 1))
+    upper, source = edit_upper(project, "    return ",
+                               "    raise RuntimeError('upper is broken today')\n    return ")
     broken = watcher.next_build()
     assert broken["status"] == "failed"
     assert any("upper is broken today" in e for e in broken["errors"]), broken["errors"]
@@ -158,10 +165,8 @@ def test_a_watch_build_past_its_timeout_names_the_component_and_the_next_one_bui
     watcher = Watcher(project, "--timeout", "15")
     try:
         assert watcher.next_build()["status"] == "ok"
-        upper = project / "ex" / "processors" / "upper.py"
-        source = upper.read_text()
-        upper.write_text(source.replace("    for file in", "    import asyncio\n"
-                                        "    await asyncio.Event().wait()\n    for file in", 1))
+        upper, source = edit_upper(project, "    for file in", "    import asyncio\n"
+                                   "    await asyncio.Event().wait()\n    for file in")
         hung = watcher.next_build()
         assert hung["status"] == "failed"
         assert hung["errors"] == ["processor 'upper': its call had not answered when the "
