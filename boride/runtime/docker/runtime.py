@@ -93,8 +93,8 @@ class DockerRuntime(Runtime):
     ``cpus``/``memory``/``pids``: limits of each container (defaults: 1 CPU, 512 MiB, 256
     processes, or the variables ``BORIDE_DOCKER_CPUS``, ``BORIDE_DOCKER_MEMORY``,
     ``BORIDE_DOCKER_PIDS``). ``user``: the user components run as (default: ``65534:65534``,
-    nobody, when boride runs as root; else boride's own uid:gid, so that boride can remove
-    what components write). ``pull``: pull missing images from their registry before
+    nobody: boride never touches what components write itself, the session's helper container
+    does, as the same user). ``pull``: pull missing images from their registry before
     starting (default: the ``BORIDE_DOCKER_PULL`` variable, off). ``engine``: the engine to
     use (default: the one ``DOCKER_HOST`` names, connected on first use).
     """
