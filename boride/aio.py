@@ -22,6 +22,8 @@ that owns it (a structured fork and join, as :mod:`boride.merge` does).
 * :func:`shielded` — run something to its end even if the caller is cancelled meanwhile (the
   cancellation is raised afterwards): clean-up that must finish (anyio's
   ``CancelScope(shield=True)``).
+* :func:`gather` — run awaitables at once, their results in order; the first error cancels
+  the others and waits for them (``asyncio.gather`` would leave them running).
 * :func:`race` — run several awaitables until the first one ends (or a timeout), then cancel
   the others and wait until they are gone: nothing is left running behind the caller.
 * :func:`in_thread` — a blocking function on a thread pool; when the caller is cancelled, the
@@ -43,8 +45,8 @@ from concurrent.futures import Executor
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-__all__ = ["TaskGroup", "TaskStatus", "ThreadedChunks", "in_thread", "race", "shielded",
-           "spawn", "to_thread"]
+__all__ = ["TaskGroup", "TaskStatus", "ThreadedChunks", "gather", "in_thread", "race",
+           "shielded", "spawn", "to_thread"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -79,6 +81,22 @@ async def shielded(aw: Awaitable[T]) -> T:
             task.exception()
         raise asyncio.CancelledError
     return task.result()
+
+
+async def gather(*aws: Awaitable[Any]) -> list[Any]:
+    """Run the awaitables at once; their results, in order. The first to fail cancels the
+    others, which are waited for before its error is raised (:class:`asyncio.TaskGroup`'s
+    rule; :func:`asyncio.gather` leaves them running, owned by nobody)."""
+
+    async def run(aw: Awaitable[Any]) -> Any:
+        return await aw
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(run(aw)) for aw in aws]
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None  # the first: as asyncio.gather raises it
+    return [t.result() for t in tasks]
 
 
 async def race(*aws: Awaitable[Any], timeout: float | None = None) -> asyncio.Future[Any] | None:

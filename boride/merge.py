@@ -730,7 +730,7 @@ class _Job:
             report = await parallel.run(copy, _batches(inside), limit=self.limit)
             return more + _errors_of(report, "copy")
 
-        reports = await asyncio.gather(
+        reports = await aio.gather(
             parallel.run(move_dir, plan.whole, limit=self.limit),
             parallel.run(move, _batches(moves), limit=self.limit),
             parallel.run(copy, _batches(copies), limit=self.limit))

@@ -168,7 +168,7 @@ class Loop:
     async def _drop_stale(self, session: Session, components: list[Component]) -> None:
         """Stop the instances whose program is gone or changed."""
         distinct = list({c.runnable: c for c in components}.values())
-        now = await asyncio.gather(*(self._identity(c) for c in distinct))
+        now = await aio.gather(*(self._identity(c) for c in distinct))
         # what runs keeps the identity it had when it started; what starts gets today's
         self._now = {c.runnable: ident for c, ident in zip(distinct, now, strict=True)}
         stale = [n for n, i in session.instances.items()

@@ -166,3 +166,26 @@ async def test_to_thread_runs_at_most_its_limit_of_threads_at_once() -> None:
 
     await asyncio.gather(*(aio.to_thread(work) for _ in range(aio.THREADS * 3)))
     assert most <= aio.THREADS
+
+
+async def test_gather_cancels_and_waits_for_the_others_when_one_fails() -> None:
+    """asyncio.gather raises the first error and leaves the others running, owned by nobody;
+    aio.gather cancels them and has waited for their clean-up when the error reaches us."""
+    cleaned: list[str] = []
+
+    async def slow(name: str) -> str:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.01)  # a clean-up that takes a moment
+            cleaned.append(name)
+        return name
+
+    async def fails() -> str:
+        await asyncio.sleep(0.01)
+        raise ValueError("the first error")
+
+    with pytest.raises(ValueError, match="the first error"):
+        await aio.gather(slow("a"), fails(), slow("b"))
+    assert sorted(cleaned) == ["a", "b"]
+    assert await aio.gather(asyncio.sleep(0, "x"), asyncio.sleep(0, "y")) == ["x", "y"]

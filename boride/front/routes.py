@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -13,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from boride import aio
 from boride.front.forward import HOP_HEADERS, Front, WorkerLost
 from boride.front.workers import NoWorker, Worker
 from boride.server.models import SESSION_RE
@@ -160,7 +160,7 @@ async def _fan_out(request: Request, route: str, body: bytes, targets: list[Work
         except WorkerLost as exc:
             return exc
 
-    results = await asyncio.gather(*(one(w) for w in targets))
+    results = await aio.gather(*(one(w) for w in targets))
     return list(zip(targets, results, strict=True))
 
 

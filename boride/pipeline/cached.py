@@ -3,7 +3,6 @@ the build stored, and taking it back when the inputs changed while the build ran
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -70,7 +69,7 @@ class BuildCache:
         """The template's identity and each component's (by runnable; those that cannot be
         told are left out, and logged)."""
         runtime, skip = self.runtime, self.skip
-        template_id, report = await asyncio.gather(
+        template_id, report = await aio.gather(
             runtime.template_identity(self.template),
             parallel.run(lambda c: runtime.identity(c, skip=skip), components, limit=self.limit))
         ids = {}
