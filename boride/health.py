@@ -12,6 +12,8 @@ from boride.config import Timeouts
 from boride.errors import ComponentError
 from boride.runtime.base import ExitInfo, Instance
 
+#: what a component that never became ready did not do
+NEVER_READY = "GET / never answered 200"
 FIRST_DELAY = 0.002
 MAX_DELAY = 0.2
 
@@ -43,7 +45,7 @@ async def wait_ready(instance: Instance, timeout: float = Timeouts.ready, *,
     first = await aio.race(_poll(instance, first_delay, max_delay), instance.wait_exit(),
                            timeout=timeout)
     if first is None:
-        raise NotReady(f"not ready after {timeout:g}s (GET / never answered 200)"
+        raise NotReady(f"not ready after {timeout:g}s ({NEVER_READY})"
                        f"{diagnose.summary(instance.log_tail())}")
     value = first.result()
     if isinstance(value, ExitInfo):

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import httpx
 
-from boride import aio, cache, diagnose, merge, parallel, protocol
+from boride import aio, cache, diagnose, health, merge, parallel, protocol
 from boride.area import Area, AreaFailure
 from boride.errors import describe
 from boride.model import Pipeline
@@ -151,14 +151,14 @@ class _BuildCore:
         instance: Instance | None = self.session.instances.get(c.name)
         if instance is None:
             return f"not started {self.deadline.ran_out} (its start had not ended)"
-        return (f"not ready {self.deadline.ran_out} (GET / never answered 200)"
+        return (f"not ready {self.deadline.ran_out} ({health.NEVER_READY})"
                 f"{diagnose.summary(instance.log_tail())}")
 
     def _timed_out(self) -> list[str]:
         """The deadline passed: every step it cut off failed (the others at work were
         cancelled); what each was waiting for."""
         for cut in self.deadline.cut_off:
-            for name in self._sharing(cut.step) if cut.step in self.steps else []:
+            for name in self._sharing(cut.step):
                 if self.results[name].status in (Status.PENDING, Status.RUNNING):
                     self._set(name, Status.FAILED, cut.own)
         for res in self.results.values():

@@ -58,8 +58,12 @@ class Deadline:
         return self._scope is not None and self._scope.expired()
 
     @property
+    def _timeout(self) -> str:
+        return f"the build's {self.seconds or 0:g}s timeout"
+
+    @property
     def ran_out(self) -> str:
-        return f"when the build's {self.seconds or 0:g}s timeout ran out"
+        return f"when {self._timeout} ran out"
 
     @contextlib.contextmanager
     def doing(self, step: str, who: str, waiting: Callable[[], str], about: str = ""
@@ -79,5 +83,4 @@ class Deadline:
     def report(self, stage: str | None) -> list[str]:
         """What the deadline cut off, one line each; at least one line, naming the stage."""
         return [c.line for c in self.cut_off] or [
-            f"the build's {self.seconds or 0:g}s timeout ran out"
-            + (f" during its {stage} stage" if stage else "")]
+            f"{self._timeout} ran out" + (f" during its {stage} stage" if stage else "")]
