@@ -323,6 +323,9 @@ class Build(_BuildCore):
             self._set(rule.name, Status.FAILED, f"on {conflict.path!r}: {exc}")
             raise protocol.ProtocolError(f"resolver {rule.name!r} on {conflict.path!r}: {exc}")\
                 from None
+        refused = merge.other_path(conflict.path, path)
+        if refused is not None:  # the merge refuses it (and says so): the resolver failed
+            self._set(rule.name, Status.FAILED, f"on {conflict.path!r}: {refused}")
         return path, content.encode("utf-8")
 
     async def merge_into(self, outputs: Sequence[str], target: str) -> None:
