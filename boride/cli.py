@@ -32,6 +32,9 @@ from boride.types import Status
 
 T = TypeVar("T")
 LIMITS, TIMEOUTS = Limits(), Timeouts()  # the defaults shown by --help
+_MAX_ANSWER = click.option(
+    "--max-answer", type=click.IntRange(min=1024), default=LIMITS.max_answer, show_default=True,
+    help="Largest answer of a component's call read, in bytes; a larger one fails the call.")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 _STYLE = {Status.OK: "green", Status.DONE: "green", Status.FAILED: "bold red",
@@ -139,12 +142,13 @@ def main() -> None:
               help="Keep the components running and build again whenever the template, the "
               "pipeline file or a local component changes (cache on unless --no-cache); "
               "Ctrl-C stops.")
+@_MAX_ANSWER
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object describing the build (--watch: one line per build).")
 def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool, runtime: str,
         parallelism: int | None, timeout: float | None, ready_timeout: float, keep: bool,
         use_cache: bool | None, cache_dir: Path | None, cache_size: str, watch: bool,
-        as_json: bool) -> None:
+        max_answer: int, as_json: bool) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
     err = Console(stderr=True, soft_wrap=True)
     try:
@@ -164,7 +168,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print(f"boride: cannot use output folder {out}: {exc.strerror}", highlight=False,
                   markup=False)
         sys.exit(EXIT_USAGE)
-    options = BuildOptions(limits=Limits(parallelism=parallelism),
+    options = BuildOptions(limits=Limits(parallelism=parallelism, max_answer=max_answer),
                            timeouts=Timeouts(ready=ready_timeout, build=timeout),
                            out=out.absolute() if out else None,
                            archive=archive.absolute() if archive else None,
@@ -397,6 +401,7 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               "[default: the working directory when --host is loopback; else none].")
 @click.option("--max-body", type=click.IntRange(min=1024), default=LIMITS.max_body,
               show_default=True, help="Largest request body accepted, in bytes.")
+@_MAX_ANSWER
 @click.option("--max-sessions", type=click.IntRange(min=1), default=LIMITS.max_sessions,
               show_default=True)
 @click.option("--session-ttl", type=click.FloatRange(min=0), default=TIMEOUTS.session_idle,
@@ -424,7 +429,8 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               default="info", show_default=True)
 def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
           token_file: Path | None, trusted_network: bool, max_builds: int,
-          dev_root: Path | None, max_body: int, max_sessions: int, session_ttl: float,
+          dev_root: Path | None, max_body: int, max_answer: int, max_sessions: int,
+          session_ttl: float,
           work_root: Path | None, parallelism: int | None,
           ready_timeout: float, build_timeout: float | None, use_cache: bool,
           cache_dir: Path | None, cache_size: str, cache_shared: bool, log_level: str) -> None:
@@ -454,7 +460,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         dev_root=dev_root.resolve() if dev_root else None,
         work_root=work_root.absolute() if work_root else None,
         limits=Limits(parallelism=parallelism, max_builds=max_builds, max_body=max_body,
-                      max_sessions=max_sessions),
+                      max_answer=max_answer, max_sessions=max_sessions),
         timeouts=Timeouts(ready=ready_timeout, build=build_timeout,
                           session_idle=session_ttl or None),
         cache=_cache(use_cache, cache_dir, cache_size, err, namespace=cache_namespace(

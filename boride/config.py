@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY", "NOBODY", "Limits",
-           "Timeouts", "cpu_count"]
+__all__ = ["DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY", "MAX_ANSWER",
+           "NOBODY", "Limits", "Timeouts", "cpu_count"]
 
 # What one component may use and who it runs as, on either runtime (a local sandbox, a
 # Docker container); ``BORIDE_LOCAL_MEMORY``/``_PIDS`` and ``BORIDE_DOCKER_CPUS``/``_MEMORY``/
@@ -23,6 +23,9 @@ DEFAULT_MEMORY = "512m"  # memory of each component (swap included)
 DEFAULT_PIDS = 256  # processes of each component
 DEFAULT_CPUS = 1.0  # CPUs of each component (Docker: a local sandbox has no CPU bound)
 HELPER_MEMORY = "1g"  # memory of a Docker session's helper container (the session's file work)
+#: the largest answer of a component's call boride reads (its JSON: an outputDir, a resolved
+#: file); a larger one is refused unread
+MAX_ANSWER = 1024 * 1024
 
 
 def cpu_count() -> int:
@@ -52,6 +55,7 @@ class Limits:
     max_builds: int = 4  # the API: builds (and component start-ups) at once; others wait
     max_sessions: int = 256  # the API: sessions alive at once
     max_body: int = 8 * 1024 * 1024  # the API: largest request body, in bytes
+    max_answer: int = MAX_ANSWER  # largest answer of a component (a call, a proxied call)
 
     def build_parallelism(self, pipeline_says: int | None = None) -> int:
         """The parallelism of one build: this limit, else the pipeline file's, else the CPUs."""

@@ -6,6 +6,7 @@ ran out of memory says so."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PipelineFactory
-from tests.helpers import CLI, component, run_json
+from tests.helpers import component, run_json
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("no_leftovers")]
 
@@ -53,3 +54,71 @@ def test_a_resolver_answering_for_its_own_path_succeeds(
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "src" / "a.txt").read_text() == "alpha\n[1]+alpha\n[2]"
     assert (tmp_path / "out" / "README.md").read_text() == "# readme\n[2]"
+
+
+# ``boride run`` in a process that prints its own peak memory (VmHWM: the most it ever held)
+# on the way out: the components' memory is theirs, not counted.
+PEAK = """
+import atexit, sys
+def peak():
+    with open("/proc/self/status") as f:
+        kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    print(json.dumps({"peak_kb": kb}), file=sys.stderr, flush=True)
+import json
+atexit.register(peak)
+sys.argv[0] = "boride"
+from boride.cli import main
+main()
+"""
+
+
+def run_measured(pipeline: Path, tmp_path: Path, out: str) -> tuple[int, Any, str, int]:
+    """``boride run PIPELINE --json --out OUT``: exit code, report, stderr, peak memory
+    (KiB)."""
+    (tmp_path / "work").mkdir(exist_ok=True)
+    proc = subprocess.run([sys.executable, "-c", PEAK, "run", str(pipeline), "--json",
+                           "--out", str(tmp_path / out)],
+                          env={**os.environ, "TMPDIR": str(tmp_path / "work")},
+                          capture_output=True, text=True, timeout=240, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    return proc.returncode, json.loads(proc.stdout), proc.stderr, json.loads(last)["peak_kb"]
+
+
+def test_an_answer_over_the_bound_fails_the_call_unread(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    """A processor answering 50 MiB of JSON (chunked: no length said first): the call fails
+    naming the bound, and boride's memory stays as in a build answered in a few bytes."""
+    def pipeline(config: dict[str, Any]) -> Path:
+        return make_pipeline([("good", "ok_processor", {}), ("huge", ANSWERS, config)])
+
+    code, data, _, small = run_measured(pipeline({}), tmp_path, "small")
+    assert code == 0, data
+    code, data, stderr, big = run_measured(pipeline({"huge_mb": 50}), tmp_path, "big")
+    assert code == 1, stderr
+    huge = by_name(data)["huge"]
+    assert huge["status"] == "failed"
+    assert huge["error"].startswith("POST /api/process answered more than 1 MiB\n"), \
+        huge["error"]
+    assert not (tmp_path / "big").exists()
+    assert "processor 'huge'" in stderr and "answered more than 1 MiB" in stderr
+    assert "Traceback" not in stderr
+    # a memory bound, not a timing: reading it whole would take 50 MiB more at the least
+    assert big - small < 16 * 1024, (small, big)
+
+
+def test_the_bound_is_configurable_and_an_announced_length_is_refused_at_once(
+        tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    pipeline = make_pipeline(
+        [("first", "ok_processor", {"suffix": "[1]"}), ("second", "ok_processor",
+                                                        {"suffix": "[2]"})],
+        resolvers=[("pick", [*component(ANSWERS), "5553"], ["src/a.txt"],
+                    {"huge_mb": 4, "announce": True})])
+    proc, data = run_json(pipeline, "--out", tmp_path / "out", "--max-answer", "2097152",
+                          tmpdir=tmp_path / "work")
+    assert proc.returncode == 1, proc.stderr
+    pick = by_name(data)["pick"]
+    assert pick["status"] == "failed"
+    assert "POST /api/resolve answered more than 2 MiB" in pick["error"], pick["error"]
+    proc, _ = run_json(pipeline, "--out", tmp_path / "out", "--max-answer", str(8 << 20),
+                       tmpdir=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr  # under a larger bound: read (padding ignored)

@@ -295,7 +295,8 @@ class Build(_BuildCore):
         self.watch.running(c.name)
         try:
             output = await self._call(c.name, lambda client: protocol.process(
-                client, area.template, write_dir, step.globs, step.config))
+                client, area.template, write_dir, step.globs, step.config,
+                limit=self.options.limits.max_answer))
         finally:
             self._called(c.name)
             await self.watch.ended(c.name)
@@ -318,7 +319,8 @@ class Build(_BuildCore):
                 protocol.Origin(template=self.plan.template.name, layer=v.layer))))
         try:
             path, content = await self._call(rule.name, lambda client: protocol.resolve(
-                client, step.config, files), about=f"on {conflict.path!r}")
+                client, step.config, files, limit=self.options.limits.max_answer),
+                about=f"on {conflict.path!r}")
         except protocol.ProtocolError as exc:
             self._set(rule.name, Status.FAILED, f"on {conflict.path!r}: {exc}")
             raise protocol.ProtocolError(f"resolver {rule.name!r} on {conflict.path!r}: {exc}")\
@@ -354,7 +356,7 @@ class Build(_BuildCore):
         await area.hand_over(tree)
         try:
             output = await self._call(c.name, lambda client: protocol.plug(
-                client, tree, self.steps[c.name].config))
+                client, tree, self.steps[c.name].config, limit=self.options.limits.max_answer))
         finally:
             self._called(c.name)
         return checked(area, output)

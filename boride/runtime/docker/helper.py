@@ -38,6 +38,7 @@ from docker.types import Mount
 from boride import aio, archive, health, output
 from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.area_server import PROTOCOL, TOKEN_ENV
+from boride.bounded import AnswerTooBig, read_bounded
 from boride.config import HELPER_MEMORY, Timeouts
 from boride.errors import describe
 from boride.merge import Conflict, MergeError, ResolveFn, ResolverRule, Version
@@ -62,6 +63,8 @@ IMAGE = "boride/serve:latest"
 IMAGE_ENV = "BORIDE_HELPER_IMAGE"
 _ENTRY = ["python3", "-m", "boride.area_server"]
 _COPY_TIMEOUT = 600
+#: the largest answer of the helper read (its JSON: a path, the area's names, problems)
+HELPER_ANSWER = 64 * 1024 * 1024
 
 
 def helper_image() -> str:
@@ -218,8 +221,9 @@ class HelperArea(Area):
         self.client.headers["authorization"] = f"Bearer {self._token}"
         try:
             await health.wait_ready(self.instance, Timeouts().ready)
-            said = (await self.client.get("/")).json()
-        except (health.NotReady, httpx.HTTPError, ValueError) as exc:
+            async with self.client.stream("GET", "/") as r:
+                said = json.loads(await read_bounded(r, 64 * 1024, "GET /"))
+        except (health.NotReady, httpx.HTTPError, ValueError, AnswerTooBig) as exc:
             raise AreaFailure(f"the session's helper container {self.name} "
                               f"{describe(exc)}") from None
         if said.get("protocol") != PROTOCOL:
@@ -255,18 +259,24 @@ class HelperArea(Area):
     async def _call(self, method: str, path: str, body: Any = None, *,
                     content: AsyncIterator[bytes] | None = None) -> Any:
         await self._up()
+
+        async def exchange() -> tuple[int, bytes]:
+            async with self.client.stream(method, path, json=body, content=content) as r:
+                return r.status_code, await read_bounded(r, HELPER_ANSWER, f"{method} {path}")
+
         try:
-            r = await self._while_alive(self.client.request(method, path, json=body,
-                                                            content=content))
-        except httpx.HTTPError as exc:
+            status, raw = await self._while_alive(exchange())
+        except (httpx.HTTPError, AnswerTooBig) as exc:
             raise self._failed(path, exc) from None
         try:
-            said = r.json()
+            said = json.loads(raw)
         except ValueError:
-            said = {"error": r.text[:200]}
-        if r.status_code == 422 and isinstance(said.get("errors"), list):
+            said = {"error": raw[:200].decode("utf-8", "replace")}
+        if not isinstance(said, dict):
+            said = {"error": f"not a JSON object: {raw[:200].decode('utf-8', 'replace')}"}
+        if status == 422 and isinstance(said.get("errors"), list):
             raise output.OutputError([str(e) for e in said["errors"]])
-        if r.status_code != 200:
+        if status != 200:
             raise AreaFailure(f"the session's helper container {self.name} refused {path}: "
                               f"{said.get('error') or said}")
         return said
