@@ -122,3 +122,23 @@ def test_the_bound_is_configurable_and_an_announced_length_is_refused_at_once(
     proc, _ = run_json(pipeline, "--out", tmp_path / "out", "--max-answer", str(8 << 20),
                        tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr  # under a larger bound: read (padding ignored)
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ({}, "processor 'greedy': ran out of memory (its limit: 64m): POST /api/process answered "
+         "HTTP 500"),
+    ({"oom_exit": True}, "processor 'greedy': died during its call: ran out of memory (its "
+                         "limit: 64m) and exited with code 1"),
+])
+def test_a_component_out_of_memory_says_so(tmp_path: Path, make_pipeline: PipelineFactory,
+                                           config: dict[str, Any], expected: str) -> None:
+    """The local runtime limits each process's data (RLIMIT_DATA, no cgroup: nothing is
+    OOM-killed): an allocation past it is refused, and the component's own words say so."""
+    pipeline = make_pipeline([("greedy", ANSWERS, {"allocate_mb": 256, **config})])
+    proc, data = run_json(pipeline, "--out", tmp_path / "out", tmpdir=tmp_path / "work",
+                          env={"BORIDE_LOCAL_MEMORY": "64m"})
+    assert proc.returncode == 1, proc.stderr
+    (error,) = data["errors"]
+    assert error.startswith(expected), error
+    assert "its error: MemoryError" in error
+    assert expected in proc.stderr

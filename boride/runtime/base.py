@@ -77,12 +77,25 @@ class ExitInfo:
 
     code: int | None  # None: killed by a signal we know nothing more about
     log_tail: list[str] = field(default_factory=list)
+    #: the memory limit it ended on (as configured, e.g. ``512m``): ``oom_killed``, killed by
+    #: it (a container's OOM kill); else it ran out of memory (an allocation refused: its
+    #: output says so, :func:`diagnose.out_of_memory`) and exited
+    memory_limit: str | None = None
+    oom_killed: bool = False
 
     def describe(self) -> str:
         return self.headline() + diagnose.summary(self.log_tail)
 
     def headline(self) -> str:
-        return f"exited with code {self.code}" if self.code is not None else "was killed"
+        ended = f"exited with code {self.code}" if self.code is not None else "was killed"
+        if self.memory_limit is None:
+            return ended
+        if self.oom_killed and self.code in (None, 128 + 9):  # SIGKILL: the OOM killer's
+            return f"killed by its memory limit ({self.memory_limit})"
+        if self.oom_killed:  # (a process of it was killed, then it exited)
+            return f"{ended} after the kernel killed a process of it at its memory limit " \
+                   f"({self.memory_limit})"
+        return f"ran out of memory (its limit: {self.memory_limit}) and {ended}"
 
 
 class Instance(abc.ABC):
@@ -90,6 +103,8 @@ class Instance(abc.ABC):
 
     component: Component
     client: httpx.AsyncClient
+    #: the memory it may take, as configured (``512m``), for messages; None: not known
+    memory_limit: str | None = None
 
     @abc.abstractmethod
     async def wait_exit(self) -> ExitInfo:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from boride import aio, cache, fsutil
+from boride import aio, cache, diagnose, fsutil
 from boride.area import HostArea
 from boride.config import DEFAULT_MEMORY, DEFAULT_PIDS, NOBODY
 from boride.runtime.base import (
@@ -62,6 +62,14 @@ def parse_size(text: str) -> int:
     if m is None or int(m.group(1)) <= 0:
         raise ValueError(f"not a size: {text!r} (use e.g. 512m or 1g)")
     return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2)]
+
+
+def size_setting(size: int) -> str:
+    """A size as :func:`parse_size` reads it, in its largest whole unit (``64m``)."""
+    for unit, shift in (("g", 30), ("m", 20), ("k", 10)):
+        if size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
 
 
 @dataclass(frozen=True)
@@ -281,7 +289,11 @@ class LocalInstance(Instance):
 
     async def _watch(self) -> ExitInfo:
         code = await self.process.wait()
-        return ExitInfo(code if code >= 0 else None, self.log_tail(LOG_TAIL))
+        tail = self.log_tail(LOG_TAIL)
+        # no cgroup, no OOM kill: an allocation past RLIMIT_DATA is refused, and what the
+        # component printed about it says so (a MemoryError, V8's heap out of memory, ...)
+        ran_out = self.memory_limit if diagnose.out_of_memory(tail) else None
+        return ExitInfo(code if code >= 0 else None, tail, memory_limit=ran_out)
 
     def log_tail(self, lines: int = LOG_TAIL) -> list[str]:
         try:
@@ -419,7 +431,9 @@ class LocalRuntime(Runtime):
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, start_new_session=True)
-        return LocalInstance(component, process, socket_path, log_path)
+        instance = LocalInstance(component, process, socket_path, log_path)
+        instance.memory_limit = size_setting(self.limits.memory)
+        return instance
 
     async def stop(self, instance: Instance) -> None:
         assert isinstance(instance, LocalInstance)

@@ -10,9 +10,11 @@ says, for boride's checks of what components answer. Health is fine. Port: argv[
   ``announce``: bool     with ``huge_mb``: send its ``Content-Length`` (default: chunked)
   ``allocate_mb``: int   first take that much memory, 8 MiB at a time; a MemoryError is
                          printed and answered with HTTP 500 (as an SDK's server does)
+  ``oom_exit``: bool     with ``allocate_mb``: after a MemoryError, exit (code 1) instead
 """
 
 import json
+import os
 import sys
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,8 +47,11 @@ class Handler(BaseHTTPRequestHandler):
             for _ in range(int(config.get("allocate_mb", 0)) // 8):
                 held.append(b"\1" * (8 * MIB))  # written: the pages are really taken
         except MemoryError:
+            held.clear()
             traceback.print_exc()
             sys.stderr.flush()
+            if config.get("oom_exit"):
+                os._exit(1)
             self._send(500, b'{"error": "MemoryError"}')
             return
         if self.path == "/api/resolve":

@@ -41,8 +41,10 @@ class DockerInstance(Instance):
     never holds up the interpreter's exit, whatever the engine does)."""
 
     def __init__(self, component: Component, container: Container, network: str,
-                 api: docker.APIClient, port: int | None = None) -> None:
+                 api: docker.APIClient, port: int | None = None,
+                 memory_limit: str | None = None) -> None:
         self.component = component
+        self.memory_limit = memory_limit
         self.container = container
         self.client = http_client(container, port or component.kind.port, network)
         self._api = api
@@ -84,8 +86,19 @@ class DockerInstance(Instance):
                 # (once stopped on purpose, nobody needs its output: spare the engine the call)
                 self._final_tail = self._logs(LOG_TAIL)
             info = ExitInfo(code, self._final_tail or [])
+            if code is not None and not self._released.is_set() and self._oom_killed():
+                info.memory_limit, info.oom_killed = self.memory_limit or "?", True
         finally:  # whatever happens (an unexpected error goes on, in this thread), it settles
             loop_settle(loop, self._exit, info)
+
+    def _oom_killed(self) -> bool:
+        """Whether the engine says the kernel killed it for its memory limit."""
+        try:
+            state = self._api.inspect_container(self.container.id).get("State") or {}
+        except ENGINE_ERRORS as exc:
+            log.debug("no state of %s: %s", self.name, reason(exc))
+            return False
+        return bool(state.get("OOMKilled"))
 
     def _logs(self, lines: int) -> list[str]:
         try:

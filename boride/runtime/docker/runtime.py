@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import docker.errors
 
 from boride import aio, area_server, parallel
+from boride.config import HELPER_MEMORY
 from boride.errors import describe
 from boride.runtime.base import (
     BlobImage,
@@ -220,7 +221,7 @@ class DockerRuntime(Runtime):
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(reason(exc)) from None
         return DockerInstance(HelperArea.helper_component(), container, self.settings.network,
-                              self.engine.api, area_server.PORT)
+                              self.engine.api, area_server.PORT, memory_limit=HELPER_MEMORY)
 
     async def _undo_open(self, session_id: str, error: BaseException) -> None:
         """Remove what a failed :meth:`open_workspace` made; raise what the caller should see
@@ -311,7 +312,8 @@ class DockerRuntime(Runtime):
             container = await self._on_network(lambda: self._start_container(session, component))
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(f"cannot start container: {reason(exc)}") from None
-        instance = DockerInstance(component, container, self.settings.network, self.engine.api)
+        instance = DockerInstance(component, container, self.settings.network, self.engine.api,
+                                  memory_limit=str(self.settings.memory))
         self._instances.add(instance)
         return instance
 
