@@ -1,6 +1,6 @@
 """answers: a plain (standard library only) component that answers each call as its config
-says, for boride's checks of what components answer. Health is fine. Port: argv[1], default
-5551.
+says, for boride's checks of what components answer. Health is fine. Port: argv[1], else
+each kind's (5551, 5552 and 5553 at once).
 
 ``config`` (an object):
   ``path``: str          ``POST /api/resolve`` answers for this path (default: the asked one),
@@ -16,6 +16,7 @@ says, for boride's checks of what components answer. Health is fine. Port: argv[
 import json
 import os
 import sys
+import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -98,5 +99,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 5551
-    ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()
+    ports = [int(sys.argv[1])] if len(sys.argv) > 1 else [5551, 5552, 5553]
+    servers = [ThreadingHTTPServer(("0.0.0.0", p), Handler) for p in ports]
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers[0].serve_forever()
