@@ -90,17 +90,25 @@ def _snippet(text: str, limit: int = 300) -> str:
 
 
 async def _post(client: httpx.AsyncClient, route: str, request: _Wire,
-                model: type[_Wire], limit: int) -> Any:
+                model: type[_Wire], limit: int, *, plus_request: bool = False) -> Any:
+    """POST ``request``, the answer as ``model``; at most ``limit`` bytes of it read (plus
+    the request's own size with ``plus_request``: a resolver answers a merge of what it was
+    sent, which may itself be large)."""
     what = f"POST {route}"
+    sent = json.dumps(request.model_dump(by_alias=True), ensure_ascii=False).encode()
+    bound = size_text(limit) + (f" beyond the {len(sent)} bytes it was sent" if plus_request
+                                else "")
+    limit += len(sent) if plus_request else 0
     try:
-        async with client.stream("POST", route, json=request.model_dump(by_alias=True)) as r:
+        async with client.stream("POST", route, content=sent,
+                                 headers={"content-type": "application/json"}) as r:
             status = r.status_code
             try:
                 body = await read_bounded(r, limit, what)
-            except AnswerTooBig as exc:
+            except AnswerTooBig:
                 if status == 200:
-                    raise ProtocolError(str(exc)) from None
-                body = f"(a body of more than {size_text(limit)})".encode()
+                    raise ProtocolError(f"{what} answered more than {bound}") from None
+                body = f"(a body of more than {bound})".encode()
     except httpx.TransportError as exc:
         raise TransportFailed(f"{what} failed: {type(exc).__name__}: {exc}".rstrip(": "))\
             from exc
@@ -121,7 +129,8 @@ async def _post(client: httpx.AsyncClient, route: str, request: _Wire,
                             f"body: {_snippet(text)}") from None
 
 
-# Each call reads at most ``limit`` bytes of the answer (AnswerTooBig beyond).
+# Each call reads at most ``limit`` bytes of the answer (a resolver's: plus the size of its
+# request); beyond, the call fails (the rest unread).
 
 
 async def process(client: httpx.AsyncClient, read_dir: str, write_dir: str,
@@ -145,5 +154,5 @@ async def resolve(client: httpx.AsyncClient, config: Any, files: Sequence[Resolv
                   limit: int = MAX_ANSWER) -> tuple[str, str]:
     res: ResolveResponse = await _post(client, "/api/resolve",
                                        ResolveRequest(config=config, files=list(files)),
-                                       ResolveResponse, limit)
+                                       ResolveResponse, limit, plus_request=True)
     return res.path, res.content

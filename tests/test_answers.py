@@ -124,6 +124,21 @@ def test_the_bound_is_configurable_and_an_announced_length_is_refused_at_once(
     assert proc.returncode == 0, proc.stderr  # under a larger bound: read (padding ignored)
 
 
+def test_a_resolver_may_answer_as_much_as_it_was_sent(
+        tmp_path: Path, template: Path, make_pipeline: PipelineFactory) -> None:
+    """A resolver's bound is the bound plus its request's size: its answer is a merge of
+    the versions it was sent (here two of 1.5 MiB, joined: 3 MiB)."""
+    big = "b" * (3 << 19)
+    (template / "src" / "big.txt").write_text(big)
+    pipeline = make_pipeline(
+        [("first", "ok_processor", {"suffix": "[1]"}), ("second", "ok_processor",
+                                                        {"suffix": "[2]"})],
+        resolvers=[("pick", [*component(ANSWERS), "5553"], ["src/big.txt"], {})])
+    proc, _ = run_json(pipeline, "--out", tmp_path / "out", tmpdir=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "src" / "big.txt").read_text() == f"{big}[1]+{big}[2]"
+
+
 @pytest.mark.parametrize(("config", "expected"), [
     ({}, "processor 'greedy': ran out of memory (its limit: 64m): POST /api/process answered "
          "HTTP 500"),
