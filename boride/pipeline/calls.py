@@ -71,7 +71,6 @@ async def own_lines(instance: Instance) -> list[str]:
     return lines
 
 
-
 def checked(area: Area, returned: str) -> str:
     """A folder a component returned, if it is in the area; else its call failed."""
     try:
