@@ -106,6 +106,16 @@ def test_an_answer_over_the_bound_fails_the_call_unread(
     assert big - small < 16 * 1024, (small, big)
 
 
+def test_a_health_answer_is_not_read(tmp_path: Path, make_pipeline: PipelineFactory) -> None:
+    """``GET /`` answering 200 with a body that never ends: ready (only the status counts)."""
+    pipeline = make_pipeline([("endless", [*component(ANSWERS), "5551", "--endless-health"],
+                               {})])
+    proc, data = run_json(pipeline, "--out", tmp_path / "out", "--ready-timeout", "20",
+                          tmpdir=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    assert by_name(data)["endless"]["status"] == "ok"
+
+
 def test_the_bound_is_configurable_and_an_announced_length_is_refused_at_once(
         tmp_path: Path, make_pipeline: PipelineFactory) -> None:
     pipeline = make_pipeline(

@@ -1,6 +1,7 @@
 """answers: a plain (standard library only) component that answers each call as its config
 says, for boride's checks of what components answer. Health is fine. Port: argv[1], else
-each kind's (5551, 5552 and 5553 at once).
+each kind's (5551, 5552 and 5553 at once). ``--endless-health`` after the port: ``GET /`` answers
+200 with a body that never ends.
 
 ``config`` (an object):
   ``path``: str          ``POST /api/resolve`` answers for this path (default: the asked one),
@@ -39,6 +40,16 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        if ENDLESS_HEALTH:  # 200, then a body that never ends
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            block = b"x" * CHUNK
+            try:
+                while True:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+            except (BrokenPipeError, ConnectionResetError):
+                return
         self._send(200, b'{"Message": "OK", "Status": "OK"}')
 
     def do_POST(self) -> None:
@@ -97,6 +108,8 @@ class Handler(BaseHTTPRequestHandler):
             print("answers: the client closed the connection mid-answer", file=sys.stderr,
                   flush=True)
 
+
+ENDLESS_HEALTH = "--endless-health" in sys.argv[2:]
 
 if __name__ == "__main__":
     ports = [int(sys.argv[1])] if len(sys.argv) > 1 else [5551, 5552, 5553]
