@@ -420,6 +420,17 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               help="The cache's size bound; least recently used entries go first.")
 @click.option("--cache-shared", is_flag=True,
               help="One cache for every client, whatever its token.")
+@click.option("--state-name", metavar="NAME",
+              help="The name this server's sessions are kept under on the Docker engine: a "
+              "server started again with the same name (on the same engine) takes over the "
+              "sessions the previous one left [default: serve-PORT; the local runtime keeps "
+              "none].")
+@click.option("--keep-sessions", is_flag=True,
+              help="Leave the sessions on the engine also when stopped with Ctrl-C (SIGTERM "
+              "always leaves them, on Docker, for the next server).")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM: seconds the builds in flight may take to finish while new "
+              "sessions and builds are refused (503), before the server exits.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
@@ -427,12 +438,18 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
           dev_root: Path | None, max_body: int, max_sessions: int, session_ttl: float,
           work_root: Path | None, parallelism: int | None,
           ready_timeout: float, build_timeout: float | None, use_cache: bool,
-          cache_dir: Path | None, cache_size: str, cache_shared: bool, log_level: str) -> None:
-    """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md."""
+          cache_dir: Path | None, cache_size: str, cache_shared: bool, state_name: str | None,
+          keep_sessions: bool, drain_timeout: float, log_level: str) -> None:
+    """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md.
+
+    On SIGTERM it drains (see --drain-timeout), then exits leaving its sessions on a Docker
+    engine for the next server of its --state-name; on Ctrl-C it removes what it made
+    (unless --keep-sessions)."""
     import uvicorn
 
     from boride.registry import RegistryError, location, open_registry
     from boride.server import ServerConfig, create_app
+    from boride.server.drain import DrainingServer
 
     err = Console(stderr=True, soft_wrap=True)
 
@@ -458,7 +475,8 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         timeouts=Timeouts(ready=ready_timeout, build=build_timeout,
                           session_idle=session_ttl or None),
         cache=_cache(use_cache, cache_dir, cache_size, err, namespace=cache_namespace(
-            None if cache_shared else token)))
+            None if cache_shared else token)),
+        state_name=(state_name or f"serve-{port}") if runtime == "docker" else None)
     try:
         registry = open_registry(registries)
     except RegistryError as exc:
@@ -479,8 +497,12 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         err.print(f"boride serve: {note}", highlight=False, markup=False)
     # No X-Forwarded-For: the client address is the connection's, which the refusal of
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                access_log=log_level == "debug", proxy_headers=False)
+    service = app.state.service
+    service.keep_on_close = keep_sessions
+    server = DrainingServer(uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+        access_log=log_level == "debug", proxy_headers=False), service, drain_timeout)
+    server.run()
 
 
 def _configure_logging(log_level: str) -> None:

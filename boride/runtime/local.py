@@ -343,7 +343,8 @@ class LocalRuntime(Runtime):
         return template_folder_problem(source)
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, *, area: bool = True,
+                             note: Mapping[str, str] | None = None) -> Workspace:
         assert root is not None, "the local runtime's areas are host folders"
         tpl = template_folder(template)
         for sub in ("area", "run"):
