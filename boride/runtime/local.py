@@ -18,7 +18,6 @@ import contextlib
 import functools
 import itertools
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from boride import aio, cache, fsutil
+from boride import aio, cache, fsutil, settings
 from boride.area import HostArea
 from boride.config import DEFAULT_MEMORY, DEFAULT_PIDS, NOBODY
 from boride.runtime.base import (
@@ -44,6 +43,7 @@ from boride.runtime.base import (
     TemplateSource,
     Workspace,
 )
+from boride.settings import parse_size
 from boride.types import Component, Kind
 
 _STOP_GRACE = 5.0
@@ -54,14 +54,6 @@ _MERGED_USR = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _NSINIT = Path(__file__).with_name("nsinit.py")
 _INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap), "
                  "or use --runtime docker")
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``"512m"``, ``"1g"``, ``"1048576"`` (k, m, g: powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)i?b?\s*", text.lower())
-    if m is None or int(m.group(1)) <= 0:
-        raise ValueError(f"not a size: {text!r} (use e.g. 512m or 1g)")
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -76,14 +68,7 @@ class SandboxLimits:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SandboxLimits:
         """From ``BORIDE_LOCAL_MEMORY`` / ``BORIDE_LOCAL_PIDS`` (defaults 512m and 256)."""
-        text = env.get("BORIDE_LOCAL_PIDS", str(DEFAULT_PIDS))
-        if not text.strip().isdigit() or int(text) <= 0:
-            raise ValueError(f"BORIDE_LOCAL_PIDS must be a positive number, got {text!r}")
-        try:
-            memory = parse_size(env.get("BORIDE_LOCAL_MEMORY", DEFAULT_MEMORY))
-        except ValueError as exc:
-            raise ValueError(f"BORIDE_LOCAL_MEMORY: {exc}") from None
-        return cls(memory, int(text))
+        return cls(settings.get("BORIDE_LOCAL_MEMORY", env), settings.get("BORIDE_LOCAL_PIDS", env))
 
 
 def _namespaces() -> list[str]:
