@@ -194,6 +194,9 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "
                   "result)", highlight=False, markup=False)
+    if runtime == "local":  # what a killed boride left
+        from boride.runtime.local import reclaim_folders
+        reclaim_folders()
     if watch:
         sys.exit(_watch(pipeline_file, runtime, options, as_json, err))
     names = [(c.name, c.kind.value) for c in pipeline.components()]
@@ -489,6 +492,10 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     app = create_app(config, runtime=runtime_, registry=registry)
     _configure_logging(log_level)
     notes = _serve_notes(host, port, config, trusted_network)
+    if runtime == "local":  # what a killed boride left
+        from boride.runtime.local import reclaim_folders
+        if reclaimed := reclaim_folders(config.work_root):
+            notes.append(f"removed {len(reclaimed)} work folder(s) a killed boride left")
     notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
                  f"at most {max_builds} builds at once{', token required' if token else ''}); "
                  "API docs at /docs")

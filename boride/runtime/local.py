@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from boride import aio, cache, fsutil, settings
+from boride import aio, cache, fsutil, settings, workdirs
 from boride.area import HostArea
 from boride.config import DEFAULT_MEMORY, DEFAULT_PIDS, NOBODY
 from boride.runtime.base import (
@@ -69,6 +69,20 @@ class SandboxLimits:
     def from_env(cls, env: Mapping[str, str]) -> SandboxLimits:
         """From ``BORIDE_LOCAL_MEMORY`` / ``BORIDE_LOCAL_PIDS`` (defaults 512m and 256)."""
         return cls(settings.get("BORIDE_LOCAL_MEMORY", env), settings.get("BORIDE_LOCAL_PIDS", env))
+
+
+def short_parent() -> Path:
+    """Where a session's socket folder goes when its work folder's path is too long for a
+    socket's: the temp folder (``TMPDIR``) when its path is short, else ``/tmp``."""
+    tmp = tempfile.gettempdir()
+    return Path(tmp if len(tmp) <= _SOCKET_DIR_MAX - 40 else "/tmp")
+
+
+def reclaim_folders(work_root: Path | None = None) -> list[Path]:
+    """Remove the work folders (below ``work_root``, else the temp folder) and socket folders
+    that a killed boride left (:mod:`boride.workdirs`: never a living one's); those removed."""
+    parents = dict.fromkeys([work_root or Path(tempfile.gettempdir()), short_parent()])
+    return [p for parent in parents for p in workdirs.reclaim(parent)]
 
 
 def _namespaces() -> list[str]:
@@ -301,7 +315,7 @@ class LocalRuntime(Runtime):
         self._roots: dict[str, Path] = {}  # session -> its work folder (area and run below)
         self._areas: dict[str, HostArea] = {}
         self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
-        self._socket_dirs: dict[str, Path] = {}  # session -> short folder made for sockets
+        self._socket_dirs: dict[str, workdirs.OwnedFolder] = {}  # session -> short socket folder
 
     async def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
@@ -338,8 +352,9 @@ class LocalRuntime(Runtime):
         run = (root / "run").resolve()
         if len(str(run)) > _SOCKET_DIR_MAX:
             # Unix socket paths are limited to 107 bytes: use a short private folder instead.
-            run = Path(tempfile.mkdtemp(prefix="boride-", dir="/tmp"))
-            self._socket_dirs[session_id] = run
+            owned = workdirs.OwnedFolder(short_parent())
+            run = owned.path
+            self._socket_dirs[session_id] = owned
         self._roots[session_id] = root.resolve()
         self._run_dirs[session_id] = run
         self._areas[session_id] = HostArea(folder, tpl, self.user)
@@ -433,4 +448,7 @@ class LocalRuntime(Runtime):
         self._run_dirs.pop(workspace.session_id, None)
         short = self._socket_dirs.pop(workspace.session_id, None)
         if short is not None:
-            shutil.rmtree(short, ignore_errors=True)
+            try:
+                await aio.to_thread(fsutil.remove_tree, short.path)
+            finally:
+                short.release()
