@@ -25,8 +25,9 @@ MIN_MEMORY = 6 << 20  # Docker's own minimum; below it no Python component start
 MAX_PIDS = 1 << 22  # the kernel's largest pid_max
 _TRUE, _FALSE = ("1", "true", "yes", "on", "t", "y"), ("0", "false", "no", "off", "f", "n")
 # a Docker image reference (registry[:port]/path[:tag][@digest]) or an image id (sha256:hex)
-_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?"
-                    r"|sha256:[0-9a-f]{64}")
+_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"  # a repository's path: lower case
+_IMAGE = re.compile(rf"(?:[A-Za-z0-9.-]+(?::\d+)?/)?{_PART}(?:/{_PART})*"
+                    r"(?::\w[\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?|sha256:[0-9a-f]{64}")
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # a bearer token: printable ASCII, no space
 
 
@@ -164,7 +165,7 @@ SETTINGS: tuple[Setting, ...] = (
             None, "registry files and http(s):// URLs, separated by spaces", _registries),
     Setting("BORIDE_TOKEN", "serve/front: the token clients must send (as --token)", None,
             "printable ASCII without spaces (serve/front: at least 16 characters)", _token),
-    Setting("BORIDE_TOKEN_FILE", "serve/front: a file holding that token (as --token-file)",
+    Setting("BORIDE_TOKEN_FILE", "serve: a file holding that token (as --token-file)",
             None, "a readable file holding a token", _token_file),
     Setting("BORIDE_WORKER_TOKEN", "front: the token the workers require (as --worker-token)",
             None, "printable ASCII without spaces", _token),
