@@ -120,7 +120,7 @@ def test_values_parse_alike_for_both_runtimes() -> None:
     assert DockerSettings.from_env(env={}).memory == 512 << 20  # the defaults, parsed too
     assert settings.get("BORIDE_DOCKER_PULL", {"BORIDE_DOCKER_PULL": "off"}) is False
     assert settings.get("BORIDE_TOKEN", {"BORIDE_TOKEN": ""}) is None  # empty: not set
-    with pytest.raises(settings.SettingError, match="^BORIDE_HELPER_TOKEN: "):
+    with pytest.raises(settings.SettingError, match=r"^BORIDE_HELPER_TOKEN: "):
         settings.get("BORIDE_HELPER_TOKEN", {"BORIDE_HELPER_TOKEN": "a b"})
     settings.check_environment({})  # nothing set: every default is good
 
