@@ -194,9 +194,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "
                   "result)", highlight=False, markup=False)
-    if runtime == "local":  # what a killed boride left
-        from boride.runtime.local import reclaim_folders
-        reclaim_folders()
+    _reclaim(runtime, None)
     if watch:
         sys.exit(_watch(pipeline_file, runtime, options, as_json, err))
     names = [(c.name, c.kind.value) for c in pipeline.components()]
@@ -491,11 +489,8 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
             runtime, "\n  ".join(problems)))
     app = create_app(config, runtime=runtime_, registry=registry)
     _configure_logging(log_level)
-    notes = _serve_notes(host, port, config, trusted_network)
-    if runtime == "local":  # what a killed boride left
-        from boride.runtime.local import reclaim_folders
-        if reclaimed := reclaim_folders(config.work_root):
-            notes.append(f"removed {len(reclaimed)} work folder(s) a killed boride left")
+    notes = [*_reclaim(runtime, config.work_root), *_serve_notes(host, port, config,
+                                                                 trusted_network)]
     notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
                  f"at most {max_builds} builds at once{', token required' if token else ''}); "
                  "API docs at /docs")
@@ -505,6 +500,17 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
                 access_log=log_level == "debug", proxy_headers=False)
+
+
+def _reclaim(runtime: str, work_root: Path | None) -> list[str]:
+    """On the local runtime, remove the work folders a killed boride left (never a living
+    one's); a note saying so, if any."""
+    if runtime != "local":
+        return []
+    from boride.runtime.local import reclaim_folders
+
+    count = len(reclaim_folders(work_root))
+    return [f"removed {count} work folder(s) a killed boride left"] if count else []
 
 
 def _configure_logging(log_level: str) -> None:
