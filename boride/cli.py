@@ -27,7 +27,7 @@ from boride.model import PipelineError, load
 from boride.pipeline import STAGES, BuildOptions, BuildResult, build
 from boride.runtime import RUNTIMES, get_runtime
 from boride.runtime.base import Runtime
-from boride.runtime.local import parse_size
+from boride.settings import SettingError, check_environment, parse_size
 from boride.types import Status
 
 T = TypeVar("T")
@@ -106,10 +106,26 @@ _CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path, file_ok
                           help="The cache's folder [default: $XDG_CACHE_HOME/boride].")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group; it keeps the command line for :func:`main`'s check."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["boride.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="boride")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """boride runs CyanPrint-style pipelines: processors in parallel, merge, plugins in order."""
+    # every BORIDE_* variable checked before any command starts anything (--help still works)
+    if not {"-h", "--help"} & set(ctx.meta.get("boride.argv", ())):
+        try:
+            check_environment()
+        except SettingError as exc:
+            click.echo(f"boride: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
 
 
 @main.command()
@@ -150,7 +166,8 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
     try:
         pipeline = load(pipeline_file)
     except PipelineError as exc:
-        err.print(f"boride: invalid pipeline file:\n{exc}", highlight=False, markup=False)
+        sep = " " if len(exc.problems) == 1 else "\n"  # one problem: one line
+        err.print(f"boride: invalid pipeline file:{sep}{exc}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
     if out is None and archive is None:
         out = Path("out")
@@ -177,6 +194,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "
                   "result)", highlight=False, markup=False)
+    _reclaim(runtime, None)
     if watch:
         sys.exit(_watch(pipeline_file, runtime, options, as_json, err))
     names = [(c.name, c.kind.value) for c in pipeline.components()]
@@ -480,7 +498,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     try:
         registry = open_registry(registries)
     except RegistryError as exc:
-        fail(f"cannot use the registry:\n{exc}")
+        fail("cannot use the registry:" + (" " if len(exc.errors) == 1 else "\n") + str(exc))
         return
     runtime_ = get_runtime(runtime)
     problems = asyncio.run(runtime_.problems([]))
@@ -489,7 +507,8 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
             runtime, "\n  ".join(problems)))
     app = create_app(config, runtime=runtime_, registry=registry)
     _configure_logging(log_level)
-    notes = _serve_notes(host, port, config, trusted_network)
+    notes = [*_reclaim(runtime, config.work_root), *_serve_notes(host, port, config,
+                                                                 trusted_network)]
     notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
                  f"at most {max_builds} builds at once{', token required' if token else ''}); "
                  "API docs at /docs")
@@ -503,6 +522,17 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
         access_log=log_level == "debug", proxy_headers=False), service, drain_timeout)
     server.run()
+
+
+def _reclaim(runtime: str, work_root: Path | None) -> list[str]:
+    """On the local runtime, remove the work folders a killed boride left (never a living
+    one's); a note saying so, if any."""
+    if runtime != "local":
+        return []
+    from boride.runtime.local import reclaim_folders
+
+    count = len(reclaim_folders(work_root))
+    return [f"removed {count} work folder(s) a killed boride left"] if count else []
 
 
 def _configure_logging(log_level: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from boride import aio, fsutil, health, parallel
+from boride import aio, fsutil, health, parallel, workdirs
 from boride.config import Timeouts
 from boride.errors import RuntimeFailure, describe
 from boride.pipeline.plan import cannot_run
@@ -72,6 +72,7 @@ class Session:
         self.work_root = work_root
         self.keep = keep
         self.root: Path | None = None
+        self._owned: workdirs.OwnedFolder | None = None  # (the lock on root)
         self.leftovers: list[str] = []  # what the last close could not remove, and how
         self.workspace: Workspace | None = None
         self.template: TemplateSource | None = None  # what the area was opened with
@@ -114,7 +115,9 @@ class Session:
             parent = self.work_root or Path(tempfile.gettempdir())
             parent.mkdir(parents=True, exist_ok=True)
             safe = "".join(ch for ch in self.id if ch.isalnum())[:12]
-            self.root = Path(tempfile.mkdtemp(prefix=f"boride-{safe}-", dir=parent))
+            # locked as this process's: the next boride reclaims it if this one is killed
+            self._owned = workdirs.OwnedFolder(parent, f"{workdirs.PREFIX}{safe}-")
+            self.root = self._owned.path
         self.template = template
         self.workspace = await self.runtime.open_workspace(self.id, template, self.root,
                                                            area=area, note=note)
@@ -229,6 +232,9 @@ class Session:
             except OSError as exc:
                 problems.append(f"the work area {self.root} could not be removed "
                                 f"({exc.strerror or exc}): remove it with rm -rf {self.root}")
+        if self._owned is not None:
+            self._owned.release(keep=self.keep)
+            self._owned = None
         self.leftovers = problems
 
     async def _close_workspace(self, workspace: Workspace) -> str | None:

@@ -23,7 +23,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import posixpath
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Mapping, Sequence
@@ -35,7 +34,7 @@ import docker.errors
 import httpx
 from docker.types import Mount
 
-from boride import aio, archive, health, output
+from boride import aio, archive, health, output, settings
 from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.area_server import PROTOCOL, TOKEN_ENV
 from boride.config import HELPER_MEMORY, Timeouts
@@ -65,7 +64,7 @@ _COPY_TIMEOUT = 600
 
 
 def helper_image() -> str:
-    return os.environ.get(IMAGE_ENV) or IMAGE
+    return settings.get(IMAGE_ENV) or IMAGE
 
 
 def helper_name(session: str) -> str:
