@@ -188,3 +188,31 @@ def test_a_session_of_a_killed_server_is_removed_by_delete_on_the_next(tmp_path:
         assert labelled({LABEL_SESSION: sid}) == []
         stopped(proc, signal.SIGINT)
     assert owned_by(name) == []
+
+
+@pytest.mark.docker
+def test_a_left_session_that_lost_its_helper_is_removed_not_adopted() -> None:
+    """What cannot work any more is not taken over: its containers and volumes go."""
+    import docker
+
+    template = example_template()
+    sid = new_id()
+    port = free_port()
+    name = f"restart-{new_id()[:8]}"
+    args = ("--runtime", "docker", "--registry", EXAMPLE_REGISTRY, "--state-name", name)
+    with serving(port, *args) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
+        start_example_session(http, template, sid)
+        stopped(proc, signal.SIGKILL)
+    client = docker.from_env()
+    try:
+        client.api.remove_container(f"cyan-merger-{sid}", force=True)
+    finally:
+        client.close()
+    with serving(port, *args) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
+        assert sid not in http.get("/worker").json()["sessions"]
+        assert labelled({LABEL_SESSION: sid}) == []
+        r = http.post(f"/executor/{sid}", json=example_build(template))
+        assert r.status_code == 404, r.text
+        output = stopped(proc, signal.SIGINT)
+    assert "cannot be used (its helper container is not running): removing it" in output
+    assert owned_by(name) == []
