@@ -38,9 +38,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from boride import aio, archive, merge, output
+from boride import aio, archive, merge, output, settings
 from boride.area import AreaFailure, HostArea
 from boride.errors import BorideError, ComponentError, describe
+from boride.settings import SettingError
 
 #: bumped when a route changes: the client refuses a helper speaking another version
 PROTOCOL = 2
@@ -262,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.copy_from:
         return copy_template(args.copy_from, args.copy_root, args.template)
-    token = os.environ.get(TOKEN_ENV, "")
+    try:
+        token = settings.get(TOKEN_ENV)
+    except SettingError as exc:
+        print(f"boride helper: {exc}", file=sys.stderr)
+        return 2
     if not token:
         print(f"boride helper: {TOKEN_ENV} is not set", file=sys.stderr)
         return 2

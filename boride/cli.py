@@ -27,7 +27,7 @@ from boride.model import PipelineError, load
 from boride.pipeline import STAGES, BuildOptions, BuildResult, build
 from boride.runtime import RUNTIMES, get_runtime
 from boride.runtime.base import Runtime
-from boride.runtime.local import parse_size
+from boride.settings import SettingError, check_environment, parse_size
 from boride.types import Status
 
 T = TypeVar("T")
@@ -109,10 +109,26 @@ _CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path, file_ok
                           help="The cache's folder [default: $XDG_CACHE_HOME/boride].")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group; it keeps the command line for :func:`main`'s check."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["boride.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="boride")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """boride runs CyanPrint-style pipelines: processors in parallel, merge, plugins in order."""
+    # every BORIDE_* variable checked before any command starts anything (--help still works)
+    if not {"-h", "--help"} & set(ctx.meta.get("boride.argv", ())):
+        try:
+            check_environment()
+        except SettingError as exc:
+            click.echo(f"boride: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
 
 
 @main.command()
@@ -154,7 +170,8 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
     try:
         pipeline = load(pipeline_file)
     except PipelineError as exc:
-        err.print(f"boride: invalid pipeline file:\n{exc}", highlight=False, markup=False)
+        sep = " " if len(exc.problems) == 1 else "\n"  # one problem: one line
+        err.print(f"boride: invalid pipeline file:{sep}{exc}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
     if out is None and archive is None:
         out = Path("out")
@@ -181,6 +198,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "
                   "result)", highlight=False, markup=False)
+    _reclaim(runtime, None)
     if watch:
         sys.exit(_watch(pipeline_file, runtime, options, as_json, err))
     names = [(c.name, c.kind.value) for c in pipeline.components()]
@@ -425,6 +443,17 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               help="The cache's size bound; least recently used entries go first.")
 @click.option("--cache-shared", is_flag=True,
               help="One cache for every client, whatever its token.")
+@click.option("--state-name", metavar="NAME",
+              help="The name this server's sessions are kept under on the Docker engine: a "
+              "server started again with the same name (on the same engine) takes over the "
+              "sessions the previous one left [default: serve-PORT; the local runtime keeps "
+              "none].")
+@click.option("--keep-sessions", is_flag=True,
+              help="Leave the sessions on the engine also when stopped with Ctrl-C (SIGTERM "
+              "always leaves them, on Docker, for the next server).")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM: seconds the builds in flight may take to finish while new "
+              "sessions and builds are refused (503), before the server exits.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
@@ -433,12 +462,18 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
           session_ttl: float,
           work_root: Path | None, parallelism: int | None,
           ready_timeout: float, build_timeout: float | None, use_cache: bool,
-          cache_dir: Path | None, cache_size: str, cache_shared: bool, log_level: str) -> None:
-    """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md."""
+          cache_dir: Path | None, cache_size: str, cache_shared: bool, state_name: str | None,
+          keep_sessions: bool, drain_timeout: float, log_level: str) -> None:
+    """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md.
+
+    On SIGTERM it drains (see --drain-timeout), then exits leaving its sessions on a Docker
+    engine for the next server of its --state-name; on Ctrl-C it removes what it made
+    (unless --keep-sessions)."""
     import uvicorn
 
     from boride.registry import RegistryError, location, open_registry
     from boride.server import ServerConfig, create_app
+    from boride.server.drain import DrainingServer
 
     err = Console(stderr=True, soft_wrap=True)
 
@@ -464,11 +499,12 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         timeouts=Timeouts(ready=ready_timeout, build=build_timeout,
                           session_idle=session_ttl or None),
         cache=_cache(use_cache, cache_dir, cache_size, err, namespace=cache_namespace(
-            None if cache_shared else token)))
+            None if cache_shared else token)),
+        state_name=(state_name or f"serve-{port}") if runtime == "docker" else None)
     try:
         registry = open_registry(registries)
     except RegistryError as exc:
-        fail(f"cannot use the registry:\n{exc}")
+        fail("cannot use the registry:" + (" " if len(exc.errors) == 1 else "\n") + str(exc))
         return
     runtime_ = get_runtime(runtime)
     problems = asyncio.run(runtime_.problems([]))
@@ -477,7 +513,8 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
             runtime, "\n  ".join(problems)))
     app = create_app(config, runtime=runtime_, registry=registry)
     _configure_logging(log_level)
-    notes = _serve_notes(host, port, config, trusted_network)
+    notes = [*_reclaim(runtime, config.work_root), *_serve_notes(host, port, config,
+                                                                 trusted_network)]
     notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
                  f"at most {max_builds} builds at once{', token required' if token else ''}); "
                  "API docs at /docs")
@@ -485,8 +522,23 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         err.print(f"boride serve: {note}", highlight=False, markup=False)
     # No X-Forwarded-For: the client address is the connection's, which the refusal of
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                access_log=log_level == "debug", proxy_headers=False)
+    service = app.state.service
+    service.keep_on_close = keep_sessions
+    server = DrainingServer(uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+        access_log=log_level == "debug", proxy_headers=False), service, drain_timeout)
+    server.run()
+
+
+def _reclaim(runtime: str, work_root: Path | None) -> list[str]:
+    """On the local runtime, remove the work folders a killed boride left (never a living
+    one's); a note saying so, if any."""
+    if runtime != "local":
+        return []
+    from boride.runtime.local import reclaim_folders
+
+    count = len(reclaim_folders(work_root))
+    return [f"removed {count} work folder(s) a killed boride left"] if count else []
 
 
 def _configure_logging(log_level: str) -> None:

@@ -32,9 +32,9 @@ class RecordingRuntime(DockerRuntime):
         self.sessions: list[str] = []
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, **kwargs: Any) -> Workspace:
         self.sessions.append(session_id)
-        return await super().open_workspace(session_id, template, root, area=area)
+        return await super().open_workspace(session_id, template, root, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import itertools
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from boride import aio, cache, diagnose, fsutil
+from boride import aio, cache, diagnose, fsutil, settings, workdirs
 from boride.area import HostArea
 from boride.config import DEFAULT_MEMORY, DEFAULT_PIDS, NOBODY
 from boride.runtime.base import (
@@ -44,6 +43,7 @@ from boride.runtime.base import (
     TemplateSource,
     Workspace,
 )
+from boride.settings import parse_size
 from boride.types import Component, Kind
 
 _STOP_GRACE = 5.0
@@ -56,16 +56,9 @@ _INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)
                  "or use --runtime docker")
 
 
-def parse_size(text: str) -> int:
-    """Bytes from ``"512m"``, ``"1g"``, ``"1048576"`` (k, m, g: powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)i?b?\s*", text.lower())
-    if m is None or int(m.group(1)) <= 0:
-        raise ValueError(f"not a size: {text!r} (use e.g. 512m or 1g)")
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2)]
-
-
 def size_setting(size: int) -> str:
-    """A size as :func:`parse_size` reads it, in its largest whole unit (``64m``)."""
+    """A size as :func:`~boride.settings.parse_size` reads it, in its largest whole unit
+    (``64m``)."""
     for unit, shift in (("g", 30), ("m", 20), ("k", 10)):
         if size % (1 << shift) == 0:
             return f"{size >> shift}{unit}"
@@ -84,14 +77,21 @@ class SandboxLimits:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SandboxLimits:
         """From ``BORIDE_LOCAL_MEMORY`` / ``BORIDE_LOCAL_PIDS`` (defaults 512m and 256)."""
-        text = env.get("BORIDE_LOCAL_PIDS", str(DEFAULT_PIDS))
-        if not text.strip().isdigit() or int(text) <= 0:
-            raise ValueError(f"BORIDE_LOCAL_PIDS must be a positive number, got {text!r}")
-        try:
-            memory = parse_size(env.get("BORIDE_LOCAL_MEMORY", DEFAULT_MEMORY))
-        except ValueError as exc:
-            raise ValueError(f"BORIDE_LOCAL_MEMORY: {exc}") from None
-        return cls(memory, int(text))
+        return cls(settings.get("BORIDE_LOCAL_MEMORY", env), settings.get("BORIDE_LOCAL_PIDS", env))
+
+
+def short_parent() -> Path:
+    """Where a session's socket folder goes when its work folder's path is too long for a
+    socket's: the temp folder (``TMPDIR``) when its path is short, else ``/tmp``."""
+    tmp = tempfile.gettempdir()
+    return Path(tmp if len(tmp) <= _SOCKET_DIR_MAX - 40 else "/tmp")
+
+
+def reclaim_folders(work_root: Path | None = None) -> list[Path]:
+    """Remove the work folders (below ``work_root``, else the temp folder) and socket folders
+    that a killed boride left (:mod:`boride.workdirs`: never a living one's); those removed."""
+    parents = dict.fromkeys([work_root or Path(tempfile.gettempdir()), short_parent()])
+    return [p for parent in parents for p in workdirs.reclaim(parent)]
 
 
 def _namespaces() -> list[str]:
@@ -328,7 +328,7 @@ class LocalRuntime(Runtime):
         self._roots: dict[str, Path] = {}  # session -> its work folder (area and run below)
         self._areas: dict[str, HostArea] = {}
         self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
-        self._socket_dirs: dict[str, Path] = {}  # session -> short folder made for sockets
+        self._socket_dirs: dict[str, workdirs.OwnedFolder] = {}  # session -> short socket folder
 
     async def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
@@ -355,7 +355,8 @@ class LocalRuntime(Runtime):
         return template_folder_problem(source)
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, *, area: bool = True,
+                             note: Mapping[str, str] | None = None) -> Workspace:
         assert root is not None, "the local runtime's areas are host folders"
         tpl = template_folder(template)
         for sub in ("area", "run"):
@@ -365,8 +366,9 @@ class LocalRuntime(Runtime):
         run = (root / "run").resolve()
         if len(str(run)) > _SOCKET_DIR_MAX:
             # Unix socket paths are limited to 107 bytes: use a short private folder instead.
-            run = Path(tempfile.mkdtemp(prefix="boride-", dir="/tmp"))
-            self._socket_dirs[session_id] = run
+            owned = workdirs.OwnedFolder(short_parent())
+            run = owned.path
+            self._socket_dirs[session_id] = owned
         self._roots[session_id] = root.resolve()
         self._run_dirs[session_id] = run
         self._areas[session_id] = HostArea(folder, tpl, self.user)
@@ -462,4 +464,7 @@ class LocalRuntime(Runtime):
         self._run_dirs.pop(workspace.session_id, None)
         short = self._socket_dirs.pop(workspace.session_id, None)
         if short is not None:
-            shutil.rmtree(short, ignore_errors=True)
+            try:
+                await aio.to_thread(fsutil.remove_tree, short.path)
+            finally:
+                short.release()

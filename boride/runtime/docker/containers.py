@@ -7,7 +7,7 @@ address on the network: the host routes to bridge addresses on Linux); and remov
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +65,13 @@ def _host_config(api: docker.APIClient, settings: DockerSettings, session: str,
 
 
 def create_and_start(api: docker.APIClient, settings: DockerSettings, session: str,
-                     component: Component, template_volume: str | None = None) -> Container:
-    """Make and start ``component``'s container; removes it again when it cannot start."""
+                     component: Component, template_volume: str | None = None,
+                     kept: Mapping[str, str] | None = None) -> Container:
+    """Make and start ``component``'s container (``kept``: the labels of its session's note,
+    :func:`~.names.kept_labels`); removes it again when it cannot start."""
     assert component.image
     name = container_name(component.kind, component.name, session)
-    labels = {**session_labels(session, "component"), LABEL_KIND: component.kind.value,
+    labels = {**session_labels(session, "component", kept), LABEL_KIND: component.kind.value,
               LABEL_COMPONENT: component.name}
     created = api.create_container(
         component.image, name=name, labels=labels, user=settings.user,

@@ -23,10 +23,9 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import posixpath
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -35,7 +34,7 @@ import docker.errors
 import httpx
 from docker.types import Mount
 
-from boride import aio, archive, health, output
+from boride import aio, archive, health, output, settings
 from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.area_server import PROTOCOL, TOKEN_ENV
 from boride.bounded import AnswerTooBig, read_bounded
@@ -68,7 +67,7 @@ HELPER_ANSWER = 64 * 1024 * 1024
 
 
 def helper_image() -> str:
-    return os.environ.get(IMAGE_ENV) or IMAGE
+    return settings.get(IMAGE_ENV) or IMAGE
 
 
 def helper_name(session: str) -> str:
@@ -103,8 +102,8 @@ def template_chunks(template: Path) -> Iterator[bytes]:
 
 
 def create_helper(api: docker.APIClient, settings: DockerSettings, session: str, token: str,
-                  template: Iterator[bytes] | None, template_volume: str | None = None
-                  ) -> Container:
+                  template: Iterator[bytes] | None, template_volume: str | None = None,
+                  kept: Mapping[str, str] | None = None) -> Container:
     """Make the session's helper, stream ``template`` (:func:`template_chunks`) into its
     template volume, start it; removed again when any of that fails. ``template_volume``: a
     volume filled already (a blob's), mounted read-only instead of the session's own."""
@@ -112,7 +111,7 @@ def create_helper(api: docker.APIClient, settings: DockerSettings, session: str,
     created = api.create_container(
         helper_image(), name=helper_name(session), entrypoint=_ENTRY,
         command=["--owner", owner], user="0:0",
-        labels={**session_labels(session, "helper"), LABEL_KIND: "merger"},
+        labels={**session_labels(session, "helper", kept), LABEL_KIND: "merger"},
         environment={TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
                      "PYTHONDONTWRITEBYTECODE": "1"},
         host_config=_locked_down(api, settings, _helper_mounts(session, template_volume),

@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,13 +23,15 @@ from boride.runtime.base import (
     ComponentNetworks,
     HostFolder,
     Instance,
+    Kept,
     Runtime,
     RuntimeFailure,
     TemplateRefused,
     TemplateSource,
     Workspace,
+    source_from_note,
 )
-from boride.runtime.docker import containers, helper, volumes
+from boride.runtime.docker import containers, helper, kept, volumes
 from boride.runtime.docker.blobs import Blobs
 from boride.runtime.docker.cleanup import left_behind, remove_labelled, remove_labelled_by_kind
 from boride.runtime.docker.containers import Container
@@ -41,11 +43,12 @@ from boride.runtime.docker.names import (
     LABEL_MANAGED,
     LABEL_SESSION,
     NETWORK,
+    kept_labels,
     validate_session,
 )
 from boride.runtime.docker.network import Network, network_gone
 from boride.runtime.docker.settings import DockerSettings
-from boride.types import Component
+from boride.types import Component, Kind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,10 +60,12 @@ class _Session:
     area: HelperArea | None = None
     blob: BlobImage | None = None  # where its template's files are, when an image's
     template_volume: str | None = None  # the blob's volume (else the session's own)
-    helper_job: asyncio.Task[DockerInstance] | None = None  # its helper being started
+    helper_job: asyncio.Future[DockerInstance] | None = None  # its helper being started
     #: its creations under way (its helper, its components' containers), for its life
     tasks: aio.TaskGroup = field(default_factory=lambda: aio.TaskGroup("docker session"))
     closing: bool = False  # no creation starts any more
+    #: the labels of its server's note, on everything made for it (:func:`.names.kept_labels`)
+    kept: dict[str, str] = field(default_factory=dict)
 
     def create(self, make: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         """``make`` (a creation on the engine) in the background, owned by the session;
@@ -102,6 +107,7 @@ class DockerRuntime(Runtime):
 
     name = "docker"
     host_areas = False  # areas live in engine volumes, worked on by the helper container
+    sessions_outlive = True  # labelled on the engine: a restarted server takes them over
 
     def __init__(self, *, cpus: float | None = None, memory: str | int | None = None,
                  pids: int | None = None, user: str | None = None, network: str = NETWORK,
@@ -171,16 +177,17 @@ class DockerRuntime(Runtime):
 
     # -- sessions ---------------------------------------------------------------------------
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, *, area: bool = True,
+                             note: Mapping[str, str] | None = None) -> Workspace:
         """The session's volumes, filled with the template, and its helper container
-        (without ``area``: the template's volume only)."""
+        (without ``area``: the template's volume only); ``note`` labels all of it."""
         try:
             validate_session(session_id)
         except ValueError as exc:
             raise RuntimeFailure(str(exc)) from None
         if session_id in self._sessions:
             raise RuntimeFailure(f"session {session_id!r} is open already")
-        session = self._sessions[session_id] = _Session(session_id)
+        session = self._sessions[session_id] = _Session(session_id, kept=kept_labels(note))
         try:
             # Whatever a killed run of the same session left goes first.
             await self._remove_session(session_id)
@@ -189,7 +196,8 @@ class DockerRuntime(Runtime):
                 session.template_volume = await self.blobs.acquire(template, session_id)
                 session.blob = template
             await volumes.create_volumes(self.engine, session_id, area=area,
-                                         template=session.template_volume is None)
+                                         template=session.template_volume is None,
+                                         kept=session.kept)
             if isinstance(template, HostFolder):
                 await self.engine.call(helper.copy_host_folder, self.settings, session_id,
                                        template)
@@ -217,7 +225,7 @@ class DockerRuntime(Runtime):
         try:
             container = await self._on_network(lambda: self.engine.call(
                 helper.create_helper, self.settings, session.id, token, template,
-                session.template_volume))
+                session.template_volume, session.kept))
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(reason(exc)) from None
         return DockerInstance(HelperArea.helper_component(), container, self.settings.network,
@@ -280,6 +288,73 @@ class DockerRuntime(Runtime):
                                    session.helper_job.result().container.id)
         except ENGINE_ERRORS as exc:  # close_workspace tries again, and says what is left
             log.debug("session %s: removing its helper: %s", session.id, reason(exc))
+
+    async def adopt(self, owner: str) -> list[Kept]:
+        """The sessions of ``owner`` on the engine (:mod:`.kept`), taken over: their running
+        components and helper reached again, their blob volume counted as used. A session
+        whose area has lost its helper cannot work any more: removed (logged), as are the
+        containers of components that stopped (the next start starts them again)."""
+        try:
+            await self.engine.connected()
+            found = await self.engine.call(kept.find, owner, self.settings.network)
+        except (RuntimeFailure, *ENGINE_ERRORS) as exc:
+            log.warning("cannot look for the sessions a previous %s left on the engine: %s",
+                        owner, describe(exc))
+            return []
+        report = await parallel.run(self._adopt, [f for f in found
+                                                  if f.session not in self._sessions])
+        adopted: list[Kept] = []
+        for outcome in report.outcomes:
+            if outcome.ok and outcome.value is not None:
+                adopted.append(outcome.value)
+                continue
+            sid = outcome.item.session
+            log.warning("session %s left by a previous %s cannot be used (%s): removing it",
+                        sid, owner, describe(outcome.error))
+            try:
+                await self._remove_session(sid)
+            except (*ENGINE_ERRORS, RuntimeFailure) as exc:
+                log.error("%s", left_behind(sid, exc))
+        return adopted
+
+    async def _adopt(self, found: kept.Found) -> Kept:
+        session = _Session(found.session, kept=kept_labels(found.note))
+        source = source_from_note(found.note.get("source"))
+        if isinstance(source, BlobImage):
+            session.template_volume = await self.blobs.adopt(source)
+            session.blob = source
+        try:
+            return await self._take_over(found, session)
+        except BaseException:
+            if session.blob is not None:
+                await aio.shielded(self.blobs.release(session.blob))
+            raise
+
+    async def _take_over(self, found: kept.Found, session: _Session) -> Kept:
+        stopped = [c.container.id for c in found.containers if not c.running]
+        for container_id in stopped:
+            await self.engine.call(containers.remove_container, container_id)
+        if found.area_volume:
+            helper_found = found.helper
+            if helper_found is None or not helper_found.running or not found.helper_token:
+                raise RuntimeFailure("its helper container is not running")
+            running = asyncio.get_running_loop().create_future()
+            running.set_result(DockerInstance(
+                HelperArea.helper_component(), helper_found.container, self.settings.network,
+                self.engine.api, area_server.PORT))
+            session.helper_job = running
+            session.area = HelperArea(running, found.helper_token,
+                                      helper.helper_name(found.session))
+        instances: dict[str, Instance] = {}
+        for c in found.components:
+            if c.running and c.component:
+                instance = DockerInstance(Component(c.component, Kind(c.kind), image=c.image),
+                                          c.container, self.settings.network, self.engine.api)
+                self._instances.add(instance)
+                instances[c.component] = instance
+        self._sessions[found.session] = session
+        return Kept(found.session, found.note, Workspace(found.session, session.area),
+                    instances)
 
     async def drop_template(self, source: TemplateSource) -> list[str]:
         return await self.blobs.drop(source) if isinstance(source, BlobImage) else []
@@ -355,7 +430,8 @@ class DockerRuntime(Runtime):
 
         async def make() -> None:
             made.append(await self.engine.call(containers.create_and_start, self.settings,
-                                               session.id, component, session.template_volume))
+                                               session.id, component, session.template_volume,
+                                               session.kept))
 
         await aio.shielded(make())
         status.started(made[0])
