@@ -12,8 +12,8 @@ from typing import TypeVar
 
 from boride import registry as reg
 from boride.cache import Cache
-from boride.config import Limits, Timeouts
-from boride.pipeline import BuildOptions, ComponentsFailed, Session, cannot_run
+from boride.config import SERVE_BUILD_TIMEOUT, Limits, Timeouts
+from boride.pipeline import Admission, BuildOptions, ComponentsFailed, Session, cannot_run
 from boride.runtime.base import Runtime, TemplateSource
 from boride.server.metrics import Metrics
 from boride.types import Component
@@ -31,13 +31,15 @@ class ServerConfig:
     dev_root: Path | None = None
     work_root: Path | None = None
     limits: Limits = field(default_factory=Limits)
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    timeouts: Timeouts = field(default_factory=lambda: Timeouts(build=SERVE_BUILD_TIMEOUT))
     cache: Cache | None = None  # reuse unchanged processors' outputs (``--cache``)
 
 
 class Context:
-    """One server's shared parts. At most ``max_builds`` builds and component start-ups run at
-    once across all sessions (``slots``)."""
+    """One server's shared parts. At most ``max_builds`` builds doing boride's own work and
+    component start-ups run at once across all sessions (``slots``); a build awaiting its
+    components' answers holds none (:meth:`admission`). A start-up holds its slot until its
+    components are ready, at most the ready timeout."""
 
     def __init__(self, config: ServerConfig, runtime: Runtime, registry: reg.Registry,
                  metrics: Metrics) -> None:
@@ -48,6 +50,12 @@ class Context:
         self.slots = asyncio.Semaphore(config.limits.max_builds)
         self.executor = ThreadPoolExecutor(max_workers=max(16, 4 * config.limits.max_builds),
                                            thread_name_prefix="boride-stream")
+
+    def admission(self) -> Admission:
+        """A build's hold on the slots, counted in the metrics."""
+        m = self.metrics
+        return Admission(self.slots, waiting=m.builds_waiting, held=m.build_slots_held,
+                         awaiting=m.builds_awaiting)
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(limits=self.config.limits, timeouts=self.config.timeouts,
@@ -68,7 +76,7 @@ class Context:
         error) when some do not start or never become ready."""
         wanted = list(components)
         await session.refuse_unrunnable(wanted)
-        async with self.slots:
+        async with Admission(self.slots, held=self.metrics.build_slots_held):
             try:
                 await session.start(wanted, self.config.timeouts.ready,
                                     limit=self.config.limits.parallelism)
