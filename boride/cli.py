@@ -475,7 +475,8 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     _configure_logging(log_level)
     notes = _serve_notes(host, port, config, trusted_network)
     notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
-                 f"at most {max_builds} builds at work at once{', token required' if token else ''}); "
+                 f"at most {max_builds} builds at work at once"
+                 f"{', token required' if token else ''}); "
                  "API docs at /docs")
     for note in notes:
         err.print(f"boride serve: {note}", highlight=False, markup=False)

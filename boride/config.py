@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY", "NOBODY", "Limits",
-           "SERVE_BUILD_TIMEOUT", "Timeouts", "cpu_count"]
+__all__ = ["DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY", "NOBODY",
+           "SERVE_BUILD_TIMEOUT", "Limits", "Timeouts", "cpu_count"]
 
 # What one component may use and who it runs as, on either runtime (a local sandbox, a
 # Docker container); ``BORIDE_LOCAL_MEMORY``/``_PIDS`` and ``BORIDE_DOCKER_CPUS``/``_MEMORY``/

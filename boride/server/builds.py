@@ -1,9 +1,9 @@
 """Builds (``POST /executor/{sessionId}``): one at a time per session, each a
 :class:`boride.pipeline.Build` over the session's running components (and its template's
 shared ones), at most ``max_builds`` doing boride's own work at once across sessions (a build
-awaiting its components' answers holds no slot: :mod:`boride.pipeline.admission`). The output streams as
-``cyan-output.tar.gz`` straight from the merged tree; the build's folders are removed when the
-stream ends; in-tree symlinks are stored as the content they lead to (the CyanPrint CLI's
+awaiting its components' answers holds no slot: :mod:`boride.pipeline.admission`). The output
+streams as ``cyan-output.tar.gz`` straight from the merged tree; the build's folders are removed
+when the stream ends; in-tree symlinks are stored as the content they lead to (the CyanPrint CLI's
 unpacker cannot make links), links leading out are refused. A cancelled build (client gone,
 session deleted) stops the session's components (the next build starts them again)."""
 
