@@ -4,6 +4,7 @@ holds no build slot, so other sessions' builds (and start-ups) go on at once."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from boride import aio
 from boride.config import Limits, Timeouts
+from boride.pipeline import Admission
 from boride.server import ServerConfig
 from tests.helpers import archive_files, run_cli
 from tests.test_server_cli import serving
@@ -158,3 +161,40 @@ def test_a_start_up_holds_a_slot_until_the_ready_timeout(tmp_path: Path) -> None
         assert metric(http, "boride_build_slots_held") == 0
         for s in (stuck, sid):
             http.delete(f"/executor/{s}")
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_build_holds_no_slot_while_one_of_its_calls_is_pending() -> None:
+    slots = asyncio.Semaphore(1)
+    build = Admission(slots)
+    answer = [asyncio.Event(), asyncio.Event(), asyncio.Event()]
+
+    async def call(i: int) -> None:
+        async with build.awaiting():
+            await answer[i].wait()
+
+    async with build:
+        assert build.held and slots.locked()
+        calls = [aio.spawn(call(0)), aio.spawn(call(1))]
+        await _settle()
+        assert not build.held and not slots.locked()  # free for another build
+        answer[0].set()
+        await _settle()
+        assert not build.held  # one call is still pending
+        async with Admission(slots):  # another build holds the slot: this one waits for it
+            answer[1].set()
+            await _settle()
+            assert not calls[1].done() and not build.held
+            # a call beginning meanwhile: once the slot is got, it is given up again
+            third = aio.spawn(call(2))
+            await _settle()
+        await _settle()
+        assert not build.held and not slots.locked() and calls[1].done()
+        answer[2].set()
+        await third
+        assert build.held and slots.locked()  # its last call answered: at work again
+    assert not slots.locked()
