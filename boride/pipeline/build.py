@@ -141,9 +141,10 @@ class _BuildCore:
         if self.demand is not None:
             await self.demand.ready(step)
         c = self.steps[step].component
-        with self.deadline.doing(step, f"{c.kind.value} {step!r}", lambda: (
-                f"its call had not answered {self.deadline.ran_out}"), about):
-            async with self.admission.awaiting():
+        # (no slot held while the call is pending: a wait for one afterwards is no call's)
+        async with self.admission.awaiting():
+            with self.deadline.doing(step, f"{c.kind.value} {step!r}", lambda: (
+                    f"its call had not answered {self.deadline.ran_out}"), about):
                 return await self.calls.call(step, call)
 
     async def start_one(self, c: Component) -> None:
