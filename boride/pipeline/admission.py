@@ -1,5 +1,5 @@
 """A build's hold on its server's build slots (``--max-builds``): a slot bounds boride's own
-work (starting components, merging, archiving), not a component's. A build holds one while
+work (starting components, merging), not a component's. A build holds one while
 none of its component calls is pending; while one is, the build gives its slot up, and takes
 one again (waiting for it like a new build) once its last pending call has answered. So builds
 whose components never answer hold no slot, and other sessions' builds go on."""
