@@ -22,7 +22,7 @@ from boride import __version__
 from boride.cache import Cache, cache_namespace, default_root
 from boride.cache import clear as clear_cache
 from boride.cache import namespaces as cache_namespaces
-from boride.config import Limits, Timeouts
+from boride.config import SERVE_BUILD_TIMEOUT, Limits, Timeouts
 from boride.model import PipelineError, load
 from boride.pipeline import STAGES, BuildOptions, BuildResult, build
 from boride.runtime import RUNTIMES, get_runtime
@@ -413,7 +413,8 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               "none): whoever reaches the port can run containers/processes as boride.")
 @click.option("--max-builds", type=click.IntRange(min=1), default=LIMITS.max_builds,
               show_default=True,
-              help="Builds (and component start-ups) running at once; the others wait.")
+              help="Builds doing boride's own work (and component start-ups) at once; the "
+              "others wait. A build awaiting its components' answers holds no slot.")
 @click.option("--dev-root", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Allow POST /executor/try with source 'path' for folders below DIR "
               "[default: the working directory when --host is loopback; else none].")
@@ -434,7 +435,8 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               default=TIMEOUTS.ready,
               show_default=True, help="Seconds a component may take to become ready.")
 @click.option("--build-timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Seconds a build may take.")
+              default=SERVE_BUILD_TIMEOUT, show_default=True,
+              help="Seconds a build may take (the CyanPrint CLI waits 600 s for one).")
 @click.option("--cache", "use_cache", is_flag=True, envvar="BORIDE_CACHE",
               help="Reuse the outputs of processors whose inputs are unchanged, across builds "
               "and sessions (each token its own cache unless --cache-shared).")
@@ -461,7 +463,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
           dev_root: Path | None, max_body: int, max_answer: int, max_sessions: int,
           session_ttl: float,
           work_root: Path | None, parallelism: int | None,
-          ready_timeout: float, build_timeout: float | None, use_cache: bool,
+          ready_timeout: float, build_timeout: float, use_cache: bool,
           cache_dir: Path | None, cache_size: str, cache_shared: bool, state_name: str | None,
           keep_sessions: bool, drain_timeout: float, log_level: str) -> None:
     """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md.
@@ -516,7 +518,8 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     notes = [*_reclaim(runtime, config.work_root), *_serve_notes(host, port, config,
                                                                  trusted_network)]
     notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
-                 f"at most {max_builds} builds at once{', token required' if token else ''}); "
+                 f"at most {max_builds} builds at work at once"
+                 f"{', token required' if token else ''}); "
                  "API docs at /docs")
     for note in notes:
         err.print(f"boride serve: {note}", highlight=False, markup=False)

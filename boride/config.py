@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY", "MAX_ANSWER",
-           "NOBODY", "Limits", "Timeouts", "cpu_count"]
+           "NOBODY", "SERVE_BUILD_TIMEOUT", "Limits", "Timeouts", "cpu_count"]
 
 # What one component may use and who it runs as, on either runtime (a local sandbox, a
 # Docker container); ``BORIDE_LOCAL_MEMORY``/``_PIDS`` and ``BORIDE_DOCKER_CPUS``/``_MEMORY``/
@@ -36,12 +36,17 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: ``boride serve``'s build timeout: the CyanPrint CLI's own client timeout; past it nobody
+#: waits for the build any more (``boride run`` has none: its user is there to stop it)
+SERVE_BUILD_TIMEOUT = 600.0
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Seconds each wait may take (None: no limit)."""
 
     ready: float = 60.0  # a component starting until it answers GET / with 200
-    build: float | None = None  # a whole build, start to output
+    build: float | None = None  # a whole build, start to output (serve: SERVE_BUILD_TIMEOUT)
     #: the API: an idle session is removed after this; 12 hours like the Go coordinator's
     #: clean-up, so a long interactive Q&A between bootstrap and build keeps its session
     session_idle: float | None = 12 * 3600.0

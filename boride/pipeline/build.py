@@ -16,6 +16,7 @@ from boride import aio, cache, diagnose, health, merge, parallel, protocol
 from boride.area import Area, AreaFailure
 from boride.errors import describe
 from boride.model import Pipeline
+from boride.pipeline.admission import Admission
 from boride.pipeline.cached import BuildCache
 from boride.pipeline.calls import Calls, checked
 from boride.pipeline.deadline import Deadline
@@ -40,11 +41,14 @@ T = TypeVar("T")
 
 class _BuildCore:
     """What the stages of a build stand on: its plan's steps and the instance each calls, its
-    deadline, its progress (results, events, stage times) and the calls to its instances."""
+    deadline, its progress (results, events, stage times), the calls to its instances and its
+    hold on a server's build slots (``admission``: given up while a call is pending)."""
 
     def __init__(self, plan: Plan, session: Session, options: BuildOptions,
-                 shared: Session | None = None, *, on_demand: bool = False) -> None:
+                 shared: Session | None = None, *, on_demand: bool = False,
+                 admission: Admission | None = None) -> None:
         self.plan = plan
+        self.admission = admission or Admission()
         self.session = session
         self.options = options
         self.limit = options.limits.build_parallelism(plan.parallelism)
@@ -137,9 +141,11 @@ class _BuildCore:
         if self.demand is not None:
             await self.demand.ready(step)
         c = self.steps[step].component
-        with self.deadline.doing(step, f"{c.kind.value} {step!r}", lambda: (
-                f"its call had not answered {self.deadline.ran_out}"), about):
-            return await self.calls.call(step, call)
+        # (no slot held while the call is pending: a wait for one afterwards is no call's)
+        async with self.admission.awaiting():
+            with self.deadline.doing(step, f"{c.kind.value} {step!r}", lambda: (
+                    f"its call had not answered {self.deadline.ran_out}"), about):
+                return await self.calls.call(step, call)
 
     async def start_one(self, c: Component) -> None:
         """Start ``c`` in the session and wait until it is ready."""

@@ -13,8 +13,8 @@ from typing import TypeVar
 
 from boride import registry as reg
 from boride.cache import Cache
-from boride.config import Limits, Timeouts
-from boride.pipeline import BuildOptions, ComponentsFailed, Session, cannot_run
+from boride.config import SERVE_BUILD_TIMEOUT, Limits, Timeouts
+from boride.pipeline import Admission, BuildOptions, ComponentsFailed, Session, cannot_run
 from boride.runtime.base import Runtime, TemplateSource, source_note
 from boride.server.metrics import Metrics
 from boride.types import Component
@@ -32,7 +32,7 @@ class ServerConfig:
     dev_root: Path | None = None
     work_root: Path | None = None
     limits: Limits = field(default_factory=Limits)
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    timeouts: Timeouts = field(default_factory=lambda: Timeouts(build=SERVE_BUILD_TIMEOUT))
     cache: Cache | None = None  # reuse unchanged processors' outputs (``--cache``)
     #: the name its sessions are kept under on the runtime (``--state-name``): a server
     #: started with the same name on the same Docker engine takes them over; None: not kept
@@ -50,8 +50,10 @@ def noted_names(note: Mapping[str, str], key: str) -> dict[str, str]:
 
 
 class Context:
-    """One server's shared parts. At most ``max_builds`` builds and component start-ups run at
-    once across all sessions (``slots``)."""
+    """One server's shared parts. At most ``max_builds`` builds doing boride's own work and
+    component start-ups run at once across all sessions (``slots``); a build awaiting its
+    components' answers holds none (:meth:`admission`). A start-up holds its slot until its
+    components are ready, at most the ready timeout."""
 
     def __init__(self, config: ServerConfig, runtime: Runtime, registry: reg.Registry,
                  metrics: Metrics) -> None:
@@ -62,6 +64,12 @@ class Context:
         self.slots = asyncio.Semaphore(config.limits.max_builds)
         self.executor = ThreadPoolExecutor(max_workers=max(16, 4 * config.limits.max_builds),
                                            thread_name_prefix="boride-stream")
+
+    def admission(self) -> Admission:
+        """A build's hold on the slots, counted in the metrics."""
+        m = self.metrics
+        return Admission(self.slots, waiting=m.builds_waiting, held=m.build_slots_held,
+                         awaiting=m.builds_awaiting)
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(limits=self.config.limits, timeouts=self.config.timeouts,
@@ -92,7 +100,7 @@ class Context:
         error) when some do not start or never become ready."""
         wanted = list(components)
         await session.refuse_unrunnable(wanted)
-        async with self.slots:
+        async with Admission(self.slots, held=self.metrics.build_slots_held):
             try:
                 await session.start(wanted, self.config.timeouts.ready,
                                     limit=self.config.limits.parallelism)
