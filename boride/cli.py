@@ -461,8 +461,7 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
 def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
           token_file: Path | None, trusted_network: bool, max_builds: int,
           dev_root: Path | None, max_body: int, max_answer: int, max_sessions: int,
-          session_ttl: float,
-          work_root: Path | None, parallelism: int | None,
+          session_ttl: float, work_root: Path | None, parallelism: int | None,
           ready_timeout: float, build_timeout: float, use_cache: bool,
           cache_dir: Path | None, cache_size: str, cache_shared: bool, state_name: str | None,
           keep_sessions: bool, drain_timeout: float, log_level: str) -> None:
