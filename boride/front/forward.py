@@ -196,9 +196,11 @@ class Front:
     async def _warm_one(self, request: Request, worker: Worker, tid: str,
                         template: dict[str, Any]) -> None:
         try:
-            answer = await self.client.post(f"{worker.url}/template/warm", json=template,
-                                            headers={TRACE_HEADER: trace_id_of(request.scope)})
-        except httpx.HTTPError as exc:
+            async with self.client.stream(
+                    "POST", f"{worker.url}/template/warm", json=template,
+                    headers={TRACE_HEADER: trace_id_of(request.scope)}) as answer:
+                said = await read_bounded(answer, WORKER_ANSWER, "POST /template/warm")
+        except (httpx.HTTPError, AnswerTooBig) as exc:
             log.warning("warming template %s on %s: %s", tid, worker.describe(), describe(exc))
             return
         if answer.is_success:
@@ -207,7 +209,7 @@ class Front:
             worker.templates.add(tid)
         else:
             log.warning("warming template %s on %s: %d %s", tid, worker.describe(),
-                        answer.status_code, answer.text[:300])
+                        answer.status_code, said[:300].decode("utf-8", "replace"))
 
 
 class Relayed(Response):
