@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console, Group
@@ -29,6 +29,9 @@ from boride.runtime import RUNTIMES, get_runtime
 from boride.runtime.base import Runtime
 from boride.settings import SettingError, check_environment, parse_size
 from boride.types import Status
+
+if TYPE_CHECKING:
+    from boride.registry import Registry
 
 T = TypeVar("T")
 LIMITS, TIMEOUTS = Limits(), Timeouts()  # the defaults shown by --help
@@ -470,11 +473,8 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     On SIGTERM it drains (see --drain-timeout), then exits leaving its sessions on a Docker
     engine for the next server of its --state-name; on Ctrl-C it removes what it made
     (unless --keep-sessions)."""
-    import uvicorn
-
-    from boride.registry import RegistryError, location, open_registry
+    from boride.registry import location
     from boride.server import ServerConfig, create_app
-    from boride.server.drain import DrainingServer
 
     err = Console(stderr=True, soft_wrap=True)
 
@@ -502,16 +502,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         cache=_cache(use_cache, cache_dir, cache_size, err, namespace=cache_namespace(
             None if cache_shared else token)),
         state_name=(state_name or f"serve-{port}") if runtime == "docker" else None)
-    try:
-        registry = open_registry(registries)
-    except RegistryError as exc:
-        fail("cannot use the registry:" + (" " if len(exc.errors) == 1 else "\n") + str(exc))
-        return
-    runtime_ = get_runtime(runtime)
-    problems = asyncio.run(runtime_.problems([]))
-    if problems:
-        fail("the {} runtime cannot run components here:\n  {}".format(
-            runtime, "\n  ".join(problems)))
+    registry, runtime_ = _usable(registries, runtime, fail)
     app = create_app(config, runtime=runtime_, registry=registry)
     _configure_logging(log_level)
     notes = [*_reclaim(runtime, config.work_root), *_serve_notes(host, port, config,
@@ -522,14 +513,43 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
                  "API docs at /docs")
     for note in notes:
         err.print(f"boride serve: {note}", highlight=False, markup=False)
-    # No X-Forwarded-For: the client address is the connection's, which the refusal of
-    # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
+    _run_server(app, host, port, log_level, keep_sessions=keep_sessions,
+                drain_timeout=drain_timeout)
+
+
+def _usable(registries: tuple[str, ...], runtime: str, fail: Callable[[str], None]
+            ) -> tuple[Registry, Runtime]:
+    """The registry and the runtime a server is told to use, each checked (``fail``: how the
+    server refuses one that cannot be used)."""
+    from boride.registry import RegistryError, open_registry
+
+    try:
+        registry = open_registry(registries)
+    except RegistryError as exc:
+        fail("cannot use the registry:" + (" " if len(exc.errors) == 1 else "\n") + str(exc))
+        raise
+    runtime_ = get_runtime(runtime)
+    problems = asyncio.run(runtime_.problems([]))
+    if problems:
+        fail("the {} runtime cannot run components here:\n  {}".format(
+            runtime, "\n  ".join(problems)))
+    return registry, runtime_
+
+
+def _run_server(app: Any, host: str, port: int, log_level: str, *, keep_sessions: bool,
+                drain_timeout: float) -> None:
+    """Serve ``app`` until a signal: SIGTERM drains first (:mod:`boride.server.drain`)."""
+    import uvicorn
+
+    from boride.server.drain import DrainingServer
+
     service = app.state.service
     service.keep_on_close = keep_sessions
-    server = DrainingServer(uvicorn.Config(
+    # No X-Forwarded-For: the client address is the connection's, which the refusal of
+    # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
+    DrainingServer(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-        access_log=log_level == "debug", proxy_headers=False), service, drain_timeout)
-    server.run()
+        access_log=log_level == "debug", proxy_headers=False), service, drain_timeout).run()
 
 
 def _reclaim(runtime: str, work_root: Path | None) -> list[str]:

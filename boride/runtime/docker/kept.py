@@ -10,15 +10,32 @@ adopted session's idle clock starts again when it is adopted).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import docker
 
-from boride.area_server import TOKEN_ENV
-from boride.runtime.docker.containers import Container
+from boride import aio, parallel
+from boride.area_server import PORT, TOKEN_ENV
+from boride.errors import describe
+from boride.runtime.base import (
+    BlobImage,
+    Instance,
+    Kept,
+    RuntimeFailure,
+    Workspace,
+    source_from_note,
+)
+from boride.runtime.docker.blobs import Blobs
+from boride.runtime.docker.cleanup import left_behind
+from boride.runtime.docker.containers import Container, remove_container
+from boride.runtime.docker.engine import ENGINE_ERRORS, Engine
+from boride.runtime.docker.helper import HelperArea, helper_name
+from boride.runtime.docker.instance import DockerInstance
 from boride.runtime.docker.names import (
     LABEL_COMPONENT,
     LABEL_KIND,
@@ -26,7 +43,13 @@ from boride.runtime.docker.names import (
     LABEL_OWNER,
     LABEL_ROLE,
     LABEL_SESSION,
+    kept_labels,
 )
+from boride.runtime.docker.session import DockerSession
+from boride.runtime.docker.settings import DockerSettings
+from boride.types import Component, Kind
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,3 +139,68 @@ def _token(api: docker.APIClient, container_id: str) -> str | None:
         if name == TOKEN_ENV and value:
             return value
     return None
+
+
+async def adopt(engine: Engine, settings: DockerSettings, blobs: Blobs, owner: str, *,
+                skip: set[str], remove: Callable[[str], Awaitable[object]]
+                ) -> list[tuple[DockerSession, Kept]]:
+    """The sessions of ``owner`` on the engine (but those in ``skip``), each taken over
+    (:func:`take_over`); one that cannot be, removed with ``remove`` (its id), and logged."""
+    try:
+        await engine.connected()
+        found = await engine.call(find, owner, settings.network)
+    except (RuntimeFailure, *ENGINE_ERRORS) as exc:
+        log.warning("cannot look for the sessions a previous %s left on the engine: %s",
+                    owner, describe(exc))
+        return []
+    report = await parallel.run(lambda f: take_over(engine, settings, blobs, f),
+                                [f for f in found if f.session not in skip])
+    adopted = []
+    for outcome in report.outcomes:
+        if outcome.ok and outcome.value is not None:
+            adopted.append(outcome.value)
+            continue
+        sid = outcome.item.session
+        log.warning("session %s left by a previous %s cannot be used (%s): removing it",
+                    sid, owner, describe(outcome.error))
+        try:
+            await remove(sid)
+        except (*ENGINE_ERRORS, RuntimeFailure) as exc:
+            log.error("%s", left_behind(sid, exc))
+    return adopted
+
+
+async def take_over(engine: Engine, settings: DockerSettings, blobs: Blobs, found: Found
+                    ) -> tuple[DockerSession, Kept]:
+    """``found`` as a session of the runtime: its running components and helper reached
+    again, its blob volume counted as used, the containers of components that stopped
+    removed (the next start starts them again). :class:`RuntimeFailure` when its area has
+    lost its helper: it cannot work any more."""
+    session = DockerSession(found.session, kept=kept_labels(found.note))
+    source = source_from_note(found.note.get("source"))
+    if isinstance(source, BlobImage):
+        session.template_volume = await blobs.adopt(source)
+        session.blob = source
+    try:
+        for c in found.containers:
+            if not c.running:
+                await engine.call(remove_container, c.container.id)
+        if found.area_volume:
+            helper = found.helper
+            if helper is None or not helper.running or not found.helper_token:
+                raise RuntimeFailure("its helper container is not running")
+            running = asyncio.get_running_loop().create_future()
+            running.set_result(DockerInstance(HelperArea.helper_component(), helper.container,
+                                              settings.network, engine.api, PORT))
+            session.helper_job = running
+            session.area = HelperArea(running, found.helper_token, helper_name(found.session))
+    except BaseException:
+        if session.blob is not None:
+            await aio.shielded(blobs.release(session.blob))
+        raise
+    instances: dict[str, Instance] = {
+        c.component: DockerInstance(Component(c.component, Kind(c.kind), image=c.image),
+                                    c.container, settings.network, engine.api)
+        for c in found.components if c.running and c.component}
+    return session, Kept(found.session, found.note, Workspace(found.session, session.area),
+                         instances)

@@ -7,10 +7,9 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import docker.errors
 
@@ -29,7 +28,6 @@ from boride.runtime.base import (
     TemplateRefused,
     TemplateSource,
     Workspace,
-    source_from_note,
 )
 from boride.runtime.docker import containers, helper, kept, volumes
 from boride.runtime.docker.blobs import Blobs
@@ -47,50 +45,12 @@ from boride.runtime.docker.names import (
     validate_session,
 )
 from boride.runtime.docker.network import Network, network_gone
+from boride.runtime.docker.session import DockerSession
 from boride.runtime.docker.settings import DockerSettings
-from boride.types import Component, Kind
+from boride.types import Component
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class _Session:
-    id: str
-    area: HelperArea | None = None
-    blob: BlobImage | None = None  # where its template's files are, when an image's
-    template_volume: str | None = None  # the blob's volume (else the session's own)
-    helper_job: asyncio.Future[DockerInstance] | None = None  # its helper being started
-    #: its creations under way (its helper, its components' containers), for its life
-    tasks: aio.TaskGroup = field(default_factory=lambda: aio.TaskGroup("docker session"))
-    closing: bool = False  # no creation starts any more
-    #: the labels of its server's note, on everything made for it (:func:`.names.kept_labels`)
-    kept: dict[str, str] = field(default_factory=dict)
-
-    def create(self, make: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
-        """``make`` (a creation on the engine) in the background, owned by the session;
-        :class:`RuntimeFailure` once the session is closing."""
-        self._refuse_if_closing()
-        return self.tasks.start_soon(make, name=f"{name} of session {self.id}")
-
-    async def start(self, fn: Callable[[aio.TaskStatus[T]], Coroutine[Any, Any, Any]],
-                    name: str) -> T:
-        """``fn`` (a creation on the engine) owned by the session, waited for until it says
-        what it made (:meth:`aio.TaskGroup.start`); :class:`RuntimeFailure` once the session
-        is closing."""
-        self._refuse_if_closing()
-        return await self.tasks.start(fn, name=f"{name} of session {self.id}")
-
-    def _refuse_if_closing(self) -> None:
-        if self.closing:
-            raise RuntimeFailure(f"session {self.id!r} is closing")
-
-    async def creations_ended(self) -> None:
-        """Close the session's task group once every creation under way has ended (their
-        outcomes go to whoever asked for them): none can start any more."""
-        self.closing = True
-        await self.tasks.join()
-        await self.tasks.aclose()
 
 
 class DockerRuntime(Runtime):
@@ -118,9 +78,8 @@ class DockerRuntime(Runtime):
             read_only_rootfs=read_only_rootfs)
         self.engine = engine or Engine(workers)
         self.network = Network(self.engine, self.settings.network)
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, DockerSession] = {}
         self.blobs = Blobs(self.engine, self.settings)
-        self._node_id = ""
         self._instances: set[DockerInstance] = set()
 
     # -- checks -----------------------------------------------------------------------------
@@ -155,19 +114,7 @@ class DockerRuntime(Runtime):
         return str(found["Id"])
 
     async def node_id(self) -> str:
-        """The engine's swarm node id (``docker info``: ``Swarm.NodeID``), else the engine's
-        own id; kept once it is a swarm node's (a node's id does not change)."""
-        if self._node_id:
-            return self._node_id
-        try:
-            info = await self.engine.call(lambda api: api.info())
-        except (RuntimeFailure, *ENGINE_ERRORS) as exc:
-            raise RuntimeFailure(f"cannot ask the Docker engine who it is: {reason(exc)}") \
-                from None
-        node = str((info.get("Swarm") or {}).get("NodeID") or "")
-        if node:
-            self._node_id = node
-        return node or str(info.get("ID") or info.get("Name") or "")
+        return await self.engine.node_id()
 
     async def component_networks(self) -> ComponentNetworks:
         """The subnets of the components' network, from the engine (again when this runtime
@@ -187,7 +134,7 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(str(exc)) from None
         if session_id in self._sessions:
             raise RuntimeFailure(f"session {session_id!r} is open already")
-        session = self._sessions[session_id] = _Session(session_id, kept=kept_labels(note))
+        session = self._sessions[session_id] = DockerSession(session_id, kept=kept_labels(note))
         try:
             # Whatever a killed run of the same session left goes first.
             await self._remove_session(session_id)
@@ -220,7 +167,7 @@ class DockerRuntime(Runtime):
             raise
         return Workspace(session_id, session.area)
 
-    async def _start_helper(self, session: _Session, token: str,
+    async def _start_helper(self, session: DockerSession, token: str,
                             template: Iterator[bytes] | None) -> DockerInstance:
         try:
             container = await self._on_network(lambda: self.engine.call(
@@ -290,71 +237,17 @@ class DockerRuntime(Runtime):
             log.debug("session %s: removing its helper: %s", session.id, reason(exc))
 
     async def adopt(self, owner: str) -> list[Kept]:
-        """The sessions of ``owner`` on the engine (:mod:`.kept`), taken over: their running
-        components and helper reached again, their blob volume counted as used. A session
-        whose area has lost its helper cannot work any more: removed (logged), as are the
-        containers of components that stopped (the next start starts them again)."""
-        try:
-            await self.engine.connected()
-            found = await self.engine.call(kept.find, owner, self.settings.network)
-        except (RuntimeFailure, *ENGINE_ERRORS) as exc:
-            log.warning("cannot look for the sessions a previous %s left on the engine: %s",
-                        owner, describe(exc))
-            return []
-        report = await parallel.run(self._adopt, [f for f in found
-                                                  if f.session not in self._sessions])
+        """The sessions of ``owner`` on the engine, taken over (:func:`.kept.take_over`); one
+        that cannot be used any more is removed (logged)."""
         adopted: list[Kept] = []
-        for outcome in report.outcomes:
-            if outcome.ok and outcome.value is not None:
-                adopted.append(outcome.value)
-                continue
-            sid = outcome.item.session
-            log.warning("session %s left by a previous %s cannot be used (%s): removing it",
-                        sid, owner, describe(outcome.error))
-            try:
-                await self._remove_session(sid)
-            except (*ENGINE_ERRORS, RuntimeFailure) as exc:
-                log.error("%s", left_behind(sid, exc))
+        for session, found in await kept.adopt(self.engine, self.settings, self.blobs, owner,
+                                               skip=set(self._sessions),
+                                               remove=self._remove_session):
+            self._sessions[session.id] = session
+            self._instances.update(i for i in found.instances.values()
+                                   if isinstance(i, DockerInstance))
+            adopted.append(found)
         return adopted
-
-    async def _adopt(self, found: kept.Found) -> Kept:
-        session = _Session(found.session, kept=kept_labels(found.note))
-        source = source_from_note(found.note.get("source"))
-        if isinstance(source, BlobImage):
-            session.template_volume = await self.blobs.adopt(source)
-            session.blob = source
-        try:
-            return await self._take_over(found, session)
-        except BaseException:
-            if session.blob is not None:
-                await aio.shielded(self.blobs.release(session.blob))
-            raise
-
-    async def _take_over(self, found: kept.Found, session: _Session) -> Kept:
-        stopped = [c.container.id for c in found.containers if not c.running]
-        for container_id in stopped:
-            await self.engine.call(containers.remove_container, container_id)
-        if found.area_volume:
-            helper_found = found.helper
-            if helper_found is None or not helper_found.running or not found.helper_token:
-                raise RuntimeFailure("its helper container is not running")
-            running = asyncio.get_running_loop().create_future()
-            running.set_result(DockerInstance(
-                HelperArea.helper_component(), helper_found.container, self.settings.network,
-                self.engine.api, area_server.PORT))
-            session.helper_job = running
-            session.area = HelperArea(running, found.helper_token,
-                                      helper.helper_name(found.session))
-        instances: dict[str, Instance] = {}
-        for c in found.components:
-            if c.running and c.component:
-                instance = DockerInstance(Component(c.component, Kind(c.kind), image=c.image),
-                                          c.container, self.settings.network, self.engine.api)
-                self._instances.add(instance)
-                instances[c.component] = instance
-        self._sessions[found.session] = session
-        return Kept(found.session, found.note, Workspace(found.session, session.area),
-                    instances)
 
     async def drop_template(self, source: TemplateSource) -> list[str]:
         return await self.blobs.drop(source) if isinstance(source, BlobImage) else []
@@ -409,7 +302,7 @@ class DockerRuntime(Runtime):
         for session in list(self._sessions.values()):
             await session.creations_ended()
 
-    async def _start_container(self, session: _Session, component: Component) -> Container:
+    async def _start_container(self, session: DockerSession, component: Component) -> Container:
         """Create and start in one task of the session that a cancellation cannot cut in
         half (it says when the container runs): a cancelled start waits for it, then removes
         whatever it made (a creation that failed removed what it made itself)."""
@@ -423,7 +316,7 @@ class DockerRuntime(Runtime):
                 await aio.shielded(self.engine.call(containers.remove_container, made[0].id))
             raise
 
-    async def _create(self, session: _Session, component: Component, made: list[Container],
+    async def _create(self, session: DockerSession, component: Component, made: list[Container],
                       status: aio.TaskStatus[Container]) -> None:
         """Make and start ``component``'s container (to its end, even when cancelled
         meanwhile), put it in ``made``, and report it started."""
