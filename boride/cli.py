@@ -545,11 +545,16 @@ def _run_server(app: Any, host: str, port: int, log_level: str, *, keep_sessions
 
     service = app.state.service
     service.keep_on_close = keep_sessions
+
+    def leave_sessions() -> None:  # for the next server, where the runtime keeps them
+        service.keep_on_close = keep_sessions or service.ctx.runtime.sessions_outlive
+
     # No X-Forwarded-For: the client address is the connection's, which the refusal of
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
     DrainingServer(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-        access_log=log_level == "debug", proxy_headers=False), service, drain_timeout).run()
+        access_log=log_level == "debug", proxy_headers=False), service.drain, drain_timeout,
+        leave_sessions).run()
 
 
 def _reclaim(runtime: str, work_root: Path | None) -> list[str]:
@@ -660,18 +665,22 @@ def _exposure_problem(host: str, token: str | None, trusted_network: bool = Fals
               "calls answer 503 at once; one failed check already stops new sessions there).")
 @click.option("--max-body", type=click.IntRange(min=1024), default=LIMITS.max_body,
               show_default=True, help="Largest request body in bytes (413 beyond).")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM: seconds the calls in flight (builds streaming through) may "
+              "take while new sessions and builds are refused (503), before the front exits.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
           worker_port: int, worker_token: str | None, worker_token_file: Path | None,
           token: str | None, trusted_network: bool, interval: float, lost_after: float,
-          max_body: int, log_level: str) -> None:
+          max_body: int, drain_timeout: float, log_level: str) -> None:
     """Serve the coordinator's API in front of workers (boride serve on each node): each
     new session goes to the healthy worker with the fewest sessions, and stays there.
     See docs/scaling.md."""
     import uvicorn
 
     from boride.front import FrontConfig, create_front_app
+    from boride.server.drain import DrainingServer
 
     err = Console(stderr=True, soft_wrap=True)
 
@@ -701,5 +710,7 @@ def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
     err.print(f"boride front: http://{host}:{port}, workers: {where}"
               f"{'' if worker_token else ' (no worker token)'}", highlight=False,
               markup=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                access_log=log_level == "debug", proxy_headers=False)
+    DrainingServer(uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+        access_log=log_level == "debug", proxy_headers=False), app.state.drain,
+        drain_timeout).run()

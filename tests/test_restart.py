@@ -5,6 +5,7 @@ SIGTERM or killed with SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -56,8 +57,9 @@ def wait_up(proc: subprocess.Popen[str], url: str) -> None:
 
 
 @contextmanager
-def serving(port: int, *args: str | Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    proc = start_cli("serve", "--port", str(port), *args, stderr=subprocess.STDOUT)
+def serving_cli(command: str, port: int, *args: str | Path
+                ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = start_cli(command, "--port", str(port), *args, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_up(proc, url)
@@ -68,6 +70,11 @@ def serving(port: int, *args: str | Path) -> Iterator[tuple[subprocess.Popen[str
             proc.wait()
 
 
+def serving(port: int, *args: str | Path
+            ) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[str], str]]:
+    return serving_cli("serve", port, *args)
+
+
 def stopped(proc: subprocess.Popen[str], sig: signal.Signals) -> str:
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=120)
@@ -75,17 +82,24 @@ def stopped(proc: subprocess.Popen[str], sig: signal.Signals) -> str:
 
 
 # -- drain ------------------------------------------------------------------------------------
-@pytest.mark.sandbox
-def test_sigterm_drains_new_work_refused_the_build_in_flight_finishes(tmp_path: Path) -> None:
+def drain_while_building(tmp_path: Path, front: bool) -> None:
+    """A build in flight (its processor takes 4 s) when the server (or the front before it)
+    gets SIGTERM: new work and ``GET /`` are refused with 503 and Retry-After while the build
+    finishes; then the process exits as after a SIGTERM."""
     slow = entry("me/slow", "by_config")
     registry = write_registry(tmp_path / "r.yaml", processors=[slow])
     dev = tmp_path / "dev"
     (dev / "t").mkdir(parents=True)
     (dev / "t" / "a.txt").write_text("a\n")
     template = template_body("local-s", [slow])
-    port = free_port()
-    with serving(port, "--registry", registry, "--dev-root", dev, "--work-root",
-                 tmp_path / "work") as (proc, url):
+    with contextlib.ExitStack() as stack:
+        proc, url = stack.enter_context(serving_cli(
+            "serve", free_port(), "--registry", registry, "--dev-root", dev, "--work-root",
+            tmp_path / "work"))
+        worker = url
+        if front:
+            proc, url = stack.enter_context(serving_cli("front", free_port(), "--worker", url))
+            wait_for(lambda: httpx.get(url + "/workers").json()[0]["healthy"])
         sid = new_id()
         r = httpx.post(url + "/executor/try", json={
             "sessionId": sid, "localTemplateId": "local-s", "source": "path", "path": "t",
@@ -100,7 +114,7 @@ def test_sigterm_drains_new_work_refused_the_build_in_flight_finishes(tmp_path: 
         thread = threading.Thread(target=build)
         thread.start()
         # the build is in flight (its processor called) before the signal
-        wait_for(lambda: "boride_builds_in_flight 1.0" in httpx.get(url + "/metrics").text)
+        wait_for(lambda: "boride_builds_in_flight 1.0" in httpx.get(worker + "/metrics").text)
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 30
@@ -116,8 +130,6 @@ def test_sigterm_drains_new_work_refused_the_build_in_flight_finishes(tmp_path: 
             assert r.headers["retry-after"].isdigit()
             problem = r.json()
             assert problem["title"] == "Server draining" and problem["data"], problem
-        # a session's Q&A and deletion are not new work: not refused (this one is unknown)
-        assert httpx.delete(f"{url}/executor/{new_id()}", timeout=10).status_code == 200
         thread.join(120)
         built = answer["response"]
         assert built.status_code == 200, built.text
@@ -125,6 +137,16 @@ def test_sigterm_drains_new_work_refused_the_build_in_flight_finishes(tmp_path: 
         assert proc.returncode == -signal.SIGTERM, output
         assert "draining" in output
     assert "calls/late.txt" in archive_files(built.content)
+
+
+@pytest.mark.sandbox
+def test_sigterm_drains_new_work_refused_the_build_in_flight_finishes(tmp_path: Path) -> None:
+    drain_while_building(tmp_path, front=False)
+
+
+@pytest.mark.sandbox
+def test_sigterm_drains_the_front_too(tmp_path: Path) -> None:
+    drain_while_building(tmp_path, front=True)
 
 
 # -- state in the engine ----------------------------------------------------------------------

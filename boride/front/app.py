@@ -12,6 +12,8 @@ node, :mod:`boride.front.workers`). A client (the CyanPrint CLI) talks to it unc
   Q&A and resolver proxies go to a worker that has the template (resolver) running.
 * ``DELETE /cleanup`` and ``DELETE /template/{id}`` go to every worker.
 * ``GET /workers``: every worker, its node, health and sessions; ``GET /metrics``: the front's.
+* SIGTERM drains it as it drains a worker (:mod:`boride.server.drain`): new sessions and
+  builds answer 503, the calls in flight (a build streaming through) get ``--drain-timeout``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from starlette.responses import Response
 
 from boride.front.forward import Front, FrontConfig
 from boride.front.routes import ROUTES, not_found
-from boride.server.middleware import AuthMiddleware, BodyLimitMiddleware, TraceMiddleware
+from boride.server.drain import Drain
+from boride.server.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    DrainMiddleware,
+    TraceMiddleware,
+)
 from boride.server.problems import trace_id_of
 from boride.server.streaming import ClientGone
 
@@ -66,8 +74,10 @@ def create_front_app(config: FrontConfig) -> Starlette:
         404: on_404, 405: on_405, ClientGone: on_client_gone, Exception: on_error}
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=handlers)
     app.state.front = front
+    app.state.drain = Drain()
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body)
     app.add_middleware(AuthMiddleware, token=config.token)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(TraceMiddleware)
     return app
 

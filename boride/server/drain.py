@@ -1,23 +1,20 @@
 """Stopping without dropping work: on SIGTERM a server *drains* (``boride serve
 --drain-timeout``). It stops admitting new sessions and builds — they get 503 with
-``Retry-After`` and a problem body saying why, as does ``GET /`` so that a load balancer or
-``boride front`` stops sending it work — while the requests in flight (a build streaming its
-output, a Q&A call) go on, until none is left or the grace period ends; then it exits."""
+``Retry-After`` and a problem body saying why, as do ``GET /`` and ``GET /worker`` so that a
+load balancer or ``boride front`` stops sending it work — while the requests in flight (a
+build streaming its output, a Q&A call) go on, until none is left or the grace period ends;
+then it exits."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
 
 import uvicorn
-
-if TYPE_CHECKING:
-    from boride.server.service import Service
 
 log = logging.getLogger("boride.server")
 
@@ -37,10 +34,9 @@ class Drain:
 
     def __init__(self) -> None:
         self.draining = False
-        self.since: float | None = None
         self._busy = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._until = 0.0  # when the grace period ends (time.monotonic), once draining
+        self._grace = 0.0
 
     @property
     def busy(self) -> int:
@@ -48,57 +44,53 @@ class Drain:
 
     def enter(self) -> None:
         self._busy += 1
-        self._idle.clear()
 
     def leave(self) -> None:
         self._busy -= 1
-        if self._busy == 0:
-            self._idle.set()
 
-    async def drain(self, timeout: float) -> bool:
-        """Refuse new work from now on and wait until the requests in flight have ended,
-        at most ``timeout`` seconds; whether they all did."""
+    def begin(self, timeout: float) -> None:
+        """Refuse new work from now on; the requests in flight get ``timeout`` seconds."""
         if not self.draining:
-            self.draining, self.since = True, time.monotonic()
+            self.draining, self._grace = True, timeout
+            self._until = time.monotonic() + timeout
             log.info("draining: no new sessions or builds; waiting up to %gs for %d "
                      "request(s) in flight", timeout, self._busy)
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-        except TimeoutError:
-            log.warning("drain: %d request(s) still in flight after %gs: stopping them",
-                        self._busy, timeout)
+
+    def over(self) -> bool:
+        """Whether the drain is done: nothing in flight, or the grace period ended (said)."""
+        if not self.draining:
             return False
-        return True
+        if self._busy and time.monotonic() >= self._until:
+            log.warning("drain: %d request(s) still in flight after %gs: stopping them",
+                        self._busy, self._grace)
+            return True
+        return self._busy == 0
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server that drains on the first SIGTERM (``service.drain``), leaving the
-    sessions for a successor when the runtime can keep them, then exits; a second SIGTERM,
-    and SIGINT (Ctrl-C), exit at once as uvicorn does."""
+    """uvicorn's server that drains on the first SIGTERM (``drain``, ``timeout`` seconds),
+    then exits as on any signal (``on_sigterm`` is told first: a server that leaves its
+    sessions for a successor); a second SIGTERM, and SIGINT (Ctrl-C), exit at once."""
 
-    def __init__(self, config: uvicorn.Config, service: Service, timeout: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain, timeout: float,
+                 on_sigterm: Callable[[], None] | None = None) -> None:
         super().__init__(config)
-        self.service = service
+        self.drain = drain
         self.timeout = timeout
-        self._draining = False
+        self.on_sigterm = on_sigterm
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and not self._draining and not self.should_exit:
-            self._draining = True
+        if sig == signal.SIGTERM and not self.drain.draining and not self.should_exit:
+            if self.on_sigterm is not None:
+                self.on_sigterm()
+            self.drain.begin(self.timeout)
             # (uvicorn raises the signals it caught again once shut down: the exit status
             # stays a SIGTERM's)
             self._captured_signals.append(sig)
-            service = self.service
-            service.keep_on_close = service.keep_on_close or service.ctx.runtime.sessions_outlive
-            # (a signal handler: the drain starts on the loop, not in here)
-            asyncio.get_running_loop().call_soon_threadsafe(
-                lambda: service.tasks.start_soon(self._drain(), name="drain"))
             return
         super().handle_exit(sig, frame)
 
-    async def _drain(self) -> None:
-        try:
-            await self.service.drain.drain(self.timeout)
-        finally:
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain.over():  # (looked at every tenth of a second)
             self.should_exit = True
+        return await super().on_tick(counter)

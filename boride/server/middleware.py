@@ -37,8 +37,9 @@ async def _send_problem(send: Send, status: int, title: str, detail: str, trace:
 
 
 class DrainMiddleware:
-    """Counts the requests in flight for :class:`Drain`; while draining, answers ``GET /``
-    and what :func:`admits_work` with 503, ``Retry-After`` and a problem body."""
+    """Counts the requests in flight for :class:`Drain`; while draining, answers ``GET /``,
+    ``GET /worker`` (``boride front`` then places no new session here) and what
+    :func:`admits_work` with 503, ``Retry-After`` and a problem body."""
 
     def __init__(self, app: ASGIApp, drain: Drain) -> None:
         self.app = app
@@ -49,7 +50,7 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        if self.drain.draining and (path == "/" or admits_work(method, path)):
+        if self.drain.draining and (path in ("/", "/worker") or admits_work(method, path)):
             await send_problem(send, 503, "Server draining",
                                "This server is stopping: it takes no new sessions or builds. "
                                f"Try again in {RETRY_AFTER}s (its successor takes the "
