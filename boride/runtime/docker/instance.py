@@ -41,8 +41,10 @@ class DockerInstance(Instance):
     never holds up the interpreter's exit, whatever the engine does)."""
 
     def __init__(self, component: Component, container: Container, network: str,
-                 api: docker.APIClient, port: int | None = None) -> None:
+                 api: docker.APIClient, port: int | None = None,
+                 user: tuple[int, int] | None = None) -> None:
         self.component = component
+        self.user = user
         self.container = container
         self.client = http_client(container, port or component.kind.port, network)
         self._api = api

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import docker.errors
 
 from boride import aio, area_server, parallel
+from boride.config import COMPONENT_UIDS
 from boride.errors import describe
 from boride.runtime.base import (
     BlobImage,
@@ -26,6 +27,7 @@ from boride.runtime.base import (
     RuntimeFailure,
     TemplateRefused,
     TemplateSource,
+    UserPool,
     Workspace,
 )
 from boride.runtime.docker import containers, helper, volumes
@@ -60,6 +62,7 @@ class _Session:
     #: its creations under way (its helper, its components' containers), for its life
     tasks: aio.TaskGroup = field(default_factory=lambda: aio.TaskGroup("docker session"))
     closing: bool = False  # no creation starts any more
+    users: UserPool = field(default_factory=lambda: UserPool(COMPONENT_UIDS))
 
     def create(self, make: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         """``make`` (a creation on the engine) in the background, owned by the session;
@@ -92,9 +95,10 @@ class DockerRuntime(Runtime):
 
     ``cpus``/``memory``/``pids``: limits of each container (defaults: 1 CPU, 512 MiB, 256
     processes, or the variables ``BORIDE_DOCKER_CPUS``, ``BORIDE_DOCKER_MEMORY``,
-    ``BORIDE_DOCKER_PIDS``). ``user``: the user components run as (default: ``65534:65534``,
-    nobody: boride never touches what components write itself, the session's helper container
-    does, as the same user). ``pull``: pull missing images from their registry before
+    ``BORIDE_DOCKER_PIDS``). ``user``: the user every component runs as (default: none, each
+    component instance runs as a user of its own, :data:`boride.config.COMPONENT_UIDS`, so
+    that none reaches another's folders; boride never touches what components write itself,
+    the session's helper container does). ``pull``: pull missing images from their registry before
     starting (default: the ``BORIDE_DOCKER_PULL`` variable, off). ``engine``: the engine to
     use (default: the one ``DOCKER_HOST`` names, connected on first use).
     """
@@ -115,6 +119,7 @@ class DockerRuntime(Runtime):
         self.blobs = Blobs(self.engine, self.settings)
         self._node_id = ""
         self._instances: set[DockerInstance] = set()
+        self._owners: dict[DockerInstance, _Session] = {}  # running instance -> its session
 
     # -- checks -----------------------------------------------------------------------------
     async def problems(self, components: list[Component]) -> list[str]:
@@ -308,11 +313,14 @@ class DockerRuntime(Runtime):
         if session is None:
             raise RuntimeFailure(f"session {workspace.session_id!r} is not open")
         try:
-            container = await self._on_network(lambda: self._start_container(session, component))
+            made = await self._on_network(lambda: self._start_container(session, component))
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(f"cannot start container: {reason(exc)}") from None
-        instance = DockerInstance(component, container, self.settings.network, self.engine.api)
+        container, user = made
+        instance = DockerInstance(component, container, self.settings.network, self.engine.api,
+                                  user=user)
         self._instances.add(instance)
+        self._owners[instance] = session
         return instance
 
     async def _on_network(self, make: Callable[[], Awaitable[T]]) -> T:
@@ -332,28 +340,39 @@ class DockerRuntime(Runtime):
         for session in list(self._sessions.values()):
             await session.creations_ended()
 
-    async def _start_container(self, session: _Session, component: Component) -> Container:
+    async def _start_container(self, session: _Session, component: Component
+                               ) -> tuple[Container, tuple[int, int] | None]:
         """Create and start in one task of the session that a cancellation cannot cut in
         half (it says when the container runs): a cancelled start waits for it, then removes
-        whatever it made (a creation that failed removed what it made itself)."""
+        whatever it made (a creation that failed removed what it made itself). The container
+        runs as a user of its own (given back when it cannot start) unless the settings say
+        whom."""
         await self.network.ensure()
         made: list[Container] = []
+        user = session.users.take() if self.settings.own_users else None
         try:
-            return await session.start(functools.partial(self._create, session, component,
-                                                         made), f"container of {component.name}")
+            container = await session.start(functools.partial(
+                self._create, session, component, made, user),
+                f"container of {component.name}")
         except asyncio.CancelledError:
             if made:
                 await aio.shielded(self.engine.call(containers.remove_container, made[0].id))
+            session.users.give_back(user)
             raise
+        except BaseException:
+            session.users.give_back(user)
+            raise
+        return container, user
 
     async def _create(self, session: _Session, component: Component, made: list[Container],
-                      status: aio.TaskStatus[Container]) -> None:
+                      user: tuple[int, int] | None, status: aio.TaskStatus[Container]) -> None:
         """Make and start ``component``'s container (to its end, even when cancelled
         meanwhile), put it in ``made``, and report it started."""
 
         async def make() -> None:
             made.append(await self.engine.call(containers.create_and_start, self.settings,
-                                               session.id, component, session.template_volume))
+                                               session.id, component, session.template_volume,
+                                               user))
 
         await aio.shielded(make())
         status.started(made[0])
@@ -367,6 +386,9 @@ class DockerRuntime(Runtime):
         except ENGINE_ERRORS as exc:
             raise RuntimeFailure(f"container {instance.name} could not be removed: "
                                  f"{reason(exc)}") from None
+        session = self._owners.pop(instance, None)
+        if session is not None:  # (its container is gone: its user is free again)
+            session.users.give_back(instance.user)
 
     async def aclose(self) -> None:
         # Creations still under way end first: a container must not appear on the engine
