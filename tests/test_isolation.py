@@ -30,8 +30,8 @@ from boride.runtime.base import Runtime
 from boride.runtime.local import LocalRuntime
 from tests.helpers import COMPONENTS, write_pipeline
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="as an ordinary user every component is that user")
+as_root = pytest.mark.skipif(os.geteuid() != 0,
+                             reason="as an ordinary user every local component is that user")
 
 REFUSED = {"EACCES", "EPERM"}
 WAIT = 60.0
@@ -197,6 +197,7 @@ def check_isolated(found: dict[str, Any]) -> None:
 
 
 @pytest.mark.sandbox
+@as_root
 async def test_processor_cannot_reach_a_siblings_output_locally(tmp_path: Path,
                                                                template: Path) -> None:
     tag = uuid.uuid4().hex[:10]
@@ -232,6 +233,7 @@ def tamper_image() -> Any:
 
 
 @pytest.mark.docker
+@as_root  # (the test reads the components' signals through docker exec as root)
 async def test_processor_cannot_reach_a_siblings_output_on_docker(
         tmp_path: Path, template: Path, tamper_image: None) -> None:
     from boride.runtime.docker import DockerRuntime
@@ -242,3 +244,20 @@ async def test_processor_cannot_reach_a_siblings_output_on_docker(
     boxes = DockerMailboxes({r: f"{r}{tag}" for r in ROLES})
     found = await run_attack(DockerRuntime(), pipe, boxes, tmp_path / "out", tmp_path / "work")
     check_isolated(found)
+
+
+def test_each_instance_of_a_session_gets_a_user_of_its_own() -> None:
+    from boride.runtime.base import RuntimeFailure, UserPool
+
+    pool = UserPool(range(1000, 1003))
+    first, second = pool.take(), pool.take()
+    assert first == (1000, 1000) and second == (1001, 1001)
+    pool.give_back(first)
+    assert pool.take() == (1002, 1002)  # a uid given back comes last (its leftovers go first)
+    assert pool.take() == first
+    with pytest.raises(RuntimeFailure, match="more than 3 components"):
+        pool.take()
+    pool.give_back(second)
+    pool.hold(1001)  # (an adopted instance's)
+    with pytest.raises(RuntimeFailure):
+        pool.take()

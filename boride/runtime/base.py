@@ -123,6 +123,10 @@ class UserPool:
                 return uid, uid
         raise RuntimeFailure(f"more than {len(self.uids)} components at once in one session")
 
+    def hold(self, uid: int) -> None:
+        """Count ``uid`` as taken: an instance found running already (adopted) has it."""
+        self._taken.add(uid)
+
     def give_back(self, user: tuple[int, int] | None) -> None:
         if user is not None:
             self._taken.discard(user[0])
