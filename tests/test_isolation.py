@@ -233,7 +233,6 @@ def tamper_image() -> Any:
 
 
 @pytest.mark.docker
-@as_root  # (the test reads the components' signals through docker exec as root)
 async def test_processor_cannot_reach_a_siblings_output_on_docker(
         tmp_path: Path, template: Path, tamper_image: None) -> None:
     from boride.runtime.docker import DockerRuntime
