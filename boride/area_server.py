@@ -42,9 +42,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from boride import aio, archive, merge, output
+from boride import aio, archive, merge, output, settings
 from boride.area import AreaFailure, HostArea
 from boride.errors import BorideError, ComponentError, describe
+from boride.settings import SettingError
 
 #: bumped when a route changes: the client refuses a helper speaking another version
 PROTOCOL = 3
@@ -132,20 +133,6 @@ def create_app(area: HostArea, token: str) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "OK", "protocol": PROTOCOL})
 
-    async def new_dir(request: Request) -> Response:
-        body = await _body(request)
-        return JSONResponse({"path": await area.new_dir(private=bool(body.get("private")),
-                                                        owner=_owner(body))})
-
-    async def hand_over(request: Request) -> Response:
-        body = await _body(request)
-        await area.hand_over(str(body["path"]), _owner(body))
-        return JSONResponse({})
-
-    async def take_back(request: Request) -> Response:
-        await area.take_back(str((await _body(request))["path"]))
-        return JSONResponse({})
-
     async def merge_route(request: Request) -> Response:
         body = await _body(request)
         rules = [merge.ResolverRule(str(r["name"]), tuple(_strs(r["globs"], "globs")))
@@ -179,15 +166,35 @@ def create_app(area: HostArea, token: str) -> Starlette:
     async def full(request: Request) -> Response:
         return JSONResponse({"full": await area.full()})
 
-    routes: list[tuple[str, Handler, str]] = [("/", health, "GET"), ("/dirs", new_dir, "POST"),
-              ("/hand-over", hand_over, "POST"), ("/take-back", take_back, "POST"),
-              ("/merge", merge_route, "POST"),
+    routes: list[tuple[str, Handler, str]] = [
+              ("/", health, "GET"), *_folder_routes(area), ("/merge", merge_route, "POST"),
               ("/merge/{merge}/answers/{n:int}", answer, "POST"),
               ("/archive", archive_route, "POST"), ("/names", names, "GET"),
               ("/remove-new", remove_new, "POST"), ("/full", full, "GET"),
               ("/unpack", functools.partial(_unpack, area), "POST")]
     return Starlette(routes=[Route(path, _guarded(token, fn), methods=[method])
                              for path, fn, method in routes])
+
+
+def _folder_routes(area: HostArea) -> list[tuple[str, Handler, str]]:
+    """``/dirs``, ``/hand-over``, ``/take-back``: the folders each component's user owns."""
+
+    async def new_dir(request: Request) -> Response:
+        body = await _body(request)
+        return JSONResponse({"path": await area.new_dir(private=bool(body.get("private")),
+                                                        owner=_owner(body))})
+
+    async def hand_over(request: Request) -> Response:
+        body = await _body(request)
+        await area.hand_over(str(body["path"]), _owner(body))
+        return JSONResponse({})
+
+    async def take_back(request: Request) -> Response:
+        await area.take_back(str((await _body(request))["path"]))
+        return JSONResponse({})
+
+    return [("/dirs", new_dir, "POST"), ("/hand-over", hand_over, "POST"),
+            ("/take-back", take_back, "POST")]
 
 
 async def _unpack(area: HostArea, request: Request) -> Response:
@@ -282,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.copy_from:
         return copy_template(args.copy_from, args.copy_root, args.template)
-    token = os.environ.get(TOKEN_ENV, "")
+    try:
+        token = settings.get(TOKEN_ENV)
+    except SettingError as exc:
+        print(f"boride helper: {exc}", file=sys.stderr)
+        return 2
     if not token:
         print(f"boride helper: {TOKEN_ENV} is not set", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console, Group
@@ -22,16 +22,22 @@ from boride import __version__
 from boride.cache import Cache, cache_namespace, default_root
 from boride.cache import clear as clear_cache
 from boride.cache import namespaces as cache_namespaces
-from boride.config import Limits, Timeouts
+from boride.config import SERVE_BUILD_TIMEOUT, Limits, Timeouts
 from boride.model import PipelineError, load
 from boride.pipeline import STAGES, BuildOptions, BuildResult, build
 from boride.runtime import RUNTIMES, get_runtime
 from boride.runtime.base import Runtime
-from boride.runtime.local import parse_size
+from boride.settings import SettingError, check_environment, parse_size
 from boride.types import Status
+
+if TYPE_CHECKING:
+    from boride.registry import Registry
 
 T = TypeVar("T")
 LIMITS, TIMEOUTS = Limits(), Timeouts()  # the defaults shown by --help
+_MAX_ANSWER = click.option(
+    "--max-answer", type=click.IntRange(min=1024), default=LIMITS.max_answer, show_default=True,
+    help="Largest answer of a component's call read, in bytes; a larger one fails the call.")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 _STYLE = {Status.OK: "green", Status.DONE: "green", Status.FAILED: "bold red",
@@ -106,10 +112,26 @@ _CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path, file_ok
                           help="The cache's folder [default: $XDG_CACHE_HOME/boride].")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group; it keeps the command line for :func:`main`'s check."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["boride.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="boride")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """boride runs CyanPrint-style pipelines: processors in parallel, merge, plugins in order."""
+    # every BORIDE_* variable checked before any command starts anything (--help still works)
+    if not {"-h", "--help"} & set(ctx.meta.get("boride.argv", ())):
+        try:
+            check_environment()
+        except SettingError as exc:
+            click.echo(f"boride: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
 
 
 @main.command()
@@ -139,18 +161,20 @@ def main() -> None:
               help="Keep the components running and build again whenever the template, the "
               "pipeline file or a local component changes (cache on unless --no-cache); "
               "Ctrl-C stops.")
+@_MAX_ANSWER
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object describing the build (--watch: one line per build).")
 def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool, runtime: str,
         parallelism: int | None, timeout: float | None, ready_timeout: float, keep: bool,
         use_cache: bool | None, cache_dir: Path | None, cache_size: str, watch: bool,
-        as_json: bool) -> None:
+        max_answer: int, as_json: bool) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
     err = Console(stderr=True, soft_wrap=True)
     try:
         pipeline = load(pipeline_file)
     except PipelineError as exc:
-        err.print(f"boride: invalid pipeline file:\n{exc}", highlight=False, markup=False)
+        sep = " " if len(exc.problems) == 1 else "\n"  # one problem: one line
+        err.print(f"boride: invalid pipeline file:{sep}{exc}", highlight=False, markup=False)
         sys.exit(EXIT_USAGE)
     if out is None and archive is None:
         out = Path("out")
@@ -164,7 +188,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print(f"boride: cannot use output folder {out}: {exc.strerror}", highlight=False,
                   markup=False)
         sys.exit(EXIT_USAGE)
-    options = BuildOptions(limits=Limits(parallelism=parallelism),
+    options = BuildOptions(limits=Limits(parallelism=parallelism, max_answer=max_answer),
                            timeouts=Timeouts(ready=ready_timeout, build=timeout),
                            out=out.absolute() if out else None,
                            archive=archive.absolute() if archive else None,
@@ -177,6 +201,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "
                   "result)", highlight=False, markup=False)
+    _reclaim(runtime, None)
     if watch:
         sys.exit(_watch(pipeline_file, runtime, options, as_json, err))
     names = [(c.name, c.kind.value) for c in pipeline.components()]
@@ -391,12 +416,14 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               "none): whoever reaches the port can run containers/processes as boride.")
 @click.option("--max-builds", type=click.IntRange(min=1), default=LIMITS.max_builds,
               show_default=True,
-              help="Builds (and component start-ups) running at once; the others wait.")
+              help="Builds doing boride's own work (and component start-ups) at once; the "
+              "others wait. A build awaiting its components' answers holds no slot.")
 @click.option("--dev-root", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Allow POST /executor/try with source 'path' for folders below DIR "
               "[default: the working directory when --host is loopback; else none].")
 @click.option("--max-body", type=click.IntRange(min=1024), default=LIMITS.max_body,
               show_default=True, help="Largest request body accepted, in bytes.")
+@_MAX_ANSWER
 @click.option("--max-sessions", type=click.IntRange(min=1), default=LIMITS.max_sessions,
               show_default=True)
 @click.option("--session-ttl", type=click.FloatRange(min=0), default=TIMEOUTS.session_idle,
@@ -411,7 +438,8 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               default=TIMEOUTS.ready,
               show_default=True, help="Seconds a component may take to become ready.")
 @click.option("--build-timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Seconds a build may take.")
+              default=SERVE_BUILD_TIMEOUT, show_default=True,
+              help="Seconds a build may take (the CyanPrint CLI waits 600 s for one).")
 @click.option("--cache", "use_cache", is_flag=True, envvar="BORIDE_CACHE",
               help="Reuse the outputs of processors whose inputs are unchanged, across builds "
               "and sessions (each token its own cache unless --cache-shared).")
@@ -420,18 +448,32 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
               help="The cache's size bound; least recently used entries go first.")
 @click.option("--cache-shared", is_flag=True,
               help="One cache for every client, whatever its token.")
+@click.option("--state-name", metavar="NAME",
+              help="The name this server's sessions are kept under on the Docker engine: a "
+              "server started again with the same name (on the same engine) takes over the "
+              "sessions the previous one left [default: serve-PORT; the local runtime keeps "
+              "none].")
+@click.option("--keep-sessions", is_flag=True,
+              help="Leave the sessions on the engine also when stopped with Ctrl-C (SIGTERM "
+              "always leaves them, on Docker, for the next server).")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM: seconds the builds in flight may take to finish while new "
+              "sessions and builds are refused (503), before the server exits.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
           token_file: Path | None, trusted_network: bool, max_builds: int,
-          dev_root: Path | None, max_body: int, max_sessions: int, session_ttl: float,
-          work_root: Path | None, parallelism: int | None,
-          ready_timeout: float, build_timeout: float | None, use_cache: bool,
-          cache_dir: Path | None, cache_size: str, cache_shared: bool, log_level: str) -> None:
-    """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md."""
-    import uvicorn
+          dev_root: Path | None, max_body: int, max_answer: int, max_sessions: int,
+          session_ttl: float, work_root: Path | None, parallelism: int | None,
+          ready_timeout: float, build_timeout: float, use_cache: bool,
+          cache_dir: Path | None, cache_size: str, cache_shared: bool, state_name: str | None,
+          keep_sessions: bool, drain_timeout: float, log_level: str) -> None:
+    """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md.
 
-    from boride.registry import RegistryError, location, open_registry
+    On SIGTERM it drains (see --drain-timeout), then exits leaving its sessions on a Docker
+    engine for the next server of its --state-name; on Ctrl-C it removes what it made
+    (unless --keep-sessions)."""
+    from boride.registry import location
     from boride.server import ServerConfig, create_app
 
     err = Console(stderr=True, soft_wrap=True)
@@ -454,33 +496,71 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         dev_root=dev_root.resolve() if dev_root else None,
         work_root=work_root.absolute() if work_root else None,
         limits=Limits(parallelism=parallelism, max_builds=max_builds, max_body=max_body,
-                      max_sessions=max_sessions),
+                      max_answer=max_answer, max_sessions=max_sessions),
         timeouts=Timeouts(ready=ready_timeout, build=build_timeout,
                           session_idle=session_ttl or None),
         cache=_cache(use_cache, cache_dir, cache_size, err, namespace=cache_namespace(
-            None if cache_shared else token)))
+            None if cache_shared else token)),
+        state_name=(state_name or f"serve-{port}") if runtime == "docker" else None)
+    registry, runtime_ = _usable(registries, runtime, fail)
+    app = create_app(config, runtime=runtime_, registry=registry)
+    _configure_logging(log_level)
+    notes = [*_reclaim(runtime, config.work_root), *_serve_notes(host, port, config,
+                                                                 trusted_network)]
+    notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
+                 f"at most {max_builds} builds at work at once"
+                 f"{', token required' if token else ''}); "
+                 "API docs at /docs")
+    for note in notes:
+        err.print(f"boride serve: {note}", highlight=False, markup=False)
+    _run_server(app, host, port, log_level, keep_sessions=keep_sessions,
+                drain_timeout=drain_timeout)
+
+
+def _usable(registries: tuple[str, ...], runtime: str, fail: Callable[[str], None]
+            ) -> tuple[Registry, Runtime]:
+    """The registry and the runtime a server is told to use, each checked (``fail``: how the
+    server refuses one that cannot be used)."""
+    from boride.registry import RegistryError, open_registry
+
     try:
         registry = open_registry(registries)
     except RegistryError as exc:
-        fail(f"cannot use the registry:\n{exc}")
-        return
+        fail("cannot use the registry:" + (" " if len(exc.errors) == 1 else "\n") + str(exc))
+        raise
     runtime_ = get_runtime(runtime)
     problems = asyncio.run(runtime_.problems([]))
     if problems:
         fail("the {} runtime cannot run components here:\n  {}".format(
             runtime, "\n  ".join(problems)))
-    app = create_app(config, runtime=runtime_, registry=registry)
-    _configure_logging(log_level)
-    notes = _serve_notes(host, port, config, trusted_network)
-    notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
-                 f"at most {max_builds} builds at once{', token required' if token else ''}); "
-                 "API docs at /docs")
-    for note in notes:
-        err.print(f"boride serve: {note}", highlight=False, markup=False)
+    return registry, runtime_
+
+
+def _run_server(app: Any, host: str, port: int, log_level: str, *, keep_sessions: bool,
+                drain_timeout: float) -> None:
+    """Serve ``app`` until a signal: SIGTERM drains first (:mod:`boride.server.drain`)."""
+    import uvicorn
+
+    from boride.server.drain import DrainingServer
+
+    service = app.state.service
+    service.keep_on_close = keep_sessions
     # No X-Forwarded-For: the client address is the connection's, which the refusal of
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                access_log=log_level == "debug", proxy_headers=False)
+    DrainingServer(uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+        access_log=log_level == "debug", proxy_headers=False), service, drain_timeout).run()
+
+
+def _reclaim(runtime: str, work_root: Path | None) -> list[str]:
+    """On the local runtime, remove the work folders a killed boride left (never a living
+    one's); a note saying so, if any."""
+    if runtime != "local":
+        return []
+    from boride.runtime.local import reclaim_folders
+
+    count = len(reclaim_folders(work_root))
+    return [f"removed {count} work folder(s) a killed boride left"] if count else []
 
 
 def _configure_logging(log_level: str) -> None:

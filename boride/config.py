@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 __all__ = ["COMPONENT_UIDS", "DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY",
-           "NOBODY", "Limits", "Timeouts", "cpu_count"]
+           "MAX_ANSWER", "NOBODY", "SERVE_BUILD_TIMEOUT", "Limits", "Timeouts", "cpu_count"]
 
 # What one component may use and who it runs as, on either runtime (a local sandbox, a
 # Docker container); ``BORIDE_LOCAL_MEMORY``/``_PIDS`` and ``BORIDE_DOCKER_CPUS``/``_MEMORY``/
@@ -29,6 +29,9 @@ DEFAULT_MEMORY = "512m"  # memory of each component (swap included)
 DEFAULT_PIDS = 256  # processes of each component
 DEFAULT_CPUS = 1.0  # CPUs of each component (Docker: a local sandbox has no CPU bound)
 HELPER_MEMORY = "1g"  # memory of a Docker session's helper container (the session's file work)
+#: the largest answer of a component's call boride reads (its JSON: an outputDir, a resolved
+#: file); a larger one is refused unread
+MAX_ANSWER = 1024 * 1024
 
 
 def cpu_count() -> int:
@@ -39,12 +42,17 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: ``boride serve``'s build timeout: the CyanPrint CLI's own client timeout; past it nobody
+#: waits for the build any more (``boride run`` has none: its user is there to stop it)
+SERVE_BUILD_TIMEOUT = 600.0
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Seconds each wait may take (None: no limit)."""
 
     ready: float = 60.0  # a component starting until it answers GET / with 200
-    build: float | None = None  # a whole build, start to output
+    build: float | None = None  # a whole build, start to output (serve: SERVE_BUILD_TIMEOUT)
     #: the API: an idle session is removed after this; 12 hours like the Go coordinator's
     #: clean-up, so a long interactive Q&A between bootstrap and build keeps its session
     session_idle: float | None = 12 * 3600.0
@@ -58,6 +66,7 @@ class Limits:
     max_builds: int = 4  # the API: builds (and component start-ups) at once; others wait
     max_sessions: int = 256  # the API: sessions alive at once
     max_body: int = 8 * 1024 * 1024  # the API: largest request body, in bytes
+    max_answer: int = MAX_ANSWER  # largest answer of a component (a call, a proxied call)
 
     def build_parallelism(self, pipeline_says: int | None = None) -> int:
         """The parallelism of one build: this limit, else the pipeline file's, else the CPUs."""

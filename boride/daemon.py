@@ -276,6 +276,12 @@ def dispatch(argv: list[str]) -> int:
         print(usage(), end="")
         return 0
     if command in COMMANDS:
+        from boride.settings import SettingError, check_environment
+
+        try:  # before anything asks the engine (boride's own commands check again)
+            check_environment()
+        except SettingError as exc:
+            raise DaemonError(str(exc), EXIT_USAGE) from None
         return COMMANDS[command](rest)
     if command == "--version" or command in boride_commands():
         return _boride(argv)

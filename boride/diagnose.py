@@ -13,10 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["error_line", "summary"]
+__all__ = ["error_line", "out_of_memory", "summary"]
 
 MAX_LINES = 6
 MAX_WIDTH = 240
+MAX_SCAN = 60  # lines of the end of the output looked at for an allocation refused
 
 # "ValueError: ...", "json.decoder.JSONDecodeError: ...", "ReferenceError: Can't find ...",
 # "Error: ..." (Node's and Bun's ``throw new Error(...)``),
@@ -26,6 +27,13 @@ _ERROR = re.compile(
     r"|(?:error|panic|fatal|Uncaught)(?:\[\w+\])?:\s.*)$")
 # Stack frames and the code lines and carets Python prints under them.
 _FRAME = re.compile(r"^\s+(?:at\s|File\s\"|\^|~|\.\.\.)|^\s{2,}\S|^Traceback \(most recent")
+
+
+# What runtimes print when an allocation is refused: Python's exception, Node/V8's fatal
+# errors, C++'s, Go's, and errno ENOMEM.
+_OUT_OF_MEMORY = re.compile(
+    r"^(?:[\w.]+\.)?MemoryError\b|JavaScript heap out of memory|Fatal process out of memory"
+    r"|std::bad_alloc|runtime: out of memory|\[Errno 12\] Cannot allocate memory")
 
 
 def _clip(line: str) -> str:
@@ -40,6 +48,12 @@ def error_line(lines: Sequence[str]) -> str | None:
         if text and not _FRAME.match(line) and _ERROR.match(text):
             return _clip(text)
     return None
+
+
+def out_of_memory(lines: Sequence[str]) -> bool:
+    """Whether the last lines of output say an allocation was refused (the component ran
+    out of memory)."""
+    return any(_OUT_OF_MEMORY.search(line.strip()) for line in lines[-MAX_SCAN:])
 
 
 def summary(lines: Sequence[str]) -> str:

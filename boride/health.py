@@ -26,9 +26,10 @@ async def _poll(instance: Instance, first_delay: float, max_delay: float) -> Non
     delay = first_delay
     while True:
         try:
-            response = await instance.client.get("/", timeout=max(1.0, max_delay))
-            if response.status_code == 200:
-                return
+            # only the status counts: the body is never read (it may be endless)
+            async with instance.client.stream("GET", "/", timeout=max(1.0, max_delay)) as r:
+                if r.status_code == 200:
+                    return
         except httpx.HTTPError:
             pass  # not listening yet, or the connection was cut: try again
         await asyncio.sleep(delay)

@@ -20,18 +20,14 @@ kept. A path that is a directory in several outputs is not a conflict: their con
 rule order) with a glob matching the path decides it: ``resolve(rule, conflict)`` is awaited with
 every version (``Version(layer, host path, content, executable)``, in layer order; the content
 read through descriptors, never by path) and returns ``(path, content)``;
-``content`` is written at ``path``, executable iff the last layer's version is. The returned path
-must be a safe relative posix path (``str``, not absolute, no ``..`` component, no NUL; ``.`` and
-empty components are dropped), else the resolution fails. A resolved conflict contributes only
-its returned path: returning another path moves the file. Conflicts no rule matches: the last
-layer's version wins (copied as a plain file). Globs are doublestar globs over the relative posix
-path (``**`` crosses directories, ``*`` does not, ``*`` matches dot-files, ``{a,b}`` braces).
-
-*Collisions of resolved paths* (decided the same way whatever order the resolvers finish in):
-a resolver's result overrides a plain file (or an unresolved conflict's winner) at the same
-path; if several resolutions return the same path, the conflict whose own path sorts first
-(by code point) wins and the others are dropped. A returned path that is a directory of the
-merged tree, or lies below one of its files, is an error.
+``content`` is written at the conflict's path, executable iff the last layer's version is.
+The returned path must be the conflict's own (compared as a safe relative posix path: ``str``,
+not absolute, no ``..`` component, no NUL; ``.`` and empty components are dropped), else the
+resolution fails, naming the resolver and both paths (as the Go coordinator refuses it: a
+resolver decides the paths its globs match, never another file). Conflicts no rule matches:
+the last layer's version wins (copied as a plain file). Globs are doublestar globs over the
+relative posix path (``**`` crosses directories, ``*`` does not, ``*`` matches dot-files,
+``{a,b}`` braces).
 
 *File against directory.* A path that is a file (or a symlink to one) in one output and a
 directory in another is an error naming the path and both sets of processors; it is detected
@@ -126,6 +122,7 @@ __all__ = [
     "ResolverRule",
     "Version",
     "merge",
+    "other_path",
 ]
 
 GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.BRACE | wcglob.FORCEUNIX
@@ -437,19 +434,17 @@ class _Writer:
             os.close(fd)
         return errors
 
-    def write_batch(self, jobs: Sequence[tuple[str, bytes, bool, bool, str]]) -> list[str]:
-        """Write resolved contents: (path, content, executable, replace, origin)."""
+    def write_batch(self, jobs: Sequence[tuple[str, bytes, bool, str]]) -> list[str]:
+        """Write resolved contents: (path, content, executable, origin)."""
         errors = []
         target = DirCache(self.dir_fd)
-        for rel, content, executable, replace, origin in jobs:
+        for rel, content, executable, origin in jobs:
             if self.stop.is_set():
                 break
             try:
                 mode = 0o755 if executable else 0o644
                 parent, _, base = rel.rpartition("/")
                 pfd = target.dir(parent)
-                if replace:
-                    os.unlink(base, dir_fd=pfd)
                 fd = os.open(base, _DST_FLAGS, mode, dir_fd=pfd)
                 try:
                     if self.umask & mode:
@@ -739,7 +734,7 @@ class _Job:
     async def copy_and_resolve(self, plan: _Plan, resolve: ResolveFn
                                ) -> tuple[dict[str, tuple[bytes, bool, str]], int]:
         """Copy the plain files while the resolvers decide the conflicts; return the winner
-        of each resolved path (content, executable, origin) and how many were resolved."""
+        of each resolved conflict (content, executable, origin) and how many were resolved."""
         async def call(item: tuple[ResolverRule, Conflict, tuple[str, ...]]
                        ) -> tuple[tuple[str, bytes], bool]:
             rule, conflict, srcs = item
@@ -766,47 +761,29 @@ class _Job:
             except (TypeError, ValueError) as exc:
                 errors.append(f"{origin}: invalid result: {exc}")
                 continue
+            refused = other_path(conflict.path, dest)
+            if refused is not None:  # (its own path is a file of the tree: no clash)
+                errors.append(f"{origin}: {refused}")
+                continue
             resolved += 1
-            winners.setdefault(dest, (content, done.value[1], origin))
-        errors += _check_winners(plan, winners)
+            winners[dest] = (content, done.value[1], origin)
         if errors:
             raise MergeError(errors)
         return winners, resolved
 
     async def write_winners(self, plan: _Plan,
                             winners: dict[str, tuple[bytes, bool, str]]) -> None:
-        if not winners:
-            return
-        plain = plan.plain
-        new_dirs = {parent for dest in winners for parent in _ancestors(dest)
-                    if parent not in plan.dirs}
-        errors = await self.thread(self.writer.mkdirs, sorted(new_dirs))
-        writes = [(dest, content, executable, dest in plain, origin)
+        """Write each resolved conflict at its path (its folders are the tree's already)."""
+        writes = [(dest, content, executable, origin)
                   for dest, (content, executable, origin) in sorted(winners.items())]
 
-        async def write(batch: list[tuple[str, bytes, bool, bool, str]]) -> list[str]:
+        async def write(batch: list[tuple[str, bytes, bool, str]]) -> list[str]:
             return await self.thread(self.writer.write_batch, batch)
 
         chunks = [writes[i:i + BATCH_FILES] for i in range(0, len(writes), BATCH_FILES)]
-        errors += _errors_of(await parallel.run(write, chunks, limit=self.limit), "write")
+        errors = _errors_of(await parallel.run(write, chunks, limit=self.limit), "write")
         if errors:
             raise MergeError(errors)
-
-
-def _check_winners(plan: _Plan, winners: dict[str, tuple[bytes, bool, str]]) -> list[str]:
-    """Resolved paths that would replace a folder or lie below a file."""
-    errors = []
-    plain = plan.plain
-    for dest, (_, _, origin) in winners.items():
-        if dest in plan.dirs:
-            errors.append(f"{origin}: returned {dest!r}, which is a directory of the "
-                          f"merged tree (in {_plural(plan.dirs[dest])})")
-            continue
-        for parent in _ancestors(dest):
-            if parent in plain or parent in winners:
-                errors.append(f"{origin}: returned {dest!r}, below the file {parent!r}")
-                break
-    return errors
 
 
 def _check_target(target: Path, roots: Sequence[str]) -> list[str]:
@@ -839,6 +816,16 @@ def _first_rule(rules: Sequence[ResolverRule], matchers: Sequence[Any],
         if matcher is not None and matcher.match(rel):
             return rule
     return None
+
+
+def other_path(asked: str, answered: str) -> str | None:
+    """Why a resolution for ``answered`` is refused when ``asked`` is the conflict's path
+    (None: the same path, loosely written or not; an unsafe one is refused as unsafe)."""
+    try:
+        same = safe_relpath(answered) == asked
+    except UnsafePath:
+        return None
+    return None if same else f"answered for another path: expected {asked!r}, got {answered!r}"
 
 
 def _check_resolution(value: object) -> tuple[str, bytes]:

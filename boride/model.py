@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from boride import protocol
+from boride import inputs, protocol
 from boride.errors import InputError
 from boride.types import Component, Kind
 
@@ -136,7 +136,9 @@ def _field(loc: tuple[Any, ...]) -> str:
 def parse(text: str, source: str, base: Path) -> Pipeline:
     """Validate a pipeline given as YAML text; ``source`` names it in messages."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = inputs.compose(text, source)
+    except inputs.BoundExceeded as exc:
+        raise PipelineError([str(exc)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -175,9 +177,11 @@ def _at(source: str, loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int], ms
 
 
 def load(path: Path) -> Pipeline:
-    """Read and validate a pipeline file."""
+    """Read and validate a pipeline file (at most :data:`boride.inputs.MAX_FILE` bytes)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = inputs.read_text(path, "pipeline file")
+    except inputs.BoundExceeded as exc:
+        raise PipelineError([str(exc)]) from None
     except FileNotFoundError:
         raise PipelineError([f"{path}: no such file"]) from None
     except IsADirectoryError:

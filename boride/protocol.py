@@ -3,6 +3,7 @@ every request and answer body typed here, and nowhere else."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -11,6 +12,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
+from boride.bounded import AnswerTooBig, read_bounded, size_text
+from boride.config import MAX_ANSWER
 from boride.errors import ComponentError
 
 
@@ -87,47 +90,69 @@ def _snippet(text: str, limit: int = 300) -> str:
 
 
 async def _post(client: httpx.AsyncClient, route: str, request: _Wire,
-                model: type[_Wire]) -> Any:
+                model: type[_Wire], limit: int, *, plus_request: bool = False) -> Any:
+    """POST ``request``, the answer as ``model``; at most ``limit`` bytes of it read (plus
+    the request's own size with ``plus_request``: a resolver answers a merge of what it was
+    sent, which may itself be large)."""
+    what = f"POST {route}"
+    sent = json.dumps(request.model_dump(by_alias=True), ensure_ascii=False).encode()
+    bound = size_text(limit) + (f" beyond the {len(sent)} bytes it was sent" if plus_request
+                                else "")
+    limit += len(sent) if plus_request else 0
     try:
-        response = await client.post(route, json=request.model_dump(by_alias=True))
+        async with client.stream("POST", route, content=sent,
+                                 headers={"content-type": "application/json"}) as r:
+            status = r.status_code
+            try:
+                body = await read_bounded(r, limit, what)
+            except AnswerTooBig:
+                if status == 200:
+                    raise ProtocolError(f"{what} answered more than {bound}") from None
+                body = f"(a body of more than {bound})".encode()
     except httpx.TransportError as exc:
-        raise TransportFailed(f"POST {route} failed: {type(exc).__name__}: {exc}".rstrip(": "))\
+        raise TransportFailed(f"{what} failed: {type(exc).__name__}: {exc}".rstrip(": "))\
             from exc
-    if response.status_code != 200:
-        raise ProtocolError(f"POST {route} answered HTTP {response.status_code}: "
-                            f"{_snippet(response.text) or '(empty body)'}")
+    text = body.decode("utf-8", "replace")
+    if status != 200:
+        raise ProtocolError(f"{what} answered HTTP {status}: {_snippet(text) or '(empty body)'}")
     try:
-        data = response.json()
+        data = json.loads(body)
     except ValueError:
-        raise ProtocolError(f"POST {route} answered a body that is not JSON: "
-                            f"{_snippet(response.text) or '(empty body)'}") from None
+        raise ProtocolError(f"{what} answered a body that is not JSON: "
+                            f"{_snippet(text) or '(empty body)'}") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         fields = ", ".join(".".join(str(p) for p in e["loc"]) + f" ({e['msg']})"
                            for e in exc.errors())
-        raise ProtocolError(f"POST {route} answered JSON without the expected fields: {fields}; "
-                            f"body: {_snippet(response.text)}") from None
+        raise ProtocolError(f"{what} answered JSON without the expected fields: {fields}; "
+                            f"body: {_snippet(text)}") from None
+
+
+# Each call reads at most ``limit`` bytes of the answer (a resolver's: plus the size of its
+# request); beyond, the call fails (the rest unread).
 
 
 async def process(client: httpx.AsyncClient, read_dir: str, write_dir: str,
-                  globs: Sequence[Glob], config: Any) -> str:
+                  globs: Sequence[Glob], config: Any, *, limit: int = MAX_ANSWER) -> str:
     request = ProcessRequest(read_dir=read_dir, write_dir=write_dir,
                              globs=[g.wire() for g in globs], config=config)
-    res: OutputDirResponse = await _post(client, "/api/process", request, OutputDirResponse)
+    res: OutputDirResponse = await _post(client, "/api/process", request, OutputDirResponse,
+                                         limit)
     return res.output_dir
 
 
-async def plug(client: httpx.AsyncClient, directory: str, config: Any) -> str:
+async def plug(client: httpx.AsyncClient, directory: str, config: Any, *,
+               limit: int = MAX_ANSWER) -> str:
     res: OutputDirResponse = await _post(client, "/api/plug",
                                          PlugRequest(directory=directory, config=config),
-                                         OutputDirResponse)
+                                         OutputDirResponse, limit)
     return res.output_dir
 
 
-async def resolve(client: httpx.AsyncClient, config: Any,
-                  files: Sequence[ResolveFile]) -> tuple[str, str]:
+async def resolve(client: httpx.AsyncClient, config: Any, files: Sequence[ResolveFile], *,
+                  limit: int = MAX_ANSWER) -> tuple[str, str]:
     res: ResolveResponse = await _post(client, "/api/resolve",
                                        ResolveRequest(config=config, files=list(files)),
-                                       ResolveResponse)
+                                       ResolveResponse, limit, plus_request=True)
     return res.path, res.content

@@ -40,7 +40,7 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from boride import parallel
+from boride import inputs, parallel
 from boride.errors import BorideError, InputError, describe
 from boride.types import Component, Kind
 
@@ -197,7 +197,9 @@ class FileRegistry(Registry):
     @classmethod
     def load(cls, path: Path) -> FileRegistry:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = inputs.read_text(path, "registry file")
+        except inputs.BoundExceeded as exc:
+            raise RegistryFileError([str(exc)]) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise RegistryFileError([f"{path}: cannot read: {exc}"]) from None
         return cls.parse(text, str(path), path.resolve().parent)
@@ -205,7 +207,10 @@ class FileRegistry(Registry):
     @classmethod
     def parse(cls, text: str, source: str, base: Path) -> FileRegistry:
         try:
-            data = yaml.safe_load(text)
+            node = inputs.compose(text, source)  # (JSON too: YAML holds it)
+            data = None if node is None else inputs.construct(node)
+        except inputs.BoundExceeded as exc:
+            raise RegistryFileError([str(exc)]) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""

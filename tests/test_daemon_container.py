@@ -325,7 +325,10 @@ def daemon(engine: docker.DockerClient, serve_image: str,
         yield d
     finally:
         with contextlib.suppress(docker.errors.NotFound):
-            container.stop(timeout=30)  # SIGTERM: the server removes what it still holds
+            # Ctrl-C: the server removes what it still holds (SIGTERM would leave it on the
+            # engine for the next coordinator)
+            container.kill(signal="SIGINT")
+            container.wait(timeout=60)
         logs = d.logs()
         container.remove(force=True)
         recorder.close()
@@ -438,6 +441,26 @@ class TestDaemonFlows:
             assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
         assert labelled({LABEL_SESSION: sid}) == []
         assert_only_volumes(daemon, daemon.recorder.since(mark))
+
+    def test_a_docker_restart_loses_no_session(self, daemon: Daemon) -> None:
+        """The CLI user answering the Q&A while the coordinator restarts still gets the
+        build: the restarted daemon takes over the session from the engine."""
+        template, sid = example_template(), new_id()
+        daemon.made(sid, template)
+        with httpx.Client(base_url=daemon.url, timeout=300) as http:
+            assert http.post("/template/warm", json=template).json() == {"status": "OK"}
+            assert http.post(f"/executor/{sid}/warm", json=template).status_code == 200
+            r = http.post("/executor", json={"session_id": sid, "template": template,
+                                             "merger": {"merger_id": new_id()}})
+            assert r.json() == {"status": "OK"}, (r.text, daemon.logs())
+            before = sorted(labelled({LABEL_SESSION: sid}))
+            daemon.container.restart(timeout=40)  # SIGTERM: drains, leaves the sessions
+            wait_ready(daemon)
+            assert sid in http.get("/worker").json()["sessions"], daemon.logs()
+            assert build(http, sid, template) == expected_files()
+            assert sorted(labelled({LABEL_SESSION: sid})) == before  # the same containers
+            assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
+        assert labelled({LABEL_SESSION: sid}) == []
 
     def test_try_flow_from_a_host_folder(self, daemon: Daemon, tmp_path: Path) -> None:
         folder = tmp_path / "dev" / "my-template"  # on the host only, not in the daemon

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +72,11 @@ class RecordingRuntime(DockerRuntime):
         self.sessions: list[str] = []
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, *, area: bool = True,
+                             note: Mapping[str, str] | None = None) -> Workspace:
         self.sessions.append(session_id)
-        return await super().open_workspace(session_id, template, root, area=area)
+        return await super().open_workspace(session_id, template, root, area=area,
+                                            note=note)
 
 
 @pytest.fixture

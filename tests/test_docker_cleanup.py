@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,9 +114,11 @@ class OutageRuntime(DockerRuntime):
         self.sessions: list[str] = []
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, *, area: bool = True,
+                             note: Mapping[str, str] | None = None) -> Workspace:
         self.sessions.append(session_id)
-        return await super().open_workspace(session_id, template, root, area=area)
+        return await super().open_workspace(session_id, template, root, area=area,
+                                            note=note)
 
     async def start(self, workspace: Workspace, component: Component) -> Instance:
         instance = await super().start(workspace, component)

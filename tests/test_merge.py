@@ -241,36 +241,43 @@ async def test_glob_semantics(tmp_path: Path, glob: str, path: str, matches: boo
     assert (tmp_path / "t" / path).read_bytes() == expected
 
 
-async def test_resolver_can_move_the_file(tmp_path: Path) -> None:
+async def test_a_resolution_is_written_at_the_conflicts_own_path(tmp_path: Path) -> None:
     a, b = outputs(tmp_path, 2)
-    put(a, "x.txt", "a")
-    put(b, "x.txt", "b")
+    put(a, "src/x.txt", "a")
+    put(b, "src/x.txt", "b", exe=True)
 
-    async def move(rule: ResolverRule, conflict: Conflict) -> tuple[str, bytes]:
-        return "./moved//here/x.txt", b"merged"
+    async def dotted(rule: ResolverRule, conflict: Conflict) -> tuple[str, bytes]:
+        return "./src//x.txt", b"merged"  # the same path, written loosely: accepted
 
-    result = await merge([a, b], tmp_path / "t", [ResolverRule("r", ("**",))], move)
-    assert snapshot(tmp_path / "t") == {"moved": "<dir>", "moved/here": "<dir>",
-                                        "moved/here/x.txt": (b"merged", False)}
+    result = await merge([a, b], tmp_path / "t", [ResolverRule("r", ("**",))], dotted)
+    assert snapshot(tmp_path / "t") == {"src": "<dir>", "src/x.txt": (b"merged", True)}
     assert result.files == 1 and result.resolved == 1
 
 
-async def test_resolution_overrides_a_plain_file(tmp_path: Path) -> None:
+async def test_a_resolution_for_another_path_is_refused_naming_both(tmp_path: Path) -> None:
+    """As the Go coordinator: a resolver decides the paths its globs match, never another
+    file (a plain file, another conflict, a folder, below a file, a new path)."""
     a, b = outputs(tmp_path, 2)
-    put(a, "c.txt", "a")
-    put(b, "c.txt", "b")
-    put(a, "plain.txt", "plain", exe=True)
+    put(a, "README.md", "plain")
+    put(a, "dir/inside.txt", "i")
+    for rel in ("src/a.txt", "src/b.txt", "c1", "c2", "c3"):
+        put(a, rel, "1")
+        put(b, rel, "2")
+    answers = {"src/a.txt": "README.md", "src/b.txt": "src/a.txt", "c1": "dir",
+               "c2": "README.md/below", "c3": "new/c3"}
 
-    async def onto_plain(rule: ResolverRule, conflict: Conflict) -> tuple[str, bytes]:
-        return "plain.txt", b"resolved"
+    async def elsewhere(rule: ResolverRule, conflict: Conflict) -> tuple[str, bytes]:
+        return answers[conflict.path], b"x"
 
-    result = await merge([a, b], tmp_path / "t", [ResolverRule("r", ("c.txt",))], onto_plain)
-    # the resolved content wins; its exec bit comes from the conflict's last version
-    assert snapshot(tmp_path / "t") == {"plain.txt": (b"resolved", False)}
-    assert result.files == 1
+    with pytest.raises(MergeError) as info:
+        await merge([a, b], tmp_path / "t", [ResolverRule("pick", ("**",))], elsewhere)
+    assert info.value.errors == [  # in conflict path order
+        f"conflict {asked!r}, resolver 'pick': answered for another path: expected "
+        f"{asked!r}, got {answers[asked]!r}" for asked in sorted(answers)]
+    assert (tmp_path / "t" / "README.md").read_bytes() == b"plain"  # never overwritten
 
 
-async def test_same_returned_path_lower_conflict_path_wins(tmp_path: Path) -> None:
+async def test_several_resolutions_for_one_other_path_are_each_refused(tmp_path: Path) -> None:
     a, b = outputs(tmp_path, 2)
     for rel in ("b.txt", "a.txt", "c.txt"):
         put(a, rel, "1")
@@ -280,9 +287,12 @@ async def test_same_returned_path_lower_conflict_path_wins(tmp_path: Path) -> No
         await asyncio.sleep({"a.txt": 0.05, "b.txt": 0.0, "c.txt": 0.02}[conflict.path])
         return "out.txt", conflict.path.encode()
 
-    result = await merge([a, b], tmp_path / "t", [ResolverRule("r", ("*",))], to_one)
-    assert snapshot(tmp_path / "t") == {"out.txt": (b"a.txt", False)}
-    assert (result.files, result.conflicts, result.resolved) == (1, 3, 3)
+    with pytest.raises(MergeError) as info:
+        await merge([a, b], tmp_path / "t", [ResolverRule("r", ("*",))], to_one)
+    assert [e.split(":")[0] for e in info.value.errors] == [
+        "conflict 'a.txt', resolver 'r'", "conflict 'b.txt', resolver 'r'",
+        "conflict 'c.txt', resolver 'r'"]
+    assert not (tmp_path / "t" / "out.txt").exists()
 
 
 async def test_random_resolver_delays_give_the_same_tree(tmp_path: Path) -> None:
@@ -306,9 +316,7 @@ async def test_random_resolver_delays_give_the_same_tree(tmp_path: Path) -> None
                 await asyncio.sleep(delays.random() / 200)
             finally:
                 active -= 1
-            i = int(conflict.path.rsplit("f", 1)[1].split(".")[0])
-            dest = ["same.txt", conflict.path, f"d{i % 5}/f{(i + 1) % 60}.txt"][i % 3]
-            return dest, b"+".join(v.content for v in conflict.versions)
+            return conflict.path, b"+".join(v.content for v in conflict.versions)
 
         return resolve
 
@@ -381,25 +389,6 @@ async def test_unsafe_or_invalid_resolution_is_an_error(tmp_path: Path, returned
     assert "'c.txt'" in info.value.errors[0] and "bad" in info.value.errors[0]
     assert not (tmp_path / "area" / "escape.txt").exists()
     assert not (tmp_path / "escape.txt").exists()
-
-
-async def test_resolution_onto_a_directory_or_below_a_file_is_an_error(tmp_path: Path) -> None:
-    a, b = outputs(tmp_path, 2)
-    put(a, "dir/inside.txt", "i")
-    put(a, "file.txt", "f")
-    for rel in ("c1", "c2"):
-        put(a, rel, "1")
-        put(b, rel, "2")
-
-    async def clash(rule: ResolverRule, conflict: Conflict) -> tuple[str, bytes]:
-        return {"c1": "dir", "c2": "file.txt/below"}[conflict.path], b"x"
-
-    with pytest.raises(MergeError) as info:
-        await merge([a, b], tmp_path / "t", [ResolverRule("r", ("c*",))], clash)
-    errors = info.value.errors
-    assert len(errors) == 2
-    assert "'c1'" in errors[0] and "'dir'" in errors[0] and "directory" in errors[0]
-    assert "'c2'" in errors[1] and "'file.txt'" in errors[1]
 
 
 # ---------------------------------------------------------------------------------------------

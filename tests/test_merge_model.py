@@ -2,10 +2,11 @@
 
 Hypothesis draws processor outputs (files with contents and exec bits, folders, empty folders,
 unicode names, deep paths; conflicts and file/folder clashes across outputs), resolver rules
-(globs that match or not) and resolver behaviours (merge, fail, return an unsafe path, move
-conflicts to the top folder or all to one path: onto each other, plain files or folders;
-move onto the parent folder). The model decides, with plain string
-operations and dicts, what the merged tree (or the list of errors) must be.
+(globs that match or not) and resolver behaviours (merge, fail, return an unsafe path, return
+the conflict's own path written loosely, answer for another path: the top folder's entry of the
+same name, one path for all, the parent folder; refused unless it happens to be the conflict's
+own). The model decides, with plain string operations and dicts, what the merged tree (or the
+list of errors) must be.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import event, example, given, settings
@@ -38,7 +39,7 @@ GLOBS: dict[str, Callable[[str], bool]] = {
     "日本/**": lambda p: p.startswith("日本/"),
     "deep/**": lambda p: p.startswith("deep/"),
 }
-BEHAVIOURS = ["merge", "fail", "unsafe", "to_top", "to_one", "to_parent"]
+BEHAVIOURS = ["merge", "fail", "unsafe", "dotted", "to_top", "to_one", "to_parent"]
 
 File = tuple[bytes, bool]  # content, executable
 Layer = dict[str, File | None]  # path -> file, or None for a folder
@@ -49,6 +50,11 @@ def paths(draw: st.DrawFn, names: list[str] = NAMES, depth: int = 4, deep: bool 
     parts = draw(st.lists(st.sampled_from(names), min_size=1, max_size=depth))
     path = "/".join(parts)
     return f"{DEEP}/{path}" if deep and draw(st.sampled_from([False] * 7 + [True])) else path
+
+
+def normal(path: str) -> str:
+    """A relative path without empty and ``.`` components (as the merge compares them)."""
+    return "/".join(p for p in path.split("/") if p not in ("", "."))
 
 
 def ancestors(path: str) -> list[str]:
@@ -117,12 +123,14 @@ def content_of(rule: Rule, versions: list[tuple[int, bytes]]) -> bytes:
 
 
 def destination(rule: Rule, path: str) -> str | None:
-    """Where the resolver puts a conflict, None if it fails (raises or returns nonsense)."""
+    """The path the resolver answers for, None if it fails (raises or returns nonsense)."""
     if rule.behaviour == "merge":
         return path
-    if rule.behaviour == "to_top":  # moved to the top: collisions, overrides, clashes
+    if rule.behaviour == "dotted":  # the same path, written loosely
+        return "./" + path.replace("/", "//")
+    if rule.behaviour == "to_top":  # the top folder's entry of the same name (a top one's own)
         return path.rsplit("/", 1)[-1]
-    if rule.behaviour == "to_one":  # all onto one path, which plain files have too
+    if rule.behaviour == "to_one":  # one path for all, which plain files have too
         return "y.txt"
     if rule.behaviour == "to_parent":
         return path.rsplit("/", 1)[0] if "/" in path else "top.txt"
@@ -137,6 +145,7 @@ def destination(rule: Rule, path: str) -> str | None:
 class Expected:
     tree: dict[str, object] | None  # path -> (content, exec) or "<dir>"
     error_paths: list[str]  # paths each error names, in order (when tree is None)
+    answered: dict[str, str] = field(default_factory=dict)  # conflict -> other path answered
 
 
 def model(outputs: list[Layer], rules: list[Rule]) -> Expected:
@@ -157,8 +166,9 @@ def model(outputs: list[Layer], rules: list[Rule]) -> Expected:
         return Expected(None, clashes)
 
     final: dict[str, File] = {}
-    resolutions: list[tuple[str, str, File]] = []  # conflict path, destination, file
-    failed: list[str] = []
+    resolutions: dict[str, File] = {}  # conflict path -> its resolved file
+    failed: list[str] = []  # conflicts whose resolution failed or answered for another path
+    answered: dict[str, str] = {}
     for path in sorted(file_layers):
         found = file_layers[path]
         last = outputs[found[-1]][path]
@@ -170,38 +180,27 @@ def model(outputs: list[Layer], rules: list[Rule]) -> Expected:
             final[path] = last
             continue
         dest = destination(rule, path)
-        if dest is None:
+        if dest is None or normal(dest) != path:
+            event("resolver failed" if dest is None else "answered for another path")
             failed.append(path)
+            if dest is not None:
+                answered[path] = normal(dest)
             continue
         versions = []
         for i in found:
             f = outputs[i][path]
             assert f is not None
             versions.append((i, f[0]))
-        resolutions.append((path, dest, (content_of(rule, versions), last[1])))
-    if failed:
-        event("resolver failed")
+        resolutions[path] = (content_of(rule, versions), last[1])
     if resolutions:
         event("resolved")
     if any(len(v) > 1 and all(not GLOBS[g](p) for r in rules for g in r.globs)
            for p, v in file_layers.items()):
         event("conflict matching no rule")
-    if len(resolutions) > len({dest for _, dest, _ in resolutions}):
-        event("resolutions collide")
-    if any(dest in final for _, dest, _ in resolutions):
-        event("resolution overrides a plain file")
+    if failed:  # every problem is reported, in conflict path order
+        return Expected(None, failed, answered)
 
-    winners: dict[str, tuple[str, File]] = {}
-    for conflict, dest, f in resolutions:
-        winners.setdefault(dest, (conflict, f))
-    bad = [conflict for dest, (conflict, _) in winners.items()
-           if dest in dir_paths or any(a in final or a in winners for a in ancestors(dest))]
-    if bad:
-        event("resolved onto a folder or below a file")
-    if failed or bad:  # every problem is reported: the failures first, then the others
-        return Expected(None, failed + bad)
-
-    final.update({dest: f for dest, (_, f) in winners.items()})
+    final.update(resolutions)
     tree: dict[str, object] = dict(final)
     for path in dir_paths | {a for p in final for a in ancestors(p)}:
         tree[path] = "<dir>"
@@ -248,16 +247,20 @@ def test_merge_matches_the_model(outputs: list[Layer], rules: list[Rule], limit:
 @settings(max_examples=100, deadline=None)
 @given(outputs=outputs_strategy(shallow=True),
        rules=rules_strategy(min_size=1), limit=st.integers(1, 4), move=st.booleans())
-@example(  # a resolution overrides a plain file
+@example(  # answered for a plain file's path: refused, the plain file kept
     outputs=[{"y.txt": (b"plain", True), "a/x.md": (b"1", False)}, {"a/x.md": (b"2", False)}],
     rules=[Rule("r0", ("**/*.md",), "to_one")], limit=2, move=True)
-@example(  # two resolutions onto one path: the lower conflict path wins
+@example(  # several for one path, one of them its own: the others refused
     outputs=[{"a/x.md": (b"1", False), "b/x.md": (b"2", True)},
              {"a/x.md": (b"3", True), "b/x.md": (b"4", False), "x.md": (b"5", False)}],
     rules=[Rule("r0", ("**",), "to_top")], limit=1, move=True)
+@example(  # the own path written loosely: accepted
+    outputs=[{"a/x.md": (b"1", False)}, {"a/x.md": (b"2", True)}],
+    rules=[Rule("r0", ("**",), "dotted")], limit=1, move=False)
 def test_resolutions_match_the_model(outputs: list[Layer], rules: list[Rule],
                                      limit: int, move: bool) -> None:
-    """Resolutions meeting each other, plain files and folders."""
+    """Resolutions answering for their own path, loosely written, or another one (plain
+    files, other conflicts, folders)."""
     check(outputs, rules, limit, move)
 
 
@@ -293,6 +296,8 @@ def check(outputs: list[Layer], rules: list[Rule], limit: int, move: bool = Fals
                 assert len(exc.errors) == len(expected.error_paths), exc.errors
                 for error, path in zip(exc.errors, expected.error_paths, strict=True):
                     assert repr(path) in error, (error, path)
+                    if path in expected.answered:  # both paths named
+                        assert error.endswith(f"got {expected.answered[path]!r}"), error
             else:
                 raise AssertionError(f"expected errors about {expected.error_paths}")
         else:

@@ -252,3 +252,21 @@ async def test_a_build_past_the_server_s_timeout_names_the_component_still_calle
         assert runtime.alive() == ["me/one:1"]
         await http.delete(f"/executor/{sid}")
     assert runtime.live == set() and s.area_empty()
+
+
+async def test_a_proxied_answer_over_the_bound_is_refused_unread(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+
+    async def huge(call: Any) -> Any:  # a resolver answering 2 MiB of JSON
+        return {"path": "x", "content": "x" * (2 << 20)}
+
+    s.runtime = FakeRuntime({**BEHAVIOURS, "fake/join": Behaviour(answer=huge)})
+    template = s.template(s.tid)
+    async with serving(s.config, s.runtime) as http:
+        assert (await http.post("/template/warm", json=template)).status_code == 200
+        body = {"config": {}, "files": [
+            {"path": "x", "content": "a", "origin": {"template": "t", "layer": 0}}]}
+        data = problem(await http.post(f"/proxy/resolver/{s.join['id']}/api/resolve",
+                                       json=body), 502)
+        assert data["data"] == ["POST /api/resolve answered more than 1 MiB"]
+        await http.delete("/cleanup")

@@ -329,7 +329,7 @@ def test_sessions_build_at_once_isolated_and_at_most_max_builds(tmp_path: Path) 
         threads = [threading.Thread(target=build, args=(sid,)) for sid in sids]
         for t in threads:
             t.start()
-        # one build runs, the other waits for the slot
+        # one build starts its processor (boride's work, in the slot), the other waits for it
         wait_for(lambda: metric(http, "boride_builds_waiting") == 1
                  and metric(http, "boride_builds_in_flight") == 1)
         for t in threads:

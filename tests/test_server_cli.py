@@ -112,13 +112,14 @@ def test_a_whole_session_against_the_command_then_sigterm(tmp_path: Path) -> Non
 
 
 @pytest.mark.sandbox
-def test_sigterm_during_a_hanging_build_stops_everything(tmp_path: Path) -> None:
+def test_sigterm_during_a_hanging_build_stops_everything_after_the_drain(tmp_path: Path
+                                                                          ) -> None:
     hang = entry("me/hang", "hang")
     registry = write_registry(tmp_path / "r.yaml", processors=[hang])
     dev = tmp_path / "dev"
     (dev / "t").mkdir(parents=True)
     with serving("--registry", registry, "--dev-root", dev, "--work-root",
-                 tmp_path / "work") as (proc, url):
+                 tmp_path / "work", "--drain-timeout", "1") as (proc, url):
         template = template_body("local-h", [hang])
         sid = new_id()
         r = httpx.post(url + "/executor/try", json={
@@ -133,9 +134,9 @@ def test_sigterm_during_a_hanging_build_stops_everything(tmp_path: Path) -> None
                          .encode() + payload)
             wait_for(lambda: any("hang.py" in p for p in boride_processes()))
             time.sleep(0.5)
-            started = time.monotonic()
             os.kill(proc.pid, signal.SIGTERM)
             output, _ = proc.communicate(timeout=60)
-        assert time.monotonic() - started < 30
         assert proc.returncode == -signal.SIGTERM, output
+        # the hung build had its grace period, then was stopped
+        assert "still in flight after 1s: stopping them" in output, output
     assert boride_processes() == []

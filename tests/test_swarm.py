@@ -8,9 +8,11 @@ way the CyanPrint CLI does it and through the front only:
 * 6 ``cyanprint create`` flows at once (a template that exists only as images: blob, Q&A,
   components), every result compared with examples/expected; ``GET /workers`` shows that
   workers on two distinct nodes served sessions;
+* a session bootstrapped, then every worker replaced (``docker service update --force``): the
+  successors take the sessions over from their nodes' engines, the build succeeds;
 * node 2 dies (its engine and all it ran are killed): new sessions still succeed; calls of the
   sessions that lived there answer 503 naming the session and the worker, ``DELETE`` 200;
-* ``docker stack rm boride``: nothing of boride is left on node 1.
+* ``DELETE /cleanup``, then ``docker stack rm boride``: nothing of boride is left on node 1.
 
 ``.ci/swarm-node.sh down`` always runs at the end. Runs under CI=true (as root); elsewhere
 with BORIDE_TEST_SWARM=1."""
@@ -32,6 +34,7 @@ from tests.docker_helpers import ROOT, example_images, in_ci, serve_image_module
 from tests.test_registry_images import (  # noqa: F401  (the images fixture, used by name)
     Images,
     assert_expected,
+    build_and_delete,
     cli_create,
     components_only_registry,
     image_template,
@@ -183,6 +186,20 @@ def test_two_node_swarm(swarm: str, images: Images, tmp_path: Path) -> None:  # 
     assert served[node1] >= 1 and served[node2] >= 1, served
     assert sum(served.values()) == 6, served
 
+    # a session waits (bootstrapped, its Q&A under way) while every worker is replaced (an
+    # upgrade): each drains and leaves its sessions on its node's engine, its successor
+    # takes them over and lists them, the front finds them there: the build succeeds
+    waiting = open_session(url, template)
+    before = {w["address"] for w in workers(url)}
+    r = on_node(1, "service", "update", "--force", "--detach=false", f"{STACK}_worker",
+                timeout=300)
+    assert r.returncode == 0, r.stderr
+    wait_until("both workers replaced and healthy", lambda: (
+        {w["node"] for w in workers(url) if w["healthy"] and w["address"] not in before}
+        == {node1, node2}), timeout=180)
+    assert_expected(build_and_delete(url, waiting, template,
+                                     qna_loop(url, template["principal"]["id"]), new_id()))
+
     # sessions left open on both nodes, then node 2 dies
     held = [open_session(url, template) for _ in range(4)]
     active = {w["node"]: w["sessions_active"] for w in workers(url)}
@@ -216,7 +233,11 @@ def test_two_node_swarm(swarm: str, images: Images, tmp_path: Path) -> None:  # 
     assert sorted(outcomes.values()).count(503) == active[node2], outcomes
     assert sorted(outcomes.values()).count(200) == active[node1], outcomes
 
-    # the stack removed: nothing of boride left on the node that survived
+    # everything removed (workers leave their sessions and templates on SIGTERM for their
+    # successors: DELETE /cleanup first, as docs/scaling.md says), then the stack: nothing of
+    # boride left on the node that survived
+    r = httpx.delete(f"{url}/cleanup", timeout=300)
+    assert r.status_code == 200, r.text[:2000]
     r = on_node(1, "stack", "rm", STACK)
     assert r.returncode == 0, r.stderr
     wait_until("nothing of boride left on node 1",

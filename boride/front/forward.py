@@ -17,10 +17,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from boride import aio
+from boride.bounded import AnswerTooBig, read_bounded
 from boride.config import Limits
 from boride.errors import RuntimeFailure, describe
 from boride.front.metrics import FrontMetrics
-from boride.front.workers import NoWorker, Worker, Workers
+from boride.front.workers import WORKER_ANSWER, NoWorker, Worker, Workers
 from boride.server.problems import TRACE_HEADER, problem_response, trace_id_of
 from boride.server.streaming import ClientGone, until_disconnect, wait_disconnect
 
@@ -133,14 +134,19 @@ class Front:
         """Forward and read the whole (small) answer."""
         answer = await self.send(request, worker, path, body, route)
         try:
-            await answer.aread()
-        except httpx.TransportError as exc:
-            error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            content = await read_bounded(answer, WORKER_ANSWER, f"{request.method} {path}")
+        except (httpx.TransportError, AnswerTooBig) as exc:
+            error = str(exc) if isinstance(exc, AnswerTooBig) else \
+                f"{type(exc).__name__}: {exc}".rstrip(": ")
             self.workers.failed(worker, error)
             raise WorkerLost(worker, error) from None
         finally:
             await answer.aclose()
-        return answer
+        # (decoded already: without the headers that described the encoded body)
+        headers = [(k, v) for k, v in answer.headers.multi_items()
+                   if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(answer.status_code, headers=headers, content=content,
+                              request=answer.request)
 
     def lost(self, request: Request, exc: WorkerLost, session: str | None) -> Response:
         w = exc.worker
@@ -190,9 +196,11 @@ class Front:
     async def _warm_one(self, request: Request, worker: Worker, tid: str,
                         template: dict[str, Any]) -> None:
         try:
-            answer = await self.client.post(f"{worker.url}/template/warm", json=template,
-                                            headers={TRACE_HEADER: trace_id_of(request.scope)})
-        except httpx.HTTPError as exc:
+            async with self.client.stream(
+                    "POST", f"{worker.url}/template/warm", json=template,
+                    headers={TRACE_HEADER: trace_id_of(request.scope)}) as answer:
+                said = await read_bounded(answer, WORKER_ANSWER, "POST /template/warm")
+        except (httpx.HTTPError, AnswerTooBig) as exc:
             log.warning("warming template %s on %s: %s", tid, worker.describe(), describe(exc))
             return
         if answer.is_success:
@@ -201,7 +209,7 @@ class Front:
             worker.templates.add(tid)
         else:
             log.warning("warming template %s on %s: %d %s", tid, worker.describe(),
-                        answer.status_code, answer.text[:300])
+                        answer.status_code, said[:300].decode("utf-8", "replace"))
 
 
 class Relayed(Response):

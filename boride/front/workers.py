@@ -9,6 +9,7 @@ that restarts finds every session again on its first round of checks (and at onc
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -20,9 +21,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from boride import aio, parallel
+from boride.bounded import AnswerTooBig, read_bounded
 from boride.errors import BorideError
 
 log = logging.getLogger("boride.front")
+#: the largest answer of a worker the front reads (a worker's are small JSON: its list, a
+#: session's status; a build's output is streamed through, never read)
+WORKER_ANSWER = 16 * 1024 * 1024
 
 #: A worker whose checks (and calls) have failed for this many seconds, or that discovery no
 #: longer finds, is lost: its sessions' calls answer 503 at once. One failed check already
@@ -160,13 +165,18 @@ class Workers:
     async def check(self, worker: Worker) -> None:
         """Ask ``worker`` what it holds; update its health and the session map."""
         try:
-            answer = await self.client.get(f"{worker.url}/worker")
+            async with self.client.stream("GET", f"{worker.url}/worker") as answer:
+                body = await read_bounded(answer, WORKER_ANSWER, "GET /worker")
             if answer.status_code != 200:
                 raise httpx.HTTPStatusError(
-                    f"GET /worker answered {answer.status_code}: {answer.text[:200]}",
+                    f"GET /worker answered {answer.status_code}: "
+                    f"{body[:200].decode('utf-8', 'replace')}",
                     request=answer.request, response=answer)
-            data = answer.json()
+            data = json.loads(body)
             sessions = {str(s) for s in data["sessions"]}
+        except AnswerTooBig as exc:
+            self.failed(worker, str(exc))
+            return
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             self.failed(worker, f"{type(exc).__name__}: {exc}".rstrip(": "))
             return

@@ -26,11 +26,13 @@ The package, one concept a module: :mod:`~boride.pipeline.plan` (what a build do
 which instance each calls), :mod:`~boride.pipeline.session` (instances: start, restart, drop),
 :mod:`~boride.pipeline.build` (the stages), :mod:`~boride.pipeline.lifetime` (the lifetime
 rule), :mod:`~boride.pipeline.deadline` (the one timeout), :mod:`~boride.pipeline.calls`,
+:mod:`~boride.pipeline.admission` (a build's hold on a server's build slots),
 :mod:`~boride.pipeline.cached` (the build's use of the cache),
 :mod:`~boride.pipeline.template_watch`, :mod:`~boride.pipeline.deliver` and
 :mod:`~boride.pipeline.results` (options, results, errors).
 """
 
+from boride.pipeline.admission import Admission
 from boride.pipeline.build import Build, build
 from boride.pipeline.plan import Plan, Step, cannot_run, not_components, runners
 from boride.pipeline.results import (
@@ -53,6 +55,7 @@ from boride.protocol import Glob as ProtocolGlob
 
 __all__ = [
     "STAGES",
+    "Admission",
     "ArchiveFailed",
     "AreaUnavailable",
     "Build",

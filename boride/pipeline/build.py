@@ -16,6 +16,7 @@ from boride import aio, cache, diagnose, health, merge, parallel, protocol
 from boride.area import Area, AreaFailure
 from boride.errors import describe
 from boride.model import Pipeline
+from boride.pipeline.admission import Admission
 from boride.pipeline.cached import BuildCache
 from boride.pipeline.calls import Calls, checked
 from boride.pipeline.deadline import Deadline
@@ -40,11 +41,14 @@ T = TypeVar("T")
 
 class _BuildCore:
     """What the stages of a build stand on: its plan's steps and the instance each calls, its
-    deadline, its progress (results, events, stage times) and the calls to its instances."""
+    deadline, its progress (results, events, stage times), the calls to its instances and its
+    hold on a server's build slots (``admission``: given up while a call is pending)."""
 
     def __init__(self, plan: Plan, session: Session, options: BuildOptions,
-                 shared: Session | None = None, *, on_demand: bool = False) -> None:
+                 shared: Session | None = None, *, on_demand: bool = False,
+                 admission: Admission | None = None) -> None:
         self.plan = plan
+        self.admission = admission or Admission()
         self.session = session
         self.options = options
         self.limit = options.limits.build_parallelism(plan.parallelism)
@@ -137,9 +141,11 @@ class _BuildCore:
         if self.demand is not None:
             await self.demand.ready(step)
         c = self.steps[step].component
-        with self.deadline.doing(step, f"{c.kind.value} {step!r}", lambda: (
-                f"its call had not answered {self.deadline.ran_out}"), about):
-            return await self.calls.call(step, call)
+        # (no slot held while the call is pending: a wait for one afterwards is no call's)
+        async with self.admission.awaiting():
+            with self.deadline.doing(step, f"{c.kind.value} {step!r}", lambda: (
+                    f"its call had not answered {self.deadline.ran_out}"), about):
+                return await self.calls.call(step, call)
 
     async def start_one(self, c: Component) -> None:
         """Start ``c`` in the session and wait until it is ready."""
@@ -296,7 +302,8 @@ class Build(_BuildCore):
             # (its folder is made for the user its instance runs as: known once it started)
             write_dir = await area.new_dir(owner=await self._user(c.name))
             output = await self._call(c.name, lambda client: protocol.process(
-                client, area.template, write_dir, step.globs, step.config))
+                client, area.template, write_dir, step.globs, step.config,
+                limit=self.options.limits.max_answer))
         finally:
             self._called(c.name)
             await self.watch.ended(c.name)
@@ -326,11 +333,15 @@ class Build(_BuildCore):
                 protocol.Origin(template=self.plan.template.name, layer=v.layer))))
         try:
             path, content = await self._call(rule.name, lambda client: protocol.resolve(
-                client, step.config, files), about=f"on {conflict.path!r}")
+                client, step.config, files, limit=self.options.limits.max_answer),
+                about=f"on {conflict.path!r}")
         except protocol.ProtocolError as exc:
             self._set(rule.name, Status.FAILED, f"on {conflict.path!r}: {exc}")
             raise protocol.ProtocolError(f"resolver {rule.name!r} on {conflict.path!r}: {exc}")\
                 from None
+        refused = merge.other_path(conflict.path, path)
+        if refused is not None:  # the merge refuses it (and says so): the resolver failed
+            self._set(rule.name, Status.FAILED, f"on {conflict.path!r}: {refused}")
         return path, content.encode("utf-8")
 
     async def merge_into(self, outputs: Sequence[str], target: str) -> None:
@@ -359,7 +370,7 @@ class Build(_BuildCore):
         try:
             await area.hand_over(tree, await self._user(c.name))
             output = await self._call(c.name, lambda client: protocol.plug(
-                client, tree, self.steps[c.name].config))
+                client, tree, self.steps[c.name].config, limit=self.options.limits.max_answer))
         finally:
             self._called(c.name)
         result = checked(area, output, tree, "directory")

@@ -51,19 +51,24 @@ class Calls:
             raise protocol.ProtocolError(f"died during its call: {died.result().describe()}")
         error = task.exception()
         if isinstance(error, protocol.ProtocolError):
-            raise protocol.ProtocolError(f"{error}{await own_words(instance)}") from None
+            lines = await own_lines(instance)
+            short = (f"ran out of memory (its limit: {instance.memory_limit}): "
+                     if instance.memory_limit and diagnose.out_of_memory(lines) else "")
+            raise protocol.ProtocolError(f"{short}{error}{diagnose.summary(lines)}") from None
         return task.result()  # raises the call's own error
 
 
-async def own_words(instance: Instance) -> str:
-    """What a component that failed a call printed about it: its error line and last output.
-    A server may log the exception just after answering 500: look again briefly for it."""
+async def own_lines(instance: Instance) -> list[str]:
+    """What a component that failed a call printed last (its error line in it, when it
+    printed one). A server may log the exception just after answering 500: look again
+    briefly for it."""
+    lines: list[str] = []
     for pause in (0.05, 0.1, 0.2, 0.4, 0):
         lines = await aio.to_thread(instance.log_tail)
         if diagnose.error_line(lines) is not None or not pause:
-            return diagnose.summary(lines)
+            break
         await asyncio.sleep(pause)
-    return ""
+    return lines
 
 
 def checked(area: Area, returned: str, given: str, name: str) -> str:

@@ -8,16 +8,23 @@ import asyncio
 import logging
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from boride import aio, fsutil, health, parallel
+from boride import aio, fsutil, health, parallel, workdirs
 from boride.config import Timeouts
 from boride.errors import RuntimeFailure, describe
 from boride.pipeline.plan import cannot_run
 from boride.pipeline.results import AreaUnavailable, CannotRun, ComponentsFailed
-from boride.runtime.base import Instance, Runtime, TemplateRefused, TemplateSource, Workspace
+from boride.runtime.base import (
+    Instance,
+    Kept,
+    Runtime,
+    TemplateRefused,
+    TemplateSource,
+    Workspace,
+)
 from boride.types import Component, Status
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ class Session:
         self.work_root = work_root
         self.keep = keep
         self.root: Path | None = None
+        self._owned: workdirs.OwnedFolder | None = None  # (the lock on root)
         self.leftovers: list[str] = []  # what the last close could not remove, and how
         self.workspace: Workspace | None = None
         self.template: TemplateSource | None = None  # what the area was opened with
@@ -72,13 +80,14 @@ class Session:
 
     @classmethod
     async def opened(cls, runtime: Runtime, session_id: str, template: TemplateSource, *,
-                     work_root: Path | None = None, area: bool = True) -> Session:
+                     work_root: Path | None = None, area: bool = True,
+                     note: Mapping[str, str] | None = None) -> Session:
         """A session with its work area open (without ``area``: only its template, for
-        components sharing it); :class:`AreaUnavailable` (nothing left behind) when the area
-        cannot be made."""
+        components sharing it; ``note``: kept with it, see :meth:`Runtime.adopt`);
+        :class:`AreaUnavailable` (nothing left behind) when the area cannot be made."""
         session = cls(runtime, session_id, work_root=work_root)
         try:
-            await session.open(template, area=area)
+            await session.open(template, area=area, note=note)
         except TemplateRefused:
             await session.close()
             raise
@@ -90,15 +99,28 @@ class Session:
             raise AreaUnavailable(describe(exc)) from None
         return session
 
-    async def open(self, template: TemplateSource, *, area: bool = True) -> Workspace:
+    @classmethod
+    def adopted(cls, runtime: Runtime, kept: Kept, template: TemplateSource) -> Session:
+        """A session a previous server left on ``runtime`` (:meth:`Runtime.adopt`), of
+        ``template``, with what of its components still runs."""
+        session = cls(runtime, kept.session_id)
+        session.workspace = kept.workspace
+        session.template = template
+        session.instances = dict(kept.instances)
+        return session
+
+    async def open(self, template: TemplateSource, *, area: bool = True,
+                   note: Mapping[str, str] | None = None) -> Workspace:
         if self.runtime.host_areas:
             parent = self.work_root or Path(tempfile.gettempdir())
             parent.mkdir(parents=True, exist_ok=True)
             safe = "".join(ch for ch in self.id if ch.isalnum())[:12]
-            self.root = Path(tempfile.mkdtemp(prefix=f"boride-{safe}-", dir=parent))
+            # locked as this process's: the next boride reclaims it if this one is killed
+            self._owned = workdirs.OwnedFolder(parent, f"{workdirs.PREFIX}{safe}-")
+            self.root = self._owned.path
         self.template = template
         self.workspace = await self.runtime.open_workspace(self.id, template, self.root,
-                                                           area=area)
+                                                           area=area, note=note)
         return self.workspace
 
     def missing(self, components: Iterable[Component], shared: Session | None = None
@@ -210,6 +232,9 @@ class Session:
             except OSError as exc:
                 problems.append(f"the work area {self.root} could not be removed "
                                 f"({exc.strerror or exc}): remove it with rm -rf {self.root}")
+        if self._owned is not None:
+            self._owned.release(keep=self.keep)
+            self._owned = None
         self.leftovers = problems
 
     async def _close_workspace(self, workspace: Workspace) -> str | None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import abc
 import ipaddress
+import json
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -57,6 +58,31 @@ class BlobImage:
 TemplateSource = Path | HostFolder | BlobImage
 
 
+def source_note(source: TemplateSource) -> str:
+    """``source`` as text, for a session's note (:meth:`Runtime.open_workspace`)."""
+    if isinstance(source, BlobImage):
+        said: dict[str, object] = {"image": source.image, "key": source.key,
+                                   "shared": source.shared}
+    elif isinstance(source, HostFolder):
+        said = {"host": source.path, "root": source.root}
+    else:
+        said = {"path": str(source)}
+    return json.dumps(said, sort_keys=True)
+
+
+def source_from_note(text: str | None) -> TemplateSource | None:
+    """What :func:`source_note` wrote; None when ``text`` is not such a note."""
+    try:
+        said = json.loads(text or "")
+        if "image" in said:
+            return BlobImage(str(said["image"]), str(said["key"]), bool(said["shared"]))
+        if "host" in said:
+            return HostFolder(str(said["host"]), str(said["root"]))
+        return Path(str(said["path"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 @dataclass(frozen=True)
 class Workspace:
     """A session's work area (:class:`~boride.area.Area`), as the runtime made it; None for a
@@ -77,12 +103,25 @@ class ExitInfo:
 
     code: int | None  # None: killed by a signal we know nothing more about
     log_tail: list[str] = field(default_factory=list)
+    #: the memory limit it ended on (as configured, e.g. ``512m``): ``oom_killed``, killed by
+    #: it (a container's OOM kill); else it ran out of memory (an allocation refused: its
+    #: output says so, :func:`diagnose.out_of_memory`) and exited
+    memory_limit: str | None = None
+    oom_killed: bool = False
 
     def describe(self) -> str:
         return self.headline() + diagnose.summary(self.log_tail)
 
     def headline(self) -> str:
-        return f"exited with code {self.code}" if self.code is not None else "was killed"
+        ended = f"exited with code {self.code}" if self.code is not None else "was killed"
+        if self.memory_limit is None:
+            return ended
+        if self.oom_killed and self.code in (None, 128 + 9):  # SIGKILL: the OOM killer's
+            return f"killed by its memory limit ({self.memory_limit})"
+        if self.oom_killed:  # (a process of it was killed, then it exited)
+            return f"{ended} after the kernel killed a process of it at its memory limit " \
+                   f"({self.memory_limit})"
+        return f"ran out of memory (its limit: {self.memory_limit}) and {ended}"
 
 
 class Instance(abc.ABC):
@@ -94,6 +133,8 @@ class Instance(abc.ABC):
     component: Component
     client: httpx.AsyncClient
     user: tuple[int, int] | None = None
+    #: the memory it may take, as configured (``512m``), for messages; None: not known
+    memory_limit: str | None = None
 
     @abc.abstractmethod
     async def wait_exit(self) -> ExitInfo:
@@ -159,6 +200,18 @@ class ComponentNetworks:
 
 
 @dataclass(frozen=True)
+class Kept:
+    """A session a server left on its runtime, found again (:meth:`Runtime.adopt`): the note
+    it was opened with (``open_workspace(note=...)``), its work area, the components of it
+    still running (by name)."""
+
+    session_id: str
+    note: Mapping[str, str]
+    workspace: Workspace
+    instances: Mapping[str, Instance]
+
+
+@dataclass(frozen=True)
 class Cleaned:
     """What :meth:`Runtime.clean_all` removed, by name."""
 
@@ -179,6 +232,9 @@ class Runtime(abc.ABC):
     #: ``root`` given to :meth:`open_workspace`) and a :class:`HostFolder` a folder boride can
     #: check itself; else the runtime keeps them where boride cannot see them (an engine)
     host_areas: bool = True
+    #: whether sessions can outlive boride (the engine keeps them, :meth:`adopt` finds them
+    #: again); the local runtime's components are processes that die with boride
+    sessions_outlive: bool = False
 
     @abc.abstractmethod
     async def problems(self, components: list[Component]) -> list[str]:
@@ -187,10 +243,13 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, *, area: bool = True,
+                             note: Mapping[str, str] | None = None) -> Workspace:
         """Prepare a session's work area (below ``root`` when :attr:`host_areas`) with the
         files of ``template`` readable by processors at ``area.template``; without ``area``,
-        only the template's files (for components that read nothing else)."""
+        only the template's files (for components that read nothing else). ``note`` (with an
+        ``owner``): what a server needs to take the session over after a restart, kept with
+        it where the runtime can (see :meth:`adopt`)."""
 
     @abc.abstractmethod
     async def start(self, workspace: Workspace, component: Component) -> Instance:
@@ -250,6 +309,13 @@ class Runtime(abc.ABC):
         reach nothing of the host's network, like the local runtime's, which have only their
         own loopback)."""
         return ComponentNetworks()
+
+    async def adopt(self, owner: str) -> list[Kept]:
+        """The sessions opened with a note of ``owner`` that a previous run of it left (a
+        server restarted on the same engine), now this runtime's as if it had opened them;
+        what of them cannot be used any more is removed. By default none: a runtime whose
+        sessions end with boride (the local runtime's processes die with it)."""
+        return []
 
     async def clean_all(self) -> Cleaned:
         """Remove everything this runtime ever made for boride beyond sessions' area folders

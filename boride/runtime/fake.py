@@ -370,7 +370,8 @@ class FakeRuntime(Runtime):
         return template_folder_problem(source)
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, *, area: bool = True,
+                             note: Mapping[str, str] | None = None) -> Workspace:
         assert root is not None, "the fake runtime's areas are host folders"
         folder = root / "area"
         folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import itertools
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from boride import aio, cache, fsutil
+from boride import aio, cache, diagnose, fsutil, settings, workdirs
 from boride.area import HostArea
 from boride.config import COMPONENT_UIDS, DEFAULT_MEMORY, DEFAULT_PIDS
 from boride.runtime.base import (
@@ -52,6 +51,7 @@ from boride.runtime.base import (
     UserPool,
     Workspace,
 )
+from boride.settings import parse_size
 from boride.types import Component, Kind
 
 _STOP_GRACE = 5.0
@@ -64,12 +64,13 @@ _INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap)
                  "or use --runtime docker")
 
 
-def parse_size(text: str) -> int:
-    """Bytes from ``"512m"``, ``"1g"``, ``"1048576"`` (k, m, g: powers of 1024)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)i?b?\s*", text.lower())
-    if m is None or int(m.group(1)) <= 0:
-        raise ValueError(f"not a size: {text!r} (use e.g. 512m or 1g)")
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2)]
+def size_setting(size: int) -> str:
+    """A size as :func:`~boride.settings.parse_size` reads it, in its largest whole unit
+    (``64m``)."""
+    for unit, shift in (("g", 30), ("m", 20), ("k", 10)):
+        if size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
 
 
 @dataclass(frozen=True)
@@ -84,14 +85,21 @@ class SandboxLimits:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SandboxLimits:
         """From ``BORIDE_LOCAL_MEMORY`` / ``BORIDE_LOCAL_PIDS`` (defaults 512m and 256)."""
-        text = env.get("BORIDE_LOCAL_PIDS", str(DEFAULT_PIDS))
-        if not text.strip().isdigit() or int(text) <= 0:
-            raise ValueError(f"BORIDE_LOCAL_PIDS must be a positive number, got {text!r}")
-        try:
-            memory = parse_size(env.get("BORIDE_LOCAL_MEMORY", DEFAULT_MEMORY))
-        except ValueError as exc:
-            raise ValueError(f"BORIDE_LOCAL_MEMORY: {exc}") from None
-        return cls(memory, int(text))
+        return cls(settings.get("BORIDE_LOCAL_MEMORY", env), settings.get("BORIDE_LOCAL_PIDS", env))
+
+
+def short_parent() -> Path:
+    """Where a session's socket folder goes when its work folder's path is too long for a
+    socket's: the temp folder (``TMPDIR``) when its path is short, else ``/tmp``."""
+    tmp = tempfile.gettempdir()
+    return Path(tmp if len(tmp) <= _SOCKET_DIR_MAX - 40 else "/tmp")
+
+
+def reclaim_folders(work_root: Path | None = None) -> list[Path]:
+    """Remove the work folders (below ``work_root``, else the temp folder) and socket folders
+    that a killed boride left (:mod:`boride.workdirs`: never a living one's); those removed."""
+    parents = dict.fromkeys([work_root or Path(tempfile.gettempdir()), short_parent()])
+    return [p for parent in parents for p in workdirs.reclaim(parent)]
 
 
 def _namespaces() -> list[str]:
@@ -290,7 +298,11 @@ class LocalInstance(Instance):
 
     async def _watch(self) -> ExitInfo:
         code = await self.process.wait()
-        return ExitInfo(code if code >= 0 else None, self.log_tail(LOG_TAIL))
+        tail = self.log_tail(LOG_TAIL)
+        # no cgroup, no OOM kill: an allocation past RLIMIT_DATA is refused, and what the
+        # component printed about it says so (a MemoryError, V8's heap out of memory, ...)
+        ran_out = self.memory_limit if diagnose.out_of_memory(tail) else None
+        return ExitInfo(code if code >= 0 else None, tail, memory_limit=ran_out)
 
     def log_tail(self, lines: int = LOG_TAIL) -> list[str]:
         try:
@@ -327,7 +339,7 @@ class LocalRuntime(Runtime):
         self._roots: dict[str, Path] = {}  # session -> its work folder (area and run below)
         self._areas: dict[str, HostArea] = {}
         self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
-        self._socket_dirs: dict[str, Path] = {}  # session -> short folder made for sockets
+        self._socket_dirs: dict[str, workdirs.OwnedFolder] = {}  # session -> short socket folder
         self._owners: dict[LocalInstance, str] = {}  # running instance -> its session
 
     async def problems(self, components: list[Component]) -> list[str]:
@@ -355,7 +367,8 @@ class LocalRuntime(Runtime):
         return template_folder_problem(source)
 
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, *, area: bool = True,
+                             note: Mapping[str, str] | None = None) -> Workspace:
         assert root is not None, "the local runtime's areas are host folders"
         tpl = template_folder(template)
         for sub in ("area", "run"):
@@ -367,8 +380,9 @@ class LocalRuntime(Runtime):
         run = (root / "run").resolve()
         if len(str(run)) > _SOCKET_DIR_MAX:
             # Unix socket paths are limited to 107 bytes: use a short private folder instead.
-            run = Path(tempfile.mkdtemp(prefix="boride-", dir="/tmp"))
-            self._socket_dirs[session_id] = run
+            owned = workdirs.OwnedFolder(short_parent())
+            run = owned.path
+            self._socket_dirs[session_id] = owned
         self._roots[session_id] = root.resolve()
         self._run_dirs[session_id] = run
         self._areas[session_id] = HostArea(folder, tpl, own_users=self.own_users)
@@ -442,6 +456,7 @@ class LocalRuntime(Runtime):
             self._users[workspace.session_id].give_back(own)
             raise
         instance = LocalInstance(component, process, socket_path, log_path, own)
+        instance.memory_limit = size_setting(self.limits.memory)
         self._owners[instance] = workspace.session_id
         return instance
 
@@ -476,4 +491,7 @@ class LocalRuntime(Runtime):
         self._run_dirs.pop(workspace.session_id, None)
         short = self._socket_dirs.pop(workspace.session_id, None)
         if short is not None:
-            shutil.rmtree(short, ignore_errors=True)
+            try:
+                await aio.to_thread(fsutil.remove_tree, short.path)
+            finally:
+                short.release()

@@ -17,6 +17,7 @@ from boride.server.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
     ComponentGuardMiddleware,
+    DrainMiddleware,
     TraceMiddleware,
 )
 from boride.server.service import ServerConfig, Service
@@ -47,6 +48,7 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.adopt()
         service.start_background()
         try:
             yield
@@ -58,11 +60,13 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
     app.state.service = service
     problems.install(app)
     app.include_router(routes.router)
-    # Added innermost first: the trace id wraps everything, then the refusal of components'
-    # addresses, then authentication, then the limit.
+    # Added innermost first: the trace id wraps everything, then the drain (its count of
+    # requests in flight), then the refusal of components' addresses, then authentication,
+    # then the limit.
     app.add_middleware(BodyLimitMiddleware, limit=config.limits.max_body)
     app.add_middleware(AuthMiddleware, token=config.token)
     app.add_middleware(ComponentGuardMiddleware, networks=runtime.component_networks)
+    app.add_middleware(DrainMiddleware, drain=service.drain)
     app.add_middleware(TraceMiddleware)
     _document_problems(app)
     return app

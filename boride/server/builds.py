@@ -1,8 +1,9 @@
 """Builds (``POST /executor/{sessionId}``): one at a time per session, each a
 :class:`boride.pipeline.Build` over the session's running components (and its template's
-shared ones), at most ``max_builds`` at once across sessions. The output streams as
-``cyan-output.tar.gz`` straight from the merged tree; the build's folders are removed when the
-stream ends; in-tree symlinks are stored as the content they lead to (the CyanPrint CLI's
+shared ones), at most ``max_builds`` doing boride's own work at once across sessions (a build
+awaiting its components' answers holds no slot: :mod:`boride.pipeline.admission`). The output
+streams as ``cyan-output.tar.gz`` straight from the merged tree; the build's folders are removed
+when the stream ends; in-tree symlinks are stored as the content they lead to (the CyanPrint CLI's
 unpacker cannot make links), links leading out are refused. A cancelled build (client gone,
 session deleted) stops the session's components (the next build starts them again)."""
 
@@ -49,7 +50,8 @@ class Builds:
         try:
             if state.closed:
                 raise SessionNotFound(state.id, f"session {state.id!r} was deleted")
-            build = Build(plan, state.session, self.ctx.build_options(), shared=shared)
+            build = Build(plan, state.session, self.ctx.build_options(), shared=shared,
+                          admission=self.ctx.admission())
             await self._run(state, build)
             try:
                 # the CyanPrint CLI's create unpacker turns link entries into empty files
@@ -90,19 +92,16 @@ class Builds:
             raise BuildError(result)
 
     async def _in_slot(self, build: Build) -> BuildResult:
+        """Run ``build`` holding a build slot while it does boride's own work (see
+        :class:`Admission`: not while it awaits its components' answers)."""
         m = self.ctx.metrics
-        m.builds_waiting.inc()
-        try:
-            await self.ctx.slots.acquire()
-        finally:
-            m.builds_waiting.dec()
-        try:
-            m.builds_started.inc()
-            m.builds_in_flight.inc()
-            result = await build.run()
-        finally:
-            m.builds_in_flight.dec()
-            self.ctx.slots.release()
+        async with build.admission:
+            try:
+                m.builds_started.inc()
+                m.builds_in_flight.inc()
+                result = await build.run()
+            finally:
+                m.builds_in_flight.dec()
         m.record_build(result)
         (m.builds_finished if result.ok else m.builds_failed).inc()
         return result

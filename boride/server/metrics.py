@@ -27,9 +27,16 @@ class Metrics:
                                         "Builds cancelled: the client went away or the "
                                         "session was deleted", registry=r)
         self.builds_in_flight = Gauge("boride_builds_in_flight",
-                                      "Builds running now (holding a build slot)", registry=r)
+                                      "Builds running now (begun, not ended)", registry=r)
         self.builds_waiting = Gauge("boride_builds_waiting",
-                                    "Builds waiting for a build slot (--max-builds)", registry=r)
+                                    "Builds waiting for a build slot (--max-builds), to begin or "
+                                    "to go on after their components answered", registry=r)
+        self.builds_awaiting = Gauge("boride_builds_awaiting_components",
+                                     "Builds in flight awaiting a component's answer (holding "
+                                     "no build slot)", registry=r)
+        self.build_slots_held = Gauge("boride_build_slots_held",
+                                      "Build slots held now (--max-builds): builds doing "
+                                      "boride's own work, component start-ups", registry=r)
         self.build_seconds = Histogram("boride_build_seconds",
                                        "Duration of whole builds (start to plugins and output)",
                                        buckets=_STAGE_BUCKETS, registry=r)

@@ -1,6 +1,6 @@
 """Pure ASGI middleware (no buffering, so streaming and disconnects pass straight through):
-a trace id per request, no requests from components, bearer-token authentication, and a
-request body size limit."""
+a trace id per request, no new work while draining, no requests from components,
+bearer-token authentication, and a request body size limit."""
 
 from __future__ import annotations
 
@@ -12,11 +12,18 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from boride.runtime.base import ComponentNetworks
+from boride.server.drain import RETRY_AFTER, Drain, admits_work
 from boride.server.problems import TRACE_HEADER, problem_bytes, trace_id_of
 
 log = logging.getLogger("boride.server")
 
 _TRACE = TRACE_HEADER.lower().encode()
+
+
+async def send_problem(send: Send, status: int, title: str, detail: str, scope: Scope,
+                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with a problem (RFC 7807) of the request's trace id, from a middleware."""
+    await _send_problem(send, status, title, detail, trace_id_of(scope), extra)
 
 
 async def _send_problem(send: Send, status: int, title: str, detail: str, trace: str,
@@ -27,6 +34,33 @@ async def _send_problem(send: Send, status: int, title: str, detail: str, trace:
                *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+class DrainMiddleware:
+    """Counts the requests in flight for :class:`Drain`; while draining, answers ``GET /``
+    and what :func:`admits_work` with 503, ``Retry-After`` and a problem body."""
+
+    def __init__(self, app: ASGIApp, drain: Drain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        if self.drain.draining and (path == "/" or admits_work(method, path)):
+            await send_problem(send, 503, "Server draining",
+                               "This server is stopping: it takes no new sessions or builds. "
+                               f"Try again in {RETRY_AFTER}s (its successor takes the "
+                               "sessions over)", scope,
+                               [(b"retry-after", str(RETRY_AFTER).encode())])
+            return
+        self.drain.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.drain.leave()
 
 
 class TraceMiddleware:

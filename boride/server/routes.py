@@ -196,9 +196,10 @@ async def _forward(request: Request, instance_path: str, kind: str, cyan_id: str
     instance = (service.templates.question_server(cyan_id) if kind == "template"
                 else service.resolver(cyan_id))
     upstream = await proxy.forward(instance, instance_path, content,
-                                   request.headers.get("content-type"))
+                                   request.headers.get("content-type"),
+                                   limit=service.config.limits.max_answer)
     return Response(upstream.content, status_code=upstream.status_code,
-                    media_type=upstream.headers.get("content-type", "application/json"))
+                    media_type=upstream.content_type)
 
 
 @router.post("/proxy/template/{cyanId}/api/template/init", tags=["proxy"],

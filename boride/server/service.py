@@ -17,14 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from boride import aio
 from boride import registry as reg
 from boride.errors import describe
+from boride.pipeline import Session
 from boride.runtime.base import Cleaned, Instance, Runtime, RuntimeFailure
 from boride.server.builds import Builds
 from boride.server.components import Catalog
 from boride.server.context import Context, ServerConfig
+from boride.server.drain import Drain
 from boride.server.errors import ResolverNotFound, SessionNotFound
 from boride.server.metrics import Metrics
 from boride.server.models import TemplateVersionRes, TryReq, WorkerRes
@@ -60,6 +63,10 @@ class Service:
         #: the server's own background work (the idle reaper), for the server's life
         self.tasks = aio.TaskGroup("server")
         self._reaping = False
+        self.drain = Drain()
+        #: on close, leave the sessions and templates for a successor instead of removing
+        #: them (``boride serve`` on SIGTERM, or ``--keep-sessions``)
+        self.keep_on_close = False
 
     # -- life cycle ---------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -83,11 +90,35 @@ class Service:
             except Exception as exc:  # reported; the next round comes all the same
                 log.error("stopping idle templates failed: %s", describe(exc))
 
+    async def adopt(self) -> None:
+        """Take over the sessions and templates a previous server of the same
+        :attr:`ServerConfig.state_name` left on the runtime (a restart); what is neither is
+        removed."""
+        name = self.config.state_name
+        if not name:
+            return
+        kept = await self.ctx.runtime.adopt(name)
+        for k in kept:
+            if self.templates.adopt(k) or self.sessions.adopt(k):
+                continue
+            log.warning("session %s left by a previous %s: not one this server can use: "
+                        "removing it", k.session_id, name)
+            await Session.adopted(self.ctx.runtime, k, Path()).close()
+        if kept:
+            log.info("took over %d session(s) a previous %s left", len(kept), name)
+
     async def aclose(self) -> None:
-        """Stop everything: the reaper, every session, every shared component, the runtime."""
+        """Stop everything: the reaper, every session, every shared component, the runtime;
+        with :attr:`keep_on_close`, the sessions' work ends but they and the templates' shared
+        components stay on the runtime for a successor (:meth:`adopt`)."""
         await self.tasks.aclose()
-        await self.sessions.close_all()
-        await self.templates.close_all()
+        if self.keep_on_close:
+            await self.sessions.leave_all()
+            log.info("left %d session(s) and %d template(s) for the next server",
+                     len(self.sessions.open_ids()), len(self.templates.warm_ids()))
+        else:
+            await self.sessions.close_all()
+            await self.templates.close_all()
         for name, close in (("runtime", self.ctx.runtime.aclose),
                             ("registry", self.ctx.registry.aclose)):
             try:

@@ -5,18 +5,19 @@ for it) kept across requests, for one template. Builds of one session run one af
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from boride import aio, parallel
 from boride.errors import describe
 from boride.pipeline import Session
-from boride.runtime.base import Instance, TemplateSource
+from boride.runtime.base import Instance, Kept, TemplateSource, source_from_note
 from boride.server.components import Catalog
-from boride.server.context import Context, Table
+from boride.server.context import Context, Table, noted_names
 from boride.server.errors import (
     InvalidSessionId,
     OtherTemplate,
@@ -129,8 +130,12 @@ class Sessions(Table[SessionState]):
         return (await self.templates.of(template)).folder
 
     async def create(self, session_id: str, tid: str, folder: TemplateSource, *,
-                     try_session: bool = False, exists_ok: bool = True
+                     try_session: bool = False, exists_ok: bool = True,
+                     resolvers: Mapping[str, str] | None = None
                      ) -> tuple[SessionState, bool]:
+        """The session ``session_id`` of template ``tid``, made if new (``resolvers``: a try
+        session's, by resolver id, kept with it for a server taking it over); whether it
+        was made."""
         async with self._create_lock:
             existing = self._table.get(session_id)
             if existing is not None:
@@ -142,12 +147,32 @@ class Sessions(Table[SessionState]):
                 return existing, False
             if len(self._table) >= self.ctx.config.limits.max_sessions:
                 raise TooManySessions(self.ctx.config.limits.max_sessions)
-            session = await self.ctx.open_session(session_id, folder)
+            note = self.ctx.note("session", tid, folder, try_session="1" if try_session else "",
+                                 resolvers=json.dumps(dict(resolvers or {})))
+            session = await self.ctx.open_session(session_id, folder, note=note)
             state = SessionState(session_id, tid, folder, session, try_session=try_session)
             self._table[session_id] = state
             self.total += 1
             self.ctx.metrics.sessions.set(len(self._table))
             return state, True
+
+    def adopt(self, kept: Kept) -> bool:
+        """Take over a session a previous server left (:meth:`Runtime.adopt`); False when
+        ``kept`` is no session of a server's (a template's shared components)."""
+        note = kept.note
+        folder = source_from_note(note.get("source"))
+        if note.get("kind") != "session" or folder is None or kept.session_id in self._table:
+            return False
+        resolvers = noted_names(note, "resolvers")
+        self._table[kept.session_id] = SessionState(
+            kept.session_id, note.get("template", ""), folder,
+            Session.adopted(self.ctx.runtime, kept, folder),
+            try_session=note.get("try_session") == "1", resolvers=resolvers)
+        self.total += 1
+        self.ctx.metrics.sessions.set(len(self._table))
+        log.info("session %s: taken over (%d of its components running)", kept.session_id,
+                 len(kept.instances))
+        return True
 
     async def warm(self, session_id: str, template: TemplateVersionRes) -> None:
         """The session's area, and every image (or command) it needs present."""
@@ -205,6 +230,12 @@ class Sessions(Table[SessionState]):
             if idle and self._table.get(s.id) is s:  # not deleted (or made anew) meanwhile
                 log.info("session %s idle for %.0fs: removing it", s.id, now - s.last_used)
                 await self.delete(s.id)
+
+    async def leave_all(self) -> None:
+        """End every session's work (builds, streams), leaving the sessions themselves on
+        the runtime for the next server (the server is stopping, :meth:`Service.adopt`)."""
+        for s in list(self._table.values()):
+            await s.tasks.aclose()
 
     async def close_all(self) -> list[str]:
         """Delete every session; return (and log) what could not be removed."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,9 +20,9 @@ from dataclasses import dataclass, field
 from boride import parallel
 from boride.errors import describe
 from boride.pipeline import Session
-from boride.runtime.base import Instance, RuntimeFailure, TemplateSource
+from boride.runtime.base import Instance, Kept, RuntimeFailure, TemplateSource, source_from_note
 from boride.server.components import Catalog
-from boride.server.context import Context, Table
+from boride.server.context import Context, Table, noted_names
 from boride.server.errors import NoQuestionServer, TemplateNotWarm
 from boride.server.models import RESERVED_PREFIX, TemplateVersionRes
 
@@ -77,7 +78,10 @@ class Templates(Table[TemplateState]):
         async with t.lock:
             if t.session is None:
                 # its components read the template at most: no work area
-                t.session = await self.ctx.open_session(_session_id(t.id), t.folder, area=False)
+                note = self.ctx.note("template", t.id, t.folder, question_server=qna.name,
+                                     resolvers=json.dumps({r.id: c.name for r, c in resolvers}))
+                t.session = await self.ctx.open_session(_session_id(t.id), t.folder, area=False,
+                                                        note=note)
             await t.session.drop_dead()
             try:
                 await self.ctx.start(t.session, components)
@@ -87,6 +91,23 @@ class Templates(Table[TemplateState]):
                                     if (n := session.name_of(c)) is not None})
                 t.question_server = session.name_of(qna) or t.question_server
                 t.touch()
+
+    def adopt(self, kept: Kept) -> bool:
+        """Take over a template's shared components a previous server left
+        (:meth:`Runtime.adopt`); False when ``kept`` is no template's."""
+        note = kept.note
+        folder = source_from_note(note.get("source"))
+        tid = note.get("template", "")
+        if (note.get("kind") != "template" or folder is None or tid in self._table
+                or kept.session_id != _session_id(tid)):
+            return False
+        resolvers = noted_names(note, "resolvers")
+        session = Session.adopted(self.ctx.runtime, kept, folder)
+        qna = note.get("question_server") or None
+        self._table[tid] = TemplateState(tid, folder, session, resolvers, qna)
+        log.info("template %s: its shared components taken over (%d running)", tid,
+                 len(kept.instances))
+        return True
 
     async def forget_dead(self, template_id: str) -> None:
         """After a shared component failed in a build: if it died, drop it (the next build

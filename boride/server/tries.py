@@ -87,7 +87,8 @@ class Tries:
         if problems:
             raise TemplateCannotRun(problems)
         state, _ = await self.sessions.create(req.session_id, req.local_template_id, folder,
-                                              try_session=True, exists_ok=False)
+                                              try_session=True, exists_ok=False,
+                                              resolvers={r.id: c.name for r, c in resolvers})
         state.merger_id = req.merger_id
         try:
             async with state.lock:

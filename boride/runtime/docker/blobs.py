@@ -124,6 +124,21 @@ class Blobs:
             blob.dropped = blob.dropped or not source.shared
         return blob.volume
 
+    async def adopt(self, source: BlobImage) -> str:
+        """The volume holding ``source``'s files, filled by a previous run (a session of it
+        taken over), one more user; :class:`RuntimeFailure` when it is not there any more."""
+        blob = self._table.setdefault(volume_name(source), _Blob(volume_name(source)))
+        async with blob.lock:
+            if not blob.filled:
+                try:
+                    await self.engine.call(lambda api: api.inspect_volume(blob.volume))
+                except docker.errors.NotFound:
+                    raise RuntimeFailure(f"its template volume {blob.volume} is gone") from None
+                blob.filled = True
+            blob.users += 1
+            blob.dropped = blob.dropped or not source.shared
+        return blob.volume
+
     async def release(self, source: BlobImage) -> list[str]:
         """One user fewer; removed when that was the last and it is dropped (or unshared)."""
         blob = self._table.get(volume_name(source))

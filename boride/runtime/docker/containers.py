@@ -7,7 +7,7 @@ address on the network: the host routes to bridge addresses on Linux); and remov
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ import httpx
 from boride.runtime.docker.names import (
     LABEL_COMPONENT,
     LABEL_KIND,
+    LABEL_USER,
     container_name,
     session_labels,
 )
@@ -67,14 +68,16 @@ def _host_config(api: docker.APIClient, settings: DockerSettings, session: str,
 
 def create_and_start(api: docker.APIClient, settings: DockerSettings, session: str,
                      component: Component, template_volume: str | None = None,
+                     kept: Mapping[str, str] | None = None,
                      user: tuple[int, int] | None = None) -> Container:
-    """Make and start ``component``'s container, as ``user`` (its own) or else the settings'
-    user; removes it again when it cannot start."""
+    """Make and start ``component``'s container (``kept``: the labels of its session's note,
+    :func:`~.names.kept_labels`), as ``user`` (its own) or else the settings' user; removes it
+    again when it cannot start."""
     assert component.image
     as_user = f"{user[0]}:{user[1]}" if user is not None else settings.user
     name = container_name(component.kind, component.name, session)
-    labels = {**session_labels(session, "component"), LABEL_KIND: component.kind.value,
-              LABEL_COMPONENT: component.name}
+    labels = {**session_labels(session, "component", kept), LABEL_KIND: component.kind.value,
+              LABEL_COMPONENT: component.name, **({LABEL_USER: as_user} if user else {})}
     created = api.create_container(
         component.image, name=name, labels=labels, user=as_user,
         environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": HOME},

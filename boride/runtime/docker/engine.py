@@ -68,6 +68,7 @@ class Engine:
                                                            thread_name_prefix=thread_name)
         self._client = client
         self._lock = threading.Lock()
+        self._node_id = ""
 
     @property
     def client(self) -> docker.DockerClient:
@@ -80,6 +81,21 @@ class Engine:
     @property
     def api(self) -> docker.APIClient:
         return self.client.api
+
+    async def node_id(self) -> str:
+        """The engine's swarm node id (``docker info``: ``Swarm.NodeID``), else the engine's
+        own id; kept once it is a swarm node's (a node's id does not change)."""
+        if self._node_id:
+            return self._node_id
+        try:
+            info = await self.call(lambda api: api.info())
+        except (RuntimeFailure, *ENGINE_ERRORS) as exc:
+            raise RuntimeFailure(f"cannot ask the Docker engine who it is: {reason(exc)}") \
+                from None
+        node = str((info.get("Swarm") or {}).get("NodeID") or "")
+        if node:
+            self._node_id = node
+        return node or str(info.get("ID") or info.get("Name") or "")
 
     async def connected(self) -> docker.DockerClient:
         """The client, connecting (on the pool) first if needed."""

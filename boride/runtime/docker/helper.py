@@ -23,10 +23,9 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import posixpath
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -35,9 +34,10 @@ import docker.errors
 import httpx
 from docker.types import Mount
 
-from boride import aio, archive, health, output
+from boride import aio, archive, health, output, settings
 from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.area_server import PROTOCOL, TOKEN_ENV
+from boride.bounded import AnswerTooBig, read_bounded
 from boride.config import HELPER_MEMORY, Timeouts
 from boride.errors import describe
 from boride.merge import Conflict, MergeError, ResolveFn, ResolverRule, Version
@@ -62,10 +62,12 @@ IMAGE = "boride/serve:latest"
 IMAGE_ENV = "BORIDE_HELPER_IMAGE"
 _ENTRY = ["python3", "-m", "boride.area_server"]
 _COPY_TIMEOUT = 600
+#: the largest answer of the helper read (its JSON: a path, the area's names, problems)
+HELPER_ANSWER = 64 * 1024 * 1024
 
 
 def helper_image() -> str:
-    return os.environ.get(IMAGE_ENV) or IMAGE
+    return settings.get(IMAGE_ENV) or IMAGE
 
 
 def helper_name(session: str) -> str:
@@ -100,8 +102,8 @@ def template_chunks(template: Path) -> Iterator[bytes]:
 
 
 def create_helper(api: docker.APIClient, settings: DockerSettings, session: str, token: str,
-                  template: Iterator[bytes] | None, template_volume: str | None = None
-                  ) -> Container:
+                  template: Iterator[bytes] | None, template_volume: str | None = None,
+                  kept: Mapping[str, str] | None = None) -> Container:
     """Make the session's helper, stream ``template`` (:func:`template_chunks`) into its
     template volume, start it; removed again when any of that fails. ``template_volume``: a
     volume filled already (a blob's), mounted read-only instead of the session's own."""
@@ -109,7 +111,7 @@ def create_helper(api: docker.APIClient, settings: DockerSettings, session: str,
     created = api.create_container(
         helper_image(), name=helper_name(session), entrypoint=_ENTRY,
         command=["--owner", owner], user="0:0",
-        labels={**session_labels(session, "helper"), LABEL_KIND: "merger"},
+        labels={**session_labels(session, "helper", kept), LABEL_KIND: "merger"},
         environment={TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
                      "PYTHONDONTWRITEBYTECODE": "1"},
         host_config=_locked_down(api, settings, _helper_mounts(session, template_volume),
@@ -218,8 +220,9 @@ class HelperArea(Area):
         self.client.headers["authorization"] = f"Bearer {self._token}"
         try:
             await health.wait_ready(self.instance, Timeouts().ready)
-            said = (await self.client.get("/")).json()
-        except (health.NotReady, httpx.HTTPError, ValueError) as exc:
+            async with self.client.stream("GET", "/") as r:
+                said = json.loads(await read_bounded(r, 64 * 1024, "GET /"))
+        except (health.NotReady, httpx.HTTPError, ValueError, AnswerTooBig) as exc:
             raise AreaFailure(f"the session's helper container {self.name} "
                               f"{describe(exc)}") from None
         if said.get("protocol") != PROTOCOL:
@@ -255,18 +258,24 @@ class HelperArea(Area):
     async def _call(self, method: str, path: str, body: Any = None, *,
                     content: AsyncIterator[bytes] | None = None) -> Any:
         await self._up()
+
+        async def exchange() -> tuple[int, bytes]:
+            async with self.client.stream(method, path, json=body, content=content) as r:
+                return r.status_code, await read_bounded(r, HELPER_ANSWER, f"{method} {path}")
+
         try:
-            r = await self._while_alive(self.client.request(method, path, json=body,
-                                                            content=content))
-        except httpx.HTTPError as exc:
+            status, raw = await self._while_alive(exchange())
+        except (httpx.HTTPError, AnswerTooBig) as exc:
             raise self._failed(path, exc) from None
         try:
-            said = r.json()
+            said = json.loads(raw)
         except ValueError:
-            said = {"error": r.text[:200]}
-        if r.status_code == 422 and isinstance(said.get("errors"), list):
+            said = {"error": raw[:200].decode("utf-8", "replace")}
+        if not isinstance(said, dict):
+            said = {"error": f"not a JSON object: {raw[:200].decode('utf-8', 'replace')}"}
+        if status == 422 and isinstance(said.get("errors"), list):
             raise output.OutputError([str(e) for e in said["errors"]])
-        if r.status_code != 200:
+        if status != 200:
             raise AreaFailure(f"the session's helper container {self.name} refused {path}: "
                               f"{said.get('error') or said}")
         return said

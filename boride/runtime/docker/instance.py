@@ -11,7 +11,7 @@ import threading
 import docker
 import requests.exceptions
 
-from boride.runtime.base import LOG_TAIL, ExitInfo, Instance
+from boride.runtime.base import LOG_TAIL, ExitInfo, Instance, UserPool
 from boride.runtime.docker.containers import Container, http_client
 from boride.runtime.docker.engine import ENGINE_ERRORS, reason
 from boride.types import Component
@@ -42,9 +42,12 @@ class DockerInstance(Instance):
 
     def __init__(self, component: Component, container: Container, network: str,
                  api: docker.APIClient, port: int | None = None,
-                 user: tuple[int, int] | None = None) -> None:
+                 memory_limit: str | None = None, user: tuple[int, int] | None = None,
+                 users: UserPool | None = None) -> None:
         self.component = component
+        self.memory_limit = memory_limit
         self.user = user
+        self._users = users  # the pool ``user`` came from
         self.container = container
         self.client = http_client(container, port or component.kind.port, network)
         self._api = api
@@ -64,6 +67,12 @@ class DockerInstance(Instance):
         needed any more) and close the HTTP client. Idempotent."""
         self._released.set()
         await self.client.aclose()
+
+    def user_gone(self) -> None:
+        """The container is removed: its user is free again (idempotent)."""
+        if self._users is not None:
+            self._users.give_back(self.user)
+            self._users = None
 
     def _wait(self) -> int | None:
         """The container's exit code, once it stopped (None: unknown, or released)."""
@@ -86,8 +95,19 @@ class DockerInstance(Instance):
                 # (once stopped on purpose, nobody needs its output: spare the engine the call)
                 self._final_tail = self._logs(LOG_TAIL)
             info = ExitInfo(code, self._final_tail or [])
+            if code is not None and not self._released.is_set() and self._oom_killed():
+                info.memory_limit, info.oom_killed = self.memory_limit or "?", True
         finally:  # whatever happens (an unexpected error goes on, in this thread), it settles
             loop_settle(loop, self._exit, info)
+
+    def _oom_killed(self) -> bool:
+        """Whether the engine says the kernel killed it for its memory limit."""
+        try:
+            state = self._api.inspect_container(self.container.id).get("State") or {}
+        except ENGINE_ERRORS as exc:
+            log.debug("no state of %s: %s", self.name, reason(exc))
+            return False
+        return bool(state.get("OOMKilled"))
 
     def _logs(self, lines: int) -> list[str]:
         try:

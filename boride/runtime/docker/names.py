@@ -4,7 +4,9 @@ clean-up finds things by, and the names of a session's containers and volumes.""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Mapping
 
 from boride.types import Kind
 
@@ -17,6 +19,11 @@ LABEL_SESSION = "boride.session"
 LABEL_KIND = "boride.kind"
 LABEL_COMPONENT = "boride.component"
 LABEL_ROLE = "boride.role"
+LABEL_USER = "boride.user"  # a component container's own user, "uid:gid" (found again)
+#: A server's sessions (``boride serve``): the name it keeps them under on the engine, and
+#: what it needs to take one over again after a restart (:mod:`.kept`)
+LABEL_OWNER = "boride.owner"
+LABEL_NOTE = "boride.note"
 
 #: Session ids: letters, digits and inner dashes, at most 64 characters (UUIDs, with or
 #: without dashes, fit).
@@ -50,6 +57,16 @@ def volume_names(session: str) -> tuple[str, str]:
     return f"cyan-template-{session}", f"cyan-area-{session}"
 
 
-def session_labels(session: str, role: str) -> dict[str, str]:
-    """The labels of everything made for ``session`` (a ``role``: component, template, area)."""
-    return {LABEL_MANAGED: "1", LABEL_SESSION: session, LABEL_ROLE: role}
+def session_labels(session: str, role: str, kept: Mapping[str, str] | None = None
+                   ) -> dict[str, str]:
+    """The labels of everything made for ``session`` (a ``role``: component, template, area),
+    with ``kept`` (the labels that let a server find the session again, :func:`kept_labels`)."""
+    return {**(kept or {}), LABEL_MANAGED: "1", LABEL_SESSION: session, LABEL_ROLE: role}
+
+
+def kept_labels(note: Mapping[str, str] | None) -> dict[str, str]:
+    """The labels carrying a server's ``note`` of a session (its ``owner`` among them), on
+    everything made for it; none without a note (a ``boride run``'s session)."""
+    if not note or not note.get("owner"):
+        return {}
+    return {LABEL_OWNER: note["owner"], LABEL_NOTE: json.dumps(dict(note), sort_keys=True)}

@@ -7,15 +7,14 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import docker.errors
 
 from boride import aio, area_server, parallel
-from boride.config import COMPONENT_UIDS
+from boride.config import HELPER_MEMORY
 from boride.errors import describe
 from boride.runtime.base import (
     BlobImage,
@@ -23,14 +22,14 @@ from boride.runtime.base import (
     ComponentNetworks,
     HostFolder,
     Instance,
+    Kept,
     Runtime,
     RuntimeFailure,
     TemplateRefused,
     TemplateSource,
-    UserPool,
     Workspace,
 )
-from boride.runtime.docker import containers, helper, volumes
+from boride.runtime.docker import containers, helper, kept, volumes
 from boride.runtime.docker.blobs import Blobs
 from boride.runtime.docker.cleanup import left_behind, remove_labelled, remove_labelled_by_kind
 from boride.runtime.docker.containers import Container
@@ -42,9 +41,11 @@ from boride.runtime.docker.names import (
     LABEL_MANAGED,
     LABEL_SESSION,
     NETWORK,
+    kept_labels,
     validate_session,
 )
 from boride.runtime.docker.network import Network, network_gone
+from boride.runtime.docker.session import DockerSession
 from boride.runtime.docker.settings import DockerSettings
 from boride.types import Component
 
@@ -52,59 +53,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass
-class _Session:
-    id: str
-    area: HelperArea | None = None
-    blob: BlobImage | None = None  # where its template's files are, when an image's
-    template_volume: str | None = None  # the blob's volume (else the session's own)
-    helper_job: asyncio.Task[DockerInstance] | None = None  # its helper being started
-    #: its creations under way (its helper, its components' containers), for its life
-    tasks: aio.TaskGroup = field(default_factory=lambda: aio.TaskGroup("docker session"))
-    closing: bool = False  # no creation starts any more
-    users: UserPool = field(default_factory=lambda: UserPool(COMPONENT_UIDS))
-
-    def create(self, make: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
-        """``make`` (a creation on the engine) in the background, owned by the session;
-        :class:`RuntimeFailure` once the session is closing."""
-        self._refuse_if_closing()
-        return self.tasks.start_soon(make, name=f"{name} of session {self.id}")
-
-    async def start(self, fn: Callable[[aio.TaskStatus[T]], Coroutine[Any, Any, Any]],
-                    name: str) -> T:
-        """``fn`` (a creation on the engine) owned by the session, waited for until it says
-        what it made (:meth:`aio.TaskGroup.start`); :class:`RuntimeFailure` once the session
-        is closing."""
-        self._refuse_if_closing()
-        return await self.tasks.start(fn, name=f"{name} of session {self.id}")
-
-    def _refuse_if_closing(self) -> None:
-        if self.closing:
-            raise RuntimeFailure(f"session {self.id!r} is closing")
-
-    async def creations_ended(self) -> None:
-        """Close the session's task group once every creation under way has ended (their
-        outcomes go to whoever asked for them): none can start any more."""
-        self.closing = True
-        await self.tasks.join()
-        await self.tasks.aclose()
-
-
 class DockerRuntime(Runtime):
     """Components as Docker containers; see :mod:`boride.runtime.docker`.
 
     ``cpus``/``memory``/``pids``: limits of each container (defaults: 1 CPU, 512 MiB, 256
     processes, or the variables ``BORIDE_DOCKER_CPUS``, ``BORIDE_DOCKER_MEMORY``,
-    ``BORIDE_DOCKER_PIDS``). ``user``: the user every component runs as (default: none, each
-    component instance runs as a user of its own, :data:`boride.config.COMPONENT_UIDS`, so
-    that none reaches another's folders; boride never touches what components write itself,
-    the session's helper container does). ``pull``: pull missing images from their registry before
-    starting (default: the ``BORIDE_DOCKER_PULL`` variable, off). ``engine``: the engine to
-    use (default: the one ``DOCKER_HOST`` names, connected on first use).
+    ``BORIDE_DOCKER_PIDS``). ``user``: every component's user (default: each instance its own,
+    :data:`boride.config.COMPONENT_UIDS`). ``pull``: pull missing images from their registry
+    before starting (default: ``BORIDE_DOCKER_PULL``, off). ``engine``: the engine to use
+    (default: the one ``DOCKER_HOST`` names, connected on first use).
     """
 
     name = "docker"
     host_areas = False  # areas live in engine volumes, worked on by the helper container
+    sessions_outlive = True  # labelled on the engine: a restarted server takes them over
 
     def __init__(self, *, cpus: float | None = None, memory: str | int | None = None,
                  pids: int | None = None, user: str | None = None, network: str = NETWORK,
@@ -115,11 +77,9 @@ class DockerRuntime(Runtime):
             read_only_rootfs=read_only_rootfs)
         self.engine = engine or Engine(workers)
         self.network = Network(self.engine, self.settings.network)
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, DockerSession] = {}
         self.blobs = Blobs(self.engine, self.settings)
-        self._node_id = ""
         self._instances: set[DockerInstance] = set()
-        self._owners: dict[DockerInstance, _Session] = {}  # running instance -> its session
 
     # -- checks -----------------------------------------------------------------------------
     async def problems(self, components: list[Component]) -> list[str]:
@@ -153,19 +113,7 @@ class DockerRuntime(Runtime):
         return str(found["Id"])
 
     async def node_id(self) -> str:
-        """The engine's swarm node id (``docker info``: ``Swarm.NodeID``), else the engine's
-        own id; kept once it is a swarm node's (a node's id does not change)."""
-        if self._node_id:
-            return self._node_id
-        try:
-            info = await self.engine.call(lambda api: api.info())
-        except (RuntimeFailure, *ENGINE_ERRORS) as exc:
-            raise RuntimeFailure(f"cannot ask the Docker engine who it is: {reason(exc)}") \
-                from None
-        node = str((info.get("Swarm") or {}).get("NodeID") or "")
-        if node:
-            self._node_id = node
-        return node or str(info.get("ID") or info.get("Name") or "")
+        return await self.engine.node_id()
 
     async def component_networks(self) -> ComponentNetworks:
         """The subnets of the components' network, from the engine (again when this runtime
@@ -175,16 +123,17 @@ class DockerRuntime(Runtime):
 
     # -- sessions ---------------------------------------------------------------------------
     async def open_workspace(self, session_id: str, template: TemplateSource,
-                             root: Path | None, *, area: bool = True) -> Workspace:
+                             root: Path | None, *, area: bool = True,
+                             note: Mapping[str, str] | None = None) -> Workspace:
         """The session's volumes, filled with the template, and its helper container
-        (without ``area``: the template's volume only)."""
+        (without ``area``: the template's volume only); ``note`` labels all of it."""
         try:
             validate_session(session_id)
         except ValueError as exc:
             raise RuntimeFailure(str(exc)) from None
         if session_id in self._sessions:
             raise RuntimeFailure(f"session {session_id!r} is open already")
-        session = self._sessions[session_id] = _Session(session_id)
+        session = self._sessions[session_id] = DockerSession(session_id, kept=kept_labels(note))
         try:
             # Whatever a killed run of the same session left goes first.
             await self._remove_session(session_id)
@@ -193,7 +142,8 @@ class DockerRuntime(Runtime):
                 session.template_volume = await self.blobs.acquire(template, session_id)
                 session.blob = template
             await volumes.create_volumes(self.engine, session_id, area=area,
-                                         template=session.template_volume is None)
+                                         template=session.template_volume is None,
+                                         kept=session.kept)
             if isinstance(template, HostFolder):
                 await self.engine.call(helper.copy_host_folder, self.settings, session_id,
                                        template)
@@ -216,16 +166,16 @@ class DockerRuntime(Runtime):
             raise
         return Workspace(session_id, session.area)
 
-    async def _start_helper(self, session: _Session, token: str,
+    async def _start_helper(self, session: DockerSession, token: str,
                             template: Iterator[bytes] | None) -> DockerInstance:
         try:
             container = await self._on_network(lambda: self.engine.call(
                 helper.create_helper, self.settings, session.id, token, template,
-                session.template_volume))
+                session.template_volume, session.kept))
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(reason(exc)) from None
         return DockerInstance(HelperArea.helper_component(), container, self.settings.network,
-                              self.engine.api, area_server.PORT)
+                              self.engine.api, area_server.PORT, memory_limit=HELPER_MEMORY)
 
     async def _undo_open(self, session_id: str, error: BaseException) -> None:
         """Remove what a failed :meth:`open_workspace` made; raise what the caller should see
@@ -285,6 +235,19 @@ class DockerRuntime(Runtime):
         except ENGINE_ERRORS as exc:  # close_workspace tries again, and says what is left
             log.debug("session %s: removing its helper: %s", session.id, reason(exc))
 
+    async def adopt(self, owner: str) -> list[Kept]:
+        """The sessions of ``owner`` on the engine, taken over (:func:`.kept.take_over`); one
+        that cannot be used any more is removed (logged)."""
+        adopted: list[Kept] = []
+        for session, found in await kept.adopt(self.engine, self.settings, self.blobs, owner,
+                                               skip=set(self._sessions),
+                                               remove=self._remove_session):
+            self._sessions[session.id] = session
+            self._instances.update(i for i in found.instances.values()
+                                   if isinstance(i, DockerInstance))
+            adopted.append(found)
+        return adopted
+
     async def drop_template(self, source: TemplateSource) -> list[str]:
         return await self.blobs.drop(source) if isinstance(source, BlobImage) else []
 
@@ -312,15 +275,16 @@ class DockerRuntime(Runtime):
         session = self._sessions.get(workspace.session_id)
         if session is None:
             raise RuntimeFailure(f"session {workspace.session_id!r} is not open")
-        try:
-            made = await self._on_network(lambda: self._start_container(session, component))
-        except docker.errors.DockerException as exc:
-            raise RuntimeFailure(f"cannot start container: {reason(exc)}") from None
-        container, user = made
+        with session.user_for(self.settings.own_users) as user:
+            try:
+                container = await self._on_network(
+                    lambda: self._start_container(session, component, user))
+            except docker.errors.DockerException as exc:
+                raise RuntimeFailure(f"cannot start container: {reason(exc)}") from None
         instance = DockerInstance(component, container, self.settings.network, self.engine.api,
-                                  user=user)
+                                  memory_limit=str(self.settings.memory), user=user,
+                                  users=session.users)
         self._instances.add(instance)
-        self._owners[instance] = session
         return instance
 
     async def _on_network(self, make: Callable[[], Awaitable[T]]) -> T:
@@ -340,39 +304,29 @@ class DockerRuntime(Runtime):
         for session in list(self._sessions.values()):
             await session.creations_ended()
 
-    async def _start_container(self, session: _Session, component: Component
-                               ) -> tuple[Container, tuple[int, int] | None]:
+    async def _start_container(self, session: DockerSession, component: Component,
+                               user: tuple[int, int] | None) -> Container:
         """Create and start in one task of the session that a cancellation cannot cut in
         half (it says when the container runs): a cancelled start waits for it, then removes
-        whatever it made (a creation that failed removed what it made itself). The container
-        runs as a user of its own (given back when it cannot start) unless the settings say
-        whom."""
+        whatever it made (a creation that failed removed what it made itself)."""
         await self.network.ensure()
         made: list[Container] = []
-        user = session.users.take() if self.settings.own_users else None
         try:
-            container = await session.start(functools.partial(
-                self._create, session, component, made, user),
-                f"container of {component.name}")
+            make = functools.partial(self._create, session, component, made, user)
+            return await session.start(make, f"container of {component.name}")
         except asyncio.CancelledError:
             if made:
                 await aio.shielded(self.engine.call(containers.remove_container, made[0].id))
-            session.users.give_back(user)
             raise
-        except BaseException:
-            session.users.give_back(user)
-            raise
-        return container, user
 
-    async def _create(self, session: _Session, component: Component, made: list[Container],
+    async def _create(self, session: DockerSession, component: Component, made: list[Container],
                       user: tuple[int, int] | None, status: aio.TaskStatus[Container]) -> None:
         """Make and start ``component``'s container (to its end, even when cancelled
         meanwhile), put it in ``made``, and report it started."""
-
         async def make() -> None:
             made.append(await self.engine.call(containers.create_and_start, self.settings,
                                                session.id, component, session.template_volume,
-                                               user))
+                                               session.kept, user))
 
         await aio.shielded(make())
         status.started(made[0])
@@ -386,9 +340,7 @@ class DockerRuntime(Runtime):
         except ENGINE_ERRORS as exc:
             raise RuntimeFailure(f"container {instance.name} could not be removed: "
                                  f"{reason(exc)}") from None
-        session = self._owners.pop(instance, None)
-        if session is not None:  # (its container is gone: its user is free again)
-            session.users.give_back(instance.user)
+        instance.user_gone()  # (its container is gone)
 
     async def aclose(self) -> None:
         # Creations still under way end first: a container must not appear on the engine

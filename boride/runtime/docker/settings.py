@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from boride import config
+from boride import config, settings
 from boride.config import DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_PIDS
 from boride.runtime.docker.names import NETWORK
 
@@ -47,10 +47,10 @@ class DockerSettings:
         if user is None:
             user = NOBODY
         if pull is None:
-            pull = env.get("BORIDE_DOCKER_PULL", "").lower() in ("1", "true", "yes")
+            pull = settings.get("BORIDE_DOCKER_PULL", env)
         return cls(
-            cpus=float(env.get("BORIDE_DOCKER_CPUS", DEFAULT_CPUS)) if cpus is None else cpus,
-            memory=env.get("BORIDE_DOCKER_MEMORY", DEFAULT_MEMORY) if memory is None else memory,
-            pids=int(env.get("BORIDE_DOCKER_PIDS", DEFAULT_PIDS)) if pids is None else pids,
+            cpus=settings.get("BORIDE_DOCKER_CPUS", env) if cpus is None else cpus,
+            memory=settings.get("BORIDE_DOCKER_MEMORY", env) if memory is None else memory,
+            pids=settings.get("BORIDE_DOCKER_PIDS", env) if pids is None else pids,
             user=user, network=network, pull=pull, read_only_rootfs=read_only_rootfs,
             own_users=own_users)

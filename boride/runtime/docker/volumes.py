@@ -6,6 +6,8 @@ system; its helper container does the file work in them (:mod:`.helper`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import docker
 from docker.types import Mount
 
@@ -15,12 +17,13 @@ from boride.runtime.docker.names import SEEN_AREA, SEEN_TEMPLATE, session_labels
 from boride.types import Kind
 
 
-def create_volume(api: docker.APIClient, session: str, name: str, role: str) -> None:
-    api.create_volume(name, driver="local", labels=session_labels(session, role))
+def create_volume(api: docker.APIClient, session: str, name: str, role: str,
+                  kept: Mapping[str, str] | None = None) -> None:
+    api.create_volume(name, driver="local", labels=session_labels(session, role, kept))
 
 
 async def create_volumes(engine: Engine, session: str, *, area: bool = True,
-                         template: bool = True) -> None:
+                         template: bool = True, kept: Mapping[str, str] | None = None) -> None:
     """The volumes of ``session``: its area (unless not ``area``), and its template unless the
     template's files are elsewhere (a blob volume) (:class:`~boride.parallel.ParallelError`
     with the engine's errors when one cannot be made)."""
@@ -28,7 +31,7 @@ async def create_volumes(engine: Engine, session: str, *, area: bool = True,
     specs = [*([(area_vol, "area")] if area else []),
              *([(tpl_vol, "template")] if template else [])]
     report = await parallel.run(
-        lambda spec: engine.call(create_volume, session, *spec), specs)
+        lambda spec: engine.call(create_volume, session, *spec, kept), specs)
     report.raise_for_failures()
 
 

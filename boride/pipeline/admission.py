@@ -1,0 +1,103 @@
+"""A build's hold on its server's build slots (``--max-builds``): a slot bounds boride's own
+work (starting components, merging), not a component's. A build holds one while
+none of its component calls is pending; while one is, the build gives its slot up, and takes
+one again (waiting for it like a new build) once its last pending call has answered. So builds
+whose components never answer hold no slot, and other sessions' builds go on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+
+class Gauge(Protocol):
+    def inc(self) -> None: ...
+
+    def dec(self) -> None: ...
+
+
+class _NoGauge:
+    def inc(self) -> None:
+        pass
+
+    def dec(self) -> None:
+        pass
+
+
+class Admission:
+    """One build's hold on ``slots`` (None: no bound, as in ``boride run``). The gauges count
+    builds ``waiting`` for a slot, slots ``held`` and builds ``awaiting`` their components."""
+
+    def __init__(self, slots: asyncio.Semaphore | None = None, *, waiting: Gauge | None = None,
+                 held: Gauge | None = None, awaiting: Gauge | None = None) -> None:
+        self._slots = slots
+        self._waiting = waiting or _NoGauge()
+        self._held_gauge = held or _NoGauge()
+        self._awaiting = awaiting or _NoGauge()
+        self._held = False
+        self._calls = 0  # the build's component calls pending
+        self._taking = asyncio.Lock()  # one of the build's tasks waits for a slot at a time
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    async def take(self) -> None:
+        """Wait for a slot, unless one is held or a call of the build is pending."""
+        if self._slots is None:
+            return
+        async with self._taking:
+            if self._held or self._calls:
+                return
+            self._waiting.inc()
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting.dec()
+            self._held = True
+            self._held_gauge.inc()
+            if self._calls:  # a call began meanwhile: its build holds no slot
+                self.give_up()
+
+    def give_up(self) -> None:
+        if self._slots is not None and self._held:
+            self._held = False
+            self._held_gauge.dec()
+            self._slots.release()
+
+    @contextlib.asynccontextmanager
+    async def awaiting(self) -> AsyncIterator[None]:
+        """A component call: the slot is given up while it (or another call of the build) is
+        pending, and taken again after the last one (not when the build is cancelled)."""
+        self._calls += 1
+        if self._calls == 1:
+            self._awaiting.inc()
+            self.give_up()
+        try:
+            yield
+        except asyncio.CancelledError:
+            self._end_call()
+            raise
+        except BaseException:
+            if self._end_call():
+                await self.take()
+            raise
+        if self._end_call():
+            await self.take()
+
+    def _end_call(self) -> bool:
+        """The end of a call; whether it was the build's last one pending."""
+        self._calls -= 1
+        if self._calls:
+            return False
+        self._awaiting.dec()
+        return True
+
+    async def __aenter__(self) -> Admission:
+        await self.take()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.give_up()
