@@ -60,14 +60,22 @@ class Area(abc.ABC):
     moves_out: bool = False
 
     @abc.abstractmethod
-    async def new_dir(self, *, private: bool = False) -> str:
-        """A fresh folder in the area, for a component to write in (its user owns it); with
-        ``private``, closed to components until handed over (a merge target)."""
+    async def new_dir(self, *, private: bool = False,
+                      owner: tuple[int, int] | None = None) -> str:
+        """A fresh folder in the area (mode 0700), for a component to write in: owned by
+        ``owner`` (the component's own user, :attr:`Instance.user`), else by the components'
+        user; with ``private``, closed to components until handed over (a merge target)."""
 
     @abc.abstractmethod
-    async def hand_over(self, folder: str) -> None:
-        """Give ``folder`` (and everything in it) to the components' user: the tree a plugin
-        edits in place."""
+    async def hand_over(self, folder: str, owner: tuple[int, int] | None = None) -> None:
+        """Give ``folder`` (and everything in it) to ``owner``, else to the components' user:
+        the tree a plugin edits in place."""
+
+    async def take_back(self, folder: str) -> None:  # noqa: B027 - optional hook
+        """A component answered with ``folder`` (its writeDir, a plugin's tree): make it and
+        everything in it boride's again (0700 at the top), so that the component cannot
+        change it by path any more, nor any other reach it. By default nothing (an area
+        whose components share boride's user)."""
 
     def check(self, returned: str) -> str:
         """A folder a component returned, if it lies in the area (:func:`inside`)."""
@@ -144,32 +152,42 @@ async def _write_chunks(chunks: AsyncIterator[bytes], dest: Path) -> None:
 class HostArea(Area):
     """An area that is a folder of this machine: ``root`` (made private to boride), with
     the template at ``template``. ``owner`` (uid, gid): whom folders go to for components to
-    write in, when components run as another user than boride (None: nothing to do)."""
+    write in when no owner of their own is given, when components run as another user than
+    boride (None: nothing to do). ``own_users``: components run as users of their own
+    (:class:`~boride.runtime.base.UserPool`): what one answered is taken back
+    (:meth:`take_back`)."""
 
     moves_out = True
 
     def __init__(self, root: Path, template: Path, owner: tuple[int, int] | None = None,
-                 *, guards_template: bool = False) -> None:
+                 *, guards_template: bool = False, own_users: bool = False) -> None:
         self.root_path = root
         self.template_path = template
         self.root = str(root)
         self.template = str(template)
         self.owner = owner
+        self.own_users = own_users
         self.guards_template = guards_template
 
     def path(self, folder: str) -> Path:
         return Path(inside(self.root, folder))
 
-    async def new_dir(self, *, private: bool = False) -> str:
+    async def new_dir(self, *, private: bool = False,
+                      owner: tuple[int, int] | None = None) -> str:
         path = self.root_path / uuid.uuid4().hex
         path.mkdir(0o700)  # private until handed over: never open to everyone
-        if self.owner is not None and not private:
-            await self.hand_over(str(path))
+        if not private:
+            await self.hand_over(str(path), owner)
         return str(path)
 
-    async def hand_over(self, folder: str) -> None:
-        if self.owner is not None:
-            await aio.to_thread(give_tree, self.path(folder), self.root_path, self.owner)
+    async def hand_over(self, folder: str, owner: tuple[int, int] | None = None) -> None:
+        owner = owner or self.owner
+        if owner is not None:
+            await aio.to_thread(give_tree, self.path(folder), self.root_path, owner)
+
+    async def take_back(self, folder: str) -> None:
+        if self.own_users:
+            await aio.to_thread(take_tree, self.path(folder), self.root_path)
 
     def check(self, returned: str) -> str:
         """As :meth:`Area.check`, and where it leads (through links) must be in the area too."""
@@ -238,7 +256,8 @@ class HostArea(Area):
         return await aio.to_thread(fingerprint, self.template_path)
 
 
-def give_tree(folder: Path, area: Path, owner: tuple[int, int]) -> None:
+def give_tree(folder: Path, area: Path, owner: tuple[int, int], *,
+              what: str = "hand {} to the component's user") -> None:
     """Give ``folder`` (in the work area ``area``) and everything in it to ``owner`` (uid, gid)
     for a component to write in: through descriptors only, since other components of the
     session may be renaming things in the area right now (:func:`boride.fsutil.chown_tree`).
@@ -246,15 +265,31 @@ def give_tree(folder: Path, area: Path, owner: tuple[int, int]) -> None:
     try:
         fd = fsutil.open_dir(folder, within=area)
     except (OSError, fsutil.UnsafePath) as exc:
-        raise AreaFailure(f"cannot hand {folder} to the component's user: {exc}") from None
+        raise AreaFailure(f"cannot {what.format(folder)}: {exc}") from None
     try:
         errors = fsutil.chown_tree(fd, *owner)
     finally:
         os.close(fd)
     if errors:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise AreaFailure(f"cannot hand {folder} to the component's user: "
-                          f"{'; '.join(errors[:3])}{more}")
+        raise AreaFailure(f"cannot {what.format(folder)}: {'; '.join(errors[:3])}{more}")
+
+
+def take_tree(folder: Path, area: Path) -> None:
+    """Make ``folder`` (a component's answer) boride's user's again, closed to everyone else
+    at the top first (then nobody else can enter it by path while the rest is taken), then
+    everything in it (:func:`give_tree`): the component that wrote it may still be running."""
+    try:
+        fd = fsutil.open_dir(folder, within=area)
+    except (OSError, fsutil.UnsafePath) as exc:
+        raise AreaFailure(f"cannot take {folder} back from its component: {exc}") from None
+    try:
+        os.fchown(fd, os.geteuid(), os.getegid())
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    give_tree(folder, area, (os.geteuid(), os.getegid()),
+              what="take {} back from its component")
 
 
 def remove_new(area: Path, before: set[str]) -> list[str]:

@@ -7,12 +7,16 @@ runs this server; :class:`boride.runtime.docker.helper.HelperArea` is its client
 merge, its safety rules and the archive are boride's own code wherever the files are.
 
 Every request must carry the session's token (``Authorization: Bearer ...``, the token given in
-``BORIDE_HELPER_TOKEN``): components share the helper's network, never its token. Started as
-root, the server gives the area to the components' user (``--owner``), drops to that user and
-serves as it: what it makes, components can write; nothing it does is done as root.
+``BORIDE_HELPER_TOKEN``): components share the helper's network, never its token. It runs as
+root with only the capabilities its file work needs (each component instance has a user of its
+own: the helper makes each one's folders for it, gives plugins the merged tree and takes back
+what each answered); the area's top is root's, mode 0711, so that a component reaches its own
+folders by name only. ``--owner`` is whom folders go to when no owner is named (components
+sharing one user). Every walk goes through descriptors (:mod:`boride.fsutil`).
 
-Routes (JSON bodies): ``GET /`` health and protocol version; ``POST /dirs``;
-``POST /hand-over``; ``POST /merge`` (an NDJSON stream: ``{"conflict": n, ...}`` asks for a
+Routes (JSON bodies): ``GET /`` health and protocol version; ``POST /dirs`` (``private``,
+``owner``: [uid, gid]); ``POST /hand-over`` (``path``, ``owner``); ``POST /take-back``
+(``path``); ``POST /merge`` (an NDJSON stream: ``{"conflict": n, ...}`` asks for a
 resolution, answered by ``POST /merge/{id}/answers/{n}``; then ``{"done": true}`` or
 ``{"errors": [...]}``); ``POST /archive`` (the ``.tar.gz`` stream, or 422 with the
 problems); ``GET /names``; ``POST /remove-new``; ``GET /full``; ``POST /unpack`` (a ``.tar.gz`` body
@@ -44,7 +48,7 @@ from boride.errors import BorideError, ComponentError, describe
 from boride.settings import SettingError
 
 #: bumped when a route changes: the client refuses a helper speaking another version
-PROTOCOL = 2
+PROTOCOL = 3
 PORT = 5560
 AREA = "/workspace/area"
 TEMPLATE = "/workspace/cyanprint"
@@ -76,6 +80,17 @@ class _Merges:
         else:
             future.set_result((str(body["path"]), base64.b64decode(body["content"])))
         return True
+
+
+def _owner(body: dict[str, Any]) -> tuple[int, int] | None:
+    """The ``owner`` of a request: [uid, gid] of a component's own user (never root), or none."""
+    owner = body.get("owner")
+    if owner is None:
+        return None
+    if (not isinstance(owner, list) or len(owner) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in owner)):
+        raise _BadRequest("owner must be [uid, gid], both positive")
+    return owner[0], owner[1]
 
 
 def _strs(value: Any, what: str) -> list[str]:
@@ -118,14 +133,6 @@ def create_app(area: HostArea, token: str) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "OK", "protocol": PROTOCOL})
 
-    async def new_dir(request: Request) -> Response:
-        body = await _body(request)
-        return JSONResponse({"path": await area.new_dir(private=bool(body.get("private")))})
-
-    async def hand_over(request: Request) -> Response:
-        await area.hand_over(str((await _body(request))["path"]))
-        return JSONResponse({})
-
     async def merge_route(request: Request) -> Response:
         body = await _body(request)
         rules = [merge.ResolverRule(str(r["name"]), tuple(_strs(r["globs"], "globs")))
@@ -159,14 +166,35 @@ def create_app(area: HostArea, token: str) -> Starlette:
     async def full(request: Request) -> Response:
         return JSONResponse({"full": await area.full()})
 
-    routes: list[tuple[str, Handler, str]] = [("/", health, "GET"), ("/dirs", new_dir, "POST"),
-              ("/hand-over", hand_over, "POST"), ("/merge", merge_route, "POST"),
+    routes: list[tuple[str, Handler, str]] = [
+              ("/", health, "GET"), *_folder_routes(area), ("/merge", merge_route, "POST"),
               ("/merge/{merge}/answers/{n:int}", answer, "POST"),
               ("/archive", archive_route, "POST"), ("/names", names, "GET"),
               ("/remove-new", remove_new, "POST"), ("/full", full, "GET"),
               ("/unpack", functools.partial(_unpack, area), "POST")]
     return Starlette(routes=[Route(path, _guarded(token, fn), methods=[method])
                              for path, fn, method in routes])
+
+
+def _folder_routes(area: HostArea) -> list[tuple[str, Handler, str]]:
+    """``/dirs``, ``/hand-over``, ``/take-back``: the folders each component's user owns."""
+
+    async def new_dir(request: Request) -> Response:
+        body = await _body(request)
+        return JSONResponse({"path": await area.new_dir(private=bool(body.get("private")),
+                                                        owner=_owner(body))})
+
+    async def hand_over(request: Request) -> Response:
+        body = await _body(request)
+        await area.hand_over(str(body["path"]), _owner(body))
+        return JSONResponse({})
+
+    async def take_back(request: Request) -> Response:
+        await area.take_back(str((await _body(request))["path"]))
+        return JSONResponse({})
+
+    return [("/dirs", new_dir, "POST"), ("/hand-over", hand_over, "POST"),
+            ("/take-back", take_back, "POST")]
 
 
 async def _unpack(area: HostArea, request: Request) -> Response:
@@ -218,15 +246,13 @@ async def _merge_events(area: HostArea, merges: _Merges, merge_id: str, outputs:
         await merging.aclose()  # the client went away: stop the merge (waited for)
 
 
-def _drop_to(owner: tuple[int, int], area: Path) -> None:
-    """Give the (fresh) area to ``owner``, then become ``owner``: nothing after runs as root."""
+def _close_top(area: Path) -> None:
+    """Make the area's top root's, mode 0711: components reach their own folders in it by
+    name only (they can neither list it nor make anything in it)."""
     if os.geteuid() != 0:
         return
-    os.chmod(area, 0o755)  # (before the chown: root may not chmod what it does not own)
-    os.chown(area, *owner)
-    os.setgroups([])
-    os.setgid(owner[1])
-    os.setuid(owner[0])
+    os.chown(area, 0, 0)
+    os.chmod(area, 0o711)
 
 
 def copy_template(source: str, root: str, template: str) -> int:
@@ -274,14 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     uid, _, gid = args.owner.partition(":")
     try:
         owner = (int(uid), int(gid or uid))
-        _drop_to(owner, Path(args.area))
+        _close_top(Path(args.area))
     except (ValueError, OSError) as exc:
         print(f"boride helper: cannot take the area as {args.owner}: {describe(exc)}",
               file=sys.stderr)
         return 2
     import uvicorn
 
-    area = HostArea(Path(args.area), Path(args.template), guards_template=True)
+    area = HostArea(Path(args.area), Path(args.template), owner, guards_template=True,
+                    own_users=os.geteuid() == 0)
     # keep-alive well beyond the coordinator's idle expiry (2 s): it closes first, never we
     uvicorn.run(create_app(area, token), host="0.0.0.0", port=args.port,
                 log_level="warning", access_log=False, timeout_keep_alive=30)

@@ -12,13 +12,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY", "MAX_ANSWER",
-           "NOBODY", "SERVE_BUILD_TIMEOUT", "Limits", "Timeouts", "cpu_count"]
+__all__ = ["COMPONENT_UIDS", "DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY",
+           "MAX_ANSWER", "NOBODY", "SERVE_BUILD_TIMEOUT", "Limits", "Timeouts", "cpu_count"]
 
 # What one component may use and who it runs as, on either runtime (a local sandbox, a
 # Docker container); ``BORIDE_LOCAL_MEMORY``/``_PIDS`` and ``BORIDE_DOCKER_CPUS``/``_MEMORY``/
 # ``_PIDS`` override them.
-NOBODY = (65534, 65534)  # (uid, gid) components run as when boride runs as root
+NOBODY = (65534, 65534)  # (uid, gid) of components when no user of their own can be given
+#: Each component instance of a session runs as a user of its own, one of these uids (its gid
+#: the same number), so that no component can read or change another's folders: on the local
+#: runtime when boride runs as root, always on Docker (unless a ``user`` is given). No account
+#: of this machine has them (useradd's first subordinate ids start at 100000 too: a machine
+#: giving those to rootless containers could move this).
+COMPONENT_UIDS = range(100_000, 100_000 + 65_536)
 DEFAULT_MEMORY = "512m"  # memory of each component (swap included)
 DEFAULT_PIDS = 256  # processes of each component
 DEFAULT_CPUS = 1.0  # CPUs of each component (Docker: a local sandbox has no CPU bound)

@@ -68,8 +68,9 @@ def no_leftovers() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _open_tmp_path(tmp_path: Path) -> None:
-    """As root, local components run as nobody, who must be able to enter the test's folder
-    (templates, pipeline files and work areas live there); pytest makes it private to root."""
+    """As root, local components run as users of their own, who must be able to enter the
+    test's folder (templates, pipeline files and work areas live there); pytest makes it
+    private to root."""
     tmp_path.chmod(0o755)
 
 

@@ -193,19 +193,22 @@ async def test_containers_are_isolated_labelled_and_limited(
             vol = client.api.inspect_volume(m["Name"])
             assert vol["Labels"][LABEL_SESSION] == session
             assert not vol.get("Options"), vol  # an engine volume, binding no host folder
-        # the session's helper: the same volumes, three capabilities to take the area, then
-        # it runs as the components' user
+        # each component its own user
+        users = {info[k]["Config"]["User"] for k in info}
+        assert len(users) == len(info), users
+        # the session's helper: the same volumes, three capabilities to make each component's
+        # folders its own and take back what it answered, as root (of the container)
         helper = client.api.inspect_container(f"cyan-merger-{session}")
         assert {m["Destination"]: (m["Type"], m["RW"]) for m in helper["Mounts"]} == {
             SEEN_TEMPLATE: ("volume", True), SEEN_AREA: ("volume", True)}
         assert helper["HostConfig"]["CapDrop"] == ["ALL"]
-        assert sorted(helper["HostConfig"]["CapAdd"]) == ["CHOWN", "SETGID",
-                                                          "SETUID"]
+        assert sorted(helper["HostConfig"]["CapAdd"]) == ["CHOWN", "DAC_OVERRIDE",
+                                                          "FOWNER"]
         assert helper["HostConfig"]["ReadonlyRootfs"] is True
         assert not helper["HostConfig"].get("PortBindings")
         await ws.area.names()  # ready
         top = client.api.top(helper["Id"], ps_args="-o pid,uid,comm")["Processes"]
-        assert top and all(p[1] == "65534" for p in top), top
+        assert top and all(p[1] == "0" for p in top), top
         # the process inside runs as that user, with no capability at all
         exec_id = client.api.exec_create(info[Kind.PROCESSOR]["Id"],
                                          ["sh", "-c", "id -u; grep CapEff /proc/self/status"])

@@ -164,8 +164,8 @@ def test_process_and_memory_limits_stop_a_greedy_component(
 
 
 @pytest.mark.sandbox
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root switches components to nobody")
-def test_template_closed_to_nobody_is_reported_before_the_processor_starts(
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root switches components to their own users")
+def test_template_closed_to_others_is_reported_before_the_processor_starts(
         tmp_path: Path, template: Path, make_pipeline: PipelineFactory) -> None:
     template.chmod(0o700)
     pipeline = make_pipeline([("p", "ok_processor", {})])
@@ -173,7 +173,7 @@ def test_template_closed_to_nobody_is_reported_before_the_processor_starts(
     work.mkdir()
     proc, data = run_json(pipeline, tmpdir=work)
     assert proc.returncode == 1
-    assert f"nobody may not enter {template}" in data["errors"][0]
+    assert f"they may not enter {template}" in data["errors"][0]
 
 
 def test_limits_come_from_the_environment() -> None:

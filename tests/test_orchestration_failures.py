@@ -9,7 +9,7 @@ from pathlib import Path
 
 from boride import diagnose
 from boride.pipeline import BuildResult
-from boride.runtime.fake import Behaviour, FakeRuntime
+from boride.runtime.fake import Behaviour, Call, FakeRuntime
 from tests.fake_support import by_name, plan, plugin, processor, run
 
 
@@ -142,6 +142,16 @@ async def test_an_output_folder_outside_the_area_is_refused(tmp_path: Path,
 
     result = await one_failing(tmp_path, template, Behaviour(answer=elsewhere))
     assert "returned an unusable outputDir" in the_error(result)
+
+
+async def test_an_output_folder_of_the_area_but_not_its_own_is_refused(tmp_path: Path,
+                                                                       template: Path) -> None:
+    async def the_areas_top(call: Call) -> dict[str, str]:  # (every other folder is there)
+        return {"outputDir": str(Path(call.body["writeDir"]).parent)}
+
+    result = await one_failing(tmp_path, template, Behaviour(answer=the_areas_top))
+    assert "returned an unusable outputDir" in the_error(result)
+    assert "is neither its writeDir" in the_error(result)
 
 
 async def test_a_failing_plugin_is_named_and_stops_the_plugins_after_it(

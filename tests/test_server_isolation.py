@@ -220,7 +220,7 @@ def test_a_component_cannot_drive_boride(tmp_path: Path) -> None:
 HELPER_CALLS: list[list[Any]] = [
     ["GET", "/", None], ["GET", "/names", None], ["POST", "/dirs", {}],
     ["POST", "/archive", {"tree": "/workspace/area"}],
-    ["POST", "/remove-new", {"before": []}],
+    ["POST", "/remove-new", {"before": []}], ["POST", "/take-back", {"path": "/workspace/area"}],
     ["POST", "/merge", {"id": "x", "outputs": [], "target": "/workspace/area/x"}]]
 
 

@@ -297,18 +297,26 @@ class Build(_BuildCore):
         if entry is not None:  # unchanged inputs: the output of an earlier call
             self.results[c.name].cached = True
             return await area.unpack(cache.payload_chunks(entry))
-        write_dir = await area.new_dir()
         self.watch.running(c.name)
         try:
+            # (its folder is made for the user its instance runs as: known once it started)
+            write_dir = await area.new_dir(owner=await self._user(c.name))
             output = await self._call(c.name, lambda client: protocol.process(
                 client, area.template, write_dir, step.globs, step.config,
                 limit=self.options.limits.max_answer))
         finally:
             self._called(c.name)
             await self.watch.ended(c.name)
-        result = checked(area, output)
+        result = checked(area, output, write_dir, "writeDir")
+        await area.take_back(write_dir)  # now no other component can reach it, nor it change it
         await self.cache.store(c.name, result)
         return result
+
+    async def _user(self, step: str) -> tuple[int, int] | None:
+        """The user of a step's instance (started first if the lifetime rule has not yet)."""
+        if self.demand is not None:
+            await self.demand.ready(step)
+        return self.calls.instance(step).user
 
     async def _resolve(self, rule: merge.ResolverRule, conflict: merge.Conflict
                        ) -> tuple[str, bytes]:
@@ -359,13 +367,15 @@ class Build(_BuildCore):
 
     async def _plug(self, c: Component, tree: str) -> str:
         area = self._area
-        await area.hand_over(tree)
         try:
+            await area.hand_over(tree, await self._user(c.name))
             output = await self._call(c.name, lambda client: protocol.plug(
                 client, tree, self.steps[c.name].config, limit=self.options.limits.max_answer))
         finally:
             self._called(c.name)
-        return checked(area, output)
+        result = checked(area, output, tree, "directory")
+        await area.take_back(tree)
+        return result
 
     async def _output(self, area: Area, tree: str) -> None:
         # A one-shot build's components are all done: once their processes have ended,

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import httpx
 
-from boride import aio, diagnose, protocol
+from boride import aio, diagnose, fsutil, protocol
 from boride.area import Area
 from boride.runtime.base import Instance
 
@@ -71,9 +71,15 @@ async def own_lines(instance: Instance) -> list[str]:
     return lines
 
 
-def checked(area: Area, returned: str) -> str:
-    """A folder a component returned, if it is in the area; else its call failed."""
+def checked(area: Area, returned: str, given: str, name: str) -> str:
+    """A folder a component returned, if it is in the area, and is the folder it was given
+    (``given``, named ``name`` in its request) or lies below it (no other is its own: another
+    component's, the area's top); else its call failed."""
     try:
-        return area.check(returned)
+        found = area.check(returned)
     except ValueError as exc:
         raise protocol.ProtocolError(f"returned an unusable outputDir: {exc}") from None
+    if not fsutil.is_within(found, area.check(given)):
+        raise protocol.ProtocolError(f"returned an unusable outputDir: {returned!r} is "
+                                     f"neither its {name} {given} nor below it")
+    return found

@@ -125,10 +125,14 @@ class ExitInfo:
 
 
 class Instance(abc.ABC):
-    """A started component: an HTTP client to reach it, and a way to learn when it dies."""
+    """A started component: an HTTP client to reach it, and a way to learn when it dies.
+    ``user``: the (uid, gid) of its own it runs as (:class:`UserPool`), for whom the area makes
+    its folders; None when it shares its user with others (then its folders are the area's
+    default owner's)."""
 
     component: Component
     client: httpx.AsyncClient
+    user: tuple[int, int] | None = None
     #: the memory it may take, as configured (``512m``), for messages; None: not known
     memory_limit: str | None = None
 
@@ -139,6 +143,34 @@ class Instance(abc.ABC):
     @abc.abstractmethod
     def log_tail(self, lines: int = LOG_TAIL) -> list[str]:
         """The last lines the component printed (stdout and stderr)."""
+
+
+class UserPool:
+    """The users of a session's component instances: each instance its own uid (and the same
+    number as gid) from ``uids``, given back when it stops. A uid given back is taken again
+    only once every other one has been used (its old instance's leftovers are gone by then)."""
+
+    def __init__(self, uids: range) -> None:
+        self.uids = uids
+        self._next = 0
+        self._taken: set[int] = set()
+
+    def take(self) -> tuple[int, int]:
+        for _ in range(len(self.uids)):
+            uid = self.uids[self._next % len(self.uids)]
+            self._next += 1
+            if uid not in self._taken:
+                self._taken.add(uid)
+                return uid, uid
+        raise RuntimeFailure(f"more than {len(self.uids)} components at once in one session")
+
+    def hold(self, uid: int) -> None:
+        """Count ``uid`` as taken: an instance found running already (adopted) has it."""
+        self._taken.add(uid)
+
+    def give_back(self, user: tuple[int, int] | None) -> None:
+        if user is not None:
+            self._taken.discard(user[0])
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

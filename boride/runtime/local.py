@@ -9,6 +9,13 @@ private ``/tmp``, and nothing else of the host (no other session's files, no oth
 socket). :mod:`boride.runtime.nsinit` runs first in the sandbox: it starts the component as an
 unprivileged user with process and memory limits and forwards a Unix socket in the component's
 own socket folder to the component's port. boride talks HTTP over that socket.
+
+When boride runs as root each component instance runs as a user of its own
+(:data:`~boride.config.COMPONENT_UIDS`): its folders in the area are its own (0700), the area's
+top lets it reach them by name only, and what it answered is taken back
+(:meth:`~boride.area.Area.take_back`), so no component reads or changes another's output. As
+an ordinary user, every component runs as that user: the sandbox still keeps them from the
+host and from each other's processes and sockets, but not from each other's folders.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import httpx
 
 from boride import aio, cache, diagnose, fsutil, settings, workdirs
 from boride.area import HostArea
-from boride.config import DEFAULT_MEMORY, DEFAULT_PIDS, NOBODY
+from boride.config import COMPONENT_UIDS, DEFAULT_MEMORY, DEFAULT_PIDS
 from boride.runtime.base import (
     LOG_TAIL,
     BlobImage,
@@ -41,6 +48,7 @@ from boride.runtime.base import (
     RuntimeFailure,
     TemplateRefused,
     TemplateSource,
+    UserPool,
     Workspace,
 )
 from boride.settings import parse_size
@@ -96,7 +104,7 @@ def reclaim_folders(work_root: Path | None = None) -> list[Path]:
 
 def _namespaces() -> list[str]:
     # As root no user namespace: nsinit must stay root (in the host's user namespace) to
-    # switch the component to NOBODY, whose files the host then sees as NOBODY's.
+    # switch the component to its own user, whose files the host then sees as that user's.
     flags = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
              "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
     return flags if os.geteuid() == 0 else ["--unshare-user", *flags]
@@ -258,8 +266,9 @@ class LocalInstance(Instance):
     (:meth:`close`, once the process has ended, waits for it)."""
 
     def __init__(self, component: Component, process: asyncio.subprocess.Process,
-                 socket_path: Path, log_path: Path) -> None:
+                 socket_path: Path, log_path: Path, user: tuple[int, int] | None = None) -> None:
         self.component = component
+        self.user = user
         self.process = process
         self.socket_path = socket_path
         self.log_path = log_path
@@ -322,13 +331,16 @@ class LocalRuntime(Runtime):
                 limits = SandboxLimits(parse_size(DEFAULT_MEMORY), DEFAULT_PIDS)
         self.limits = limits
         self.env = component_env()
-        # As root components run as nobody; otherwise as boride's own user (no other choice).
-        self.user = NOBODY if os.geteuid() == 0 else None
+        # As root each component runs as a user of its own (its session's UserPool);
+        # otherwise as boride's own user (no other choice).
+        self.own_users = os.geteuid() == 0
+        self._users: dict[str, UserPool] = {}  # session -> its components' users
         self._seq = itertools.count()
         self._roots: dict[str, Path] = {}  # session -> its work folder (area and run below)
         self._areas: dict[str, HostArea] = {}
         self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
         self._socket_dirs: dict[str, workdirs.OwnedFolder] = {}  # session -> short socket folder
+        self._owners: dict[LocalInstance, str] = {}  # running instance -> its session
 
     async def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
@@ -361,7 +373,9 @@ class LocalRuntime(Runtime):
         tpl = template_folder(template)
         for sub in ("area", "run"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(root / "area", 0o755)  # the component user must reach the folders below it
+        # Components must reach their own folders below it; with users of their own, only
+        # by name (its list, and every other folder in it, are closed to them).
+        os.chmod(root / "area", 0o711 if self.own_users else 0o755)
         folder = (root / "area").resolve()  # (made also without ``area``: it costs nothing)
         run = (root / "run").resolve()
         if len(str(run)) > _SOCKET_DIR_MAX:
@@ -371,7 +385,8 @@ class LocalRuntime(Runtime):
             self._socket_dirs[session_id] = owned
         self._roots[session_id] = root.resolve()
         self._run_dirs[session_id] = run
-        self._areas[session_id] = HostArea(folder, tpl, self.user)
+        self._areas[session_id] = HostArea(folder, tpl, own_users=self.own_users)
+        self._users[session_id] = UserPool(COMPONENT_UIDS)
         return Workspace(session_id, self._areas[session_id] if area else None)
 
     def _hidden(self, session_id: str, readonly: list[str]) -> list[str]:
@@ -389,11 +404,12 @@ class LocalRuntime(Runtime):
                 *_ro_binds([d for d in readonly if fsutil.is_within(d, mask)])]
 
     def _check_reachable(self, path: str, readonly: list[str]) -> None:
-        closed = _closed_to_others(path, readonly) if self.user is not None else None
+        closed = _closed_to_others(path, readonly) if self.own_users else None
         if closed is not None:
-            raise RuntimeFailure(f"components run as nobody (uid {NOBODY[0]}) when boride runs "
-                                f"as root, and nobody may not enter {closed}: allow others in "
-                                "(chmod o+rx), or run boride as an ordinary user")
+            raise RuntimeFailure(f"components run as users of their own (uids from "
+                                 f"{COMPONENT_UIDS[0]}) when boride runs as root, and they may "
+                                 f"not enter {closed}: allow others in (chmod o+rx), or run "
+                                 "boride as an ordinary user")
 
     def _sandbox(self, workspace: Workspace, component: Component, socket_dir: Path) -> list[str]:
         """The ``bwrap`` options that show ``component`` only what it needs."""
@@ -420,21 +436,28 @@ class LocalRuntime(Runtime):
         socket_dir, log_path = run / stem, run / f"{stem}.log"
         socket_dir.mkdir(mode=0o700)
         socket_path = socket_dir / "sock"
-        user = ["--uid", str(self.user[0]), "--gid", str(self.user[1])] if self.user else []
+        sandbox = self._sandbox(workspace, component, socket_dir)
+        own = self._users[workspace.session_id].take() if self.own_users else None
+        user = ["--uid", str(own[0]), "--gid", str(own[1])] if own else []
         argv = [
-            *self._sandbox(workspace, component, socket_dir),
+            *sandbox,
             sys.executable, "-I", str(_NSINIT),
             "--socket", str(socket_path), "--port", str(component.kind.port),
             "--cwd", str(component.cwd or Path.cwd()), *user,
             "--memory", str(self.limits.memory), "--pids", str(self.limits.pids),
             "--", *component.command,
         ]
-        with open(log_path, "wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, start_new_session=True)
-        instance = LocalInstance(component, process, socket_path, log_path)
+        try:
+            with open(log_path, "wb") as log:
+                process = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                    env=self.env, start_new_session=True)
+        except BaseException:
+            self._users[workspace.session_id].give_back(own)
+            raise
+        instance = LocalInstance(component, process, socket_path, log_path, own)
         instance.memory_limit = size_setting(self.limits.memory)
+        self._owners[instance] = workspace.session_id
         return instance
 
     async def stop(self, instance: Instance) -> None:
@@ -453,6 +476,9 @@ class LocalRuntime(Runtime):
         elif proc.stdin is not None:
             proc.stdin.close()
         await instance.close()
+        session = self._owners.pop(instance, None)
+        if session in self._users:  # (its process has ended: its user is free again)
+            self._users[session].give_back(instance.user)
         with contextlib.suppress(FileNotFoundError):
             instance.socket_path.unlink()
         with contextlib.suppress(OSError):
@@ -460,6 +486,7 @@ class LocalRuntime(Runtime):
 
     async def close_workspace(self, workspace: Workspace) -> None:
         self._areas.pop(workspace.session_id, None)
+        self._users.pop(workspace.session_id, None)
         self._roots.pop(workspace.session_id, None)
         self._run_dirs.pop(workspace.session_id, None)
         short = self._socket_dirs.pop(workspace.session_id, None)

@@ -18,6 +18,7 @@ import httpx
 from boride.runtime.docker.names import (
     LABEL_COMPONENT,
     LABEL_KIND,
+    LABEL_USER,
     container_name,
     session_labels,
 )
@@ -49,7 +50,8 @@ class Container:
 
 
 def _host_config(api: docker.APIClient, settings: DockerSettings, session: str,
-                 component: Component, template_volume: str | None) -> dict[str, Any]:
+                 component: Component, template_volume: str | None, user: str
+                 ) -> dict[str, Any]:
     return api.create_host_config(
         mounts=mounts(session, component.kind, template_volume),
         network_mode=settings.network,
@@ -60,23 +62,27 @@ def _host_config(api: docker.APIClient, settings: DockerSettings, session: str,
         security_opt=["no-new-privileges:true"],
         cap_drop=["ALL"],
         read_only=settings.read_only_rootfs,
-        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777", HOME: _home_tmpfs(settings.user)},
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777", HOME: _home_tmpfs(user)},
     )
 
 
 def create_and_start(api: docker.APIClient, settings: DockerSettings, session: str,
                      component: Component, template_volume: str | None = None,
-                     kept: Mapping[str, str] | None = None) -> Container:
+                     kept: Mapping[str, str] | None = None,
+                     user: tuple[int, int] | None = None) -> Container:
     """Make and start ``component``'s container (``kept``: the labels of its session's note,
-    :func:`~.names.kept_labels`); removes it again when it cannot start."""
+    :func:`~.names.kept_labels`), as ``user`` (its own) or else the settings' user; removes it
+    again when it cannot start."""
     assert component.image
+    as_user = f"{user[0]}:{user[1]}" if user is not None else settings.user
     name = container_name(component.kind, component.name, session)
     labels = {**session_labels(session, "component", kept), LABEL_KIND: component.kind.value,
-              LABEL_COMPONENT: component.name}
+              LABEL_COMPONENT: component.name, **({LABEL_USER: as_user} if user else {})}
     created = api.create_container(
-        component.image, name=name, labels=labels, user=settings.user,
+        component.image, name=name, labels=labels, user=as_user,
         environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": HOME},
-        host_config=_host_config(api, settings, session, component, template_volume),
+        host_config=_host_config(api, settings, session, component, template_volume,
+                                 as_user),
         networking_config=api.create_networking_config(
             {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
     return start_created(api, str(created["Id"]), name, settings.network)

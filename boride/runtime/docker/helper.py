@@ -3,9 +3,9 @@
 The helper (``cyan-merger-<s>``, boride's own image ``boride/serve:latest`` or
 ``BORIDE_HELPER_IMAGE``) mounts the session's two volumes where components see them and serves
 its work area over HTTP (:mod:`boride.area_server`) on the session's network, to the holder of
-the session's token only. It starts as root with three capabilities (to give the area to the
-components' user and become that user), every other privilege dropped, a read-only root file
-system, no published port.
+the session's token only. It runs as root with three capabilities (``CHOWN``, ``FOWNER``,
+``DAC_OVERRIDE``: to make each component's folders its own user's and take back what each
+answered), every other privilege dropped, a read-only root file system, no published port.
 
 Template files get into the template volume through the engine only:
 
@@ -115,7 +115,7 @@ def create_helper(api: docker.APIClient, settings: DockerSettings, session: str,
         environment={TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
                      "PYTHONDONTWRITEBYTECODE": "1"},
         host_config=_locked_down(api, settings, _helper_mounts(session, template_volume),
-                                 ["CHOWN", "SETUID", "SETGID"], settings.network),
+                                 ["CHOWN", "DAC_OVERRIDE", "FOWNER"], settings.network),
         networking_config=api.create_networking_config(
             {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
     container_id = str(created["Id"])
@@ -280,11 +280,17 @@ class HelperArea(Area):
                               f"{said.get('error') or said}")
         return said
 
-    async def new_dir(self, *, private: bool = False) -> str:
-        return str((await self._call("POST", "/dirs", {"private": private}))["path"])
+    async def new_dir(self, *, private: bool = False,
+                      owner: tuple[int, int] | None = None) -> str:
+        body = {"private": private, "owner": list(owner) if owner else None}
+        return str((await self._call("POST", "/dirs", body))["path"])
 
-    async def hand_over(self, folder: str) -> None:
-        await self._call("POST", "/hand-over", {"path": folder})
+    async def hand_over(self, folder: str, owner: tuple[int, int] | None = None) -> None:
+        await self._call("POST", "/hand-over",
+                         {"path": folder, "owner": list(owner) if owner else None})
+
+    async def take_back(self, folder: str) -> None:
+        await self._call("POST", "/take-back", {"path": folder})
 
     async def unpack(self, chunks: AsyncIterator[bytes]) -> str:
         try:

@@ -11,7 +11,7 @@ import threading
 import docker
 import requests.exceptions
 
-from boride.runtime.base import LOG_TAIL, ExitInfo, Instance
+from boride.runtime.base import LOG_TAIL, ExitInfo, Instance, UserPool
 from boride.runtime.docker.containers import Container, http_client
 from boride.runtime.docker.engine import ENGINE_ERRORS, reason
 from boride.types import Component
@@ -42,9 +42,12 @@ class DockerInstance(Instance):
 
     def __init__(self, component: Component, container: Container, network: str,
                  api: docker.APIClient, port: int | None = None,
-                 memory_limit: str | None = None) -> None:
+                 memory_limit: str | None = None, user: tuple[int, int] | None = None,
+                 users: UserPool | None = None) -> None:
         self.component = component
         self.memory_limit = memory_limit
+        self.user = user
+        self._users = users  # the pool ``user`` came from
         self.container = container
         self.client = http_client(container, port or component.kind.port, network)
         self._api = api
@@ -64,6 +67,12 @@ class DockerInstance(Instance):
         needed any more) and close the HTTP client. Idempotent."""
         self._released.set()
         await self.client.aclose()
+
+    def user_gone(self) -> None:
+        """The container is removed: its user is free again (idempotent)."""
+        if self._users is not None:
+            self._users.give_back(self.user)
+            self._users = None
 
     def _wait(self) -> int | None:
         """The container's exit code, once it stopped (None: unknown, or released)."""

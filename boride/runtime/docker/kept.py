@@ -43,6 +43,7 @@ from boride.runtime.docker.names import (
     LABEL_OWNER,
     LABEL_ROLE,
     LABEL_SESSION,
+    LABEL_USER,
     kept_labels,
 )
 from boride.runtime.docker.session import DockerSession
@@ -60,6 +61,7 @@ class FoundContainer:
     component: str  # the component's name
     image: str  # as it was created with: the name the component was started with
     running: bool
+    user: tuple[int, int] | None = None  # its own user, when it has one
 
 
 @dataclass
@@ -100,7 +102,12 @@ def _container(entry: dict[str, Any], network: str) -> FoundContainer:
     return FoundContainer(Container(str(entry["Id"]), name, address),
                           str(labels.get(LABEL_ROLE, "")), str(labels.get(LABEL_KIND, "")),
                           str(labels.get(LABEL_COMPONENT, "")), str(entry.get("Image") or ""),
-                          running)
+                          running, _user(str(labels.get(LABEL_USER, ""))))
+
+
+def _user(label: str) -> tuple[int, int] | None:
+    uid, _, gid = label.partition(":")
+    return (int(uid), int(gid)) if uid.isdigit() and gid.isdigit() else None
 
 
 def find(api: docker.APIClient, owner: str, network: str) -> list[Found]:
@@ -200,7 +207,10 @@ async def take_over(engine: Engine, settings: DockerSettings, blobs: Blobs, foun
         raise
     instances: dict[str, Instance] = {
         c.component: DockerInstance(Component(c.component, Kind(c.kind), image=c.image),
-                                    c.container, settings.network, engine.api)
+                                    c.container, settings.network, engine.api, user=c.user)
         for c in found.components if c.running and c.component}
+    for c in found.components:  # (their users are theirs: no new instance gets them)
+        if c.running and c.user is not None:
+            session.users.hold(c.user[0])
     return session, Kept(found.session, found.note, Workspace(found.session, session.area),
                          instances)

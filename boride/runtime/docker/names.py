@@ -19,6 +19,7 @@ LABEL_SESSION = "boride.session"
 LABEL_KIND = "boride.kind"
 LABEL_COMPONENT = "boride.component"
 LABEL_ROLE = "boride.role"
+LABEL_USER = "boride.user"  # a component container's own user, "uid:gid" (found again)
 #: A server's sessions (``boride serve``): the name it keeps them under on the engine, and
 #: what it needs to take one over again after a restart (:mod:`.kept`)
 LABEL_OWNER = "boride.owner"

@@ -58,11 +58,10 @@ class DockerRuntime(Runtime):
 
     ``cpus``/``memory``/``pids``: limits of each container (defaults: 1 CPU, 512 MiB, 256
     processes, or the variables ``BORIDE_DOCKER_CPUS``, ``BORIDE_DOCKER_MEMORY``,
-    ``BORIDE_DOCKER_PIDS``). ``user``: the user components run as (default: ``65534:65534``,
-    nobody: boride never touches what components write itself, the session's helper container
-    does, as the same user). ``pull``: pull missing images from their registry before
-    starting (default: the ``BORIDE_DOCKER_PULL`` variable, off). ``engine``: the engine to
-    use (default: the one ``DOCKER_HOST`` names, connected on first use).
+    ``BORIDE_DOCKER_PIDS``). ``user``: every component's user (default: each instance its own,
+    :data:`boride.config.COMPONENT_UIDS`). ``pull``: pull missing images from their registry
+    before starting (default: ``BORIDE_DOCKER_PULL``, off). ``engine``: the engine to use
+    (default: the one ``DOCKER_HOST`` names, connected on first use).
     """
 
     name = "docker"
@@ -276,12 +275,15 @@ class DockerRuntime(Runtime):
         session = self._sessions.get(workspace.session_id)
         if session is None:
             raise RuntimeFailure(f"session {workspace.session_id!r} is not open")
-        try:
-            container = await self._on_network(lambda: self._start_container(session, component))
-        except docker.errors.DockerException as exc:
-            raise RuntimeFailure(f"cannot start container: {reason(exc)}") from None
+        with session.user_for(self.settings.own_users) as user:
+            try:
+                container = await self._on_network(
+                    lambda: self._start_container(session, component, user))
+            except docker.errors.DockerException as exc:
+                raise RuntimeFailure(f"cannot start container: {reason(exc)}") from None
         instance = DockerInstance(component, container, self.settings.network, self.engine.api,
-                                  memory_limit=str(self.settings.memory))
+                                  memory_limit=str(self.settings.memory), user=user,
+                                  users=session.users)
         self._instances.add(instance)
         return instance
 
@@ -302,29 +304,29 @@ class DockerRuntime(Runtime):
         for session in list(self._sessions.values()):
             await session.creations_ended()
 
-    async def _start_container(self, session: DockerSession, component: Component) -> Container:
+    async def _start_container(self, session: DockerSession, component: Component,
+                               user: tuple[int, int] | None) -> Container:
         """Create and start in one task of the session that a cancellation cannot cut in
         half (it says when the container runs): a cancelled start waits for it, then removes
         whatever it made (a creation that failed removed what it made itself)."""
         await self.network.ensure()
         made: list[Container] = []
         try:
-            return await session.start(functools.partial(self._create, session, component,
-                                                         made), f"container of {component.name}")
+            make = functools.partial(self._create, session, component, made, user)
+            return await session.start(make, f"container of {component.name}")
         except asyncio.CancelledError:
             if made:
                 await aio.shielded(self.engine.call(containers.remove_container, made[0].id))
             raise
 
     async def _create(self, session: DockerSession, component: Component, made: list[Container],
-                      status: aio.TaskStatus[Container]) -> None:
+                      user: tuple[int, int] | None, status: aio.TaskStatus[Container]) -> None:
         """Make and start ``component``'s container (to its end, even when cancelled
         meanwhile), put it in ``made``, and report it started."""
-
         async def make() -> None:
             made.append(await self.engine.call(containers.create_and_start, self.settings,
                                                session.id, component, session.template_volume,
-                                               session.kept))
+                                               session.kept, user))
 
         await aio.shielded(make())
         status.started(made[0])
@@ -338,6 +340,7 @@ class DockerRuntime(Runtime):
         except ENGINE_ERRORS as exc:
             raise RuntimeFailure(f"container {instance.name} could not be removed: "
                                  f"{reason(exc)}") from None
+        instance.user_gone()  # (its container is gone)
 
     async def aclose(self) -> None:
         # Creations still under way end first: a container must not appear on the engine

@@ -4,12 +4,14 @@ the creations under way on the engine (owned by its task group), the labels of i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from boride import aio
-from boride.runtime.base import BlobImage, RuntimeFailure
+from boride.config import COMPONENT_UIDS
+from boride.runtime.base import BlobImage, RuntimeFailure, UserPool
 from boride.runtime.docker.helper import HelperArea
 from boride.runtime.docker.instance import DockerInstance
 
@@ -30,6 +32,19 @@ class DockerSession:
     closing: bool = False  # no creation starts any more
     #: the labels of its server's note, on everything made for it (:func:`.names.kept_labels`)
     kept: dict[str, str] = field(default_factory=dict)
+    #: its component instances' users (one each; adopted ones held)
+    users: UserPool = field(default_factory=lambda: UserPool(COMPONENT_UIDS))
+
+    @contextlib.contextmanager
+    def user_for(self, own: bool) -> Iterator[tuple[int, int] | None]:
+        """A user of its own for an instance being started (with ``own``; else None), given
+        back when the start fails."""
+        user = self.users.take() if own else None
+        try:
+            yield user
+        except BaseException:
+            self.users.give_back(user)
+            raise
 
     def create(self, make: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         """``make`` (a creation on the engine) in the background, owned by the session;

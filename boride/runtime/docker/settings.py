@@ -17,8 +17,10 @@ NOBODY = "{}:{}".format(*config.NOBODY)  # (as Docker writes a user)
 
 @dataclass(frozen=True)
 class DockerSettings:
-    """What every container of a runtime gets. ``user``: the user components run as;
-    ``read_only_rootfs``: a read-only root file system (with a small writable ``/tmp``)."""
+    """What every container of a runtime gets. ``user``: the user components run as when
+    ``own_users`` is off; with it (the default) each component instance runs as a user of
+    its own (:data:`boride.config.COMPONENT_UIDS`); ``read_only_rootfs``: a read-only root
+    file system (with a small writable ``/tmp``)."""
 
     cpus: float = DEFAULT_CPUS
     memory: str | int = DEFAULT_MEMORY
@@ -27,6 +29,7 @@ class DockerSettings:
     network: str = NETWORK
     pull: bool = False
     read_only_rootfs: bool = True
+    own_users: bool = True
 
     def __post_init__(self) -> None:
         if self.cpus <= 0 or self.pids <= 0:
@@ -38,8 +41,9 @@ class DockerSettings:
                  pull: bool | None = None, read_only_rootfs: bool = True,
                  env: Mapping[str, str] = os.environ) -> DockerSettings:
         """The values given; for those left out, the ``BORIDE_DOCKER_*`` variables, else the
-        defaults. The default user is nobody (boride never touches what components write
-        itself: the session's helper container does, as the same user)."""
+        defaults. By default each component instance runs as a user of its own; a ``user``
+        given is every component's (no isolation of their folders from one another)."""
+        own_users = user is None
         if user is None:
             user = NOBODY
         if pull is None:
@@ -48,4 +52,5 @@ class DockerSettings:
             cpus=settings.get("BORIDE_DOCKER_CPUS", env) if cpus is None else cpus,
             memory=settings.get("BORIDE_DOCKER_MEMORY", env) if memory is None else memory,
             pids=settings.get("BORIDE_DOCKER_PIDS", env) if pids is None else pids,
-            user=user, network=network, pull=pull, read_only_rootfs=read_only_rootfs)
+            user=user, network=network, pull=pull, read_only_rootfs=read_only_rootfs,
+            own_users=own_users)
