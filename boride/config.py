@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 
 __all__ = ["COMPONENT_UIDS", "DEFAULT_CPUS", "DEFAULT_MEMORY", "DEFAULT_PIDS", "HELPER_MEMORY",
-           "MAX_ANSWER", "NOBODY", "SERVE_BUILD_TIMEOUT", "Limits", "Timeouts", "cpu_count"]
+           "MAX_ANSWER", "NOBODY", "SERVE_BUILD_TIMEOUT", "SLOT_GRACE", "Limits", "Timeouts",
+           "cpu_count"]
 
 # What one component may use and who it runs as, on either runtime (a local sandbox, a
 # Docker container); ``BORIDE_LOCAL_MEMORY``/``_PIDS`` and ``BORIDE_DOCKER_CPUS``/``_MEMORY``/
@@ -45,6 +46,9 @@ def cpu_count() -> int:
 #: ``boride serve``'s build timeout: the CyanPrint CLI's own client timeout; past it nobody
 #: waits for the build any more (``boride run`` has none: its user is there to stop it)
 SERVE_BUILD_TIMEOUT = 600.0
+#: seconds a build keeps its build slot while one of its component calls is pending; then it
+#: gives the slot up until its calls have answered (:mod:`boride.pipeline.admission`)
+SLOT_GRACE = 1.0
 
 
 @dataclass(frozen=True)
