@@ -342,12 +342,15 @@ def test_sessions_build_at_once_isolated_and_at_most_max_builds(tmp_path: Path) 
             http.delete(f"/executor/{sid}")
 
 
-def test_token_guards_every_route_but_health(tmp_path: Path) -> None:
+def test_token_guards_every_route_but_health_and_docs(tmp_path: Path) -> None:
     token = "s3cret-token-of-the-test"
     with running_server(ServerConfig(token=token, work_root=tmp_path)) as server, \
             server.client() as http:
         assert http.get("/").json() == {"status": "OK"}
-        for method, path in (("GET", "/metrics"), ("GET", "/docs"), ("GET", "/openapi.json"),
+        # The API's description is not a secret (tests/test_package.py checks its scheme).
+        assert http.get("/docs").status_code == 200
+        assert http.get("/openapi.json").status_code == 200
+        for method, path in (("GET", "/metrics"), ("GET", "/worker"),
                              ("POST", "/executor"), ("DELETE", "/executor/abc")):
             r = http.request(method, path)
             assert problem(r, 401)["title"] == "Unauthorized"

@@ -74,7 +74,8 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
 
 def _document_problems(app: FastAPI) -> None:
     """Say in the OpenAPI document what the server really answers to invalid requests: 400
-    problem details (FastAPI documents 422 by default)."""
+    problem details (FastAPI documents 422 by default); and that every route but ``/`` takes
+    the bearer token of a server started with ``--token`` (scheme ``bearer``)."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -90,6 +91,7 @@ def _document_problems(app: FastAPI) -> None:
                         "content": {"application/problem+json": {
                             "schema": {"$ref": "#/components/schemas/Problem"}}}}
                 if path is not schema["paths"].get("/"):
+                    operation.setdefault("security", [{"bearer": []}])
                     responses.setdefault("401", {
                         "description": "Missing or wrong bearer token (servers with --token)",
                         "content": {"application/problem+json": {
@@ -98,7 +100,11 @@ def _document_problems(app: FastAPI) -> None:
                         "description": "Request body over the size limit",
                         "content": {"application/problem+json": {
                             "schema": {"$ref": "#/components/schemas/Problem"}}}})
-        schemas = schema.get("components", {}).get("schemas", {})
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "The server's token (--token, BORIDE_TOKEN); needed only when set"}
+        schemas = components.get("schemas", {})
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         app.openapi_schema = schema

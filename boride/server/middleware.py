@@ -114,8 +114,13 @@ class ComponentGuardMiddleware:
                             "call boride's API", trace)
 
 
+#: Readable without the token: the health check, and the API's description (not a secret).
+PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
 class AuthMiddleware:
-    """With a token, every route but ``GET /`` needs ``Authorization: Bearer TOKEN``."""
+    """With a token, every route but ``GET /`` and the API's documentation (:data:`PUBLIC_PATHS`)
+    needs ``Authorization: Bearer TOKEN``."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
@@ -123,7 +128,7 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.token is None or scope["type"] != "http"
-                or (scope["method"] in ("GET", "HEAD") and scope["path"] == "/")):
+                or (scope["method"] in ("GET", "HEAD") and scope["path"] in PUBLIC_PATHS)):
             await self.app(scope, receive, send)
             return
         given = b""
