@@ -35,7 +35,9 @@ image: setup
 test: lint
 	$(BIN)/pytest -q -ra
 
+# The figures need matplotlib: the `bench` extra, not in `dev`.
 bench: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/readiness.py
 	$(BIN)/python bench/lifetimes.py --big 200
