@@ -714,3 +714,28 @@ def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
         access_log=log_level == "debug", proxy_headers=False), app.state.drain,
         drain_timeout).run()
+
+
+def _document_environment(group: click.Group) -> None:
+    """Every option with an ``envvar`` shows it in ``--help`` ("env var: ..."), ``--runtime``
+    names the variables its runtimes read, and ``boride --help`` lists every ``BORIDE_*``
+    variable. Done here, once, so that no option's decorator has to remember it."""
+    from boride.settings import SETTINGS
+
+    runtime_vars = ", ".join(s.name for s in SETTINGS if s.name.startswith(
+        ("BORIDE_LOCAL_", "BORIDE_DOCKER_", "BORIDE_HELPER_IMAGE")))
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _document_environment(command)
+            continue
+        for param in command.params:
+            if isinstance(param, click.Option) and param.envvar:
+                param.show_envvar = True
+            if isinstance(param, click.Option) and param.name == "runtime" and param.help:
+                param.help += f" Their settings: {runtime_vars} (README 'Settings')."
+    if group is main:
+        lines = "\n".join(f"  {s.name}: {s.meaning}" for s in SETTINGS)
+        group.epilog = f"\b\nEnvironment variables (checked before any command starts):\n{lines}"
+
+
+_document_environment(main)
