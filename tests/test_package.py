@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 
 import boride
 from boride.cli import main
-from boride.server import ServerConfig
+from boride.server import ServerConfig, create_app
 from boride.settings import SETTINGS
 from tests.test_server_support import problem, running_server
 
@@ -161,3 +161,7 @@ def test_openapi_declares_the_bearer_token_and_stays_readable_with_one(tmp_path:
             continue
         for method, operation in item.items():
             assert operation.get("security") == [{"bearer": []}], (path, method)
+    # without a token the scheme is there but optional (an empty alternative)
+    plain = create_app(ServerConfig(work_root=tmp_path)).openapi()
+    assert plain["components"]["securitySchemes"]["bearer"] == scheme
+    assert plain["paths"]["/metrics"]["get"]["security"] == [{"bearer": []}, {}]

@@ -14,6 +14,7 @@ from boride.runtime import get_runtime
 from boride.runtime.base import Runtime
 from boride.server import problems, routes
 from boride.server.middleware import (
+    DOCS_PATHS,
     AuthMiddleware,
     BodyLimitMiddleware,
     ComponentGuardMiddleware,
@@ -64,18 +65,20 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
     # requests in flight), then the refusal of components' addresses, then authentication,
     # then the limit.
     app.add_middleware(BodyLimitMiddleware, limit=config.limits.max_body)
-    app.add_middleware(AuthMiddleware, token=config.token)
+    app.add_middleware(AuthMiddleware, token=config.token, public=DOCS_PATHS)
     app.add_middleware(ComponentGuardMiddleware, networks=runtime.component_networks)
     app.add_middleware(DrainMiddleware, drain=service.drain)
     app.add_middleware(TraceMiddleware)
-    _document_problems(app)
+    _document_problems(app, token=config.token is not None)
     return app
 
 
-def _document_problems(app: FastAPI) -> None:
+def _document_problems(app: FastAPI, *, token: bool) -> None:
     """Say in the OpenAPI document what the server really answers to invalid requests: 400
     problem details (FastAPI documents 422 by default); and that every route but ``/`` takes
-    the bearer token of a server started with ``--token`` (scheme ``bearer``)."""
+    the bearer token of a server started with ``--token`` (scheme ``bearer``; optional, ``{}``
+    among the alternatives, on a server without one)."""
+    security: list[dict[str, list[str]]] = [{"bearer": []}] if token else [{"bearer": []}, {}]
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -91,7 +94,7 @@ def _document_problems(app: FastAPI) -> None:
                         "content": {"application/problem+json": {
                             "schema": {"$ref": "#/components/schemas/Problem"}}}}
                 if path is not schema["paths"].get("/"):
-                    operation.setdefault("security", [{"bearer": []}])
+                    operation.setdefault("security", security)
                     responses.setdefault("401", {
                         "description": "Missing or wrong bearer token (servers with --token)",
                         "content": {"application/problem+json": {

@@ -114,21 +114,23 @@ class ComponentGuardMiddleware:
                             "call boride's API", trace)
 
 
-#: Readable without the token: the health check, and the API's description (not a secret).
-PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+#: The API's description, readable without the token on ``boride serve`` (not a secret).
+DOCS_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 class AuthMiddleware:
-    """With a token, every route but ``GET /`` and the API's documentation (:data:`PUBLIC_PATHS`)
-    needs ``Authorization: Bearer TOKEN``."""
+    """With a token, every route but ``GET /`` (and ``GET`` of the ``public`` paths, such as
+    :data:`DOCS_PATHS`) needs ``Authorization: Bearer TOKEN``."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None,
+                 public: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.token = token.encode() if token else None
+        self.public = public | {"/"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.token is None or scope["type"] != "http"
-                or (scope["method"] in ("GET", "HEAD") and scope["path"] in PUBLIC_PATHS)):
+                or (scope["method"] in ("GET", "HEAD") and scope["path"] in self.public)):
             await self.app(scope, receive, send)
             return
         given = b""
