@@ -5,6 +5,8 @@ followed through the front to its worker, ``/metrics``, and ``boride run``'s log
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import signal
 import subprocess
@@ -20,7 +22,7 @@ import pytest
 
 from boride.server.problems import incoming_trace_id
 from tests.conftest import PipelineFactory
-from tests.helpers import run_cli, start_cli
+from tests.helpers import _command, _environment, run_cli, start_cli
 from tests.test_server_cli import free_port
 from tests.test_server_support import example_build, example_template, new_id
 
@@ -107,25 +109,24 @@ def test_incoming_trace_ids() -> None:
 def test_serve_json_logs_carry_the_clients_trace_id(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     sid = new_id()
-    with started("serve", log=log) as (_, url):
-        with httpx.Client(base_url=url, timeout=30) as http:
-            r = http.post(f"/executor/{sid}", json=example_build(example_template()),
-                          headers={"X-Trace-Id": "abc-123"})
-            assert r.status_code == 404 and r.headers["x-trace-id"] == "abc-123"
-            problem = r.json()
-            assert problem["title"] == "Unknown session"
-            assert problem["trace_id"] == problem["traceId"] == "abc-123"
+    with started("serve", log=log) as (_, url), httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post(f"/executor/{sid}", json=example_build(example_template()),
+                      headers={"X-Trace-Id": "abc-123"})
+        assert r.status_code == 404 and r.headers["x-trace-id"] == "abc-123"
+        problem = r.json()
+        assert problem["title"] == "Unknown session"
+        assert problem["trace_id"] == problem["traceId"] == "abc-123"
 
-            r = http.delete(f"/executor/{sid}", headers={"X-Trace-Id": "bad id; drop"})
-            replaced = r.headers["x-trace-id"]
-            assert HEX32.fullmatch(replaced), replaced  # a new one, never the invalid one
+        r = http.delete(f"/executor/{sid}", headers={"X-Trace-Id": "bad id; drop"})
+        replaced = r.headers["x-trace-id"]
+        assert HEX32.fullmatch(replaced), replaced  # a new one, never the invalid one
 
-            r = http.post(f"/executor/{sid}/warm", json={},  # a 400 of the worker's own
-                          headers={"traceparent": TRACEPARENT})
-            assert r.status_code == 400
-            assert r.headers["x-trace-id"] == r.json()["traceId"] == TRACEPARENT[3:35]
+        r = http.post(f"/executor/{sid}/warm", json={},  # a 400 of the worker's own
+                      headers={"traceparent": TRACEPARENT})
+        assert r.status_code == 400
+        assert r.headers["x-trace-id"] == r.json()["traceId"] == TRACEPARENT[3:35]
 
-            metrics = http.get("/metrics").text
+        metrics = http.get("/metrics").text
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total",
                  "process_open_fds"):
         assert re.search(rf"^{name} \d", metrics, re.M), name
@@ -157,26 +158,25 @@ def test_the_clients_trace_id_holds_through_the_front(tmp_path: Path) -> None:
     sid = new_id()
     with started("serve", log=worker_log) as (_, worker), \
             started("front", "--worker", worker, "--interval", "0.2", log=front_log) as \
-            (_, front):
-        with httpx.Client(base_url=front, timeout=30) as http:
-            deadline = time.monotonic() + 30
-            while not all(w["healthy"] for w in http.get("/workers").json()):
-                assert time.monotonic() < deadline, "the worker never became healthy"
-                time.sleep(0.05)
-            # the worker refuses the body: its problem, relayed by the front
-            r = http.post(f"/executor/{sid}/warm", json={}, headers={"X-Trace-Id": "client-1"})
-            assert r.status_code == 400 and r.json()["title"] == "Failed to bind request"
-            assert r.headers["x-trace-id"] == "client-1"
-            assert r.json()["trace_id"] == r.json()["traceId"] == "client-1"
-            # the front's own problem, with a traceparent
-            r = http.delete(f"/executor/{sid}", headers={"traceparent": TRACEPARENT})
-            assert r.headers["x-trace-id"] == TRACEPARENT[3:35]
-            # no id given: the front's is the worker's too
-            r = http.post(f"/executor/{sid}/warm", json={})
-            given = r.headers["x-trace-id"]
-            assert HEX32.fullmatch(given) and r.json()["traceId"] == given
-            assert "boride_http_request_seconds" not in http.get("/metrics").text
-            assert "process_resident_memory_bytes" in http.get("/metrics").text
+            (_, front), httpx.Client(base_url=front, timeout=30) as http:
+        deadline = time.monotonic() + 30
+        while not all(w["healthy"] for w in http.get("/workers").json()):
+            assert time.monotonic() < deadline, "the worker never became healthy"
+            time.sleep(0.05)
+        # the worker refuses the body: its problem, relayed by the front
+        r = http.post(f"/executor/{sid}/warm", json={}, headers={"X-Trace-Id": "client-1"})
+        assert r.status_code == 400 and r.json()["title"] == "Failed to bind request"
+        assert r.headers["x-trace-id"] == "client-1"
+        assert r.json()["trace_id"] == r.json()["traceId"] == "client-1"
+        # the front's own problem, with a traceparent
+        r = http.delete(f"/executor/{sid}", headers={"traceparent": TRACEPARENT})
+        assert r.headers["x-trace-id"] == TRACEPARENT[3:35]
+        # no id given: the front's is the worker's too
+        r = http.post(f"/executor/{sid}/warm", json={})
+        given = r.headers["x-trace-id"]
+        assert HEX32.fullmatch(given) and r.json()["traceId"] == given
+        assert "boride_http_request_seconds" not in http.get("/metrics").text
+        assert "process_resident_memory_bytes" in http.get("/metrics").text
 
     worker_entries, front_entries = json_lines(worker_log), json_lines(front_log)
     for entries in (worker_entries, front_entries):
@@ -207,6 +207,40 @@ def test_run_logs_json_lines(tmp_path: Path, make_pipeline: PipelineFactory) -> 
     assert proc.returncode == 0, proc.stderr
     assert all(json.loads(line) for line in proc.stderr.splitlines())
     assert "DEBUG" not in proc.stderr and '"debug"' not in proc.stderr
+
+
+def test_run_logs_go_above_the_live_table(tmp_path: Path, make_pipeline: PipelineFactory
+                                          ) -> None:
+    """On a terminal, ``boride run`` draws a live table on stderr: each log line comes out
+    whole on a line of its own above it, never written into the table's last line."""
+    pipeline = make_pipeline([("first", "ok_processor", {"suffix": "[1]"})])
+    master, slave = pty.openpty()
+    with open(os.devnull, "wb") as devnull:
+        proc = subprocess.Popen(
+            _command(["run", pipeline, "--out", tmp_path / "out", "--log-level", "debug",
+                      "--log-format", "json"], None),
+            env=_environment({"TERM": "xterm", "COLUMNS": "120"}, tmp_path / "work", True),
+            stdin=subprocess.DEVNULL, stdout=devnull, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal's other end closed: the process is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait() == 0, out.decode(errors="replace")[-2000:]
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode())
+    lines = re.split(r"\r\n|\r|\n", screen)
+    assert any(line.startswith("first ") and "processor" in line for line in lines)  # table
+    logged = [line for line in lines if '{"time"' in line]
+    assert len(logged) > 3
+    for line in logged:
+        assert line.startswith('{"time"'), line  # not glued to the table's last line
+        json.loads(line)
 
 
 @pytest.mark.parametrize(("name", "value"), [("BORIDE_LOG_FORMAT", "xml"),
