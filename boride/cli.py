@@ -107,6 +107,21 @@ class Progress:
         return Group(stages, table)
 
 
+def _log_options(level: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--log-level`` (default ``level``) and ``--log-format``, from the environment too."""
+    from boride.logs import FORMATS, LEVELS
+
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--log-format", type=click.Choice(FORMATS, case_sensitive=False),
+                         default="text", show_default=True, envvar="BORIDE_LOG_FORMAT",
+                         help="Log lines as text, or as JSON objects (time, level, logger, "
+                         "message, trace_id, session, component) one per line.")(f)
+        return click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False),
+                            default=level, show_default=True, envvar="BORIDE_LOG_LEVEL",
+                            help="Log this level and above on stderr.")(f)
+    return add
+
+
 _CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
                           envvar="BORIDE_CACHE_DIR",
                           help="The cache's folder [default: $XDG_CACHE_HOME/boride].")
@@ -164,11 +179,13 @@ def main(ctx: click.Context) -> None:
 @_MAX_ANSWER
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object describing the build (--watch: one line per build).")
+@_log_options("warning")
 def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool, runtime: str,
         parallelism: int | None, timeout: float | None, ready_timeout: float, keep: bool,
         use_cache: bool | None, cache_dir: Path | None, cache_size: str, watch: bool,
-        max_answer: int, as_json: bool) -> None:
+        max_answer: int, as_json: bool, log_level: str, log_format: str) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
+    _configure_logging(log_level, log_format)
     err = Console(stderr=True, soft_wrap=True)
     try:
         pipeline = load(pipeline_file)
@@ -459,15 +476,14 @@ def _report(result: BuildResult, as_json: bool, err: Console) -> None:
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On SIGTERM: seconds the builds in flight may take to finish while new "
               "sessions and builds are refused (503), before the server exits.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True)
+@_log_options("info")
 def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token: str | None,
           token_file: Path | None, trusted_network: bool, max_builds: int,
           dev_root: Path | None, max_body: int, max_answer: int, max_sessions: int,
           session_ttl: float, work_root: Path | None, parallelism: int | None,
           ready_timeout: float, build_timeout: float, use_cache: bool,
           cache_dir: Path | None, cache_size: str, cache_shared: bool, state_name: str | None,
-          keep_sessions: bool, drain_timeout: float, log_level: str) -> None:
+          keep_sessions: bool, drain_timeout: float, log_level: str, log_format: str) -> None:
     """Serve the Go coordinator's HTTP API (OpenAPI docs at /docs); see docs/api.md.
 
     On SIGTERM it drains (see --drain-timeout), then exits leaving its sessions on a Docker
@@ -504,7 +520,7 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
         state_name=(state_name or f"serve-{port}") if runtime == "docker" else None)
     registry, runtime_ = _usable(registries, runtime, fail)
     app = create_app(config, runtime=runtime_, registry=registry)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     notes = [*_reclaim(runtime, config.work_root), *_serve_notes(host, port, config,
                                                                  trusted_network)]
     notes.append(f"http://{host}:{port} (runtime {runtime}, registry {location(registry)}, "
@@ -552,8 +568,8 @@ def _run_server(app: Any, host: str, port: int, log_level: str, *, keep_sessions
     # No X-Forwarded-For: the client address is the connection's, which the refusal of
     # components' addresses relies on (boride.server.middleware.ComponentGuardMiddleware).
     DrainingServer(uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-        access_log=log_level == "debug", proxy_headers=False), service.drain, drain_timeout,
+        app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=10,
+        access_log=False, log_config=None, proxy_headers=False), service.drain, drain_timeout,
         leave_sessions).run()
 
 
@@ -568,12 +584,10 @@ def _reclaim(runtime: str, work_root: Path | None) -> list[str]:
     return [f"removed {count} work folder(s) a killed boride left"] if count else []
 
 
-def _configure_logging(log_level: str) -> None:
-    import logging
+def _configure_logging(log_level: str, log_format: str = "text") -> None:
+    from boride import logs
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    if log_level != "debug":  # one line per component call is too much
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(log_level.lower(), log_format.lower())
 
 
 def one_token(token: str | None, token_file: Path | None, option: str) -> str | None:
@@ -668,12 +682,11 @@ def _exposure_problem(host: str, token: str | None, trusted_network: bool = Fals
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On SIGTERM: seconds the calls in flight (builds streaming through) may "
               "take while new sessions and builds are refused (503), before the front exits.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True)
+@_log_options("info")
 def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
           worker_port: int, worker_token: str | None, worker_token_file: Path | None,
           token: str | None, trusted_network: bool, interval: float, lost_after: float,
-          max_body: int, drain_timeout: float, log_level: str) -> None:
+          max_body: int, drain_timeout: float, log_level: str, log_format: str) -> None:
     """Serve the coordinator's API in front of workers (boride serve on each node): each
     new session goes to the healthy worker with the fewest sessions, and stays there.
     See docs/scaling.md."""
@@ -701,7 +714,7 @@ def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
                          worker_token=worker_token, token=token, interval=interval,
                          lost_after=lost_after, max_body=max_body)
     app = create_front_app(config)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     if trusted_network and not token and not _is_loopback(host):
         err.print(f"boride front: WARNING: --trusted-network: no token on {host}: whoever "
                   f"reaches port {port} can run builds on every worker", highlight=False,
@@ -711,8 +724,8 @@ def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
               f"{'' if worker_token else ' (no worker token)'}", highlight=False,
               markup=False)
     DrainingServer(uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-        access_log=log_level == "debug", proxy_headers=False), app.state.drain,
+        app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=10,
+        access_log=False, log_config=None, proxy_headers=False), app.state.drain,
         drain_timeout).run()
 
 

@@ -114,6 +114,14 @@ def _folder(text: str) -> Path:
     return path
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in allowed:
+            raise ValueError(f"not one of {', '.join(allowed)}: {text[:80]!r}")
+        return text.lower()
+    return parse
+
+
 def _registries(text: str) -> list[str]:
     # click splits a multiple option's variable on white space: so does this
     found = text.split()
@@ -161,6 +169,11 @@ SETTINGS: tuple[Setting, ...] = (
             "a size of at least 6m", _memory),
     Setting("BORIDE_LOCAL_PIDS", "processes and threads of each local sandbox", "256",
             f"a whole number from 1 to {MAX_PIDS}", _positive_int(MAX_PIDS)),
+    Setting("BORIDE_LOG_FORMAT", "run/serve/front: log lines as text or JSON objects (as "
+            "--log-format)", "text", "text or json", _choice("text", "json")),
+    Setting("BORIDE_LOG_LEVEL", "run/serve/front: the lowest level logged (as --log-level)",
+            "warning (run), info (serve/front)", "debug, info, warning or error",
+            _choice("debug", "info", "warning", "error")),
     Setting("BORIDE_REGISTRY", "serve: where component names are looked up (as --registry)",
             None, "registry files and http(s):// URLs, separated by spaces", _registries),
     Setting("BORIDE_TOKEN", "serve/front: the token clients must send (as --token)", None,

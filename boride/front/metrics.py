@@ -10,6 +10,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -23,6 +24,7 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class FrontMetrics:
     def __init__(self, workers: Workers) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, _cpu_seconds, _open_fds
         self.forward_seconds = Histogram(
             "boride_front_forward_seconds",
             "From forwarding a call to a worker to the head of its answer, by route",

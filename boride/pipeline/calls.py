@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import httpx
 
-from boride import aio, diagnose, fsutil, protocol
+from boride import aio, diagnose, fsutil, logs, protocol
 from boride.area import Area
 from boride.runtime.base import Instance
 
@@ -40,7 +40,11 @@ class Calls:
         """Run a call to a step's instance; if the component dies meanwhile, say so, and on
         any failure show what the component itself printed about it."""
         instance = self.instance(step)
-        task = aio.spawn(call(instance.client))
+        named = logs.component.set(step)  # the call's log lines (its task's context) name it
+        try:
+            task = aio.spawn(call(instance.client))
+        finally:
+            logs.component.reset(named)
         first = await aio.race(task, instance.wait_exit())
         died = first if first is not task else None
         if died is None and isinstance(task.exception(), protocol.TransportFailed):

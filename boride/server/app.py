@@ -68,7 +68,7 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
     app.add_middleware(AuthMiddleware, token=config.token, public=DOCS_PATHS)
     app.add_middleware(ComponentGuardMiddleware, networks=runtime.component_networks)
     app.add_middleware(DrainMiddleware, drain=service.drain)
-    app.add_middleware(TraceMiddleware)
+    app.add_middleware(TraceMiddleware, observe=service.metrics.observe_request)
     _document_problems(app, token=config.token is not None)
     return app
 

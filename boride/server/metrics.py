@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from boride.pipeline import STAGES, BuildResult
 from boride.types import Kind, Status
 
+_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0, 300.0)
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                   120.0, 300.0)
 
@@ -15,6 +24,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, _cpu_seconds, _open_fds
+        self.request_seconds = Histogram(
+            "boride_http_request_seconds",
+            "Duration of HTTP requests until answered in full, by route template, method and "
+            "status", ["route", "method", "status"], buckets=_REQUEST_BUCKETS, registry=r)
         self.builds_started = Counter("boride_builds_started", "Builds that got a build slot",
                                       registry=r)
         self.builds_finished = Counter("boride_builds_finished",
@@ -56,6 +70,9 @@ class Metrics:
             self.stage_seconds.labels(stage)
         for kind in Kind:
             self.component_failures.labels(kind.value)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.request_seconds.labels(route, method, str(status)).observe(seconds)
 
     def record_build(self, result: BuildResult) -> None:
         for stage, seconds in result.stages.items():

@@ -1,21 +1,27 @@
 """Pure ASGI middleware (no buffering, so streaming and disconnects pass straight through):
-a trace id per request, no new work while draining, no requests from components,
-bearer-token authentication, and a request body size limit."""
+a trace id per request (and its access line), no new work while draining, no requests from
+components, bearer-token authentication, and a request body size limit."""
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from boride import logs
 from boride.runtime.base import ComponentNetworks
 from boride.server.drain import RETRY_AFTER, Drain, admits_work
 from boride.server.problems import TRACE_HEADER, problem_bytes, trace_id_of
 
 log = logging.getLogger("boride.server")
+access = logging.getLogger("boride.access")
+
+#: ``observe(method, route, status, seconds)``: a finished request, for the metrics.
+Observer = Callable[[str, str, int, float], None]
 
 _TRACE = TRACE_HEADER.lower().encode()
 
@@ -64,27 +70,63 @@ class DrainMiddleware:
             self.drain.leave()
 
 
-class TraceMiddleware:
-    """Gives each request a trace id and echoes it in ``X-Trace-Id``."""
+def session_of(path: str) -> str | None:
+    """The session a request's path names (``/executor/{sessionId}...``), if any."""
+    parts = path.split("/", 3)
+    if len(parts) >= 3 and parts[1] == "executor" and parts[2] and parts[2] != "try":
+        return parts[2][:128]
+    return None
 
-    def __init__(self, app: ASGIApp) -> None:
+
+def route_of(scope: Scope) -> str:
+    """The template of the route that served the request (``/executor/{sessionId}``, never the
+    raw path: bounded label values), or ``unmatched``."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class TraceMiddleware:
+    """Gives each request a trace id (the client's when valid, see
+    :func:`~boride.server.problems.trace_id_of`), echoes it in ``X-Trace-Id``, sets the log
+    context (:mod:`boride.logs`) for the request's lines, and logs one access line at INFO
+    when it is answered (``observe``: the same, for the metrics)."""
+
+    def __init__(self, app: ASGIApp, observe: Observer | None = None) -> None:
         self.app = app
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        trace = trace_id_of(scope).encode()
+        trace_text = trace_id_of(scope)
+        trace = trace_text.encode()
+        tokens = (logs.trace_id.set(trace_text), logs.session.set(session_of(scope["path"])))
+        status = 500  # what the server answers when the app fails before answering
+        t0 = time.perf_counter()
 
         async def send_with_trace(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == _TRACE for k, _ in headers):
                     headers.append((_TRACE, trace))
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_trace)
+        try:
+            await self.app(scope, receive, send_with_trace)
+        finally:
+            seconds = time.perf_counter() - t0
+            method, path = scope["method"], scope["path"]
+            access.info("%s %s %d %.1fms", method, path, status, seconds * 1000,
+                        extra={"method": method, "path": path, "status": status,
+                               "duration_ms": round(seconds * 1000, 3)})
+            if self.observe is not None:
+                self.observe(method, route_of(scope), status, seconds)
+            logs.session.reset(tokens[1])
+            logs.trace_id.reset(tokens[0])
 
 
 class ComponentGuardMiddleware:

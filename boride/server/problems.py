@@ -9,13 +9,16 @@ registry's); :data:`TABLE` is the one place that says which status and title eac
 (every component's own error, say), else its message.
 
 Every request gets a trace id (``X-Trace-Id``, also in each problem body and in the server's
-log lines), so a user's error report can be matched with the log.
+log lines), so a user's error report can be matched with the log: the client's own when it
+sends a valid one (``X-Trace-Id``, else the trace id of a W3C ``traceparent``), so that one id
+holds from the client through ``boride front`` to its worker.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,15 +42,37 @@ MEDIA_TYPE = "application/problem+json"
 TRACE_HEADER = "X-Trace-Id"
 
 
+_VALID_TRACE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+
+
 def new_trace_id() -> str:
     return uuid.uuid4().hex
+
+
+def incoming_trace_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The client's trace id: a valid ``X-Trace-Id`` (1 to 64 of ``A-Z a-z 0-9 - _``), else
+    the trace id of a valid W3C ``traceparent`` (version ``ff`` and all-zero ids are not);
+    None when neither (anything else is replaced, never echoed)."""
+    given: dict[bytes, str] = {}
+    for key, value in headers:
+        given.setdefault(key.lower(), value.decode("latin-1"))
+    trace = given.get(b"x-trace-id", "").strip()
+    if _VALID_TRACE.fullmatch(trace):
+        return trace
+    m = _TRACEPARENT.fullmatch(given.get(b"traceparent", "").strip().lower())
+    if m and not m.group(0).startswith("ff") and m.group(1) != "0" * 32 \
+            and m.group(2) != "0" * 16:
+        return m.group(1)
+    return None
 
 
 def trace_id_of(scope: Scope) -> str:
     state = scope.setdefault("state", {})
     trace = state.get("trace_id")
     if not isinstance(trace, str):
-        trace = state["trace_id"] = new_trace_id()
+        trace = state["trace_id"] = (incoming_trace_id(scope.get("headers", []))
+                                     or new_trace_id())
     return trace
 
 
