@@ -69,7 +69,11 @@ class Timeline:
         """The Trace Event list: metadata naming the rows, then one "X" event per span."""
         pid = os.getpid()
         slots = self._slots()
-        rows = self.rows + [f"slot {i + 1}" for i in range(max(slots.values(), default=-1) + 1)]
+        lanes = self._lanes()
+        rows = [f"{row} ({k + 1})" if k else row for row in self.rows
+                for k in range(max((lanes[i] for i, s in enumerate(self.spans) if s.row == row),
+                                   default=0) + 1)]
+        rows += [f"slot {i + 1}" for i in range(max(slots.values(), default=-1) + 1)]
         tids = {row: i + 1 for i, row in enumerate(rows)}
         out: list[dict[str, Any]] = [
             {"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
@@ -86,10 +90,31 @@ class Timeline:
                     "args": dict(s.args)}
 
         for i, s in enumerate(self.spans):
-            out.append(complete(s, s.row))
+            out.append(complete(s, f"{s.row} ({lanes[i] + 1})" if lanes[i] else s.row))
             if i in slots:
                 out.append(complete(s, f"slot {slots[i] + 1}"))
         return out
+
+    def _lanes(self) -> list[int]:
+        """Each span's lane in its row: viewers want a row's spans nested or apart, so a span
+        overlapping another without nesting in it (an instance's concurrent calls) goes to
+        the row's next lane ("resolver concat (2)")."""
+        stacks: dict[str, list[list[float]]] = {}  # row -> per lane, the ends of open spans
+        lane = [0] * len(self.spans)
+        spans = self.spans
+        for i in sorted(range(len(spans)), key=lambda i: (spans[i].start, -spans[i].end)):
+            s = spans[i]
+            row = stacks.setdefault(s.row, [])
+            for k, stack in enumerate([*row, []]):
+                while stack and stack[-1] <= s.start:
+                    stack.pop()
+                if not stack or s.end <= stack[-1]:
+                    if k == len(row):
+                        row.append(stack)
+                    stack.append(s.end)
+                    lane[i] = k
+                    break
+        return lane
 
     def _slots(self) -> dict[int, int]:
         """Each call (by span index) on the lowest slot free when it began."""
