@@ -217,15 +217,11 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "
                   "result)", highlight=False, markup=False)
-    if trace is not None and not trace.absolute().parent.is_dir():
-        err.print(f"boride: cannot write the trace file {trace}: its folder does not exist",
-                  highlight=False, markup=False)
-        sys.exit(EXIT_USAGE)
+    options.timeline = _timeline(trace, options.limits.build_parallelism(pipeline.parallelism),
+                                 err)
     _reclaim(runtime, None)
     if watch:
         sys.exit(_watch(pipeline_file, runtime, options, as_json, err, trace))
-    if trace is not None:
-        options.timeline = Timeline(options.limits.build_parallelism(pipeline.parallelism))
     names = [(c.name, c.kind.value) for c in pipeline.components()]
     live = err.is_terminal and not as_json
     with Progress(err, names, live=live) as progress:
@@ -236,14 +232,26 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print(f"boride: {'interrupted' if outcome == 130 else 'terminated'}; every "
                   "component was stopped and the work area removed", highlight=False)
         sys.exit(outcome)
-    if trace is not None and options.timeline is not None and not _write_trace(
-            options.timeline, trace, err):
+    if trace is not None and not _write_trace(options.timeline, trace, err):
         sys.exit(EXIT_FAILED)
     _report(outcome, as_json, err)
     sys.exit(0 if outcome.ok else EXIT_FAILED)
 
 
-def _write_trace(timeline: Timeline, path: Path, err: Console) -> bool:
+def _timeline(trace: Path | None, parallelism: int, err: Console) -> Timeline | None:
+    """``--trace``'s timeline (None without); its folder must exist (exit 2)."""
+    if trace is None:
+        return None
+    if not trace.absolute().parent.is_dir():
+        err.print(f"boride: cannot write the trace file {trace}: its folder does not exist",
+                  highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    return Timeline(parallelism)
+
+
+def _write_trace(timeline: Timeline | None, path: Path, err: Console) -> bool:
+    if timeline is None:
+        return True
     try:
         timeline.write(path)
     except OSError as exc:

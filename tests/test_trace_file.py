@@ -3,6 +3,7 @@ Perfetto and chrome://tracing open) whose rows and times agree with ``--json``."
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -71,7 +72,7 @@ def check_slots(trace: Trace, parallelism: int) -> list[dict[str, Any]]:
     assert 1 <= len(slots) <= parallelism, list(slots)
     for evs in slots.values():
         evs = sorted(evs, key=lambda e: e["ts"])
-        for a, b in zip(evs, evs[1:], strict=False):
+        for a, b in itertools.pairwise(evs):
             assert end(a) <= b["ts"] + 1e-3, (a, b)
     calls = [e for evs in slots.values() for e in evs]
     points = sorted([(e["ts"], 1) for e in calls] + [(end(e), -1) for e in calls],
