@@ -363,10 +363,10 @@ class Build(_BuildCore):
                     "it is not UTF-8 text") from None
             files.append(protocol.ResolveFile(path=conflict.path, content=content, origin=(
                 protocol.Origin(template=self.plan.template.name, layer=v.layer))))
+        await self._wait_ready(rule.name)  # (its call's time begins once it is ready)
         if rule.name not in self._needed:
             self._needed.add(rule.name)
             self._event("merge", rule.name, Status.RUNNING)
-        await self._wait_ready(rule.name)  # (its call's time begins once it is ready)
         start = time.perf_counter()
         try:
             path, content = await self._call(rule.name, lambda client: protocol.resolve(
