@@ -63,7 +63,9 @@ class Progress:
         self.console = console
         self.rows = {name: _Row(kind) for name, kind in result_names}
         self.stages: dict[str, str] = {}
-        self.started: dict[str, float] = {}
+        # (name, a start?) -> since when: a call waiting for its instance's start counts from
+        # the start's end
+        self.started: dict[tuple[str, bool], float] = {}
         self.live = Live(get_renderable=self._render, console=console, transient=False,
                          refresh_per_second=10) if live else None
 
@@ -86,16 +88,20 @@ class Progress:
         row = self.rows.get(name)
         if row is None:
             return
+        key, call = (name, stage == "start"), (name, False)
         if status == Status.RUNNING:
-            self.started[name] = now
-        elif name in self.started:
-            spent = now - self.started.pop(name)
+            self.started[key] = now
+        elif key in self.started:
+            spent = now - self.started.pop(key)
             if stage == "start":
                 row.start += spent
             else:
                 row.seconds += spent
         row.needed = not (stage == "merge" and status == NOT_NEEDED)
-        row.status, row.stage = status, stage
+        if stage == "start" and call in self.started:  # a call waits for this start
+            self.started[call] = now
+        else:
+            row.status, row.stage = status, stage
         if self.live is None and status != Status.RUNNING:
             shown = status if row.needed else "not needed"
             self.console.print(f"boride: {stage} {row.kind} {name}: {shown}", highlight=False)
@@ -110,9 +116,9 @@ class Progress:
             table.add_column(col)
         now = time.monotonic()
         for name, row in self.rows.items():
-            running = now - self.started[name] if name in self.started else 0.0
-            start = row.start + (running if row.stage == "start" else 0.0)
-            call = row.seconds + (running if row.stage != "start" else 0.0)
+            starting = now - self.started.get((name, True), now)
+            start = row.start + starting
+            call = row.seconds + (0.0 if starting else now - self.started.get((name, False), now))
             status = Text(row.status, style=_STYLE.get(row.status, "")) if row.needed \
                 else Text("not needed", style="dim")
             table.add_row(name, row.kind, row.stage, status, f"{start:.2f}" if start else "",
