@@ -213,3 +213,47 @@ def test_watch_writes_one_trace_file_per_build(project: Path) -> None:
     # the second build's components were running already: no start of theirs in its file
     assert not any(e["name"] == "start"
                    for e in Trace(project / "trace-2.json").row("processor upper"))
+
+
+def test_a_row_s_overlapping_spans_get_lanes_and_calls_the_lowest_free_slot() -> None:
+    from boride.pipeline.timeline import Timeline
+
+    t = Timeline(parallelism=2)
+    o = t.origin
+    t.add("resolver r", "start", o, o + 1)
+    t.add("resolver r", "call r", o + 2, o + 4, slot=True)
+    t.add("resolver r", "call r", o + 3, o + 5, slot=True)  # overlaps the first, not inside
+    t.add("resolver r", "call r", o + 4.5, o + 6, slot=True)  # the first slot is free again
+    path_events = t.events()
+    names = {e["tid"]: e["args"]["name"] for e in path_events if e["name"] == "thread_name"}
+    rows: dict[str, list[float]] = {}
+    for e in path_events:
+        if e["ph"] == "X":
+            rows.setdefault(names[e["tid"]], []).append(e["ts"] / 1e6)
+    assert rows == {"resolver r": [0, 2, 4.5], "resolver r (2)": [3],
+                    "slot 1": [2, 4.5], "slot 2": [3]}
+
+
+def test_the_live_table_shows_start_and_call_apart_and_not_needed() -> None:
+    import io
+
+    from rich.console import Console
+
+    from boride.cli import Progress
+    from boride.pipeline import NOT_NEEDED
+    from boride.types import Status
+
+    console = Console(file=io.StringIO(), width=100, force_terminal=False, color_system=None)
+    p = Progress(console, [("up", "processor"), ("concat", "resolver")], live=False)
+    p.event("process", "up", Status.RUNNING)  # its call waits for its instance ...
+    p.event("start", "up", Status.RUNNING)
+    p.event("start", "up", Status.OK)  # ... which is ready now: the call's time begins
+    p.event("process", "up", Status.OK)
+    p.event("merge", "concat", NOT_NEEDED)
+    console.print(p._render())
+    lines = [line.split() for line in console.file.getvalue().splitlines()]  # type: ignore[attr-defined]
+    assert ["component", "kind", "stage", "status", "start", "call"] in lines
+    up = next(line for line in lines if line[0] == "up")
+    assert up[:4] == ["up", "processor", "process", "ok"] and len(up) == 6
+    assert next(line for line in lines if line[0] == "concat") == [
+        "concat", "resolver", "merge", "not", "needed"]
