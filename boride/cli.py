@@ -24,7 +24,8 @@ from boride.cache import clear as clear_cache
 from boride.cache import namespaces as cache_namespaces
 from boride.config import SERVE_BUILD_TIMEOUT, Limits, Timeouts
 from boride.model import PipelineError, load
-from boride.pipeline import STAGES, BuildOptions, BuildResult, build
+from boride.pipeline import NOT_NEEDED, STAGES, BuildOptions, BuildResult, build
+from boride.pipeline.timeline import Timeline
 from boride.runtime import RUNTIMES, get_runtime
 from boride.runtime.base import Runtime
 from boride.settings import SettingError, check_environment, parse_size
@@ -50,7 +51,9 @@ class _Row:
     kind: str
     status: Status = Status.PENDING
     stage: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # its calls
+    start: float = 0.0  # its instance's start, until ready
+    needed: bool = True  # False: a resolver with no conflict to decide
 
 
 class Progress:
@@ -60,7 +63,9 @@ class Progress:
         self.console = console
         self.rows = {name: _Row(kind) for name, kind in result_names}
         self.stages: dict[str, str] = {}
-        self.started: dict[str, float] = {}
+        # (name, a start?) -> since when: a call waiting for its instance's start counts from
+        # the start's end
+        self.started: dict[tuple[str, bool], float] = {}
         self.live = Live(get_renderable=self._render, console=console, transient=False,
                          refresh_per_second=10) if live else None
 
@@ -83,13 +88,23 @@ class Progress:
         row = self.rows.get(name)
         if row is None:
             return
+        key, call = (name, stage == "start"), (name, False)
         if status == Status.RUNNING:
-            self.started[name] = now
-        elif name in self.started:
-            row.seconds += now - self.started.pop(name)
-        row.status, row.stage = status, stage
+            self.started[key] = now
+        elif key in self.started:
+            spent = now - self.started.pop(key)
+            if stage == "start":
+                row.start += spent
+            else:
+                row.seconds += spent
+        row.needed = not (stage == "merge" and status == NOT_NEEDED)
+        if stage == "start" and call in self.started:  # a call waits for this start
+            self.started[call] = now
+        else:
+            row.status, row.stage = status, stage
         if self.live is None and status != Status.RUNNING:
-            self.console.print(f"boride: {stage} {row.kind} {name}: {status}", highlight=False)
+            shown = status if row.needed else "not needed"
+            self.console.print(f"boride: {stage} {row.kind} {name}: {shown}", highlight=False)
 
     def _render(self) -> Group:
         stages = Text("  ").join(
@@ -97,13 +112,17 @@ class Progress:
                  style=_STYLE.get(Status(self.stages[s]), "dim") if s in self.stages else "dim")
             for s in STAGES)
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
-        for col in ("component", "kind", "stage", "status", "seconds"):
+        for col in ("component", "kind", "stage", "status", "start", "call"):
             table.add_column(col)
         now = time.monotonic()
         for name, row in self.rows.items():
-            shown = row.seconds + (now - self.started[name] if name in self.started else 0.0)
-            table.add_row(name, row.kind, row.stage,
-                          Text(row.status, style=_STYLE.get(row.status, "")), f"{shown:.2f}")
+            starting = now - self.started.get((name, True), now)
+            start = row.start + starting
+            call = row.seconds + (0.0 if starting else now - self.started.get((name, False), now))
+            status = Text(row.status, style=_STYLE.get(row.status, "")) if row.needed \
+                else Text("not needed", style="dim")
+            table.add_row(name, row.kind, row.stage, status, f"{start:.2f}" if start else "",
+                          f"{call:.2f}" if call or row.needed else "")
         return Group(stages, table)
 
 
@@ -179,11 +198,15 @@ def main(ctx: click.Context) -> None:
 @_MAX_ANSWER
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object describing the build (--watch: one line per build).")
+@click.option("--trace", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Write the build's timeline to FILE (Trace Event Format: open it in "
+              "ui.perfetto.dev or chrome://tracing); --watch: FILE-1.json, FILE-2.json ...")
 @_log_options("warning")
 def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool, runtime: str,
         parallelism: int | None, timeout: float | None, ready_timeout: float, keep: bool,
         use_cache: bool | None, cache_dir: Path | None, cache_size: str, watch: bool,
-        max_answer: int, as_json: bool, log_level: str, log_format: str) -> None:
+        max_answer: int, as_json: bool, trace: Path | None, log_level: str,
+        log_format: str) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
     _configure_logging(log_level, log_format)
     err = Console(stderr=True, soft_wrap=True)
@@ -218,9 +241,11 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print("boride: --keep keeps host folders only: on Docker the work area is an "
                   "engine volume, removed with the session (use --archive to look at the "
                   "result)", highlight=False, markup=False)
+    options.timeline = _timeline(trace, options.limits.build_parallelism(pipeline.parallelism),
+                                 err)
     _reclaim(runtime, None)
     if watch:
-        sys.exit(_watch(pipeline_file, runtime, options, as_json, err))
+        sys.exit(_watch(pipeline_file, runtime, options, as_json, err, trace))
     names = [(c.name, c.kind.value) for c in pipeline.components()]
     live = err.is_terminal and not as_json
     with Progress(err, names, live=live) as progress:
@@ -231,8 +256,33 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print(f"boride: {'interrupted' if outcome == 130 else 'terminated'}; every "
                   "component was stopped and the work area removed", highlight=False)
         sys.exit(outcome)
+    if trace is not None and not _write_trace(options.timeline, trace, err):
+        sys.exit(EXIT_FAILED)
     _report(outcome, as_json, err)
     sys.exit(0 if outcome.ok else EXIT_FAILED)
+
+
+def _timeline(trace: Path | None, parallelism: int, err: Console) -> Timeline | None:
+    """``--trace``'s timeline (None without); its folder must exist (exit 2)."""
+    if trace is None:
+        return None
+    if not trace.absolute().parent.is_dir():
+        err.print(f"boride: cannot write the trace file {trace}: its folder does not exist",
+                  highlight=False, markup=False)
+        sys.exit(EXIT_USAGE)
+    return Timeline(parallelism)
+
+
+def _write_trace(timeline: Timeline | None, path: Path, err: Console) -> bool:
+    if timeline is None:
+        return True
+    try:
+        timeline.write(path)
+    except OSError as exc:
+        err.print(f"boride: cannot write the trace file {path}: {exc.strerror or exc}",
+                  highlight=False, markup=False)
+        return False
+    return True
 
 
 @main.command()
@@ -327,8 +377,9 @@ def _human(size: int) -> str:
 
 
 def _watch(pipeline_file: Path, runtime: str, options: BuildOptions, as_json: bool,
-           err: Console) -> int:
+           err: Console, trace: Path | None = None) -> int:
     """``run --watch``: build on every change until Ctrl-C; the exit code."""
+    from boride.pipeline.timeline import numbered
     from boride.watch import Round, counts, watch
 
     def report(r: Round) -> None:
@@ -356,8 +407,12 @@ def _watch(pipeline_file: Path, runtime: str, options: BuildOptions, as_json: bo
                 err.print("  " + line.replace("\n", "\n  "), highlight=False, markup=False)
         err.print("boride: watching for changes (Ctrl-C stops)", highlight=False, markup=False)
 
-    outcome = asyncio.run(_cancellable(runtime, lambda rt: watch(pipeline_file, rt, options,
-                                                                   report)))
+    def traced(number: int, timeline: Timeline) -> None:
+        assert trace is not None
+        _write_trace(timeline, numbered(trace, number), err)
+
+    outcome = asyncio.run(_cancellable(runtime, lambda rt: watch(
+        pipeline_file, rt, options, report, trace=traced if trace is not None else None)))
     if isinstance(outcome, int):
         err.print(f"boride: {'interrupted' if outcome == 130 else 'terminated'}; every "
                   "component was stopped and the work area removed", highlight=False)

@@ -40,6 +40,7 @@ from boride.pipeline import (
     cannot_run,
     not_components,
 )
+from boride.pipeline.timeline import Timeline
 from boride.runtime.base import Runtime, RuntimeFailure, TemplateSource
 from boride.types import Component, Status
 
@@ -235,9 +236,11 @@ class Loop:
 async def watch(pipeline_file: Path, runtime: Runtime, options: BuildOptions,
                 report: Callable[[Round], None], *,
                 changes: Callable[[list[Path], _Filter], AsyncIterator[set[tuple[
-                    watchfiles.Change, str]]]] | None = None) -> None:
+                    watchfiles.Change, str]]]] | None = None,
+                trace: Callable[[int, Timeline], None] | None = None) -> None:
     """Build, then build again on every change, until cancelled; ``report`` is told each
-    round. Everything started is stopped before this returns or raises."""
+    round, ``trace`` (if given) each build's number and timeline. Everything started is
+    stopped before this returns or raises."""
     loop = Loop(pipeline_file, runtime, options)
     make = changes or _awatch
     watcher: AsyncIterator[_Changes] | None = None
@@ -268,7 +271,12 @@ async def watch(pipeline_file: Path, runtime: Runtime, options: BuildOptions,
                 template = pipeline.template_dir
                 touched = any(Path(p) == template or template in Path(p).parents
                               for p in changed)
+                if trace is not None:  # (a timeline per build)
+                    options.timeline = Timeline(
+                        options.limits.build_parallelism(pipeline.parallelism))
                 result = await loop.build(pipeline, touched)
+                if trace is not None and options.timeline is not None:
+                    trace(number, options.timeline)
                 if result.ok:  # from now on each result replaces the last
                     options.replace = True
             report(Round(number, result, problems, changed, time.perf_counter() - start))

@@ -28,6 +28,7 @@ which instance each calls), :mod:`~boride.pipeline.session` (instances: start, r
 rule), :mod:`~boride.pipeline.deadline` (the one timeout), :mod:`~boride.pipeline.calls`,
 :mod:`~boride.pipeline.admission` (a build's hold on a server's build slots),
 :mod:`~boride.pipeline.cached` (the build's use of the cache),
+:mod:`~boride.pipeline.timing` and :mod:`~boride.pipeline.timeline` (its times, its timeline),
 :mod:`~boride.pipeline.template_watch`, :mod:`~boride.pipeline.deliver` and
 :mod:`~boride.pipeline.results` (options, results, errors).
 """
@@ -36,6 +37,7 @@ from boride.pipeline.admission import Admission
 from boride.pipeline.build import Build, build
 from boride.pipeline.plan import Plan, Step, cannot_run, not_components, runners
 from boride.pipeline.results import (
+    NOT_NEEDED,
     STAGES,
     ArchiveFailed,
     AreaUnavailable,
@@ -54,6 +56,7 @@ from boride.pipeline.session import Session, fan_out
 from boride.protocol import Glob as ProtocolGlob
 
 __all__ = [
+    "NOT_NEEDED",
     "STAGES",
     "Admission",
     "ArchiveFailed",

@@ -24,6 +24,7 @@ from boride.pipeline.deliver import deliver, full_disk
 from boride.pipeline.lifetime import OnDemand
 from boride.pipeline.plan import Plan, not_components, runners
 from boride.pipeline.results import (
+    NOT_NEEDED,
     BuildFailed,
     BuildOptions,
     BuildResult,
@@ -32,6 +33,8 @@ from boride.pipeline.results import (
 )
 from boride.pipeline.session import Session, fan_out
 from boride.pipeline.template_watch import TemplateWatch
+from boride.pipeline.timeline import BUILD_ROW, MERGE_ROW, OUTPUT_ROW, maybe
+from boride.pipeline.timing import Timing
 from boride.runtime.base import Instance, Runtime, RuntimeFailure
 from boride.types import Component, Kind, Status
 
@@ -73,6 +76,9 @@ class _BuildCore:
                                 limit=self.limit, area=ws.area if ws is not None else None)
         # One-shot builds (build()) follow the lifetime rule; a kept session's run as they are.
         self.demand = self._on_demand() if on_demand else None
+        self.timeline = options.timeline
+        self.timing = Timing(self.results, self.steps, self.runner, self.timeline)
+        self._needed: set[str] = set()  # the resolvers called
 
     def _on_demand(self) -> OnDemand:
         calls: dict[str, int] = {}  # instance -> its calls (resolvers: as many as conflicts)
@@ -99,7 +105,10 @@ class _BuildCore:
         try:
             yield
         finally:
-            self.result.stages[name] = time.perf_counter() - start
+            end = time.perf_counter()
+            self.result.stages[name] = end - start
+            if self.timeline is not None:
+                self.timeline.add(BUILD_ROW, name, start, end, stage=name)
             self._event(name, None, Status.DONE)
 
     async def _fan_out(self, stage: str, fn: Callable[[Component], Awaitable[T]],
@@ -115,7 +124,8 @@ class _BuildCore:
             try:
                 value = await fn(c)
             finally:
-                res.seconds += time.perf_counter() - start
+                if stage != "start":  # (a start's times are start_one's)
+                    self.timing.called(c.name, start, cached=res.cached)
             res.status = Status.OK  # (told to the display with the others' outcomes: seen)
             return value
 
@@ -138,8 +148,7 @@ class _BuildCore:
                     about: str = "") -> T:
         """A call to a step's instance (started first if the lifetime rule has not yet),
         named (``about``: on what) if the build's deadline cuts it off."""
-        if self.demand is not None:
-            await self.demand.ready(step)
+        await self._wait_ready(step)
         c = self.steps[step].component
         # (no slot held while the call is pending: a wait for one afterwards is no call's)
         async with self.admission.awaiting():
@@ -147,10 +156,28 @@ class _BuildCore:
                     f"its call had not answered {self.deadline.ran_out}"), about):
                 return await self.calls.call(step, call)
 
+    async def _wait_ready(self, step: str) -> None:
+        if self.demand is not None:
+            await self.demand.ready(step)
+        self.timing.ready(step)
+
     async def start_one(self, c: Component) -> None:
-        """Start ``c`` in the session and wait until it is ready."""
-        with self.deadline.doing(c.name, f"{c.kind.value} {c.name!r}", lambda: self._late(c)):
-            await self.session.start_one(c, self.options.timeouts.ready)
+        """Start ``c`` in the session and wait until it is ready (a one-shot build's starts
+        are told to the display here)."""
+        told = self.demand is not None
+        if told:
+            self._event("start", c.name, Status.RUNNING)
+        try:
+            with self.deadline.doing(c.name, f"{c.kind.value} {c.name!r}",
+                                     lambda: self._late(c)), \
+                    self.timing.starting(c.name) as started:
+                await self.session.start_one(c, self.options.timeouts.ready, started)
+        except BaseException:
+            if told:
+                self._event("start", c.name, Status.FAILED)
+            raise
+        if told:
+            self._event("start", c.name, Status.OK)
 
     def _late(self, c: Component) -> str:
         """What ``c``'s start was waiting for when the deadline cut it off."""
@@ -196,6 +223,7 @@ class Build(_BuildCore):
     async def run(self) -> BuildResult:
         """Run the stages in the (open) session, within the build's deadline; the caller
         closes the session."""
+        began = time.perf_counter()
         try:
             await self._within_deadline()
             self.result.status = Status.OK
@@ -215,6 +243,9 @@ class Build(_BuildCore):
             for res in self.result.components:
                 if res.status == Status.PENDING:
                     res.status = Status.OK if self.result.status == Status.OK else Status.SKIPPED
+            if self.timeline is not None:
+                self.timeline.add(BUILD_ROW, "build", began, time.perf_counter(),
+                                  status=str(self.result.status))
         return self.result
 
     async def _within_deadline(self) -> None:
@@ -265,6 +296,8 @@ class Build(_BuildCore):
             for r in self.plan.resolvers:
                 if self.results[r.component.name].status == Status.PENDING:
                     self.results[r.component.name].status = Status.OK
+                    self._event("merge", r.component.name, Status.OK if r.component.name
+                                in self._needed else NOT_NEEDED)
             if self.demand is not None:
                 await self.demand.retire(self.runner[r.component.name]
                                          for r in self.plan.resolvers)
@@ -314,8 +347,7 @@ class Build(_BuildCore):
 
     async def _user(self, step: str) -> tuple[int, int] | None:
         """The user of a step's instance (started first if the lifetime rule has not yet)."""
-        if self.demand is not None:
-            await self.demand.ready(step)
+        await self._wait_ready(step)
         return self.calls.instance(step).user
 
     async def _resolve(self, rule: merge.ResolverRule, conflict: merge.Conflict
@@ -331,6 +363,11 @@ class Build(_BuildCore):
                     "it is not UTF-8 text") from None
             files.append(protocol.ResolveFile(path=conflict.path, content=content, origin=(
                 protocol.Origin(template=self.plan.template.name, layer=v.layer))))
+        await self._wait_ready(rule.name)  # (its call's time begins once it is ready)
+        if rule.name not in self._needed:
+            self._needed.add(rule.name)
+            self._event("merge", rule.name, Status.RUNNING)
+        start = time.perf_counter()
         try:
             path, content = await self._call(rule.name, lambda client: protocol.resolve(
                 client, step.config, files, limit=self.options.limits.max_answer),
@@ -339,6 +376,8 @@ class Build(_BuildCore):
             self._set(rule.name, Status.FAILED, f"on {conflict.path!r}: {exc}")
             raise protocol.ProtocolError(f"resolver {rule.name!r} on {conflict.path!r}: {exc}")\
                 from None
+        finally:
+            self.timing.resolved(rule.name, start, conflict.path)
         refused = merge.other_path(conflict.path, path)
         if refused is not None:  # the merge refuses it (and says so): the resolver failed
             self._set(rule.name, Status.FAILED, f"on {conflict.path!r}: {refused}")
@@ -349,7 +388,8 @@ class Build(_BuildCore):
         to the plan's resolvers; :class:`~boride.merge.MergeError` with every problem."""
         rules = [merge.ResolverRule(r.component.name, tuple(r.files))
                  for r in self.plan.resolvers]
-        await self._area.merge(outputs, target, rules, self._resolve, limit=self.limit)
+        with maybe(self.timeline, MERGE_ROW, "merge", outputs=len(outputs)):
+            await self._area.merge(outputs, target, rules, self._resolve, limit=self.limit)
 
     async def _plugins(self, plugins: list[Component], tree: str) -> str:
         for i, c in enumerate(plugins):
@@ -386,7 +426,8 @@ class Build(_BuildCore):
             assert self.demand is not None
             await self.demand.settle()
             await self.session.drop(list(self.session.instances))
-        await deliver(area, tree, self.options, self.result, move=move)
+        with maybe(self.timeline, OUTPUT_ROW, "output", moved=move):
+            await deliver(area, tree, self.options, self.result, move=move)
 
     def missing(self) -> list[Component]:
         """The components the build will start (running neither in the session nor shared),

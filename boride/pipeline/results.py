@@ -12,6 +12,7 @@ from boride import archive, cache
 from boride.config import Limits, Timeouts
 from boride.errors import AreaFailure, BorideError, ComponentError, InputError
 from boride.merge import MergeError
+from boride.pipeline.timeline import Timeline
 from boride.runtime.base import TemplateRefused
 from boride.types import Component, Status
 
@@ -26,10 +27,16 @@ class ComponentResult:
     seconds: float = 0.0
     error: str | None = None
     cached: bool = False  # its output came from the cache: it was not called
+    # its instance's start (the runtime's launch) and readiness wait, in this build
+    start_seconds: float = 0.0
+    ready_seconds: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "status": self.status,
-                "seconds": round(self.seconds, 6), "error": self.error, "cached": self.cached}
+                "seconds": round(self.seconds, 6),
+                "start_seconds": round(self.start_seconds, 6),
+                "ready_seconds": round(self.ready_seconds, 6),
+                "error": self.error, "cached": self.cached}
 
 
 @dataclass
@@ -71,6 +78,8 @@ class BuildResult:
 
 # Progress events for displays: (stage, component name or None, status)
 EventFn = Callable[[str, str | None, Status], None]
+#: Told (stage "merge") for a resolver that had no conflict to decide: never needed.
+NOT_NEEDED = Status.SKIPPED
 
 
 @dataclass
@@ -87,6 +96,7 @@ class BuildOptions:
     cache_skip: tuple[Path, ...] = ()
     work_root: Path | None = None  # where work areas go (default: the system temp folder)
     on_event: EventFn | None = None
+    timeline: Timeline | None = None  # record the build's spans here (None: nothing recorded)
 
 
 class BuildFailed(BorideError):

@@ -157,11 +157,14 @@ class Session:
                     return name
         return None
 
-    async def start_one(self, component: Component, ready_timeout: float = Timeouts.ready
-                        ) -> None:
-        """Start a component and wait until it is ready (it is stopped by ``close``)."""
+    async def start_one(self, component: Component, ready_timeout: float = Timeouts.ready,
+                        started: Callable[[], None] | None = None) -> None:
+        """Start a component and wait until it is ready (it is stopped by ``close``);
+        ``started`` is told between the start and the readiness wait."""
         assert self.workspace is not None, "open() first"
         self.instances[component.name] = await self.runtime.start(self.workspace, component)
+        if started is not None:
+            started()
         await health.wait_ready(self.instances[component.name], ready_timeout)
 
     async def start(self, components: Iterable[Component], ready_timeout: float = Timeouts.ready,
