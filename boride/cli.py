@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from boride import __version__
+from boride import __version__, telemetry
 from boride.cache import Cache, cache_namespace, default_root
 from boride.cache import clear as clear_cache
 from boride.cache import namespaces as cache_namespaces
@@ -242,7 +242,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
                   "engine volume, removed with the session (use --archive to look at the "
                   "result)", highlight=False, markup=False)
     options.timeline = _timeline(trace, options.limits.build_parallelism(pipeline.parallelism),
-                                 err)
+                                 err) or telemetry.timeline()
     _reclaim(runtime, None)
     if watch:
         sys.exit(_watch(pipeline_file, runtime, options, as_json, err, trace))
@@ -256,6 +256,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         err.print(f"boride: {'interrupted' if outcome == 130 else 'terminated'}; every "
                   "component was stopped and the work area removed", highlight=False)
         sys.exit(outcome)
+    telemetry.export_build(options.timeline, outcome)
     if trace is not None and not _write_trace(options.timeline, trace, err):
         sys.exit(EXIT_FAILED)
     _report(outcome, as_json, err)
@@ -643,6 +644,7 @@ def _configure_logging(log_level: str, log_format: str = "text") -> None:
     from boride import logs
 
     logs.configure(log_level.lower(), log_format.lower())
+    telemetry.setup()  # (off unless OTEL_* asks; flushed at exit)
 
 
 def one_token(token: str | None, token_file: Path | None, option: str) -> str | None:

@@ -12,6 +12,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
+from boride import telemetry
 from boride.bounded import AnswerTooBig, read_bounded, size_text
 from boride.config import MAX_ANSWER
 from boride.errors import ComponentError
@@ -101,7 +102,8 @@ async def _post(client: httpx.AsyncClient, route: str, request: _Wire,
     limit += len(sent) if plus_request else 0
     try:
         async with client.stream("POST", route, content=sent,
-                                 headers={"content-type": "application/json"}) as r:
+                                 headers={"content-type": "application/json",
+                                          **telemetry.headers()}) as r:
             status = r.status_code
             try:
                 body = await read_bounded(r, limit, what)

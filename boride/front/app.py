@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
+from boride import telemetry
 from boride.front.forward import Front, FrontConfig
 from boride.front.routes import ROUTES, not_found
 from boride.server.drain import Drain
@@ -38,6 +39,7 @@ from boride.server.middleware import (
 )
 from boride.server.problems import trace_id_of
 from boride.server.streaming import ClientGone
+from boride.telemetry import RequestSpans
 
 log = logging.getLogger("boride.front")
 
@@ -79,6 +81,8 @@ def create_front_app(config: FrontConfig) -> Starlette:
     app.add_middleware(AuthMiddleware, token=config.token)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(TraceMiddleware)
+    if telemetry.enabled():
+        app.add_middleware(RequestSpans)  # outermost: its trace id is the logs' too
     return app
 
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from boride import aio
+from boride import aio, telemetry
 from boride.bounded import AnswerTooBig, read_bounded
 from boride.config import Limits
 from boride.errors import RuntimeFailure, describe
@@ -94,6 +94,7 @@ class Front:
     def _headers(self, request: Request) -> dict[str, str]:
         headers = {"content-type": request.headers.get("content-type", "application/json")}
         headers[TRACE_HEADER] = trace_id_of(request.scope)
+        headers.update(telemetry.headers())  # the worker's request span: a child of ours
         return headers
 
     async def send(self, request: Request, worker: Worker, path: str, body: bytes,
@@ -198,7 +199,8 @@ class Front:
         try:
             async with self.client.stream(
                     "POST", f"{worker.url}/template/warm", json=template,
-                    headers={TRACE_HEADER: trace_id_of(request.scope)}) as answer:
+                    headers={TRACE_HEADER: trace_id_of(request.scope),
+                             **telemetry.headers()}) as answer:
                 said = await read_bounded(answer, WORKER_ANSWER, "POST /template/warm")
         except (httpx.HTTPError, AnswerTooBig) as exc:
             log.warning("warming template %s on %s: %s", tid, worker.describe(), describe(exc))

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from boride import __version__
+from boride import __version__, telemetry
 from boride import registry as reg
 from boride.runtime import get_runtime
 from boride.runtime.base import Runtime
@@ -22,6 +22,7 @@ from boride.server.middleware import (
     TraceMiddleware,
 )
 from boride.server.service import ServerConfig, Service
+from boride.telemetry import RequestSpans
 
 DESCRIPTION = """\
 boride's HTTP API: the routes, bodies and errors of the CyanPrint Go coordinator (Boron), so a
@@ -69,6 +70,8 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
     app.add_middleware(ComponentGuardMiddleware, networks=runtime.component_networks)
     app.add_middleware(DrainMiddleware, drain=service.drain)
     app.add_middleware(TraceMiddleware, observe=service.metrics.observe_request)
+    if telemetry.enabled():
+        app.add_middleware(RequestSpans)  # outermost: its trace id is the logs' too
     _document_problems(app, token=config.token is not None)
     return app
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from boride import aio
+from boride import aio, telemetry
 from boride.pipeline import Build, BuildError, BuildResult, Plan, Session
 from boride.server.components import Catalog
 from boride.server.context import Context
@@ -103,5 +103,6 @@ class Builds:
             finally:
                 m.builds_in_flight.dec()
         m.record_build(result)
+        telemetry.export_build(build.timeline, result)
         (m.builds_finished if result.ok else m.builds_failed).inc()
         return result

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from boride import registry as reg
+from boride import telemetry
 from boride.cache import Cache
 from boride.config import SERVE_BUILD_TIMEOUT, Limits, Timeouts
 from boride.pipeline import Admission, BuildOptions, ComponentsFailed, Session, cannot_run
@@ -73,7 +74,8 @@ class Context:
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(limits=self.config.limits, timeouts=self.config.timeouts,
-                            work_root=self.config.work_root, cache=self.config.cache)
+                            work_root=self.config.work_root, cache=self.config.cache,
+                            timeline=telemetry.timeline())
 
     def note(self, kind: str, template_id: str, folder: TemplateSource,
              **more: str) -> dict[str, str] | None:
