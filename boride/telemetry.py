@@ -87,6 +87,13 @@ def shutdown() -> None:
         provider.shutdown()
 
 
+def flush() -> None:
+    """Send the spans ended so far (a server's lifespan end: uvicorn then raises the signal
+    it caught again, which ends the process before any exit hook)."""
+    if _provider is not None:
+        _provider.force_flush(10_000)
+
+
 def headers() -> dict[str, str]:
     """The current span's W3C ``traceparent`` to send on (nothing when traces are off)."""
     if _tracer is None:

@@ -27,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from boride import telemetry
+from boride import aio, telemetry
 from boride.front.forward import Front, FrontConfig
 from boride.front.routes import ROUTES, not_found
 from boride.server.drain import Drain
@@ -53,7 +53,10 @@ def create_front_app(config: FrontConfig) -> Starlette:
         try:
             yield
         finally:
-            await front.aclose()
+            try:
+                await front.aclose()
+            finally:
+                await aio.to_thread(telemetry.flush)
 
     async def on_404(request: Request, exc: Exception) -> Response:
         return await not_found(request)

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from boride import __version__, telemetry
+from boride import __version__, aio, telemetry
 from boride import registry as reg
 from boride.runtime import get_runtime
 from boride.runtime.base import Runtime
@@ -55,7 +55,10 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
         try:
             yield
         finally:
-            await service.aclose()
+            try:
+                await service.aclose()
+            finally:
+                await aio.to_thread(telemetry.flush)
 
     app = FastAPI(title="boride", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
