@@ -251,12 +251,13 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
     with Progress(err, names, live=live) as progress:
         if not as_json:
             options.on_event = progress.event
-        outcome = asyncio.run(_cancellable(runtime, lambda rt: build(pipeline, rt, options)))
+        with telemetry.span("boride run"):
+            outcome = asyncio.run(_cancellable(runtime, lambda rt: build(pipeline, rt, options)))
+            telemetry.export_build(options.timeline, outcome)
     if isinstance(outcome, int):
         err.print(f"boride: {'interrupted' if outcome == 130 else 'terminated'}; every "
                   "component was stopped and the work area removed", highlight=False)
         sys.exit(outcome)
-    telemetry.export_build(options.timeline, outcome)
     if trace is not None and not _write_trace(options.timeline, trace, err):
         sys.exit(EXIT_FAILED)
     _report(outcome, as_json, err)

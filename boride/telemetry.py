@@ -13,6 +13,7 @@ and the ``traceparent`` header on every component call and every request the fro
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import time
@@ -104,6 +105,14 @@ def headers() -> dict[str, str]:
     return carrier
 
 
+def span(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A span current in its block (``boride run``'s: the trace its component calls carry),
+    or nothing when traces are off."""
+    if _tracer is None:
+        return contextlib.nullcontext()
+    return _tracer.start_as_current_span(name)  # type: ignore[no-any-return]
+
+
 def timeline() -> Timeline | None:
     """A build's timeline to make its spans from (None when traces are off)."""
     if _tracer is None:
@@ -159,12 +168,12 @@ class RequestSpans:
                     span.set_status(trace.StatusCode.ERROR, f"HTTP {status}")
 
 
-def export_build(line: Timeline | None, result: BuildResult) -> None:
+def export_build(line: Timeline | None, result: BuildResult | int) -> None:
     """The build's spans from its timeline, under the current span (a request's, or none):
     the build, its stages, and within them each component's start, readiness and call
     (a failed component's last span: status ERROR with its error)."""
-    if _tracer is None or line is None:
-        return
+    if _tracer is None or line is None or isinstance(result, int):
+        return  # (an int: the build was interrupted, its exit status)
     from opentelemetry import trace
 
     from boride.pipeline.timeline import BUILD_ROW, MERGE_ROW
