@@ -26,9 +26,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from tests.helpers import run_cli, write_pipeline
-from tests.test_server_cli import serving
-from tests.test_server_support import build_body, entry, new_id, template_body, write_registry
+from tests.helpers import run_cli, start_cli, write_pipeline
+from tests.test_server_cli import free_port, serving
+from tests.test_server_support import (
+    build_body,
+    entry,
+    new_id,
+    template_body,
+    wait_for,
+    write_registry,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -222,3 +229,64 @@ def test_configured_but_not_installed_warns_in_one_line_and_stays_off() -> None:
                   OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
                   OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
     assert proc.stdout.strip() == "False" and "only http/protobuf" in proc.stderr
+
+
+@contextmanager
+def front_serving(worker: str, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A real ``boride front`` over ``worker``, once it sees the worker healthy."""
+    port = free_port()
+    proc = start_cli("front", "--port", str(port), "--worker", worker, env=env,
+                     stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                return any(w["healthy"] for w in httpx.get(url + "/workers", timeout=1).json())
+            except httpx.HTTPError:
+                return False
+        wait_for(up)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.sandbox
+@pytest.mark.usefixtures("no_leftovers")
+def test_one_trace_from_the_client_through_the_front_and_the_worker_to_the_component(
+        tmp_path: Path) -> None:
+    probe = entry("me/probe", "headers_probe")
+    registry = write_registry(tmp_path / "r.yaml", processors=[probe])
+    dev = tmp_path / "dev"
+    (dev / "t").mkdir(parents=True)
+    with receiver() as (endpoint, spans), \
+            otel_env(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_SERVICE_NAME="worker"), \
+            serving("--registry", registry, "--dev-root", dev, "--work-root",
+                    tmp_path / "work") as (worker, worker_url), \
+            front_serving(worker_url, OTEL_SERVICE_NAME="front") as (front, url):
+        template = template_body("local-p", [probe])
+        sid = new_id()
+        with httpx.Client(base_url=url, timeout=120) as http:
+            r = http.post("/executor/try", json={
+                "sessionId": sid, "localTemplateId": "local-p", "source": "path", "path": "t",
+                "template": template})
+            assert r.status_code == 200, r.text
+            r = http.post(f"/executor/{sid}", json=build_body(template, [("me/probe", None)]),
+                          headers={"traceparent": f"00-{TRACE}-{CLIENT_SPAN}-01"})
+            assert r.status_code == 200, r.text
+            got = json.loads(files_of(r.content)["headers.json"])
+        for proc in (front, worker):
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+    assert got["traceparent"].split("-")[1] == TRACE
+    mine = [s for s in spans if s["trace"] == TRACE]
+    at_front = next(s for s in mine if s["service"] == "front"
+                    and s["name"] == "POST /executor/{sessionId}")
+    assert at_front["parent"] == CLIENT_SPAN
+    at_worker = next(s for s in mine if s["service"] == "worker"
+                     and s["name"] == "POST /executor/{sessionId}")
+    assert at_worker["parent"] == at_front["id"]
+    assert any(s["service"] == "worker" and s["name"].startswith("call processor me/probe")
+               for s in mine)

@@ -84,8 +84,8 @@ def create_front_app(config: FrontConfig) -> Starlette:
     app.add_middleware(AuthMiddleware, token=config.token)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(TraceMiddleware)
-    if telemetry.enabled():
-        app.add_middleware(RequestSpans)  # outermost: its trace id is the logs' too
+    # outermost: its trace id is the logs' too (passes through while traces are off)
+    app.add_middleware(RequestSpans)
     return app
 
 

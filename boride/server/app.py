@@ -73,8 +73,8 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
     app.add_middleware(ComponentGuardMiddleware, networks=runtime.component_networks)
     app.add_middleware(DrainMiddleware, drain=service.drain)
     app.add_middleware(TraceMiddleware, observe=service.metrics.observe_request)
-    if telemetry.enabled():
-        app.add_middleware(RequestSpans)  # outermost: its trace id is the logs' too
+    # outermost: its trace id is the logs' too (passes through while traces are off)
+    app.add_middleware(RequestSpans)
     _document_problems(app, token=config.token is not None)
     return app
 
