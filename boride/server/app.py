@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -60,8 +61,12 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
             finally:
                 await aio.to_thread(telemetry.flush)
 
+    # The request's span is boride's (RequestSpans, the front's too); FastAPI's own (from
+    # its native telemetry, in newer versions) would be a second one for the same request.
+    native: dict[str, Any] = ({"telemetry": {"tracing": False}}
+              if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
     app = FastAPI(title="boride", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, **native)
     app.state.service = service
     problems.install(app)
     app.include_router(routes.router)
