@@ -199,12 +199,7 @@ def export_build(line: Timeline | None, result: BuildResult | int) -> None:
     rows = _component_rows(spans)
     stages = [(s, start(f"stage {s.name}", s, build, **{"boride.stage": s.name}))
               for s in spans if s.row == BUILD_ROW and s is not whole]
-    # a failed component's error on its last span (its call's, else its start's)
-    last: dict[str, int] = {}
-    for i, s in enumerate(spans):
-        key = _key(s)
-        if key in errors:
-            last[key] = i
+    failed = _failed(spans, errors)
     for i, s in enumerate(spans):
         if s.row == BUILD_ROW or (s.row == MERGE_ROW and s.name != "merge"):
             continue  # (the merge row's resolver calls are the resolvers' own spans)
@@ -217,10 +212,9 @@ def export_build(line: Timeline | None, result: BuildResult | int) -> None:
             "boride.component": instance or None, "boride.kind": kind if instance else None,
             "boride.step": s.args.get("step"), "boride.cached": s.args.get("cached"),
             "boride.config_digest": s.args.get("config"), "boride.path": s.args.get("path")})
-        key = _key(s)
-        if last.get(key) == i:
-            span.set_status(trace.StatusCode.ERROR, errors[key])
-            span.set_attribute("boride.error", errors[key])
+        if i in failed:
+            span.set_status(trace.StatusCode.ERROR, failed[i])
+            span.set_attribute("boride.error", failed[i])
         span.end(end_time=ns(s.end))
     for s, span in stages:
         span.end(end_time=ns(s.end))
@@ -229,6 +223,13 @@ def export_build(line: Timeline | None, result: BuildResult | int) -> None:
         build.set_status(trace.StatusCode.ERROR, first)
         build.set_attribute("boride.errors", list(result.errors))
     build.end(end_time=ns(whole.end))
+
+
+def _failed(spans: list[Span], errors: dict[str, str]) -> dict[int, str]:
+    """A failed component's error on its last span (its call's, else its start's), by the
+    span's index."""
+    last = {_key(s): i for i, s in enumerate(spans) if _key(s) in errors}
+    return {i: errors[key] for key, i in last.items()}
 
 
 def _key(s: Span) -> str:

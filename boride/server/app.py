@@ -63,8 +63,8 @@ def create_app(config: ServerConfig | None = None, *, runtime: Runtime | None = 
 
     # The request's span is boride's (RequestSpans, the front's too); FastAPI's own (from
     # its native telemetry, in newer versions) would be a second one for the same request.
-    native: dict[str, Any] = ({"telemetry": {"tracing": False}}
-              if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+    supported = "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    native: dict[str, Any] = {"telemetry": {"tracing": False}} if supported else {}
     app = FastAPI(title="boride", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, **native)
     app.state.service = service
