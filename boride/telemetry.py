@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -72,6 +73,8 @@ def setup() -> bool:
     from boride import __version__
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or "boride",
                                 "service.version": __version__})
+    # An unreachable collector: its one error line per batch, not each retry's warning.
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.ERROR)
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)

@@ -290,3 +290,16 @@ def test_one_trace_from_the_client_through_the_front_and_the_worker_to_the_compo
     assert at_worker["parent"] == at_front["id"]
     assert any(s["service"] == "worker" and s["name"].startswith("call processor me/probe")
                for s in mine)
+
+
+def test_an_unreachable_collector_costs_one_error_line_not_the_command() -> None:
+    with receiver() as (endpoint, _):
+        pass  # (its port, now closed)
+    proc = python("from boride import telemetry\n"
+                  "assert telemetry.setup()\n"
+                  "with telemetry.span('x'):\n"
+                  "    pass\n",
+                  OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_TIMEOUT="1",
+                  NO_PROXY="127.0.0.1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Failed to export" in proc.stderr, proc.stderr
