@@ -26,7 +26,7 @@ from pathlib import Path
 
 import watchfiles
 
-from boride import aio
+from boride import aio, telemetry
 from boride.cache import IGNORED_NAMES
 from boride.errors import describe
 from boride.model import Pipeline, PipelineError, load
@@ -271,10 +271,12 @@ async def watch(pipeline_file: Path, runtime: Runtime, options: BuildOptions,
                 template = pipeline.template_dir
                 touched = any(Path(p) == template or template in Path(p).parents
                               for p in changed)
-                if trace is not None:  # (a timeline per build)
+                if trace is not None or telemetry.enabled():  # (a timeline per build)
                     options.timeline = Timeline(
                         options.limits.build_parallelism(pipeline.parallelism))
-                result = await loop.build(pipeline, touched)
+                with telemetry.span("boride run --watch"):  # (its calls carry the trace)
+                    result = await loop.build(pipeline, touched)
+                    telemetry.export_build(options.timeline, result)
                 if trace is not None and options.timeline is not None:
                     trace(number, options.timeline)
                 if result.ok:  # from now on each result replaces the last

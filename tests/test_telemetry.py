@@ -303,3 +303,34 @@ def test_an_unreachable_collector_costs_one_error_line_not_the_command() -> None
                   NO_PROXY="127.0.0.1")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Failed to export" in proc.stderr, proc.stderr
+
+
+@pytest.mark.sandbox
+@pytest.mark.usefixtures("no_leftovers")
+def test_run_watch_exports_each_build_in_its_own_trace(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    template.mkdir()
+    (template / "a.txt").write_text("a")
+    pipeline = write_pipeline(tmp_path / "pipeline.yaml", template,
+                              [("me/probe", "headers_probe", None)])
+    with receiver() as (endpoint, spans):
+        proc = start_cli("run", pipeline, "--out", tmp_path / "out", "--watch", "--json",
+                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                              "NO_PROXY": "127.0.0.1"})
+        try:
+            assert proc.stdout is not None
+            first = json.loads(proc.stdout.readline())
+            assert first["build"] == 1 and first["status"] == "ok", first
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=120) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    build = next(s for s in spans if s["name"] == "build")
+    root = next(s for s in spans if s["name"] == "boride run --watch")
+    assert build["parent"] == root["id"] and build["trace"] == root["trace"]
+    assert any(s["name"] == "call processor me/probe" and s["trace"] == root["trace"]
+               for s in spans)
+    sent = json.loads((tmp_path / "out" / "headers.json").read_text())
+    assert sent["traceparent"].split("-")[1] == root["trace"]
