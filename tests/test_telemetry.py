@@ -315,8 +315,8 @@ def test_run_watch_exports_each_build_in_its_own_trace(tmp_path: Path) -> None:
                               [("me/probe", "headers_probe", None)])
     with receiver() as (endpoint, spans):
         proc = start_cli("run", pipeline, "--out", tmp_path / "out", "--watch", "--json",
-                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-                              "NO_PROXY": "127.0.0.1"})
+                         "--cache-dir", tmp_path / "cache",
+                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "NO_PROXY": "127.0.0.1"})
         try:
             assert proc.stdout is not None
             first = json.loads(proc.stdout.readline())
