@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,8 @@ from boride.archive import iter_archive
 from boride.runtime.docker import LABEL_SESSION
 from tests.conftest import EXAMPLES
 from tests.docker_helpers import labelled
-from tests.helpers import archive_files, start_cli
+from tests.helpers import archive_files
+from tests.test_server_cli import free_port, serving
 from tests.test_server_support import (
     EXAMPLE_REGISTRY,
     build_body,
@@ -35,44 +33,6 @@ from tests.test_server_support import (
     wait_for,
     write_registry,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_up(proc: subprocess.Popen[str], url: str) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            if httpx.get(url + "/", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "boride serve did not come up"
-        time.sleep(0.05)
-
-
-@contextmanager
-def serving_cli(command: str, port: int, *args: str | Path
-                ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    proc = start_cli(command, "--port", str(port), *args, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_up(proc, url)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def serving(port: int, *args: str | Path
-            ) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[str], str]]:
-    return serving_cli("serve", port, *args)
 
 
 def stopped(proc: subprocess.Popen[str], sig: signal.Signals) -> str:
@@ -93,12 +53,11 @@ def drain_while_building(tmp_path: Path, front: bool) -> None:
     (dev / "t" / "a.txt").write_text("a\n")
     template = template_body("local-s", [slow])
     with contextlib.ExitStack() as stack:
-        proc, url = stack.enter_context(serving_cli(
-            "serve", free_port(), "--registry", registry, "--dev-root", dev, "--work-root",
-            tmp_path / "work"))
+        proc, url = stack.enter_context(serving(
+            "--registry", registry, "--dev-root", dev, "--work-root", tmp_path / "work"))
         worker = url
         if front:
-            proc, url = stack.enter_context(serving_cli("front", free_port(), "--worker", url))
+            proc, url = stack.enter_context(serving("--worker", url, command="front"))
             wait_for(lambda: httpx.get(url + "/workers").json()[0]["healthy"])
         sid = new_id()
         r = httpx.post(url + "/executor/try", json={
@@ -171,14 +130,14 @@ def test_a_restarted_docker_server_takes_over_its_sessions(how: signal.Signals) 
     port = free_port()
     name = f"restart-{new_id()[:8]}"  # this test's own: no other server's sessions
     args = ("--runtime", "docker", "--registry", EXAMPLE_REGISTRY, "--state-name", name)
-    with serving(port, *args) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
+    with serving(*args, port=port) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
         start_example_session(http, template, sid)
         before = sorted(labelled({LABEL_SESSION: sid}))
         assert len(before) >= 6, before  # 3 processors, the plugin, the helper, the area
         stopped(proc, how)
     # what the session had is still on the engine, nothing of it removed or made anew
     assert sorted(labelled({LABEL_SESSION: sid})) == before
-    with serving(port, *args) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
+    with serving(*args, port=port) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
         worker = http.get("/worker").json()
         assert sid in worker["sessions"], worker
         assert worker["templates"] == [template["principal"]["id"]], worker
@@ -201,11 +160,11 @@ def test_a_session_of_a_killed_server_is_removed_by_delete_on_the_next(tmp_path:
     port = free_port()
     name = f"restart-{new_id()[:8]}"
     args = ("--runtime", "docker", "--registry", EXAMPLE_REGISTRY, "--state-name", name)
-    with serving(port, *args) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
+    with serving(*args, port=port) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
         start_example_session(http, template, sid)
         stopped(proc, signal.SIGKILL)
     assert labelled({LABEL_SESSION: sid}) != []
-    with serving(port, *args) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
+    with serving(*args, port=port) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
         assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
         assert labelled({LABEL_SESSION: sid}) == []
         stopped(proc, signal.SIGINT)
@@ -222,7 +181,7 @@ def test_a_left_session_that_lost_its_helper_is_removed_not_adopted() -> None:
     port = free_port()
     name = f"restart-{new_id()[:8]}"
     args = ("--runtime", "docker", "--registry", EXAMPLE_REGISTRY, "--state-name", name)
-    with serving(port, *args) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
+    with serving(*args, port=port) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
         start_example_session(http, template, sid)
         stopped(proc, signal.SIGKILL)
     client = docker.from_env()
@@ -230,7 +189,7 @@ def test_a_left_session_that_lost_its_helper_is_removed_not_adopted() -> None:
         client.api.remove_container(f"cyan-merger-{sid}", force=True)
     finally:
         client.close()
-    with serving(port, *args) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
+    with serving(*args, port=port) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
         assert sid not in http.get("/worker").json()["sessions"]
         assert labelled({LABEL_SESSION: sid}) == []
         r = http.post(f"/executor/{sid}", json=example_build(template))

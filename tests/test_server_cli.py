@@ -41,13 +41,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(*args: str | Path, cwd: Path | None = None
-            ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = free_port()
-    proc = start_cli("serve", "--port", str(port), *args, stderr=subprocess.STDOUT, cwd=cwd)
+def serving(*args: str | Path, cwd: Path | None = None, port: int | None = None,
+            command: str = "serve") -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``boride serve ARGS`` (or ``command``: ``front``) on ``port`` (a free one by default),
+    once it answers ``GET /``; killed at the end if still running."""
+    port = port or free_port()
+    proc = start_cli(command, "--port", str(port), *args, stderr=subprocess.STDOUT, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, proc.communicate()[0]
             try:
@@ -55,7 +57,7 @@ def serving(*args: str | Path, cwd: Path | None = None
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, "boride serve did not come up"
+            assert time.monotonic() < deadline, f"boride {command} did not come up"
             time.sleep(0.05)
         yield proc, url
     finally:
