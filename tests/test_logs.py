@@ -23,7 +23,7 @@ import pytest
 from boride.server.problems import incoming_trace_id
 from tests.conftest import PipelineFactory
 from tests.helpers import _command, _environment, run_cli, start_cli
-from tests.test_server_cli import free_port
+from tests.test_server_cli import free_port, wait_up
 from tests.test_server_support import example_build, example_template, new_id
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -41,16 +41,7 @@ def started(command: str, *args: str, log: Path, ready: str = "/"
                          stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + ready, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"boride {command} did not come up"
-            time.sleep(0.05)
+        wait_up(proc, url, f"boride {command}", log.read_text, ready=ready, timeout=60)
         yield proc, url
     finally:
         if proc.poll() is None:

@@ -118,6 +118,14 @@ def start_example_session(http: httpx.Client, template: dict[str, Any], sid: str
     assert r.json() == {"status": "OK"}, r.text
 
 
+def docker_server() -> tuple[int, str, tuple[str | Path, ...]]:
+    """A port, a state name of this test's own (no other server's sessions) and the options of
+    a ``boride serve --runtime docker`` keeping its sessions under that name."""
+    name = f"restart-{new_id()[:8]}"
+    return free_port(), name, ("--runtime", "docker", "--registry", EXAMPLE_REGISTRY,
+                               "--state-name", name)
+
+
 def owned_by(name: str) -> list[str]:
     return labelled({"boride.owner": name})
 
@@ -125,11 +133,8 @@ def owned_by(name: str) -> list[str]:
 @pytest.mark.docker
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_restarted_docker_server_takes_over_its_sessions(how: signal.Signals) -> None:
-    template = example_template()
-    sid = new_id()
-    port = free_port()
-    name = f"restart-{new_id()[:8]}"  # this test's own: no other server's sessions
-    args = ("--runtime", "docker", "--registry", EXAMPLE_REGISTRY, "--state-name", name)
+    template, sid = example_template(), new_id()
+    port, name, args = docker_server()
     with serving(*args, port=port) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
         start_example_session(http, template, sid)
         before = sorted(labelled({LABEL_SESSION: sid}))
@@ -155,11 +160,8 @@ def test_a_restarted_docker_server_takes_over_its_sessions(how: signal.Signals) 
 
 @pytest.mark.docker
 def test_a_session_of_a_killed_server_is_removed_by_delete_on_the_next(tmp_path: Path) -> None:
-    template = example_template()
-    sid = new_id()
-    port = free_port()
-    name = f"restart-{new_id()[:8]}"
-    args = ("--runtime", "docker", "--registry", EXAMPLE_REGISTRY, "--state-name", name)
+    template, sid = example_template(), new_id()
+    port, name, args = docker_server()
     with serving(*args, port=port) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
         start_example_session(http, template, sid)
         stopped(proc, signal.SIGKILL)
@@ -176,11 +178,8 @@ def test_a_left_session_that_lost_its_helper_is_removed_not_adopted() -> None:
     """What cannot work any more is not taken over: its containers and volumes go."""
     import docker
 
-    template = example_template()
-    sid = new_id()
-    port = free_port()
-    name = f"restart-{new_id()[:8]}"
-    args = ("--runtime", "docker", "--registry", EXAMPLE_REGISTRY, "--state-name", name)
+    template, sid = example_template(), new_id()
+    port, name, args = docker_server()
     with serving(*args, port=port) as (proc, url), httpx.Client(base_url=url, timeout=120) as http:
         start_example_session(http, template, sid)
         stopped(proc, signal.SIGKILL)

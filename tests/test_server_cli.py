@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,6 +40,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_up(proc: subprocess.Popen[str], url: str, what: str, said: Callable[[], str],
+            ready: str = "/", timeout: float = 120) -> None:
+    """Wait until the server ``proc`` answers ``GET ready`` with 200; fail with what it
+    ``said`` when it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, said()
+        try:
+            if httpx.get(url + ready, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not come up"
+        time.sleep(0.05)
+
+
 @contextmanager
 def serving(*args: str | Path, cwd: Path | None = None, port: int | None = None,
             command: str = "serve") -> Iterator[tuple[subprocess.Popen[str], str]]:
@@ -49,16 +65,7 @@ def serving(*args: str | Path, cwd: Path | None = None, port: int | None = None,
     proc = start_cli(command, "--port", str(port), *args, stderr=subprocess.STDOUT, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                if httpx.get(url + "/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"boride {command} did not come up"
-            time.sleep(0.05)
+        wait_up(proc, url, f"boride {command}", lambda: proc.communicate()[0])
         yield proc, url
     finally:
         if proc.poll() is None:
