@@ -46,6 +46,7 @@ class _ComponentSpec(_Strict):
     name: Name
     command: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     image: str | None = Field(default=None, min_length=1)
+    fork: bool = True  # false: the local runtime starts it in an interpreter of its own
 
 
 class ProcessorSpec(_ComponentSpec):
@@ -95,7 +96,7 @@ class Pipeline(_Strict):
                             (Kind.PLUGIN, self.plugins)):
             for spec in group:
                 out.append(Component(spec.name, kind, tuple(spec.command or ()) or None,
-                                     spec.image, self.base))
+                                     spec.image, self.base, fork=spec.fork))
         return out
 
 

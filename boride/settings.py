@@ -19,7 +19,7 @@ from typing import Any
 from boride import config
 from boride.errors import InputError
 
-__all__ = ["SETTINGS", "Setting", "SettingError", "check_environment", "get", "parse_size"]
+__all__ = ["SECRETS", "SETTINGS", "Setting", "SettingError", "check_environment", "get", "parse_size"]
 
 MIN_MEMORY = 6 << 20  # Docker's own minimum; below it no Python component starts either
 MAX_PIDS = 1 << 22  # the kernel's largest pid_max
@@ -165,6 +165,9 @@ SETTINGS: tuple[Setting, ...] = (
             "boride/serve:latest", "an image name or id", _image),  # (docker.helper.IMAGE)
     Setting("BORIDE_HELPER_TOKEN", "(set by boride) the token of a session's helper", None,
             "printable ASCII without spaces", _token),
+    Setting("BORIDE_LOCAL_FORK", "local runtime: fork Python components from a session's "
+            "fork server that has imported the SDK (else each starts its own interpreter)",
+            "on", "1/true/yes/on or 0/false/no/off", _flag),
     Setting("BORIDE_LOCAL_MEMORY", "data memory of each local component process", "512m",
             "a size of at least 6m", _memory),
     Setting("BORIDE_LOCAL_PIDS", "processes and threads of each local sandbox", "256",
@@ -186,6 +189,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(as --worker-token-file)", None, "a readable file holding a token", _token_file),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
+#: What of boride's environment a component never gets: tokens, and the telemetry exporter's
+#: headers (which may hold a collector's key).
+SECRETS = frozenset({"BORIDE_TOKEN", "BORIDE_TOKEN_FILE", "BORIDE_WORKER_TOKEN",
+                     "BORIDE_WORKER_TOKEN_FILE", "BORIDE_HELPER_TOKEN",
+                     "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"})
 
 
 def get(name: str, env: Mapping[str, str] | None = None) -> Any:
@@ -203,7 +211,7 @@ _DEFAULTS = {"BORIDE_CACHE": "0", "BORIDE_CACHE_SIZE": "2g", "BORIDE_DOCKER_PULL
              "BORIDE_DOCKER_CPUS": str(config.DEFAULT_CPUS),
              "BORIDE_DOCKER_MEMORY": config.DEFAULT_MEMORY,
              "BORIDE_DOCKER_PIDS": str(config.DEFAULT_PIDS),
-             "BORIDE_LOCAL_MEMORY": config.DEFAULT_MEMORY,
+             "BORIDE_LOCAL_FORK": "1", "BORIDE_LOCAL_MEMORY": config.DEFAULT_MEMORY,
              "BORIDE_LOCAL_PIDS": str(config.DEFAULT_PIDS)}
 
 

@@ -7,7 +7,7 @@ all import it.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Component", "Kind", "Status"]
@@ -38,6 +38,9 @@ class Component:
     command: tuple[str, ...] | None = None
     image: str | None = None
     cwd: Path | None = None
+    #: the local runtime may fork it from a session's fork server (``fork: false``: never);
+    #: not part of what it is (its instance, its cache identity)
+    fork: bool = field(default=True, compare=False)
 
     @property
     def runnable(self) -> tuple[object, ...]:

@@ -31,6 +31,16 @@ def _ours(pid: str) -> bool:
         return False
 
 
+def _name(pid: str) -> str:
+    """A process's name (a forked component's is its script's, its command line its fork
+    server's)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
 def boride_processes() -> list[str]:
     """Command lines of every process of this test run still running a component for boride."""
     found = []
@@ -42,9 +52,11 @@ def boride_processes() -> list[str]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        helper = "boride.runtime.nsinit" in cmd or "boride/runtime/nsinit" in cmd
+        # (a forked component and its keeper show their fork server's command line)
+        helper = any(f"boride{sep}runtime{sep}{name}" in cmd
+                     for sep in "./" for name in ("nsinit", "forkserver"))
         if helper or ("/tests/components/" in cmd and "pytest" not in cmd):
-            found.append(f"{pid}: {cmd.strip()}")
+            found.append(f"{pid}: {cmd.strip()} ({_name(pid)})")
     return found
 
 
@@ -64,6 +76,14 @@ def no_leftovers() -> Iterator[None]:
     yield
     left = [p for p in boride_processes() if p not in before]
     assert not left, f"processes left running: {left}"
+
+
+@pytest.fixture(params=["forked", "own interpreter"])
+def both_starts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test twice: local Python components forked from a session's fork server, and
+    each in an interpreter of its own (``BORIDE_LOCAL_FORK=0``)."""
+    monkeypatch.setenv("BORIDE_LOCAL_FORK", "1" if request.param == "forked" else "0")
+    return str(request.param)
 
 
 @pytest.fixture(autouse=True)

@@ -197,6 +197,7 @@ def check_isolated(found: dict[str, Any]) -> None:
 
 
 @pytest.mark.sandbox
+@pytest.mark.usefixtures("both_starts")
 @as_root
 async def test_processor_cannot_reach_a_siblings_output_locally(tmp_path: Path,
                                                                template: Path) -> None:

@@ -206,14 +206,14 @@ async def test_template_change_is_detected_and_names_the_processor(
     class WritableTemplate(LocalRuntime):
         """As if the sandbox let writes to the template through."""
 
-        def _sandbox(self, workspace: Workspace, component: Component,
-                     socket_dir: Path) -> list[str]:
-            args = super()._sandbox(workspace, component, socket_dir)
+        def _mounts(self, workspace: Workspace, component: Component,
+                    socket_dir: Path) -> list[str]:
+            args = super()._mounts(workspace, component, socket_dir)
             tpl = workspace.area.template
             return ["--bind" if a == "--ro-bind" and args[i + 1] == tpl else a
                     for i, a in enumerate(args)]
 
-    runtime = WritableTemplate()
+    runtime = WritableTemplate(fork=False)  # (a fork server's view of it stays read-only)
     result = await build(pipeline, runtime, BuildOptions(limits=Limits(parallelism=1),
                                                          work_root=tmp_path / "work"))
     assert result.status == "failed"

@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import PipelineFactory
 from tests.helpers import run_cli, run_json
 
-pytestmark = pytest.mark.usefixtures("no_leftovers")
+pytestmark = pytest.mark.usefixtures("no_leftovers", "both_starts")
 
 
 def build(pipeline: Path, out: Path, work: Path, *, cwd: Path | None = None,

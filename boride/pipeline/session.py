@@ -77,6 +77,7 @@ class Session:
         self.workspace: Workspace | None = None
         self.template: TemplateSource | None = None  # what the area was opened with
         self.instances: dict[str, Instance] = {}
+        self._expected: list[Component] = []  # to start, known before the area was open
 
     @classmethod
     async def opened(cls, runtime: Runtime, session_id: str, template: TemplateSource, *,
@@ -121,6 +122,8 @@ class Session:
         self.template = template
         self.workspace = await self.runtime.open_workspace(self.id, template, self.root,
                                                            area=area, note=note)
+        if self._expected:
+            await self.runtime.expect(self.workspace, self._expected)
         return self.workspace
 
     def missing(self, components: Iterable[Component], shared: Session | None = None
@@ -142,6 +145,10 @@ class Session:
         problems = await cannot_run(self.runtime, missing)
         if problems:
             raise CannotRun(problems)
+        if self.workspace is None:
+            self._expected = missing  # told to the runtime once the area is open
+        else:
+            await self.runtime.expect(self.workspace, missing)
         return missing
 
     def name_of(self, component: Component, shared: Session | None = None) -> str | None:

@@ -251,6 +251,12 @@ class Runtime(abc.ABC):
         ``owner``): what a server needs to take the session over after a restart, kept with
         it where the runtime can (see :meth:`adopt`)."""
 
+    async def expect(self, workspace: Workspace,  # noqa: B027 - optional hook
+                     components: Sequence[Component]) -> None:
+        """``components`` may start in the session soon: prepare what makes their start
+        faster (the local runtime: a fork server for its Python components). Never needed
+        for :meth:`start` to work; by default nothing."""
+
     @abc.abstractmethod
     async def start(self, workspace: Workspace, component: Component) -> Instance:
         """Start one component; return as soon as it runs (readiness is checked separately)."""

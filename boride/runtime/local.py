@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ import httpx
 from boride import aio, cache, diagnose, fsutil, settings, workdirs
 from boride.area import HostArea
 from boride.config import COMPONENT_UIDS, DEFAULT_MEMORY, DEFAULT_PIDS
+from boride.runtime import forking
 from boride.runtime.base import (
     LOG_TAIL,
     BlobImage,
@@ -55,6 +57,9 @@ from boride.settings import parse_size
 from boride.types import Component, Kind
 
 _STOP_GRACE = 5.0
+log = logging.getLogger(__name__)
+#: A component's process: its own sandbox's (bwrap's), or a fork server's child.
+Process = asyncio.subprocess.Process | forking.Forked
 _SOCKET_DIR_MAX = 80  # leaves room for "/NNNN-processor/sock" within the 107-byte limit
 _TMP_SIZE = 64 << 20  # the private /tmp, like the Docker runtime's
 _SYSTEM = ("/usr", "/etc", "/opt")
@@ -218,8 +223,9 @@ def component_env() -> dict[str, str]:
     """The environment of local components: boride's own, with its interpreter first on PATH,
     so that ``python3`` in a pipeline file means the environment boride runs in, and a home
     of their own (the host's is not in the sandbox): a component may write to its home or
-    cache, as in a container."""
-    env = dict(os.environ)
+    cache, as in a container. boride's secrets (:data:`~boride.settings.SECRETS`) are not
+    theirs."""
+    env = {k: v for k, v in os.environ.items() if k not in settings.SECRETS}
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
@@ -265,7 +271,7 @@ class LocalInstance(Instance):
     """A component's sandboxed process. The watch for its exit is a task the instance owns
     (:meth:`close`, once the process has ended, waits for it)."""
 
-    def __init__(self, component: Component, process: asyncio.subprocess.Process,
+    def __init__(self, component: Component, process: Process,
                  socket_path: Path, log_path: Path, user: tuple[int, int] | None = None) -> None:
         self.component = component
         self.user = user
@@ -321,7 +327,7 @@ class LocalRuntime(Runtime):
 
     name = "local"
 
-    def __init__(self, *, limits: SandboxLimits | None = None) -> None:
+    def __init__(self, *, limits: SandboxLimits | None = None, fork: bool | None = None) -> None:
         self._limits_problem: str | None = None
         if limits is None:
             try:
@@ -341,6 +347,8 @@ class LocalRuntime(Runtime):
         self._run_dirs: dict[str, Path] = {}  # session -> folder of sockets and logs
         self._socket_dirs: dict[str, workdirs.OwnedFolder] = {}  # session -> short socket folder
         self._owners: dict[LocalInstance, str] = {}  # running instance -> its session
+        self.fork: bool = settings.get("BORIDE_LOCAL_FORK") if fork is None else fork
+        self._forks: dict[str, list[forking.ForkServer]] = {}  # session -> its fork servers
 
     async def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
@@ -411,14 +419,19 @@ class LocalRuntime(Runtime):
                                  f"not enter {closed}: allow others in (chmod o+rx), or run "
                                  "boride as an ordinary user")
 
-    def _sandbox(self, workspace: Workspace, component: Component, socket_dir: Path) -> list[str]:
-        """The ``bwrap`` options that show ``component`` only what it needs."""
+    def _readonly(self, component: Component) -> list[str]:
+        """The host folders (and files) ``component``'s sandbox shows read-only."""
         assert component.command
         cwd = component.cwd or Path.cwd()
         exe = _find_executable(component.command, cwd, self.env)
-        readonly = _outside_system([*_python_dirs(), str(_NSINIT),
-                                    *_command_dirs(component.command, cwd, exe)])
-        args = ["bwrap", *_namespaces(), *_system_binds(), *_ro_binds(readonly),
+        return _outside_system([*_python_dirs(), str(_NSINIT),
+                                *_command_dirs(component.command, cwd, exe)])
+
+    def _mounts(self, workspace: Workspace, component: Component, socket_dir: Path) -> list[str]:
+        """The ``bwrap`` mount options that show ``component`` only what it needs (also what
+        a fork server's keeper builds the root of a forked component from)."""
+        readonly = self._readonly(component)
+        args = [*_system_binds(), *_ro_binds(readonly),
                 *self._hidden(workspace.session_id, readonly)]
         host = self._areas[workspace.session_id]
         tpl, area = host.template, host.root
@@ -427,7 +440,56 @@ class LocalRuntime(Runtime):
             args += _mount("--ro-bind", tpl)
         if component.kind in (Kind.PROCESSOR, Kind.PLUGIN):
             args += _mount("--bind", area)
-        return [*args, *_mount("--bind", str(socket_dir)), "--chdir", "/"]
+        return [*args, *_mount("--bind", str(socket_dir))]
+
+    def _server_sandbox(self, workspace: Workspace, components: list[Component]) -> list[str]:
+        """The ``bwrap`` command line of a fork server for ``components``: every folder any of
+        them may be shown, the session's run folder (their sockets), a folder for each
+        keeper's new root."""
+        readonly = _outside_system([str(forking.FORKSERVER),
+                                    *(d for c in components for d in self._readonly(c))])
+        host = self._areas[workspace.session_id]
+        caps = [] if os.geteuid() == 0 else ["--cap-add", "ALL"]  # to make namespaces
+        return ["bwrap", *_namespaces(), *caps, *_system_binds(), *_ro_binds(readonly),
+                *self._hidden(workspace.session_id, readonly),
+                *_mount("--ro-bind", host.template), *_mount("--bind", host.root),
+                *_mount("--bind", str(self._run_dirs[workspace.session_id])),
+                "--dir", forking.NEW_ROOT, "--chdir", "/"]
+
+    async def expect(self, workspace: Workspace, components: Sequence[Component]) -> None:
+        """Start a fork server for those of ``components`` that can be forked and that no
+        server of the session can fork yet (:mod:`boride.runtime.forking`)."""
+        if not self.fork or workspace.session_id not in self._areas:
+            return
+        servers = self._forks.setdefault(workspace.session_id, [])
+        wanted = [c for c in components
+                  if self._forkable(c) and self._server_for(workspace, c) is None]
+        if not wanted:
+            return
+        run = self._run_dirs[workspace.session_id]
+        sandbox = self._server_sandbox(workspace, wanted)
+        covers = [d for c in wanted for d in self._readonly(c)]
+        log = run / f"{next(self._seq):04d}-fork-server.log"
+        servers.append(await forking.ForkServer.start(sandbox, sys.executable, self.env, log,
+                                                      covers))
+
+    def _forkable(self, component: Component) -> bool:
+        if not (self.fork and component.fork and component.command):
+            return False
+        cwd = component.cwd or Path.cwd()
+        exe = _find_executable(component.command, cwd, self.env)
+        return forking.forkable(component.command, cwd, exe, sys.executable)
+
+    def _server_for(self, workspace: Workspace, component: Component
+                    ) -> forking.ForkServer | None:
+        """The session's fork server whose sandbox shows what ``component`` needs."""
+        if not self._forks.get(workspace.session_id) or not self._forkable(component):
+            return None
+        needed = set(self._readonly(component))
+        for server in self._forks[workspace.session_id]:
+            if needed <= server.covers:
+                return server
+        return None
 
     async def start(self, workspace: Workspace, component: Component) -> Instance:
         assert component.command, "checked by problems()"
@@ -436,22 +498,15 @@ class LocalRuntime(Runtime):
         socket_dir, log_path = run / stem, run / f"{stem}.log"
         socket_dir.mkdir(mode=0o700)
         socket_path = socket_dir / "sock"
-        sandbox = self._sandbox(workspace, component, socket_dir)
+        mounts = self._mounts(workspace, component, socket_dir)
         own = self._users[workspace.session_id].take() if self.own_users else None
-        user = ["--uid", str(own[0]), "--gid", str(own[1])] if own else []
-        argv = [
-            *sandbox,
-            sys.executable, "-I", str(_NSINIT),
-            "--socket", str(socket_path), "--port", str(component.kind.port),
-            "--cwd", str(component.cwd or Path.cwd()), *user,
-            "--memory", str(self.limits.memory), "--pids", str(self.limits.pids),
-            "--", *component.command,
-        ]
+        server = self._server_for(workspace, component)
         try:
-            with open(log_path, "wb") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                    env=self.env, start_new_session=True)
+            if server is not None:
+                process: Process = await server.spawn(self._request(
+                    component, mounts, socket_path, own), log_path)
+            else:
+                process = await self._spawn(component, mounts, socket_path, log_path, own)
         except BaseException:
             self._users[workspace.session_id].give_back(own)
             raise
@@ -460,11 +515,46 @@ class LocalRuntime(Runtime):
         self._owners[instance] = workspace.session_id
         return instance
 
+    def _request(self, component: Component, mounts: list[str], socket_path: Path,
+                 own: tuple[int, int] | None) -> dict[str, object]:
+        """What a fork server needs to fork ``component`` (see :mod:`forkserver`)."""
+        assert component.command
+        return {"argv": list(component.command), "cwd": str(component.cwd or Path.cwd()),
+                "env": self.env, "port": component.kind.port, "socket": str(socket_path),
+                "uid": own[0] if own else None, "gid": own[1] if own else None,
+                "memory": self.limits.memory, "pids": self.limits.pids,
+                "mounts": mounts, "new_root": forking.NEW_ROOT}
+
+    async def _spawn(self, component: Component, mounts: list[str], socket_path: Path,
+                     log_path: Path, own: tuple[int, int] | None
+                     ) -> asyncio.subprocess.Process:
+        """Start ``component`` in a sandbox of its own, through nsinit."""
+        assert component.command
+        user = ["--uid", str(own[0]), "--gid", str(own[1])] if own else []
+        argv = [
+            "bwrap", *_namespaces(), *mounts, "--chdir", "/",
+            sys.executable, "-I", str(_NSINIT),
+            "--socket", str(socket_path), "--port", str(component.kind.port),
+            "--cwd", str(component.cwd or Path.cwd()), *user,
+            "--memory", str(self.limits.memory), "--pids", str(self.limits.pids),
+            "--", *component.command,
+        ]
+        with open(log_path, "wb") as log:
+            return await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, start_new_session=True)
+
     async def stop(self, instance: Instance) -> None:
         assert isinstance(instance, LocalInstance)
         proc = instance.process
         await instance.client.aclose()
-        if proc.returncode is None:
+        if isinstance(proc, forking.Forked):
+            proc.release()  # its keeper kills it at once
+            if await aio.race(proc.wait(), timeout=_STOP_GRACE) is None:
+                log.warning("component %r: its keeper did not end it; it ends with the "
+                            "session's fork server", instance.component.name)
+            proc.close()
+        elif proc.returncode is None:
             # Closing its stdin tells nsinit to exit; bwrap (PID 1 of the namespace) follows,
             # which kills everything in the namespace.
             if proc.stdin is not None:
@@ -485,6 +575,8 @@ class LocalRuntime(Runtime):
             instance.socket_path.parent.rmdir()
 
     async def close_workspace(self, workspace: Workspace) -> None:
+        for server in self._forks.pop(workspace.session_id, []):
+            await server.aclose()
         self._areas.pop(workspace.session_id, None)
         self._users.pop(workspace.session_id, None)
         self._roots.pop(workspace.session_id, None)
