@@ -103,6 +103,11 @@ async def build(request: Request) -> Response:
     return await _session_call(request, session, "build", new=False, template=template)
 
 
+async def build_trace(request: Request) -> Response:
+    session = request.path_params["sessionId"]
+    return await _session_call(request, session, "build_trace", new=False)
+
+
 async def start_executor(request: Request) -> Response:
     body = _json(await request.body())
     session = body.get("session_id") if isinstance(body, dict) else None
@@ -271,6 +276,7 @@ ROUTES = [
     Route("/executor/{sessionId}", build, methods=["POST"]),
     Route("/executor/{sessionId}", delete_executor, methods=["DELETE"]),
     Route("/executor/{sessionId}/warm", warm_executor, methods=["POST"]),
+    Route("/executor/{sessionId}/trace", build_trace, methods=["GET"]),
     Route("/template/warm", warm_template, methods=["POST"]),
     Route("/template/{templateId}", drop_template, methods=["DELETE"]),
     Route("/cleanup", cleanup, methods=["DELETE"]),

@@ -99,6 +99,7 @@ TABLE: dict[type[BaseException], Rule] = {
     errs.InvalidSessionId: Rule(400, "Invalid session id"),
     errs.SessionNotFound: Rule(404, "Unknown session"),
     errs.SessionGone: Rule(409, "Build cancelled"),
+    errs.NoTrace: Rule(404, "No trace"),
     errs.SessionExists: Rule(409, "Session collision"),
     errs.OtherTemplate: Rule(409, "Session belongs to another template"),
     errs.TooManySessions: Rule(429, "Too many sessions"),
