@@ -233,8 +233,8 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, BorideError)
         data = exc.errors or [str(exc)]
         level = logging.WARNING if rule.status >= 500 else logging.INFO
-        log.log(level, "[%s] %s %s -> %d %s: %s", trace, request.method, request.url.path,
-                rule.status, rule.title, "; ".join(data))
+        log.log(level, "%s %s -> %d %s: %s", request.method, request.url.path,
+                rule.status, rule.title, "; ".join(data), extra={"trace_id": trace})
         return problem_response(rule.status, rule.title, detail, trace, data)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
@@ -252,7 +252,8 @@ def install(app: FastAPI) -> None:
 
     async def on_error(request: Request, exc: Exception) -> Response:
         trace = trace_id_of(request.scope)
-        log.exception("[%s] %s %s failed", trace, request.method, request.url.path)
+        log.exception("%s %s failed", request.method, request.url.path,
+                      extra={"trace_id": trace})  # (outside the request's log context)
         return problem_response(500, "Internal error",
                                 "boride failed unexpectedly; the server log has the details "
                                 f"under trace id {trace}", trace,

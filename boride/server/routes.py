@@ -131,8 +131,8 @@ async def build(request: Request, sessionId: SessionId, body: BuildReq,
     try:
         return await until_disconnect(request.receive, task)
     except ClientGone:
-        log.info("[%s] client of session %s went away: build cancelled, components stopped",
-                 trace_id_of(request.scope), sessionId)
+        log.info("client of session %s went away: build cancelled, components stopped",
+                 sessionId, extra={"trace_id": trace_id_of(request.scope)})
         raise
     except WorkCancelled:
         raise SessionGone(sessionId, f"session {sessionId!r} was deleted during the build") \
