@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import posixpath
@@ -74,7 +75,10 @@ HELPER = "helper"  # the helper's ``boride.component`` on its spans
 
 
 def _round_trip(what: str) -> Any:
-    """A round trip to the helper's span (``helper POST /dirs``)."""
+    """A round trip to the helper's span (``helper POST /dirs``; nothing when traces are
+    off)."""
+    if not telemetry.enabled():
+        return contextlib.nullcontext()
     return telemetry.operation(f"helper {what}", image=helper_image(), component=HELPER,
                                operation=what)
 
