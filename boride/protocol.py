@@ -103,7 +103,7 @@ async def _post(client: httpx.AsyncClient, route: str, request: _Wire,
     try:
         async with client.stream("POST", route, content=sent,
                                  headers={"content-type": "application/json",
-                                          **telemetry.headers()}) as r:
+                                          **telemetry.call_headers()}) as r:
             status = r.status_code
             try:
                 body = await read_bounded(r, limit, what)

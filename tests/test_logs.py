@@ -31,13 +31,13 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 @contextmanager
-def started(command: str, *args: str, log: Path, ready: str = "/"
+def started(command: str, *args: str, log: Path, ready: str = "/", fmt: str = "json"
             ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``boride COMMAND --port P ARGS --log-format json``, its stderr in ``log``; stopped
+    """``boride COMMAND --port P ARGS --log-format FMT``, its stderr in ``log``; stopped
     with Ctrl-C at the end."""
     port = free_port()
     with log.open("w") as err:
-        proc = start_cli(command, "--port", str(port), *args, "--log-format", "json",
+        proc = start_cli(command, "--port", str(port), *args, "--log-format", fmt,
                          stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -178,6 +178,46 @@ def test_the_clients_trace_id_holds_through_the_front(tmp_path: Path) -> None:
     placed = [e for e in front_entries if e.get("trace_id") == "client-1"
               and "placed on worker" in e["message"]]
     assert placed and placed[0]["logger"] == "boride.front"
+
+
+def test_text_lines_name_the_trace_id_once(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    sid = new_id()
+    with started("serve", log=log, fmt="text") as (_, url), \
+            httpx.Client(base_url=url, timeout=30) as http:
+        r = http.post(f"/executor/{sid}", json=example_build(example_template()),
+                      headers={"X-Trace-Id": "once-123"})
+        assert r.status_code == 404, r.text
+    lines = [line for line in log.read_text().splitlines() if "once-123" in line]
+    problem = [line for line in lines if "Unknown session" in line]
+    assert problem and lines, log.read_text()
+    assert all(line.count("once-123") == 1 for line in lines), lines
+    assert all(f"trace_id=once-123 session={sid}" in line for line in lines), lines
+
+
+def test_probes_log_at_debug_and_the_rest_at_info(tmp_path: Path) -> None:
+    worker_log, front_log = tmp_path / "worker.log", tmp_path / "front.log"
+    sid = new_id()
+    with started("serve", "--log-level", "debug", log=worker_log) as (_, worker), \
+            started("front", "--worker", worker, "--interval", "0.2", log=front_log), \
+            httpx.Client(base_url=worker, timeout=30) as http:
+        def checks() -> int:  # the front's checks of the worker answered so far
+            return worker_log.read_text().count('"path": "/worker", "status": 200')
+
+        deadline = time.monotonic() + 60
+        while checks() < 3:
+            assert time.monotonic() < deadline, worker_log.read_text()[-2000:]
+            time.sleep(0.1)
+        assert http.get("/").status_code == 200
+        assert http.head("/worker").status_code == 405  # a probe that fails: worth seeing
+        assert http.post(f"/executor/{sid}", json={}).status_code in (400, 404)
+    entries = [e for e in json_lines(worker_log) if e["logger"] == "boride.access"]
+    probes = [e for e in entries if e["path"] in ("/", "/worker") and e["status"] == 200]
+    assert len(probes) >= 4 and all(e["level"] == "debug" for e in probes), probes
+    others = [e for e in entries if e not in probes]
+    assert {(e["method"], e["path"]) for e in others} == {
+        ("HEAD", "/worker"), ("POST", f"/executor/{sid}")}, others
+    assert all(e["level"] == "info" for e in others), others
 
 
 def test_run_logs_json_lines(tmp_path: Path, make_pipeline: PipelineFactory) -> None:

@@ -165,9 +165,9 @@ def test_serve_exports_the_request_the_build_and_the_component_call_in_the_clien
     assert call["attrs"]["boride.step"].string_value.startswith("me/probe")
     assert request["start"] <= build["start"] <= call["start"] <= call["end"] <= build["end"]
     assert build["end"] <= request["end"]
-    # the call's parent: the request's span (or FastAPI's within it)
-    assert got["traceparent"].split("-")[2] in {request["id"], *(
-        s["id"] for s in mine if request["id"] in ancestors(s))}
+    # the component's traceparent names its call's span (a child of the build's stage)
+    assert got["traceparent"].split("-")[2] == call["id"], (got, call)
+    assert call["kind"] == 3  # CLIENT
     failed = [s for s in spans if s["trace"] == "1" * 32]
     bad = next(s for s in failed if s["name"].startswith("call processor me/probe"))
     assert bad["status"] == 2 and "probe says no" in bad["message"], bad  # ERROR
@@ -194,6 +194,8 @@ def test_run_exports_the_build_and_nothing_when_exporting_is_off(tmp_path: Path)
     assert len({s["trace"] for s in spans}) == 1
     sent = json.loads((tmp_path / "on" / "headers.json").read_text())
     assert sent["traceparent"].split("-")[1] == spans[0]["trace"]
+    call = next(s for s in spans if s["name"] == "call processor me/probe")
+    assert sent["traceparent"].split("-")[2] == call["id"]  # its parent: its call's span
 
 
 def python(code: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -67,7 +67,8 @@ def create_front_app(config: FrontConfig) -> Starlette:
 
     async def on_error(request: Request, exc: Exception) -> Response:
         trace = trace_id_of(request.scope)
-        log.exception("[%s] %s %s failed", trace, request.method, request.url.path)
+        log.exception("%s %s failed", request.method, request.url.path,
+                      extra={"trace_id": trace})  # (outside the request's log context)
         return front.problem(request, 500, "Internal error",
                              f"boride front failed unexpectedly (trace id {trace}): "
                              f"{type(exc).__name__}: {exc}")

@@ -157,8 +157,8 @@ class Front:
                       f"({exc}); its work there cannot be reached: start a new session")
         else:
             detail = f"worker {w.describe()} is lost ({exc})"
-        log.warning("[%s] %s %s: %s", trace_id_of(request.scope), request.method,
-                    request.url.path, detail)
+        log.warning("%s %s: %s", request.method, request.url.path, detail,
+                    extra={"trace_id": trace_id_of(request.scope)})
         return problem_response(503, "Worker lost", detail, trace_id_of(request.scope),
                                 [detail])
 

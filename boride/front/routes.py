@@ -69,8 +69,8 @@ async def _session_call(request: Request, session: str, route: str, *, new: bool
             worker, placed_now = front.workers.place(session)
         except NoWorker as exc:
             return front.no_worker(request, exc)
-        log.info("[%s] session %s placed on worker %s", trace_id_of(request.scope), session,
-                 worker.describe())
+        log.info("session %s placed on worker %s", session, worker.describe(),
+                 extra={"trace_id": trace_id_of(request.scope)})
         front.metrics.placements.labels(worker.address).inc()
     if template is not None and not worker.lost:
         await front.ensure_warm(request, worker, template)
@@ -101,6 +101,11 @@ async def build(request: Request) -> Response:
     body = _json(await request.body())
     template = body.get("template") if isinstance(body, dict) else None
     return await _session_call(request, session, "build", new=False, template=template)
+
+
+async def build_trace(request: Request) -> Response:
+    session = request.path_params["sessionId"]
+    return await _session_call(request, session, "build_trace", new=False)
 
 
 async def start_executor(request: Request) -> Response:
@@ -137,8 +142,9 @@ async def delete_executor(request: Request) -> Response:
         answer = await front.call(request, worker, request.url.path, b"", "delete_executor")
     except WorkerLost as exc:
         front.workers.forget(session, worker)
-        log.info("[%s] DELETE of session %s on lost worker %s: nothing it can reach is left "
-                 "(%s)", trace_id_of(request.scope), session, worker.describe(), exc)
+        log.info("DELETE of session %s on lost worker %s: nothing it can reach is left "
+                 "(%s)", session, worker.describe(), exc,
+                 extra={"trace_id": trace_id_of(request.scope)})
         return JSONResponse({"status": "OK"})
     if answer.is_success:
         front.workers.forget(session, worker)
@@ -271,6 +277,7 @@ ROUTES = [
     Route("/executor/{sessionId}", build, methods=["POST"]),
     Route("/executor/{sessionId}", delete_executor, methods=["DELETE"]),
     Route("/executor/{sessionId}/warm", warm_executor, methods=["POST"]),
+    Route("/executor/{sessionId}/trace", build_trace, methods=["GET"]),
     Route("/template/warm", warm_template, methods=["POST"]),
     Route("/template/{templateId}", drop_template, methods=["DELETE"]),
     Route("/cleanup", cleanup, methods=["DELETE"]),

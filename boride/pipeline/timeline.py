@@ -132,10 +132,13 @@ class Timeline:
             placed[i] = free
         return placed
 
-    def write(self, path: Path) -> None:
-        data = {"traceEvents": self.events(), "displayTimeUnit": "ms",
+    def data(self) -> dict[str, Any]:
+        """The whole trace file's JSON (:meth:`write`; ``GET /executor/{id}/trace``)."""
+        return {"traceEvents": self.events(), "displayTimeUnit": "ms",
                 "otherData": {"parallelism": self.parallelism}}
-        path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.data(), indent=1), encoding="utf-8")
 
 
 def numbered(path: Path, number: int) -> Path:

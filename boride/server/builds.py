@@ -41,18 +41,19 @@ class Builds:
         await state.session.refuse_unrunnable([s.component for s in plan.steps], shared)
         return plan, shared
 
-    async def run(self, state: SessionState, plan: Plan, shared: Session | None
-                  ) -> ArchiveResponse:
+    async def run(self, state: SessionState, plan: Plan, shared: Session | None, *,
+                  trace: bool = False) -> ArchiveResponse:
         """Run a build in the session; the response streams its output, then cleans up and
-        lets the session's next build run."""
+        lets the session's next build run. ``trace``: its timeline is kept in the session
+        (its last traced build's: ``GET /executor/{id}/trace``), failed or not."""
         await state.lock.acquire()
         handed_over = False
         try:
             if state.closed:
                 raise SessionNotFound(state.id, f"session {state.id!r} was deleted")
-            build = Build(plan, state.session, self.ctx.build_options(), shared=shared,
-                          admission=self.ctx.admission())
-            await self._run(state, build)
+            build = Build(plan, state.session, self.ctx.build_options(trace=trace),
+                          shared=shared, admission=self.ctx.admission())
+            await self._run(state, build, trace)
             try:
                 # the CyanPrint CLI's create unpacker turns link entries into empty files
                 chunks = await build.stream(copy_links=True)
@@ -76,16 +77,19 @@ class Builds:
                 state.touch()
                 state.lock.release()
 
-    async def _run(self, state: SessionState, build: Build) -> None:
+    async def _run(self, state: SessionState, build: Build, trace: bool) -> None:
         """Run ``build``; a failed one releases what failed and raises :class:`BuildError`."""
         try:
-            result = await self._in_slot(build)
+            with telemetry.recording():  # (what it does meanwhile: under its spans)
+                result = await self._in_slot(build)
         except asyncio.CancelledError:
             try:
                 await aio.shielded(build.release(cancelled=True))
             finally:
                 self.ctx.metrics.builds_cancelled.inc()  # once everything is cleaned up
             raise
+        if trace:
+            state.trace = build.timeline
         if not result.ok or build.tree is None:
             if await build.release():  # a shared component failed: dropped if it died
                 await self.templates.forget_dead(state.template_id)

@@ -16,6 +16,7 @@ from boride import telemetry
 from boride.cache import Cache
 from boride.config import SERVE_BUILD_TIMEOUT, Limits, Timeouts
 from boride.pipeline import Admission, BuildOptions, ComponentsFailed, Session, cannot_run
+from boride.pipeline.timeline import Timeline
 from boride.runtime.base import Runtime, TemplateSource, source_note
 from boride.server.metrics import Metrics
 from boride.types import Component
@@ -72,10 +73,13 @@ class Context:
         return Admission(self.slots, waiting=m.builds_waiting, held=m.build_slots_held,
                          awaiting=m.builds_awaiting)
 
-    def build_options(self) -> BuildOptions:
+    def build_options(self, *, trace: bool = False) -> BuildOptions:
+        """A build's options; ``trace``: its timeline recorded (else only for its spans)."""
+        timeline = (Timeline(self.config.limits.build_parallelism()) if trace
+                    else telemetry.timeline())
         return BuildOptions(limits=self.config.limits, timeouts=self.config.timeouts,
                             work_root=self.config.work_root, cache=self.config.cache,
-                            timeline=telemetry.timeline())
+                            timeline=timeline)
 
     def note(self, kind: str, template_id: str, folder: TemplateSource,
              **more: str) -> dict[str, str] | None:

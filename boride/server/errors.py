@@ -29,6 +29,10 @@ class SessionGone(SessionError):
     """The session was deleted while a request worked in it."""
 
 
+class NoTrace(SessionError):
+    """No build of the session was traced (``POST /executor/{id}?trace=true``)."""
+
+
 class SessionExists(SessionError):
     """A try session whose id is in use already."""
 

@@ -85,11 +85,23 @@ def route_of(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+#: The probes' routes: health (``GET /``), the front's checks of its workers (``GET /worker``,
+#: every few seconds), its own listing, the metrics scrapes. Their access lines are DEBUG's.
+PROBES = frozenset({"/", "/worker", "/workers", "/metrics"})
+
+
+def access_level(method: str, path: str, status: int) -> int:
+    """A request's access line level: DEBUG for a probe that succeeded, else INFO."""
+    probe = method in ("GET", "HEAD") and path in PROBES and status < 400
+    return logging.DEBUG if probe else logging.INFO
+
+
 class TraceMiddleware:
     """Gives each request a trace id (the client's when valid, see
     :func:`~boride.server.problems.trace_id_of`), echoes it in ``X-Trace-Id``, sets the log
-    context (:mod:`boride.logs`) for the request's lines, and logs one access line at INFO
-    when it is answered (``observe``: the same, for the metrics)."""
+    context (:mod:`boride.logs`) for the request's lines, and logs one access line when it is
+    answered, at INFO (a probe's at DEBUG: :func:`access_level`; ``observe``: the same, for
+    the metrics)."""
 
     def __init__(self, app: ASGIApp, observe: Observer | None = None) -> None:
         self.app = app
@@ -120,9 +132,10 @@ class TraceMiddleware:
         finally:
             seconds = time.perf_counter() - t0
             method, path = scope["method"], scope["path"]
-            access.info("%s %s %d %.1fms", method, path, status, seconds * 1000,
-                        extra={"method": method, "path": path, "status": status,
-                               "duration_ms": round(seconds * 1000, 3)})
+            access.log(access_level(method, path, status), "%s %s %d %.1fms", method, path,
+                       status, seconds * 1000, extra={
+                           "method": method, "path": path, "status": status,
+                           "duration_ms": round(seconds * 1000, 3)})
             if self.observe is not None:
                 self.observe(method, route_of(scope), status, seconds)
             logs.session.reset(tokens[1])
@@ -146,8 +159,9 @@ class ComponentGuardMiddleware:
             await self.app(scope, receive, send)
             return
         trace = trace_id_of(scope)
-        log.warning("[%s] refused %s %s from %s: a component's address", trace,
-                    scope.get("method", "WEBSOCKET"), scope.get("path", ""), client[0])
+        log.warning("refused %s %s from %s: a component's address",
+                    scope.get("method", "WEBSOCKET"), scope.get("path", ""), client[0],
+                    extra={"trace_id": trace})
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return

@@ -99,6 +99,7 @@ TABLE: dict[type[BaseException], Rule] = {
     errs.InvalidSessionId: Rule(400, "Invalid session id"),
     errs.SessionNotFound: Rule(404, "Unknown session"),
     errs.SessionGone: Rule(409, "Build cancelled"),
+    errs.NoTrace: Rule(404, "No trace"),
     errs.SessionExists: Rule(409, "Session collision"),
     errs.OtherTemplate: Rule(409, "Session belongs to another template"),
     errs.TooManySessions: Rule(429, "Too many sessions"),
@@ -232,8 +233,8 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, BorideError)
         data = exc.errors or [str(exc)]
         level = logging.WARNING if rule.status >= 500 else logging.INFO
-        log.log(level, "[%s] %s %s -> %d %s: %s", trace, request.method, request.url.path,
-                rule.status, rule.title, "; ".join(data))
+        log.log(level, "%s %s -> %d %s: %s", request.method, request.url.path,
+                rule.status, rule.title, "; ".join(data), extra={"trace_id": trace})
         return problem_response(rule.status, rule.title, detail, trace, data)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
@@ -251,7 +252,8 @@ def install(app: FastAPI) -> None:
 
     async def on_error(request: Request, exc: Exception) -> Response:
         trace = trace_id_of(request.scope)
-        log.exception("[%s] %s %s failed", trace, request.method, request.url.path)
+        log.exception("%s %s failed", request.method, request.url.path,
+                      extra={"trace_id": trace})  # (outside the request's log context)
         return problem_response(500, "Internal error",
                                 "boride failed unexpectedly; the server log has the details "
                                 f"under trace id {trace}", trace,

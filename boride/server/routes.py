@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from boride.server import proxy
-from boride.server.errors import SessionGone
+from boride.server.errors import NoTrace, SessionGone
 from boride.server.models import (
     CYAN_ID,
     SESSION_ID,
@@ -115,7 +115,10 @@ async def try_executor(request: Request, body: TryReq) -> TryRes:
 
 @router.post("/executor/{sessionId}", tags=["executor"], response_class=Response,
              responses={**_ARCHIVE, **_problems(400, 404, 409, 502)})
-async def build(request: Request, sessionId: SessionId, body: BuildReq) -> Response:
+async def build(request: Request, sessionId: SessionId, body: BuildReq,
+                trace: Annotated[bool, Query(description=(
+                    "(boride) Keep the build's timeline: `GET /executor/{sessionId}/trace`"
+                    ))] = False) -> Response:
     """Build: processors in parallel, merge (conflicts to the template's resolvers), plugins
     in order; the result streams as ``cyan-output.tar.gz`` while it is being compressed.
 
@@ -124,16 +127,33 @@ async def build(request: Request, sessionId: SessionId, body: BuildReq) -> Respo
     service = _service(request)
     state = service.sessions.find(sessionId)
     plan, shared = await service.builds.plan(state, body)
-    task = state.start_soon(service.builds.run(state, plan, shared))  # the session's work
+    task = state.start_soon(service.builds.run(state, plan, shared, trace=trace))
     try:
         return await until_disconnect(request.receive, task)
     except ClientGone:
-        log.info("[%s] client of session %s went away: build cancelled, components stopped",
-                 trace_id_of(request.scope), sessionId)
+        log.info("client of session %s went away: build cancelled, components stopped",
+                 sessionId, extra={"trace_id": trace_id_of(request.scope)})
         raise
     except WorkCancelled:
         raise SessionGone(sessionId, f"session {sessionId!r} was deleted during the build") \
             from None
+
+
+@router.get("/executor/{sessionId}/trace", tags=["executor"], response_class=JSONResponse,
+            responses={200: {"description": "Trace Event Format (Perfetto, chrome://tracing)",
+                             "content": {"application/json": {"schema": {
+                                 "type": "object", "additionalProperties": True}}}},
+                       **_problems(400, 404)})
+async def build_trace(request: Request, sessionId: SessionId) -> JSONResponse:
+    """(boride) The timeline of the session's last build made with ``?trace=true`` (what
+    ``boride run --trace`` writes): a row per component instance, its start, readiness
+    and calls, the merge, the output, the stages and the parallelism's slots. Only the last
+    one is kept; it goes with the session."""
+    state = _service(request).sessions.find(sessionId)
+    if state.trace is None:
+        raise NoTrace(sessionId, f"no build of session {sessionId!r} was traced: build with "
+                                 f"POST /executor/{sessionId}?trace=true first")
+    return JSONResponse(state.trace.data())
 
 
 @router.delete("/executor/{sessionId}", response_model=StatusRes, tags=["executor"],

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from boride import aio, parallel
 from boride.errors import describe
 from boride.pipeline import Session
+from boride.pipeline.timeline import Timeline
 from boride.runtime.base import Instance, Kept, TemplateSource, source_from_note
 from boride.server.components import Catalog
 from boride.server.context import Context, Table, noted_names
@@ -52,6 +53,8 @@ class SessionState:
     resolvers: dict[str, str] = field(default_factory=dict)  # resolver id -> component name
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
+    #: the timeline of its last build asked to be traced (``?trace=true``): the only one kept
+    trace: Timeline | None = None
 
     def touch(self) -> None:
         self.last_used = time.monotonic()

@@ -15,6 +15,7 @@ import docker
 import docker.errors
 import httpx
 
+from boride import telemetry
 from boride.runtime.docker.names import (
     LABEL_COMPONENT,
     LABEL_KIND,
@@ -78,25 +79,34 @@ def create_and_start(api: docker.APIClient, settings: DockerSettings, session: s
     name = container_name(component.kind, component.name, session)
     labels = {**session_labels(session, "component", kept), LABEL_KIND: component.kind.value,
               LABEL_COMPONENT: component.name, **({LABEL_USER: as_user} if user else {})}
-    created = api.create_container(
-        component.image, name=name, labels=labels, user=as_user,
-        environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": HOME},
-        host_config=_host_config(api, settings, session, component, template_volume,
-                                 as_user),
-        networking_config=api.create_networking_config(
-            {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
-    return start_created(api, str(created["Id"]), name, settings.network)
+    about = {"image": component.image, "component": component.name,
+             "kind": component.kind.value}
+    with telemetry.operation("container create", **about, operation="create"):
+        created = api.create_container(
+            component.image, name=name, labels=labels, user=as_user,
+            environment={"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                         "HOME": HOME},
+            host_config=_host_config(api, settings, session, component, template_volume,
+                                     as_user),
+            networking_config=api.create_networking_config(
+                {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
+    return start_created(api, str(created["Id"]), name, settings.network, about=about)
 
 
 def start_created(api: docker.APIClient, container_id: str, name: str, network: str,
-                  before: Callable[[], None] | None = None) -> Container:
+                  before: Callable[[], None] | None = None, *,
+                  about: Mapping[str, str | None] | None = None) -> Container:
     """Start a container made on ``network`` (after ``before()``, e.g. copying files in) and
-    learn its address there; removed again when any of that fails."""
+    learn its address there; removed again when any of that fails. ``about``: its spans'
+    attributes (image, component)."""
+    about = about or {}
     try:
         if before is not None:
-            before()
-        api.start(container_id)
-        info = api.inspect_container(container_id)
+            with telemetry.operation("container copy in", **about, operation="put_archive"):
+                before()
+        with telemetry.operation("container start", **about, operation="start"):
+            api.start(container_id)
+            info = api.inspect_container(container_id)
     except BaseException:  # whatever stopped it (an interrupt too): no half-made container
         remove_container(api, container_id)
         raise

@@ -8,6 +8,7 @@ Blocking SDK calls run in a pool of the runtime's own: the event loop's default 
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import functools
 import os
 import threading
@@ -102,8 +103,10 @@ class Engine:
         return await self.run(lambda: self.client)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` on the pool; a cancelled caller waits for it to end."""
-        return await aio.in_thread(self._pool, functools.partial(fn, *args, **kwargs))
+        """``fn(*args, **kwargs)`` on the pool; a cancelled caller waits for it to end. The
+        caller's context variables are seen there (its trace: the operations' spans)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await aio.in_thread(self._pool, call)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(api, *args, **kwargs)`` on the pool, ``api`` the engine's (connected there)."""

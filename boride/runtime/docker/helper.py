@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import posixpath
@@ -34,7 +35,7 @@ import docker.errors
 import httpx
 from docker.types import Mount
 
-from boride import aio, archive, health, output, settings
+from boride import aio, archive, health, output, settings, telemetry
 from boride.area import TRANSPORT_LEVEL, Area, AreaFailure
 from boride.area_server import PROTOCOL, TOKEN_ENV
 from boride.bounded import AnswerTooBig, read_bounded
@@ -68,6 +69,18 @@ HELPER_ANSWER = 64 * 1024 * 1024
 
 def helper_image() -> str:
     return settings.get(IMAGE_ENV) or IMAGE
+
+
+HELPER = "helper"  # the helper's ``boride.component`` on its spans
+
+
+def _round_trip(what: str) -> Any:
+    """A round trip to the helper's span (``helper POST /dirs``; nothing when traces are
+    off)."""
+    if not telemetry.enabled():
+        return contextlib.nullcontext()
+    return telemetry.operation(f"helper {what}", image=helper_image(), component=HELPER,
+                               operation=what)
 
 
 def helper_name(session: str) -> str:
@@ -108,23 +121,26 @@ def create_helper(api: docker.APIClient, settings: DockerSettings, session: str,
     template volume, start it; removed again when any of that fails. ``template_volume``: a
     volume filled already (a blob's), mounted read-only instead of the session's own."""
     owner = _owner(settings)
-    created = api.create_container(
-        helper_image(), name=helper_name(session), entrypoint=_ENTRY,
-        command=["--owner", owner], user="0:0",
-        labels={**session_labels(session, "helper", kept), LABEL_KIND: "merger"},
-        environment={TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
-                     "PYTHONDONTWRITEBYTECODE": "1"},
-        host_config=_locked_down(api, settings, _helper_mounts(session, template_volume),
-                                 ["CHOWN", "DAC_OVERRIDE", "FOWNER"], settings.network),
-        networking_config=api.create_networking_config(
-            {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
+    about = {"image": helper_image(), "component": HELPER, "kind": "merger"}
+    with telemetry.operation("container create", **about, operation="create"):
+        created = api.create_container(
+            helper_image(), name=helper_name(session), entrypoint=_ENTRY,
+            command=["--owner", owner], user="0:0",
+            labels={**session_labels(session, "helper", kept), LABEL_KIND: "merger"},
+            environment={TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
+                         "PYTHONDONTWRITEBYTECODE": "1"},
+            host_config=_locked_down(api, settings, _helper_mounts(session, template_volume),
+                                     ["CHOWN", "DAC_OVERRIDE", "FOWNER"], settings.network),
+            networking_config=api.create_networking_config(
+                {settings.network: api.create_endpoint_config()}))  # type: ignore[arg-type]
     container_id = str(created["Id"])
 
     def fill() -> None:
         if template is not None:
             api.put_archive(container_id, SEEN_TEMPLATE, template)
 
-    return start_created(api, container_id, helper_name(session), settings.network, fill)
+    return start_created(api, container_id, helper_name(session), settings.network,
+                         fill if template is not None else None, about=about)
 
 
 def fill_template(api: docker.APIClient, settings: DockerSettings, session: str,
@@ -264,7 +280,8 @@ class HelperArea(Area):
                 return r.status_code, await read_bounded(r, HELPER_ANSWER, f"{method} {path}")
 
         try:
-            status, raw = await self._while_alive(exchange())
+            with _round_trip(f"{method} {path}"):
+                status, raw = await self._while_alive(exchange())
         except (httpx.HTTPError, AnswerTooBig) as exc:
             raise self._failed(path, exc) from None
         try:
@@ -319,7 +336,8 @@ class HelperArea(Area):
         request = self.client.build_request("POST", "/archive", json={
             "tree": tree, "copy_links": copy_links, "level": level})
         try:
-            response = await self._while_alive(self.client.send(request, stream=True))
+            with _round_trip("POST /archive"):  # (its answer's head: the rest streams)
+                response = await self._while_alive(self.client.send(request, stream=True))
         except httpx.HTTPError as exc:
             raise self._failed("archive", exc) from None
         if response.status_code != 200:
@@ -351,7 +369,8 @@ class HelperArea(Area):
         merge_id = uuid.uuid4().hex
         body = {"id": merge_id, "outputs": list(outputs), "target": target, "limit": limit,
                 "rules": [{"name": r.name, "globs": list(r.globs)} for r in rules]}
-        ended = await self._while_alive(self._merge_stream(body, rules, resolve))
+        with _round_trip("POST /merge"):  # (its conflicts' resolutions within)
+            ended = await self._while_alive(self._merge_stream(body, rules, resolve))
         if "errors" in ended:
             raise MergeError([str(e) for e in ended["errors"]])
         if not ended:
