@@ -19,7 +19,8 @@ from typing import Any
 from boride import config
 from boride.errors import InputError
 
-__all__ = ["SECRETS", "SETTINGS", "Setting", "SettingError", "check_environment", "get", "parse_size"]
+__all__ = ["SECRETS", "SETTINGS", "Setting", "SettingError", "check_environment", "get",
+           "parse_size"]
 
 MIN_MEMORY = 6 << 20  # Docker's own minimum; below it no Python component starts either
 MAX_PIDS = 1 << 22  # the kernel's largest pid_max
