@@ -1,11 +1,18 @@
-"""boride's side of a session's fork server (:mod:`boride.runtime.forkserver`).
+"""boride's side of the fork servers (:mod:`boride.runtime.forkserver`).
 
 A Python component whose command runs a script with boride's own interpreter need not pay
-that interpreter's start and the SDK's import again: the local runtime starts one fork server
-per session (when the session's components are known, :meth:`LocalRuntime.expect`), in a
-sandbox showing what all of them may need, and asks it for each component. What boride holds
-for a forked component (:class:`Forked`) behaves as the process of an unforked one: it can be
-waited for and released (the component is killed), and it ends when boride dies.
+that interpreter's start and the SDK's import again: each session of the local runtime gets a
+fork server, a process that has imported the SDK, and asks it for each such component. The
+server's sandbox (:func:`server_sandbox`) shows the host as boride sees it: the server runs
+only boride's code, and each child builds a root of its own from the component's own sandbox
+binds before any of the component's code runs. Since the server needs nothing of the session,
+``boride run`` starts one before it has even loaded itself (:func:`prestart`); the session
+takes it (:func:`take`).
+
+What boride holds for a forked component (:class:`Forked`) behaves as the process of an
+unforked one: it can be waited for and released (the component is killed), and it ends when
+boride dies. Only the standard library and boride's settings are imported here (prestart
+runs before the rest of boride is loaded).
 """
 
 from __future__ import annotations
@@ -17,15 +24,42 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from boride import aio
+from boride.settings import SECRETS
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
-NEW_ROOT = "/.boride-root"  # an empty folder of a server's sandbox: each keeper's root goes there
+HOME = "/tmp/home"  # the components' home, in the sandbox's private /tmp (made by nsinit)
 _STOP_GRACE = 5.0
+
+
+def component_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of local components: boride's own (``environ``, default this
+    process's) without its secrets (:data:`SECRETS`), with its interpreter first on PATH, so
+    that ``python3`` in a pipeline file means the environment boride runs in, and a home of
+    their own (the host's is not in the sandbox): a component may write to its home or
+    cache, as in a container."""
+    env = {k: v for k, v in (os.environ if environ is None else environ).items()
+           if k not in SECRETS}
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HOME"] = HOME
+    return env
+
+
+def server_sandbox() -> list[str]:
+    """The ``bwrap`` command line of a fork server: the host's files as boride sees them, its
+    own ``/dev`` and ``/proc``, its own network, PID, IPC and UTS namespaces; dying with
+    boride. As an ordinary user in a user namespace where it may make namespaces."""
+    user = [] if os.geteuid() == 0 else ["--unshare-user", "--cap-add", "ALL"]
+    return ["bwrap", *user, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--die-with-parent", "--new-session",
+            "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--chdir", "/"]
 
 
 def same_interpreter(exe: str, interpreter: str) -> bool:
@@ -90,32 +124,33 @@ class Forked:
 
 
 class ForkServer:
-    """A running fork server: ``covers`` the folders its sandbox shows."""
+    """A running fork server, started with ``env`` by ``interpreter``."""
 
-    def __init__(self, process: asyncio.subprocess.Process, requests: socket.socket,
-                 covers: frozenset[str]) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], requests: socket.socket,
+                 interpreter: str, env: dict[str, str]) -> None:
         self.process = process
-        self.covers = covers
+        self.interpreter = interpreter
+        self.env = env
         self._requests = requests
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None  # (made in the event loop)
 
     @classmethod
-    async def start(cls, sandbox: list[str], interpreter: str, env: dict[str, str],
-                    log_path: Path, covers: Iterable[str]) -> ForkServer:
-        """Start it: ``sandbox`` is its bwrap command line (without the program)."""
+    def launch(cls, interpreter: str, env: dict[str, str], log_path: str = os.devnull
+               ) -> ForkServer:
+        """Start one (it imports the SDK while boride goes on; requests wait for it)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            with open(log_path, "wb") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *sandbox, interpreter, str(FORKSERVER), stdin=theirs.fileno(), stdout=log,
-                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(
+                    [*server_sandbox(), interpreter, str(FORKSERVER)], stdin=theirs.fileno(),
+                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
         ours.setblocking(False)
-        return cls(process, ours, frozenset(covers))
+        return cls(process, ours, interpreter, env)
 
     async def spawn(self, request: dict[str, Any], log_path: Path) -> Forked:
         """Ask for one component (``request``: see :mod:`forkserver`); its output goes to
@@ -124,6 +159,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
+            self._lock = self._lock or asyncio.Lock()
             async with self._lock:
                 await self._send(body, [log, theirs.fileno()])
         except BaseException:
@@ -154,10 +190,40 @@ class ForkServer:
         """Stop it: its standard input closes, and its sandbox, with every forked component
         still in it, ends."""
         self._requests.close()
-        if await aio.race(self.process.wait(), timeout=_STOP_GRACE) is None:
+        deadline = time.monotonic() + _STOP_GRACE
+        while self.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, 9)
-            await self.process.wait()
+            self.process.wait()
+
+    def close_now(self) -> None:
+        """Stop it without waiting (it ends at once once its standard input closes)."""
+        self._requests.close()
+
+
+_spare: ForkServer | None = None  # started by prestart, for the first session to take
+
+
+def prestart(interpreter: str | None = None) -> None:
+    """Start a fork server now, before boride has loaded the rest of itself, for the first
+    session of this process to take."""
+    global _spare
+    if _spare is None:
+        _spare = ForkServer.launch(interpreter or sys.executable, component_env())
+
+
+def take(interpreter: str, env: dict[str, str]) -> ForkServer:
+    """A fork server for a session: the one prestarted, when it runs ``interpreter`` with
+    ``env``, else a new one."""
+    global _spare
+    spare, _spare = _spare, None
+    if spare is not None:
+        if (spare.interpreter, spare.env) == (interpreter, env) and spare.process.poll() is None:
+            return spare
+        spare.close_now()
+    return ForkServer.launch(interpreter, env)
 
 
 def _set(future: asyncio.Future[None]) -> None:

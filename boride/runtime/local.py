@@ -65,6 +65,7 @@ _TMP_SIZE = 64 << 20  # the private /tmp, like the Docker runtime's
 _SYSTEM = ("/usr", "/etc", "/opt")
 _MERGED_USR = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _NSINIT = Path(__file__).with_name("nsinit.py")
+_FORK_ROOT = ".fork-root"  # in a session's run folder: where keepers make their roots
 _INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap), "
                  "or use --runtime docker")
 
@@ -216,21 +217,8 @@ def _ro_binds(paths: list[str]) -> list[str]:
     return [arg for p in paths if os.path.exists(p) for arg in _mount("--ro-bind", p)]
 
 
-HOME = "/tmp/home"  # the components' home, in the sandbox's private /tmp (made by nsinit)
-
-
-def component_env() -> dict[str, str]:
-    """The environment of local components: boride's own, with its interpreter first on PATH,
-    so that ``python3`` in a pipeline file means the environment boride runs in, and a home
-    of their own (the host's is not in the sandbox): a component may write to its home or
-    cache, as in a container. boride's secrets (:data:`~boride.settings.SECRETS`) are not
-    theirs."""
-    env = {k: v for k, v in os.environ.items() if k not in settings.SECRETS}
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
-    env["HOME"] = HOME
-    return env
+HOME = forking.HOME
+component_env = forking.component_env
 
 
 def template_folder(template: TemplateSource) -> Path:
@@ -348,7 +336,7 @@ class LocalRuntime(Runtime):
         self._socket_dirs: dict[str, workdirs.OwnedFolder] = {}  # session -> short socket folder
         self._owners: dict[LocalInstance, str] = {}  # running instance -> its session
         self.fork: bool = settings.get("BORIDE_LOCAL_FORK") if fork is None else fork
-        self._forks: dict[str, list[forking.ForkServer]] = {}  # session -> its fork servers
+        self._forks: dict[str, forking.ForkServer] = {}  # session -> its fork server
 
     async def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
@@ -393,6 +381,7 @@ class LocalRuntime(Runtime):
             self._socket_dirs[session_id] = owned
         self._roots[session_id] = root.resolve()
         self._run_dirs[session_id] = run
+        (run / _FORK_ROOT).mkdir(mode=0o700, exist_ok=True)
         self._areas[session_id] = HostArea(folder, tpl, own_users=self.own_users)
         self._users[session_id] = UserPool(COMPONENT_UIDS)
         return Workspace(session_id, self._areas[session_id] if area else None)
@@ -442,36 +431,11 @@ class LocalRuntime(Runtime):
             args += _mount("--bind", area)
         return [*args, *_mount("--bind", str(socket_dir))]
 
-    def _server_sandbox(self, workspace: Workspace, components: list[Component]) -> list[str]:
-        """The ``bwrap`` command line of a fork server for ``components``: every folder any of
-        them may be shown, the session's run folder (their sockets), a folder for each
-        keeper's new root."""
-        readonly = _outside_system([str(forking.FORKSERVER),
-                                    *(d for c in components for d in self._readonly(c))])
-        host = self._areas[workspace.session_id]
-        caps = [] if os.geteuid() == 0 else ["--cap-add", "ALL"]  # to make namespaces
-        return ["bwrap", *_namespaces(), *caps, *_system_binds(), *_ro_binds(readonly),
-                *self._hidden(workspace.session_id, readonly),
-                *_mount("--ro-bind", host.template), *_mount("--bind", host.root),
-                *_mount("--bind", str(self._run_dirs[workspace.session_id])),
-                "--dir", forking.NEW_ROOT, "--chdir", "/"]
-
     async def expect(self, workspace: Workspace, components: Sequence[Component]) -> None:
-        """Start a fork server for those of ``components`` that can be forked and that no
-        server of the session can fork yet (:mod:`boride.runtime.forking`)."""
-        if not self.fork or workspace.session_id not in self._areas:
-            return
-        servers = self._forks.setdefault(workspace.session_id, [])
-        wanted = [c for c in components
-                  if self._forkable(c) and self._server_for(workspace, c) is None]
-        if not wanted:
-            return
-        run = self._run_dirs[workspace.session_id]
-        sandbox = self._server_sandbox(workspace, wanted)
-        covers = [d for c in wanted for d in self._readonly(c)]
-        log = run / f"{next(self._seq):04d}-fork-server.log"
-        servers.append(await forking.ForkServer.start(sandbox, sys.executable, self.env, log,
-                                                      covers))
+        """Give the session a fork server now when some of ``components`` can be forked (it
+        imports the SDK while the session gets ready): see :mod:`boride.runtime.forking`."""
+        if any(self._forkable(c) for c in components):
+            self._server(workspace)
 
     def _forkable(self, component: Component) -> bool:
         if not (self.fork and component.fork and component.command):
@@ -480,16 +444,12 @@ class LocalRuntime(Runtime):
         exe = _find_executable(component.command, cwd, self.env)
         return forking.forkable(component.command, cwd, exe, sys.executable)
 
-    def _server_for(self, workspace: Workspace, component: Component
-                    ) -> forking.ForkServer | None:
-        """The session's fork server whose sandbox shows what ``component`` needs."""
-        if not self._forks.get(workspace.session_id) or not self._forkable(component):
-            return None
-        needed = set(self._readonly(component))
-        for server in self._forks[workspace.session_id]:
-            if needed <= server.covers:
-                return server
-        return None
+    def _server(self, workspace: Workspace) -> forking.ForkServer:
+        """The session's fork server, started (or taken: :func:`forking.take`) on first use."""
+        server = self._forks.get(workspace.session_id)
+        if server is None:
+            server = self._forks[workspace.session_id] = forking.take(sys.executable, self.env)
+        return server
 
     async def start(self, workspace: Workspace, component: Component) -> Instance:
         assert component.command, "checked by problems()"
@@ -500,11 +460,10 @@ class LocalRuntime(Runtime):
         socket_path = socket_dir / "sock"
         mounts = self._mounts(workspace, component, socket_dir)
         own = self._users[workspace.session_id].take() if self.own_users else None
-        server = self._server_for(workspace, component)
         try:
-            if server is not None:
-                process: Process = await server.spawn(self._request(
-                    component, mounts, socket_path, own), log_path)
+            if self._forkable(component):
+                request = self._request(component, mounts, socket_path, own, run)
+                process: Process = await self._server(workspace).spawn(request, log_path)
             else:
                 process = await self._spawn(component, mounts, socket_path, log_path, own)
         except BaseException:
@@ -516,14 +475,14 @@ class LocalRuntime(Runtime):
         return instance
 
     def _request(self, component: Component, mounts: list[str], socket_path: Path,
-                 own: tuple[int, int] | None) -> dict[str, object]:
+                 own: tuple[int, int] | None, run: Path) -> dict[str, object]:
         """What a fork server needs to fork ``component`` (see :mod:`forkserver`)."""
         assert component.command
         return {"argv": list(component.command), "cwd": str(component.cwd or Path.cwd()),
                 "env": self.env, "port": component.kind.port, "socket": str(socket_path),
                 "uid": own[0] if own else None, "gid": own[1] if own else None,
                 "memory": self.limits.memory, "pids": self.limits.pids,
-                "mounts": mounts, "new_root": forking.NEW_ROOT}
+                "mounts": mounts, "new_root": str(run / _FORK_ROOT)}
 
     async def _spawn(self, component: Component, mounts: list[str], socket_path: Path,
                      log_path: Path, own: tuple[int, int] | None
@@ -575,7 +534,8 @@ class LocalRuntime(Runtime):
             instance.socket_path.parent.rmdir()
 
     async def close_workspace(self, workspace: Workspace) -> None:
-        for server in self._forks.pop(workspace.session_id, []):
+        server = self._forks.pop(workspace.session_id, None)
+        if server is not None:
             await server.aclose()
         self._areas.pop(workspace.session_id, None)
         self._users.pop(workspace.session_id, None)
