@@ -2,8 +2,8 @@
 
 Every figure is set against the baseline of one ``python -c "import cyanprintsdk.main"``
 (FastAPI, pydantic, uvicorn: what every Python component pays when it boots), measured in the
-same run, interleaved with the scenarios (a few imports before each measured run; the median of
-the scenario's own imports is its baseline). Scenarios (``--only 1,2,3,4``):
+same run, interleaved with the scenarios (3 imports before and 3 after each measured run; the
+median of the scenario's own imports is its baseline). Scenarios (``--only 1,2,3,4``):
 
 1. **example**: the cold build of the bundled example as the README's quick start runs it
    (``boride run examples/pipeline.yaml --out DIR --force``; ``--no-cache`` and a fresh, empty
@@ -275,13 +275,15 @@ def measure(scenarios: list[Scenario], arms: list[Arm], python: str, tmp: Path) 
         for rnd in range(sc.runs):
             order = arms[rnd % len(arms):] + arms[:rnd % len(arms)]
             for arm in order:
+                # imports on both sides of the run: a long run's baseline sees its load too
                 sc.imports += [import_once(arm, python) for _ in range(IMPORTS_PER_SLOT)]
                 figures = sc.once(arm, tmp)
+                sc.imports += [import_once(arm, python) for _ in range(IMPORTS_PER_SLOT)]
                 sc.samples[arm.label].append(figures)
                 shown = ", ".join(f"{k} {v:.3g}" for k, v in figures.items()
                                   if not k.startswith("stage"))
                 print(f"[{sc.name}] run {rnd + 1}/{sc.runs} {arm.label}: {shown} "
-                      f"(import {statistics.median(sc.imports[-IMPORTS_PER_SLOT:]):.3f} s)",
+                      f"(imports {statistics.median(sc.imports[-2 * IMPORTS_PER_SLOT:]):.3f} s)",
                       flush=True)
 
 
@@ -330,9 +332,9 @@ def report(title: str, results: dict[str, Any], arms: list[Arm], command: str,
              "Arms: " + "; ".join(f"`{a.label}` = {a.root} ({git_head(a.root)})"
                                   + ("" if a.fork is None else f", BORIDE_LOCAL_FORK={a.fork}")
                                   for a in arms) + ".", "",
-             f"Baseline: `python -c \"{IMPORT}\"`, {IMPORTS_PER_SLOT} imports before each "
-             "measured run, interleaved; the median of a scenario's own imports is its "
-             "baseline.", "",
+             f"Baseline: `python -c \"{IMPORT}\"`, {IMPORTS_PER_SLOT} imports before and "
+             f"{IMPORTS_PER_SLOT} after each measured run, interleaved; the median of a "
+             "scenario's own imports is its baseline.", "",
              "| scenario | arm | runs | wall median (s) | x one import | vs first arm | "
              "other figures (medians) | target |",
              "|---|---|---:|---:|---:|---:|---|---|"]
