@@ -365,7 +365,7 @@ def report(title: str, results: dict[str, Any], arms: list[Arm], command: str,
               "4 processors, a shared resolver, a plugin, 200 template files). Alive "
               "components: distinct network namespaces among boride's descendants, sampled "
               "every 20 ms (the sampler's own CPU time is in the JSON, `sampler cpu s`).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
