@@ -50,12 +50,14 @@ COMPONENTS = ROOT / "tests" / "components"
 PROCESSORS = 4
 
 
-def component(name: str) -> list[str]:
-    return [sys.executable, str(COMPONENTS / f"{name}.py")]
+def component(name: str, python: str = sys.executable) -> list[str]:
+    return [python, str(COMPONENTS / f"{name}.py")]
 
 
-def make_fixture(root: Path, files: int) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
-    """A template folder, a registry file and the template body; the 4 processor builds."""
+def make_fixture(root: Path, files: int, python: str = sys.executable,
+                 ) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """A template folder, a registry file and the template body; the 4 processor builds
+    (every component run by ``python``)."""
     tpl = root / "template"
     parts = ["a", "b", "c", "d"]
     for i in range(files):
@@ -71,13 +73,14 @@ def make_fixture(root: Path, files: int) -> tuple[Path, dict[str, Any], list[dic
         # its Q&A server: POST /template/warm starts it (required since the warm route did)
         "templates": [{"ref": "bench/site", "version": 1, "id": ids["template"],
                        "path": str(tpl),
-                       "command": [sys.executable, str(ROOT / "examples" / "qna" / "example.py")]}],
+                       "command": [python, str(ROOT / "examples" / "qna" / "example.py")]}],
         "processors": [{"ref": f"bench/p{i}", "version": 1, "id": ids[f"p{i}"],
-                        "command": component("ok_processor")} for i in range(PROCESSORS)],
+                        "command": component("ok_processor", python)}
+                       for i in range(PROCESSORS)],
         "resolvers": [{"ref": "bench/join", "version": 1, "id": ids["resolver"],
-                       "command": component("ok_resolver")}],
+                       "command": component("ok_resolver", python)}],
         "plugins": [{"ref": "bench/stamp", "version": 1, "id": ids["plugin"],
-                     "command": component("ok_plugin")}],
+                     "command": component("ok_plugin", python)}],
     }
     (root / "registry.yaml").write_text(yaml.safe_dump(registry, sort_keys=False))
     pin = {"createdAt": "", "description": "", "dockerReference": "", "dockerTag": ""}

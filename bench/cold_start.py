@@ -254,7 +254,7 @@ def flows_once(arm: Arm, python: str, tmp: Path, clients: int, files: int,
     """``clients`` create flows at once against a fresh ``boride serve --runtime local``."""
     root = Path(tempfile.mkdtemp(prefix="serve-", dir=tmp))
     root.chmod(0o755)
-    registry, template, processors = api_load.make_fixture(root, files)
+    registry, template, processors = api_load.make_fixture(root, files, python)
     with api_load.serving(root, registry, max_builds, python=python, env=arm.env()) as server:
         result = asyncio.run(api_load.drive(server.url, template, processors, clients, files,
                                             warm=False))
