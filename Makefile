@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python bench/shared_instances.py
 	$(BIN)/python bench/cache_watch.py
 	$(BIN)/python bench/merge_rename.py
+	$(BIN)/python bench/cold_start.py
 	$(BIN)/python docker/serve_image.py
 	test -d $(OLD_MODEL) || git worktree add --detach $(OLD_MODEL) $(OLD_MODEL_COMMIT)
 	$(MAKE) -C $(OLD_MODEL) setup

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -37,6 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,14 @@ COMPONENTS = ROOT / "tests" / "components"
 PROCESSORS = 4
 
 
-def component(name: str) -> list[str]:
-    return [sys.executable, str(COMPONENTS / f"{name}.py")]
+def component(name: str, python: str = sys.executable) -> list[str]:
+    return [python, str(COMPONENTS / f"{name}.py")]
 
 
-def make_fixture(root: Path, files: int) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
-    """A template folder, a registry file and the template body; the 4 processor builds."""
+def make_fixture(root: Path, files: int, python: str = sys.executable,
+                 ) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """A template folder, a registry file and the template body; the 4 processor builds
+    (every component run by ``python``)."""
     tpl = root / "template"
     parts = ["a", "b", "c", "d"]
     for i in range(files):
@@ -69,13 +73,14 @@ def make_fixture(root: Path, files: int) -> tuple[Path, dict[str, Any], list[dic
         # its Q&A server: POST /template/warm starts it (required since the warm route did)
         "templates": [{"ref": "bench/site", "version": 1, "id": ids["template"],
                        "path": str(tpl),
-                       "command": [sys.executable, str(ROOT / "examples" / "qna" / "example.py")]}],
+                       "command": [python, str(ROOT / "examples" / "qna" / "example.py")]}],
         "processors": [{"ref": f"bench/p{i}", "version": 1, "id": ids[f"p{i}"],
-                        "command": component("ok_processor")} for i in range(PROCESSORS)],
+                        "command": component("ok_processor", python)}
+                       for i in range(PROCESSORS)],
         "resolvers": [{"ref": "bench/join", "version": 1, "id": ids["resolver"],
-                       "command": component("ok_resolver")}],
+                       "command": component("ok_resolver", python)}],
         "plugins": [{"ref": "bench/stamp", "version": 1, "id": ids["plugin"],
-                     "command": component("ok_plugin")}],
+                     "command": component("ok_plugin", python)}],
     }
     (root / "registry.yaml").write_text(yaml.safe_dump(registry, sort_keys=False))
     pin = {"createdAt": "", "description": "", "dockerReference": "", "dockerTag": ""}
@@ -228,7 +233,8 @@ async def warm_builds(http: httpx.AsyncClient, sids: list[str], template: dict[s
 
 
 async def drive(url: str, template: dict[str, Any], processors: list[dict[str, Any]],
-                clients: int, files: int) -> dict[str, Any]:
+                clients: int, files: int, warm: bool = True) -> dict[str, Any]:
+    """``clients`` whole flows at once; then (``warm``) as many builds at once on warm sessions."""
     limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
     async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as http:
         r = await http.post("/template/warm", json=template)
@@ -241,6 +247,9 @@ async def drive(url: str, template: dict[str, Any], processors: list[dict[str, A
         await asyncio.gather(*(client_flow(http, template, processors, files, times, failures)
                                for _ in range(clients)))
         cold_wall = time.perf_counter() - start
+        if not warm:
+            return {"times": times, "failures": failures, "cold_wall": cold_wall,
+                    "warm_wall": float("nan"), "metrics": (await http.get("/metrics")).text}
         # sessions started again, kept: then all builds at once on warm sessions
         setup: dict[str, list[float]] = {k: [] for k in times}
         sids = await asyncio.gather(*(client_flow(http, template, processors, files, setup,
@@ -293,6 +302,43 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
+class Server(subprocess.Popen[str]):
+    url = ""
+
+
+@contextlib.contextmanager
+def serving(root: Path, registry: Path, max_builds: int, *, python: str = sys.executable,
+            env: dict[str, str] | None = None) -> Iterator[Server]:
+    """``boride serve --runtime local`` (run by ``python`` with ``env``) on a free port, up;
+    stopped with SIGTERM on the way out."""
+    port = free_port()
+    server = Server(
+        [python, "-m", "boride", "serve", "--runtime", "local", "--port", str(port),
+         "--registry", str(registry), "--max-builds", str(max_builds), "--max-sessions",
+         "1000", "--work-root", str(root / "work"), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    server.url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(server.url + "/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    why = server.stderr.read() if server.stderr else ""
+                    raise SystemExit(f"boride serve did not start: {why}") from None
+                time.sleep(0.05)
+        yield server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=20)
@@ -307,37 +353,15 @@ def main() -> None:
         root = Path(tmp)
         root.chmod(0o755)  # as root, components run as nobody, who must enter it
         registry, template, processors = make_fixture(root, args.files)
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "boride", "serve", "--port", str(port), "--registry",
-             str(registry), "--max-builds", str(args.max_builds), "--max-sessions", "1000",
-             "--work-root", str(root / "work"), "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(url + "/", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        why = server.stderr.read() if server.stderr else ""
-                        raise SystemExit(f"boride serve did not start: {why}") from None
-                    time.sleep(0.05)
+        with serving(root, registry, args.max_builds) as server:
             idle_kib = rss_kib(server.pid)
             sampler = Sampler(server.pid)
             sampler.start()
-            result = asyncio.run(drive(url, template, processors, args.clients, args.files))
+            result = asyncio.run(drive(server.url, template, processors, args.clients,
+                                       args.files))
             sampler.stop.set()
             sampler.join()
             peak_kib = rss_kib(server.pid, "VmHWM")
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                server.kill()
         left = [p for p in descendants(os.getpid()) if p != server.pid]
     times = result["times"]
     rows = []
