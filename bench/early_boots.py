@@ -34,7 +34,7 @@ def one(code: Path, out: Path, parallelism: int | None) -> dict[str, float]:
     proc = subprocess.run(
         [sys.executable, "-m", "boride", "run", str(code / "examples" / "pipeline.yaml"),
          "--out", str(out), "--force", "--no-cache", "--json", *extra],
-        env=env, capture_output=True, text=True, check=False)
+        env=env, cwd=code, capture_output=True, text=True, check=False)  # (-m: cwd first)
     wall = time.perf_counter() - began
     if proc.returncode != 0:
         raise SystemExit(f"the build failed ({code}): {proc.stderr.strip()[-500:]}")
