@@ -25,7 +25,7 @@ from boride.runtime.fake import Behaviour, Call, FakeRuntime, default_answer
 from boride.types import Kind, Status
 from tests.conftest import EXAMPLES
 from tests.fake_support import by_name, plan, plugin, processor, resolver, run
-from tests.helpers import run_json, tree
+from tests.helpers import run_cli, run_json, tree, write_pipeline
 from tests.test_trace_file import Trace, end
 
 WAIT = 10.0  # seconds a processor waits for what a test expects to happen during its call
@@ -287,3 +287,28 @@ def test_the_example_s_resolver_and_plugin_boot_while_its_processors_work(
         assert start["ts"] < processors_done and start["ts"] < merge["ts"], (row, start)
     assert [e["name"] for e in trace.row("resolver concat")].count("call concat") == 2
     assert {c["status"] for c in data["components"]} == {"ok"}
+
+
+@pytest.mark.sandbox
+@pytest.mark.usefixtures("no_leftovers")
+@pytest.mark.parametrize("component", ["never_ready", "exit_at_start"])
+def test_a_local_resolver_nobody_needs_neither_fails_nor_delays_the_build(
+        tmp_path: Path, template: Path, component: str) -> None:
+    """Real processes: a resolver whose globs match no conflict, never ready (its start is cut
+    short after the merge, not waited for until the 120 s readiness timeout) or exiting at
+    start (a warning line, not an error); nothing is left running."""
+    pipeline = write_pipeline(
+        tmp_path / "p.yaml", template, [("a", "ok_processor", {}), ("b", "ok_processor", {})],
+        [("spare", component, ["nothing/**"], {})])
+    proc = run_cli("run", pipeline, "--out", tmp_path / "out", "--ready-timeout", "120",
+                   "--timeout", "100", tmpdir=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "boride: merge resolver spare: not needed" in lines
+    warned = [line for line in lines if "started ahead of need" in line]
+    if component == "never_ready":
+        assert "boride: start resolver spare: cancelled" in lines and not warned
+    else:
+        assert len(warned) == 1 and "resolver 'spare', started ahead of need, was not needed; " \
+            "its start failed: exited with code 3" in warned[0], lines
+    assert (tmp_path / "out" / "src" / "a.txt").exists()
