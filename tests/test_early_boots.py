@@ -3,8 +3,8 @@ resolvers (when a conflict is possible: two processor steps or more) and the fir
 while the processors work, after every processor's start in the engine's slots, so their boot
 is off the critical path; one nobody needed is stopped (its start cut short) and reported not
 needed, and its failure to start is only logged. Observed through the fake runtime's events
-(the order things happened in), never timings. The local runtime's check, on the bundled
-example: the last test."""
+(the order things happened in), never timings. The local runtime's checks (the bundled
+example's trace; a resolver nobody needs, never ready or exiting at start): the last tests."""
 
 from __future__ import annotations
 
