@@ -164,10 +164,11 @@ def test_a_resolver_with_no_conflict_is_not_needed(tmp_path: Path, no_conflicts:
                           path, tmpdir=tmp_path / "work")
     assert proc.returncode == 0, proc.stderr
     concat = next(c for c in data["components"] if c["name"] == "concat")
-    assert concat["status"] == "ok"
-    assert (concat["seconds"], concat["start_seconds"], concat["ready_seconds"]) == (0, 0, 0)
+    assert concat["status"] == "ok" and concat["seconds"] == 0
     trace = Trace(path)
-    assert trace.row("resolver concat") == []  # never started, never called
+    # started ahead of need (two processors may conflict), never called; its start, if it
+    # had not ended when the merge did, was cut short then
+    assert [e["name"] for e in trace.row("resolver concat")] in (["start"], ["start", "ready"])
     assert [e["name"] for e in trace.row("merge")] == ["merge"]
 
     # the display (plain lines off a terminal) says so instead of leaving it pending

@@ -15,10 +15,11 @@ Instances and their lifetime:
 * **An instance lives as long as its owner will call it again.** In a one-shot build
   (:func:`build`, ``boride run``) from shortly before its first call to right after its last:
   processors' instances start in the order of their first call while the ones before them are
-  called (start-up overlaps work), at most 2 x parallelism of them alive at once; a resolver
-  starts at its first conflict and stops after the merge; a plugin starts while the plugin
-  before it works (the first while the merge runs) and stops after its call
-  (:mod:`~boride.pipeline.lifetime`). In a kept session (the HTTP
+  called (start-up overlaps work), at most 2 x parallelism of them alive at once; the resolvers
+  (when a conflict is possible) and the first plugin boot ahead of need while the processors
+  work, in the start slots the processors leave; a resolver stops after the merge (not needed:
+  its start cut short, its failure only logged); a plugin starts while the plugin before it
+  works and stops after its call (:mod:`~boride.pipeline.lifetime`). In a kept session (the HTTP
   API's, where ``POST /executor`` starts components ahead) they live until the session ends or
   idles out: :class:`Build` uses what runs and starts what is missing, all at once.
 

@@ -18,10 +18,10 @@ from boride.errors import describe
 from boride.model import Pipeline
 from boride.pipeline.admission import Admission
 from boride.pipeline.cached import BuildCache
-from boride.pipeline.calls import Calls, checked
+from boride.pipeline.calls import Calls, checked, resolve_files
 from boride.pipeline.deadline import Deadline
 from boride.pipeline.deliver import deliver, full_disk
-from boride.pipeline.lifetime import OnDemand
+from boride.pipeline.lifetime import OnDemand, ahead_of_need
 from boride.pipeline.plan import Plan, not_components, runners
 from boride.pipeline.results import (
     NOT_NEEDED,
@@ -172,15 +172,22 @@ class _BuildCore:
                                      lambda: self._late(c)), \
                     self.timing.starting(c.name) as started:
                 await self.session.start_one(c, self.options.timeouts.ready, started)
-        except BaseException:
-            if told:
-                self._event("start", c.name, Status.FAILED)
+        except BaseException as exc:
+            if told:  # (a start ahead of need cut short: nobody needed it)
+                cut = isinstance(exc, asyncio.CancelledError) and self._unwanted(c.name)
+                self._event("start", c.name, Status.CANCELLED if cut else Status.FAILED)
             raise
         if told:
             self._event("start", c.name, Status.OK)
 
-    def _late(self, c: Component) -> str:
-        """What ``c``'s start was waiting for when the deadline cut it off."""
+    def _unwanted(self, name: str) -> bool:
+        return self.demand is not None and self.demand.unwanted(name)
+
+    def _late(self, c: Component) -> str | None:
+        """What ``c``'s start was waiting for when the deadline cut it off (None: nothing
+        worth naming, a start ahead of need nobody waited for)."""
+        if self._unwanted(c.name):
+            return None
         instance: Instance | None = self.session.instances.get(c.name)
         if instance is None:
             return f"not started {self.deadline.ran_out} (its start had not ended)"
@@ -293,14 +300,14 @@ class Build(_BuildCore):
                 self.demand.prefetch(plugins[0].name)
             tree = await area.new_dir(private=True)
             await self.merge_into(outputs, tree)
+            if self.demand is not None:  # (a start cut short is told first)
+                await self.demand.retire(self.runner[r.component.name]
+                                         for r in self.plan.resolvers)
             for r in self.plan.resolvers:
                 if self.results[r.component.name].status == Status.PENDING:
                     self.results[r.component.name].status = Status.OK
                     self._event("merge", r.component.name, Status.OK if r.component.name
                                 in self._needed else NOT_NEEDED)
-            if self.demand is not None:
-                await self.demand.retire(self.runner[r.component.name]
-                                         for r in self.plan.resolvers)
 
         with self._stage("plugins"):
             tree = await self._plugins(plugins, tree)
@@ -312,12 +319,14 @@ class Build(_BuildCore):
 
     async def _start_stage(self, processors: list[Component]) -> None:
         """Start what the build needs: everything at once, or in a one-shot build (the lifetime
-        rule, :class:`OnDemand`) the processors in the background, waiting for the first."""
+        rule, :class:`OnDemand`) the processors in the background, then the resolvers and
+        plugins to boot ahead of need (:func:`ahead_of_need`), waiting for the first."""
         if self.demand is not None:
             for name in self.cache.found:
                 self.demand.skip(name)
             calls = [c for c in processors if not self.cache.hit(c.name)]
-            first = self.demand.ahead(c.name for c in self.demand.order(calls))
+            first = self.demand.ahead((c.name for c in self.demand.order(calls)),
+                                      ahead_of_need(self.plan, calls))
             if first is not None:
                 await asyncio.wait([first])  # (its error is its first call's)
             return
@@ -353,16 +362,7 @@ class Build(_BuildCore):
     async def _resolve(self, rule: merge.ResolverRule, conflict: merge.Conflict
                        ) -> tuple[str, bytes]:
         step = self.steps[rule.name]
-        files = []
-        for v in conflict.versions:
-            try:
-                content = v.content.decode("utf-8")
-            except UnicodeDecodeError:
-                raise protocol.ProtocolError(
-                    f"cannot send {conflict.path!r} to resolver {rule.name!r}: "
-                    "it is not UTF-8 text") from None
-            files.append(protocol.ResolveFile(path=conflict.path, content=content, origin=(
-                protocol.Origin(template=self.plan.template.name, layer=v.layer))))
+        files = resolve_files(rule.name, conflict, self.plan.template.name)
         await self._wait_ready(rule.name)  # (its call's time begins once it is ready)
         if rule.name not in self._needed:
             self._needed.add(rule.name)

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import httpx
 
-from boride import aio, diagnose, fsutil, logs, protocol
+from boride import aio, diagnose, fsutil, logs, merge, protocol
 from boride.area import Area
 from boride.runtime.base import Instance
 
@@ -87,3 +87,20 @@ def checked(area: Area, returned: str, given: str, name: str) -> str:
         raise protocol.ProtocolError(f"returned an unusable outputDir: {returned!r} is "
                                      f"neither its {name} {given} nor below it")
     return found
+
+
+def resolve_files(resolver: str, conflict: merge.Conflict, template: str
+                  ) -> list[protocol.ResolveFile]:
+    """What a resolver's call sends about ``conflict``: every version, as UTF-8 text (else the
+    call cannot be made)."""
+    files = []
+    for v in conflict.versions:
+        try:
+            content = v.content.decode("utf-8")
+        except UnicodeDecodeError:
+            raise protocol.ProtocolError(
+                f"cannot send {conflict.path!r} to resolver {resolver!r}: "
+                "it is not UTF-8 text") from None
+        files.append(protocol.ResolveFile(path=conflict.path, content=content, origin=(
+            protocol.Origin(template=template, layer=v.layer))))
+    return files

@@ -66,16 +66,17 @@ class Deadline:
         return f"when {self._timeout} ran out"
 
     @contextlib.contextmanager
-    def doing(self, step: str, who: str, waiting: Callable[[], str], about: str = ""
+    def doing(self, step: str, who: str, waiting: Callable[[], str | None], about: str = ""
               ) -> Iterator[None]:
         """Run the block as ``who``'s work for ``step`` (``about``: on what); if the deadline
         cuts it off (in this task, or in a background task its owner cancels once the
-        deadline passed), keep what ``waiting()`` says it waited for."""
+        deadline passed), keep what ``waiting()`` says it waited for (None: nothing to keep,
+        a wait nobody needed)."""
         try:
             yield
         except asyncio.CancelledError:
-            if self.passed:
-                cut = CutOff(step, who, waiting(), about)
+            if self.passed and (what := waiting()) is not None:
+                cut = CutOff(step, who, what, about)
                 if cut not in self.cut_off:
                     self.cut_off.append(cut)
             raise
