@@ -49,7 +49,12 @@ assert _spec is not None and _spec.loader is not None
 nsinit = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(nsinit)
 
-PRELOAD = ("cyanprintsdk.main",)  # the SDKs' entry modules, imported when installed
+# The SDKs' entry modules, imported when installed; then what uvicorn (the SDK's server)
+# imports only once it runs.
+PRELOAD = ("cyanprintsdk.main",)
+PRELOAD_QUIETLY = ("uvicorn.loops.auto", "uvicorn.loops.asyncio", "uvicorn.protocols.http.auto",
+                   "uvicorn.protocols.http.h11_impl", "uvicorn.protocols.websockets.auto",
+                   "uvicorn.lifespan.on")
 
 _CLONE = {"ns": 0x20000, "net": 0x40000000, "pid": 0x20000000, "ipc": 0x08000000,
           "uts": 0x04000000}
@@ -310,13 +315,14 @@ def serve(server: socket.socket) -> None:
 
 
 def preload() -> None:
-    for name in PRELOAD:
+    for name in (*PRELOAD, *PRELOAD_QUIETLY):
         if importlib.util.find_spec(name.partition(".")[0]) is None:
             continue
         try:
             __import__(name)
-        except Exception as exc:
-            print(f"boride fork server: cannot preload {name}: {exc}", file=sys.stderr)
+        except Exception as exc:  # the components then import it themselves
+            if name in PRELOAD:
+                print(f"boride fork server: cannot preload {name}: {exc}", file=sys.stderr)
 
 
 def main() -> None:
