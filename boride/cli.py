@@ -218,10 +218,7 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         max_answer: int, as_json: bool, trace: Path | None, log_level: str,
         log_format: str) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
-    import asyncio
-
     from boride.model import PipelineError, load
-    from boride.pipeline import BuildOptions, build
 
     _configure_logging(log_level, log_format)
     err = _stderr()
@@ -233,16 +230,11 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         sys.exit(EXIT_USAGE)
     if out is None and archive is None:
         out = Path("out")
-    try:
-        if out is not None and out.exists() and not force and (
-                not out.is_dir() or any(out.iterdir())):
-            err.print(f"boride: output folder {out} exists and is not empty; use --force to "
-                      "replace it", highlight=False, markup=False)
-            sys.exit(EXIT_USAGE)
-    except OSError as exc:
-        err.print(f"boride: cannot use output folder {out}: {exc.strerror}", highlight=False,
-                  markup=False)
-        sys.exit(EXIT_USAGE)
+    _check_out(out, force, err)
+    import asyncio  # (after the checks of the command line: a refused run imports no build)
+
+    from boride.pipeline import BuildOptions, build
+
     options = BuildOptions(limits=Limits(parallelism=parallelism, max_answer=max_answer),
                            timeouts=Timeouts(ready=ready_timeout, build=timeout),
                            out=out.absolute() if out else None,
@@ -277,6 +269,20 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         sys.exit(EXIT_FAILED)
     _report(outcome, as_json, err)
     sys.exit(0 if outcome.ok else EXIT_FAILED)
+
+
+def _check_out(out: Path | None, force: bool, err: Console) -> None:
+    """``--out`` must be empty or absent unless ``--force`` (exit 2)."""
+    try:
+        if out is not None and out.exists() and not force and (
+                not out.is_dir() or any(out.iterdir())):
+            err.print(f"boride: output folder {out} exists and is not empty; use --force to "
+                      "replace it", highlight=False, markup=False)
+            sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        err.print(f"boride: cannot use output folder {out}: {exc.strerror}", highlight=False,
+                  markup=False)
+        sys.exit(EXIT_USAGE)
 
 
 def _timeline(trace: Path | None, parallelism: int, err: Console) -> Timeline | None:
