@@ -32,6 +32,7 @@ import asyncio
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -281,19 +282,33 @@ def run_archives(args: argparse.Namespace, base: Path, tree: Path) -> None:
         name: archiver(level, codec, dests[name]) for name, (level, codec) in settings.items()}
     runs["tar czf"] = tar(dests["tar czf"])
     arc_times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}
     for name, go in runs.items():  # warm-up
         fresh(dests[name])
         go()
     for _ in range(args.repeats):
         for name, go in runs.items():
+            before = cpu_seconds()
             arc_times[name].append(timed(go, partial(fresh, dests[name])))
+            cpu_times[name].append(cpu_seconds() - before)
     tar_time = statistics.median(arc_times["tar czf"])
+    tar_cpu = statistics.median(cpu_times["tar czf"])
     tar_size = dests["tar czf"].stat().st_size
     for name in names:
         size = dests[name].stat().st_size
+        cpu = statistics.median(cpu_times[name])
         print(f"{name:<18} {stats(arc_times[name])}  {size / 1e6:6.1f} MB   "
               f"time ratio {statistics.median(arc_times[name]) / tar_time:.2f}, "
-              f"size ratio {size / tar_size:.2f} (vs tar czf)")
+              f"size ratio {size / tar_size:.2f}; CPU {cpu:.3f} s, ratio {cpu / tar_cpu:.2f} "
+              "(vs tar czf)")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (its threads) and of its waited-for children
+    (tar and gzip): less disturbed than wall time on a machine shared with other work."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 if __name__ == "__main__":
