@@ -47,10 +47,12 @@ def cases(example: Path, busy: Path) -> dict[str, list[str]]:
     }
 
 
-def once(argv: list[str], env: dict[str, str]) -> float:
+def once(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    """One run's wall time; in ``cwd``, not a checkout (``-m``/``-c`` put it first on the
+    path, before ``PYTHONPATH``)."""
     start = time.perf_counter()
-    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   check=False)
+    subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=False)
     return time.perf_counter() - start
 
 
@@ -80,10 +82,10 @@ def main() -> None:
                                             base_env)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for argv, env in runs.values():  # warm-up
-            once(argv, env)
+            once(argv, env, Path(tmp))
         for _ in range(args.repeats):
             for name, (argv, env) in runs.items():
-                times[name].append(once(argv, env))
+                times[name].append(once(argv, env, Path(tmp)))
     floor = statistics.median(times["python -c pass"])
     for name, xs in times.items():
         med = statistics.median(xs)
