@@ -8,7 +8,12 @@ folder) plus a few large files, then, side by side in one run and alternating:
   resolver concatenates the versions);
 * ``cp -a``: one ``cp -a out0/. out1/. ... dest/`` of the same outputs into an empty folder;
 * ``archive``: :func:`boride.archive.write_archive` of the merged tree;
-* ``tar czf``: ``tar czf dest.tar.gz -C tree .`` of the same tree.
+* ``tar czf``: ``tar czf dest.tar.gz -C tree .`` of the same tree;
+* with ``--stdlib``, also ``archive`` with Python's own zlib in place of zlib-ng (the
+  compressor before issue 23), to show what zlib-ng brings.
+
+``--archive`` measures only the archive rows (no merge): the tree archived is then the
+outputs' folder itself (the same files, not merged).
 
 Every timed run starts after ``sync`` with a warm page cache (one untimed warm-up of each), and
 the tools take turns. The merge and copy runs each write a fresh folder, deleted only after the
@@ -17,6 +22,7 @@ and the ratios.
 
     .venv/bin/python bench/merge_archive.py            # 8 x 5,000 files + 3 x 50 MB, 5 repeats
     .venv/bin/python bench/merge_archive.py --quick    # small and fast, for a smoke test
+    .venv/bin/python bench/merge_archive.py --archive --stdlib --levels 1,4,6
 """
 
 from __future__ import annotations
@@ -26,15 +32,20 @@ import asyncio
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
+import zlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+
+from zlib_ng import zlib_ng
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -146,6 +157,10 @@ def main() -> None:
                          " boride's default)")
     ap.add_argument("--tmp", type=Path, default=None, help="where to build the trees")
     ap.add_argument("--skip-archive", action="store_true")
+    ap.add_argument("--archive", action="store_true",
+                    help="only the archive against tar czf (the outputs' folder, not merged)")
+    ap.add_argument("--stdlib", action="store_true",
+                    help="also archive with Python's zlib instead of zlib-ng")
     ap.add_argument("--quick", action="store_true", help="2 x 300 files + 1 x 2 MB, 2 repeats")
     args = ap.parse_args()
     if args.quick:
@@ -170,6 +185,13 @@ def run(args: argparse.Namespace, base: Path) -> None:
           f"{args.big} x {args.big_mb} MB), {info['shared']} paths in every output; "
           f"built in {time.perf_counter() - t0:.1f} s")
     outs = [base / f"out{o}" for o in range(args.outputs)]
+    if args.archive:
+        tree = base / "tree"
+        tree.mkdir()
+        for out in outs:
+            out.rename(tree / out.name)
+        run_archives(args, base, tree)
+        return
     rules = [merge.ResolverRule("concat-md", ("**/*.md",))]
     limits = ([int(x) for x in args.merge_limits.split(",")] if args.merge_limits
               else [parallel.default_limit()])
@@ -219,37 +241,74 @@ def run(args: argparse.Namespace, base: Path) -> None:
               f"ratio to cp -a {statistics.median(times[name]) / cp_time:.2f}")
     shutil.rmtree(run_dir)
 
-    if args.skip_archive:
-        return
-    tree = base / "merged"
-    levels = [int(x) for x in args.levels.split(",")]
-    names = [f"archive -{level}" for level in levels] + ["tar czf"]
-    dests = {name: base / f"{i}.tar.gz" for i, name in enumerate(names)}
+    if not args.skip_archive:
+        run_archives(args, base, base / "merged")
 
-    def archiver(level: int, dest: Path) -> Callable[[], object]:
-        return lambda: archive.write_archive(tree, dest, level=level)
+
+#: Python's own zlib where boride.archive uses zlib-ng (the CRCs are the same; zlib has no
+#: crc32_combine, so zlib-ng's is taken)
+STDLIB = types.SimpleNamespace(**{k: getattr(zlib, k) for k in dir(zlib) if not k.startswith("_")},
+                               crc32_combine=zlib_ng.crc32_combine)
+
+
+def run_archives(args: argparse.Namespace, base: Path, tree: Path) -> None:
+    levels = [int(x) for x in args.levels.split(",")]
+    codecs: list[tuple[str, object]] = [("", zlib_ng)]
+    if args.stdlib:
+        codecs.append((" (zlib)", STDLIB))
+    names = [f"archive -{level}{label}" for label, _ in codecs for level in levels]
+    settings = dict(zip(names, [(level, codec) for _, codec in codecs for level in levels],
+                        strict=True))
+    names.append("tar czf")
+    dests = {name: base / f"{i}.tar.gz" for i, name in enumerate(names)}
+    du = subprocess.run(["du", "-sb", str(tree)], capture_output=True, text=True, check=True)
+    print(f"# archived tree: {int(du.stdout.split()[0]) / 1e6:.1f} MB (du -sb); zlib-ng "
+          f"{zlib_ng.ZLIBNG_VERSION}, zlib {zlib.ZLIB_RUNTIME_VERSION}")
+
+    def archiver(level: int, codec: object, dest: Path) -> Callable[[], object]:
+        def go() -> None:
+            archive.zlib_ng = codec  # type: ignore[assignment]
+            try:
+                archive.write_archive(tree, dest, level=level)
+            finally:
+                archive.zlib_ng = zlib_ng
+        return go
 
     def tar(dest: Path) -> Callable[[], object]:
         return lambda: subprocess.run(["tar", "czf", str(dest), "-C", str(tree), "."],
                                       check=True)
 
     runs: dict[str, Callable[[], object]] = {
-        name: archiver(level, dests[name]) for name, level in zip(names, levels, strict=False)}
+        name: archiver(level, codec, dests[name]) for name, (level, codec) in settings.items()}
     runs["tar czf"] = tar(dests["tar czf"])
     arc_times: dict[str, list[float]] = {name: [] for name in names}
+    cpu_times: dict[str, list[float]] = {name: [] for name in names}
     for name, go in runs.items():  # warm-up
         fresh(dests[name])
         go()
     for _ in range(args.repeats):
         for name, go in runs.items():
+            before = cpu_seconds()
             arc_times[name].append(timed(go, partial(fresh, dests[name])))
+            cpu_times[name].append(cpu_seconds() - before)
     tar_time = statistics.median(arc_times["tar czf"])
+    tar_cpu = statistics.median(cpu_times["tar czf"])
     tar_size = dests["tar czf"].stat().st_size
     for name in names:
         size = dests[name].stat().st_size
+        cpu = statistics.median(cpu_times[name])
         print(f"{name:<18} {stats(arc_times[name])}  {size / 1e6:6.1f} MB   "
               f"time ratio {statistics.median(arc_times[name]) / tar_time:.2f}, "
-              f"size ratio {size / tar_size:.2f} (vs tar czf)")
+              f"size ratio {size / tar_size:.2f}; CPU {cpu:.3f} s, ratio {cpu / tar_cpu:.2f} "
+              "(vs tar czf)")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (its threads) and of its waited-for children
+    (tar and gzip): less disturbed than wall time on a machine shared with other work."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 if __name__ == "__main__":

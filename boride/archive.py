@@ -34,10 +34,14 @@ Compression
 ===========
 
 The tar stream is cut into blocks of :data:`BLOCK_SIZE` bytes; each block is raw-deflated on
-its own (zlib releases the GIL) with the previous block's last 32 KiB as preset dictionary, ended
-by a sync flush, the last one by a finish: their concatenation is *one* standard deflate
-stream, wrapped in one gzip member whose CRC-32 is combined from the blocks' CRCs (the way pigz
-works). Any gunzip, ``tar xzf`` and :mod:`tarfile` (also in its streaming ``r|gz`` mode) read it.
+its own with the previous block's last 32 KiB as preset dictionary, ended by a sync flush, the
+last one by a finish: their concatenation is *one* standard deflate stream, wrapped in one
+gzip member whose CRC-32 is combined from the blocks' CRCs (the way pigz works). The deflater
+is zlib-ng (:mod:`zlib_ng.zlib_ng`; it releases the GIL), a hard dependency pinned exactly in
+pyproject.toml and installed in the helper image too: its bytes differ from stdlib zlib's and
+may change from one zlib-ng version to the next, and an archive's bytes must not change from
+one install to the next. Any gunzip, ``tar xzf`` and :mod:`tarfile` (also in its streaming
+``r|gz`` mode) read it.
 Blocks are compressed through :func:`boride.parallel.stream` (ordered outcomes, bounded window)
 on ``threads`` threads (default: the CPU count); the bytes do not depend on the thread count.
 The default level is 4 (:data:`DEFAULT_LEVEL`): on source-like text it needs about a third of
@@ -59,12 +63,13 @@ import tarfile
 import threading
 import time
 import weakref
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+
+from zlib_ng import zlib_ng
 
 from boride import aio, parallel
 from boride.errors import BorideError, describe, shown
@@ -109,48 +114,6 @@ class ArchiveResult(NamedTuple):
     files: int  # regular files in the archive
     bytes_written: int  # size of the .tar.gz
     seconds: float
-
-
-# --------------------------------------------------------------------------------------------
-# CRC-32 combination (zlib's crc32_combine, which Python's zlib does not expose)
-
-_POLY = 0xEDB88320
-
-
-def _multmodp(a: int, b: int) -> int:
-    """a * b modulo the CRC-32 polynomial (bit-reflected)."""
-    if a == 0:
-        return 0
-    m = 1 << 31
-    p = 0
-    while True:
-        if a & m:
-            p ^= b
-            if a & (m - 1) == 0:
-                return p
-        m >>= 1
-        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
-
-
-_X2N = [1 << 30]  # x^(2^n) modulo the polynomial
-for _ in range(31):
-    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
-
-
-def _shift_op(length: int) -> int:
-    """x^(8 * length): the operator that appends ``length`` zero bytes to a CRC."""
-    p, k, n = 1 << 31, 3, length
-    while n:
-        if n & 1:
-            p = _multmodp(_X2N[k & 31], p)
-        n >>= 1
-        k += 1
-    return p
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)``."""
-    return _multmodp(_shift_op(len2), crc1) ^ crc2
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,14 +353,20 @@ class _Blocks:
         self.pending = block
 
 
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)``."""
+    return zlib_ng.crc32_combine(crc1, crc2, len2)
+
+
 def _deflate(item: tuple[bytes, bytes, bool], level: int) -> tuple[bytes, int, int]:
+    z = zlib_ng
     data, zdict, last = item
     if zdict:
-        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
+        c = z.compressobj(level, z.DEFLATED, -15, 8, z.Z_DEFAULT_STRATEGY, zdict)
     else:
-        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
-    out = c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-    return out, zlib.crc32(data), len(data)
+        c = z.compressobj(level, z.DEFLATED, -15, 8, z.Z_DEFAULT_STRATEGY)
+    out = c.compress(data) + c.flush(z.Z_FINISH if last else z.Z_SYNC_FLUSH)
+    return out, z.crc32(data), len(data)
 
 
 def _gzip_header(level: int) -> bytes:
@@ -409,7 +378,6 @@ async def _produce(tree: _Tree, level: int, threads: int, block_size: int,
                    emit: Callable[[bytes], None]) -> None:
     """Compress the tar stream on ``threads`` threads; ``emit`` the gzip bytes in order."""
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="boride-gzip")
-    ops: dict[int, int] = {}
 
     async def compress(item: tuple[bytes, bytes, bool]) -> tuple[bytes, int, int]:
         return await aio.in_thread(pool, _deflate, item, level)
@@ -427,10 +395,7 @@ async def _produce(tree: _Tree, level: int, threads: int, block_size: int,
                         raise error
                     raise ArchiveError([f"compression failed: {describe(error)}"])
                 data, block_crc, length = outcome.value
-                op = ops.get(length)
-                if op is None:
-                    op = ops[length] = _shift_op(length)
-                crc = _multmodp(op, crc) ^ block_crc
+                crc = zlib_ng.crc32_combine(crc, block_crc, length)
                 total += length
                 emit(data)
         emit(struct.pack("<II", crc, total & 0xFFFFFFFF))

@@ -4,9 +4,12 @@ memory)."""
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
 
 from boride.errors import ComponentError
+
+if TYPE_CHECKING:  # (httpx is imported by whoever has a response to read)
+    import httpx
 
 __all__ = ["AnswerTooBig", "read_bounded", "size_text"]
 

@@ -1,8 +1,13 @@
-"""The ``boride`` command line."""
+"""The ``boride`` command line.
+
+Imports are lazy: at module level only what the options and ``--help`` need (click, boride's
+settings and limits), so that ``boride --version`` and ``--help`` start in a few tens of ms; a
+command imports what it uses (rich, pydantic, the pipeline, a runtime, the server) when it runs.
+tests/test_startup.py checks that the heavy modules stay out.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import sys
@@ -13,26 +18,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from boride import __version__, telemetry
-from boride.cache import Cache, cache_namespace, default_root
-from boride.cache import clear as clear_cache
-from boride.cache import namespaces as cache_namespaces
 from boride.config import SERVE_BUILD_TIMEOUT, Limits, Timeouts
-from boride.model import PipelineError, load
-from boride.pipeline import NOT_NEEDED, STAGES, BuildOptions, BuildResult, build
-from boride.pipeline.timeline import Timeline
 from boride.runtime import RUNTIMES, get_runtime
-from boride.runtime.base import Runtime
 from boride.settings import SettingError, check_environment, parse_size
 from boride.types import Status
 
 if TYPE_CHECKING:
+    from rich.console import Console, Group
+
+    from boride.cache import Cache
+    from boride.pipeline import BuildOptions, BuildResult
+    from boride.pipeline.timeline import Timeline
     from boride.registry import Registry
+    from boride.runtime.base import Runtime
 
 T = TypeVar("T")
 LIMITS, TIMEOUTS = Limits(), Timeouts()  # the defaults shown by --help
@@ -66,6 +66,8 @@ class Progress:
         # (name, a start?) -> since when: a call waiting for its instance's start counts from
         # the start's end
         self.started: dict[tuple[str, bool], float] = {}
+        from rich.live import Live
+
         self.live = Live(get_renderable=self._render, console=console, transient=False,
                          refresh_per_second=10) if live else None
 
@@ -97,6 +99,8 @@ class Progress:
                 row.start += spent
             else:
                 row.seconds += spent
+        from boride.pipeline import NOT_NEEDED
+
         row.needed = not (stage == "merge" and status == NOT_NEEDED)
         if stage == "start" and call in self.started:  # a call waits for this start
             self.started[call] = now
@@ -107,6 +111,12 @@ class Progress:
             self.console.print(f"boride: {stage} {row.kind} {name}: {shown}", highlight=False)
 
     def _render(self) -> Group:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        from boride.pipeline import STAGES
+
         stages = Text("  ").join(
             Text(f"{s}: {self.stages.get(s, 'waiting')}",
                  style=_STYLE.get(Status(self.stages[s]), "dim") if s in self.stages else "dim")
@@ -208,8 +218,10 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         max_answer: int, as_json: bool, trace: Path | None, log_level: str,
         log_format: str) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
+    from boride.model import PipelineError, load
+
     _configure_logging(log_level, log_format)
-    err = Console(stderr=True, soft_wrap=True)
+    err = _stderr()
     try:
         pipeline = load(pipeline_file)
     except PipelineError as exc:
@@ -218,16 +230,11 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         sys.exit(EXIT_USAGE)
     if out is None and archive is None:
         out = Path("out")
-    try:
-        if out is not None and out.exists() and not force and (
-                not out.is_dir() or any(out.iterdir())):
-            err.print(f"boride: output folder {out} exists and is not empty; use --force to "
-                      "replace it", highlight=False, markup=False)
-            sys.exit(EXIT_USAGE)
-    except OSError as exc:
-        err.print(f"boride: cannot use output folder {out}: {exc.strerror}", highlight=False,
-                  markup=False)
-        sys.exit(EXIT_USAGE)
+    _check_out(out, force, err)
+    import asyncio  # (after the checks of the command line: a refused run imports no build)
+
+    from boride.pipeline import BuildOptions, build
+
     options = BuildOptions(limits=Limits(parallelism=parallelism, max_answer=max_answer),
                            timeouts=Timeouts(ready=ready_timeout, build=timeout),
                            out=out.absolute() if out else None,
@@ -264,10 +271,26 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
     sys.exit(0 if outcome.ok else EXIT_FAILED)
 
 
+def _check_out(out: Path | None, force: bool, err: Console) -> None:
+    """``--out`` must be empty or absent unless ``--force`` (exit 2)."""
+    try:
+        if out is not None and out.exists() and not force and (
+                not out.is_dir() or any(out.iterdir())):
+            err.print(f"boride: output folder {out} exists and is not empty; use --force to "
+                      "replace it", highlight=False, markup=False)
+            sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        err.print(f"boride: cannot use output folder {out}: {exc.strerror}", highlight=False,
+                  markup=False)
+        sys.exit(EXIT_USAGE)
+
+
 def _timeline(trace: Path | None, parallelism: int, err: Console) -> Timeline | None:
     """``--trace``'s timeline (None without); its folder must exist (exit 2)."""
     if trace is None:
         return None
+    from boride.pipeline.timeline import Timeline
+
     if not trace.absolute().parent.is_dir():
         err.print(f"boride: cannot write the trace file {trace}: its folder does not exist",
                   highlight=False, markup=False)
@@ -293,7 +316,7 @@ def _write_trace(timeline: Timeline | None, path: Path, err: Console) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print the removed names as JSON.")
 def clean(session: str | None, all_: bool, as_json: bool) -> None:
     """Remove the Docker containers and volumes a killed run left behind (found by label)."""
-    err = Console(stderr=True, soft_wrap=True)
+    err = _stderr()
     if (session is None) == (not all_):
         err.print("boride: give exactly one of --session ID or --all", highlight=False)
         sys.exit(EXIT_USAGE)
@@ -322,6 +345,8 @@ def _cache(wanted: bool, folder: Path | None, size: str, err: Console, *,
     """The cache ``--cache`` asks for, or None; a bad ``--cache-size`` ends the command."""
     if not wanted:
         return None
+    from boride.cache import Cache, default_root
+
     try:
         max_bytes = parse_size(size)
     except ValueError as exc:
@@ -341,6 +366,9 @@ def cache_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def cache_info(cache_dir: Path | None, as_json: bool) -> None:
     """Where the cache is, its entries and their size (per namespace: API tenants)."""
+    from boride.cache import default_root
+    from boride.cache import namespaces as cache_namespaces
+
     root = (cache_dir or default_root()).absolute()
     infos = [c.info() for c in cache_namespaces(root)]
     entries, size = sum(i.entries for i in infos), sum(i.bytes for i in infos)
@@ -361,6 +389,9 @@ def cache_info(cache_dir: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 def cache_clear(cache_dir: Path | None, as_json: bool) -> None:
     """Remove every entry of the cache (builds running now keep working)."""
+    from boride.cache import clear as clear_cache
+    from boride.cache import default_root
+
     root = (cache_dir or default_root()).absolute()
     entries, size = clear_cache(root)
     if as_json:
@@ -381,6 +412,8 @@ def _human(size: int) -> str:
 def _watch(pipeline_file: Path, runtime: str, options: BuildOptions, as_json: bool,
            err: Console, trace: Path | None = None) -> int:
     """``run --watch``: build on every change until Ctrl-C; the exit code."""
+    import asyncio
+
     from boride.pipeline.timeline import numbered
     from boride.watch import Round, counts, watch
 
@@ -425,6 +458,8 @@ def _watch(pipeline_file: Path, runtime: str, options: BuildOptions, as_json: bo
 async def _cancellable(runtime_name: str, work: Callable[[Runtime], Awaitable[T]]) -> T | int:
     """Run ``work`` on a new runtime; Ctrl-C or SIGTERM cancel it (with full clean-up) and give
     an exit code."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -546,10 +581,11 @@ def serve(host: str, port: int, runtime: str, registries: tuple[str, ...], token
     On SIGTERM it drains (see --drain-timeout), then exits leaving its sessions on a Docker
     engine for the next server of its --state-name; on Ctrl-C it removes what it made
     (unless --keep-sessions)."""
+    from boride.cache import cache_namespace
     from boride.registry import location
     from boride.server import ServerConfig, create_app
 
-    err = Console(stderr=True, soft_wrap=True)
+    err = _stderr()
 
     def fail(message: str) -> None:
         err.print(f"boride serve: {message}", highlight=False, markup=False)
@@ -594,6 +630,8 @@ def _usable(registries: tuple[str, ...], runtime: str, fail: Callable[[str], Non
             ) -> tuple[Registry, Runtime]:
     """The registry and the runtime a server is told to use, each checked (``fail``: how the
     server refuses one that cannot be used)."""
+    import asyncio
+
     from boride.registry import RegistryError, open_registry
 
     try:
@@ -753,7 +791,7 @@ def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
     from boride.front import FrontConfig, create_front_app
     from boride.server.drain import DrainingServer
 
-    err = Console(stderr=True, soft_wrap=True)
+    err = _stderr()
 
     def fail(message: str) -> None:
         err.print(f"boride front: {message}", highlight=False, markup=False)
@@ -785,6 +823,13 @@ def front(host: str, port: int, workers: tuple[str, ...], discover: str | None,
         app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=10,
         access_log=False, log_config=None, proxy_headers=False), app.state.drain,
         drain_timeout).run()
+
+
+def _stderr() -> Console:
+    """The console of boride's messages (rich is imported by the commands that print only)."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
 
 
 def _document_environment(group: click.Group) -> None:

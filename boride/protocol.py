@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -16,6 +15,9 @@ from boride import telemetry
 from boride.bounded import AnswerTooBig, read_bounded, size_text
 from boride.config import MAX_ANSWER
 from boride.errors import ComponentError
+
+if TYPE_CHECKING:  # (imported by the calls: loading a pipeline file needs no HTTP client)
+    import httpx
 
 
 class ProtocolError(ComponentError):
@@ -95,6 +97,8 @@ async def _post(client: httpx.AsyncClient, route: str, request: _Wire,
     """POST ``request``, the answer as ``model``; at most ``limit`` bytes of it read (plus
     the request's own size with ``plus_request``: a resolver answers a merge of what it was
     sent, which may itself be large)."""
+    import httpx
+
     what = f"POST {route}"
     sent = json.dumps(request.model_dump(by_alias=True), ensure_ascii=False).encode()
     bound = size_text(limit) + (f" beyond the {len(sent)} bytes it was sent" if plus_request

@@ -3,7 +3,8 @@
 Two images, each built FROM the one before:
 
 * ``boride/serve-deps:latest``: ``boride/python-base:3.11`` + boride's runtime dependencies
-  (``[project] dependencies`` of pyproject.toml, pinned as there; no dev dependencies),
+  (``[project] dependencies`` of pyproject.toml, pinned as there; no dev dependencies; among
+  them zlib-ng, pinned exactly, so that the helper's archives have the bytes boride's have),
   installed on the host with ``pip install --target`` and copied in, bytecode compiled, and the
   folders ``/workspace/area`` and ``/workspace/cyanprint``; rebuilt only when its label
   ``boride.deps`` (a digest of the dependency list, the base image and the recipe) differs;
@@ -46,7 +47,7 @@ SERVE_IMAGE = os.environ.get("BORIDE_SERVE_IMAGE") or "boride/serve:latest"
 #: Its dependencies' image (``<BORIDE_SERVE_IMAGE>-deps`` with another tag: not shared either).
 DEPS_IMAGE = (f"{SERVE_IMAGE}-deps" if os.environ.get("BORIDE_SERVE_IMAGE")
               else "boride/serve-deps:latest")
-RECIPE_REV = "1"  # bump when the recipe below changes (both images are rebuilt)
+RECIPE_REV = "2"  # bump when the recipe below changes (both images are rebuilt)
 PACKAGE = ROOT / "boride"
 PYPROJECT = ROOT / "pyproject.toml"
 SITE = "/opt/boride-deps"
@@ -117,7 +118,8 @@ def ensure_deps_image(client: docker.DockerClient, base: str = BASE_IMAGE) -> bo
             f"ENV PYTHONPATH={CODE}:{SITE} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1\n"
             f"RUN python3 -m compileall -q {SITE} > /dev/null"
             " && mkdir -p -m 0755 /workspace/area /workspace/cyanprint"
-            " && python3 -c 'import fastapi, uvicorn, docker, httpx, pydantic, yaml, rich'\n"
+            " && python3 -c 'import fastapi, uvicorn, docker, httpx, pydantic, yaml, rich,"
+            " zlib_ng.zlib_ng'\n"
             f"LABEL boride.image=serve-deps boride.deps={key}\n"
         )
         build(client, DEPS_IMAGE, dockerfile, _tree(site, "site"))

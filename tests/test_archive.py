@@ -373,3 +373,115 @@ def test_copy_links_still_refuses_links_leading_outside(tmp_path: Path) -> None:
         iter_archive(src, copy_links=True)
     text = str(err.value)
     assert "'out'" in text and "'abs'" in text and "'dangling'" in text
+
+
+# -- zlib-ng: the deflater, pinned, the same bytes from one install to the next (issue 23) ---
+
+def make_golden_tree(root: str) -> None:
+    """A fixed tree of about 1.6 MB (two compression blocks): source-like text, a file of
+    random bytes, an executable, a link, an empty folder. Only the standard library and no
+    names from this module: it also runs, as its source, in the helper image."""
+    import os
+    import random
+
+    rng = random.Random(23)
+    words = ["def", "class", "return", "import", "self", "value", "template", "merge", "for"]
+
+    def put(rel: str, data: bytes, mode: int = 0o644) -> None:
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+
+    for i in range(120):
+        lines = ["    " * rng.randrange(4) + " ".join(rng.choice(words) for _ in range(8))
+                 for _ in range(rng.randrange(20, 400))]
+        put(f"src/pkg{i % 6}/mod{i}.py", "\n".join(lines).encode())
+    put("assets/noise.bin", bytes(rng.randrange(256) for _ in range(300_000)))
+    put("bin/run.sh", b"#!/bin/sh\necho hi\n", 0o755)
+    os.makedirs(os.path.join(root, "empty"))
+    os.symlink("src/pkg0/mod0.py", os.path.join(root, "main.py"))
+
+
+#: sha256 of the archive of :func:`make_golden_tree` at the default level (4) with zlib-ng
+#: 1.1.0 (zlib-ng 2.3.3 inside), x86-64. It changes when the pinned zlib-ng's output changes
+#: (a new pin: check that the new bytes are again the same everywhere, then update it) or
+#: when the archive's format does; with stdlib zlib it would be another value.
+GOLDEN_SHA256 = "1b068e835e536153ab1fcd75eca8c2c243fc364648437796cc85cd257ce28821"
+
+
+def _golden_digest(root: Path) -> str:
+    import hashlib
+
+    make_golden_tree(str(root))
+    return hashlib.sha256(b"".join(iter_archive(root))).hexdigest()
+
+
+def test_the_archive_is_zlib_ng_deflate(tmp_path: Path) -> None:
+    """One block (under BLOCK_SIZE): the archive is exactly a gzip member around zlib-ng's
+    raw deflate of the tar stream at the default level, not stdlib zlib's."""
+    from zlib_ng import zlib_ng
+
+    src = tmp_path / "src"
+    for i in range(40):
+        put(src, f"d{i % 4}/f{i}.txt", f"line {i} of some text to compress\n" * (i + 10))
+    data = b"".join(iter_archive(src))
+    raw = gzip.decompress(data)
+    assert len(raw) < archive.BLOCK_SIZE
+
+    def deflated(z: object) -> bytes:
+        c = z.compressobj(archive.DEFAULT_LEVEL, z.DEFLATED, -15)  # type: ignore[attr-defined]
+        return bytes(c.compress(raw) + c.flush())
+
+    body = data[10:-8]
+    assert body == deflated(zlib_ng)
+    assert body != deflated(zlib)  # (what stdlib zlib would give: the reason for the pin)
+    assert data[-8:] == (zlib.crc32(raw).to_bytes(4, "little")
+                         + len(raw).to_bytes(4, "little"))
+
+
+def test_same_bytes_as_the_pinned_zlib_ng_gave(tmp_path: Path) -> None:
+    """The archive of a fixed tree has a fixed digest: reproducible from one install to the
+    next, not only from one run to the next."""
+    assert _golden_digest(tmp_path / "golden") == GOLDEN_SHA256
+    entries = read_all(b"".join(iter_archive(tmp_path / "golden")))
+    assert entries["bin/run.sh"][0].mode == 0o755
+    assert entries["main.py"][0].linkname == "src/pkg0/mod0.py"
+    assert entries["empty"][0].isdir()
+
+
+def test_zlib_ng_is_pinned_exactly_and_in_the_helper_image() -> None:
+    import tomllib
+
+    from zlib_ng import _version
+
+    root = Path(__file__).resolve().parent.parent
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"zlib-ng=={_version.__version__}" in deps  # the installed one is the pinned one
+    from tests.docker_helpers import serve_image_module
+
+    assert f"zlib-ng=={_version.__version__}" in serve_image_module().dependencies()
+
+
+@pytest.mark.docker
+def test_the_helper_image_makes_the_same_bytes(tmp_path: Path) -> None:
+    """boride's helper image (which archives the results of Docker builds) has the pinned
+    zlib-ng too: the same tree, made and archived inside it, has the same digest."""
+    import inspect
+
+    from boride.runtime.docker.helper import helper_image
+
+    script = "\n".join([
+        inspect.getsource(make_golden_tree),
+        "import hashlib, pathlib, tempfile",
+        "from boride.archive import iter_archive",
+        "root = tempfile.mkdtemp() + '/golden'",
+        "make_golden_tree(root)",
+        "print(hashlib.sha256(b''.join(iter_archive(pathlib.Path(root)))).hexdigest())",
+    ])
+    out = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint",
+                          "python3", helper_image(), "-c", script],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == _golden_digest(tmp_path / "golden") == GOLDEN_SHA256

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from boride.runtime.base import Runtime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (not imported at run time: ``boride --help`` needs only RUNTIMES)
+    from boride.runtime.base import Runtime
 
 RUNTIMES = ("local", "docker")
 
