@@ -1,3 +1,3 @@
-from boride.cli import main
+from boride.entry import main
 
 main()

@@ -9,13 +9,15 @@ tests/test_startup.py checks that the heavy modules stay out.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -218,6 +220,10 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         max_answer: int, as_json: bool, trace: Path | None, log_level: str,
         log_format: str) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
+    if runtime == "local":
+        from boride.runtime import forking
+
+        forking.prestart()  # (done already when boride.entry saw the command line)
     from boride.model import PipelineError, load
 
     _configure_logging(log_level, log_format)
@@ -268,7 +274,24 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
     if trace is not None and not _write_trace(options.timeline, trace, err):
         sys.exit(EXIT_FAILED)
     _report(outcome, as_json, err)
-    sys.exit(0 if outcome.ok else EXIT_FAILED)
+    leave(0 if outcome.ok else EXIT_FAILED)
+
+
+#: Set by boride.entry in a real ``boride`` process (not in click's test runner).
+LEAVE_AT_ONCE = False
+
+
+def leave(code: int) -> NoReturn:
+    """End a ``boride run`` whose work is all done: with :data:`LEAVE_AT_ONCE`, the exit
+    skips the interpreter's tear-down of hundreds of modules (a tenth of a small build's
+    wall time) once what is buffered is written; otherwise as ``sys.exit``."""
+    if LEAVE_AT_ONCE:
+        telemetry.shutdown()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _check_out(out: Path | None, force: bool, err: Console) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from boride import settings
 from boride.settings import SECRETS
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
@@ -206,12 +208,18 @@ class ForkServer:
 _spare: ForkServer | None = None  # started by prestart, for the first session to take
 
 
-def prestart(interpreter: str | None = None) -> None:
+def prestart() -> None:
     """Start a fork server now, before boride has loaded the rest of itself, for the first
-    session of this process to take."""
+    session of this process to take; nothing when forking is off or bubblewrap is missing
+    (the session then starts one, or says why it cannot)."""
     global _spare
-    if _spare is None:
-        _spare = ForkServer.launch(interpreter or sys.executable, component_env())
+    try:
+        wanted = bool(settings.get("BORIDE_LOCAL_FORK"))
+    except settings.SettingError:  # reported as the command starts
+        return
+    if _spare is None and wanted and shutil.which("bwrap") is not None:
+        with contextlib.suppress(OSError):
+            _spare = ForkServer.launch(sys.executable, component_env())
 
 
 def take(interpreter: str, env: dict[str, str]) -> ForkServer:

@@ -203,8 +203,11 @@ def run_component(req: dict[str, Any], log_fd: int) -> None:
     else:  # boride's own user, in a user namespace of the component's own (as nsinit's)
         user = None
         own_user_namespace()
-    nsinit.confine(user, req["memory"], req["pids"])
-    drop_capabilities()
+    try:
+        nsinit.confine(user, req["memory"], req["pids"])  # (it says why it failed)
+        drop_capabilities()
+    except OSError:
+        os._exit(125)
     script = req["argv"][1]
     # its name in ps and top (its command line stays the server's)
     _LIBC.prctl(_PR_SET_NAME, os.path.basename(script).encode()[:15], 0, 0, 0)
@@ -264,9 +267,16 @@ def keeper(req: dict[str, Any], log_fd: int, ctl: socket.socket) -> None:
         _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
         loopback_up()
         child = os.fork()
-        if child == 0:
+        if child == 0:  # (never back here but through SystemExit: the keeper's code is not its)
             ctl.close()
-            run_component(req, log_fd)
+            try:
+                run_component(req, log_fd)
+            except SystemExit:
+                raise
+            except BaseException:  # what the interpreter would print, from its own stderr
+                traceback.print_exc()
+                sys.stderr.flush()
+                os._exit(1)
         os.close(log_fd)
         code = asyncio.run(_keep(req, ctl, child))
         code = code if code >= 0 else 128 - code

@@ -40,6 +40,7 @@ import httpx
 from boride import aio, cache, diagnose, fsutil, settings, workdirs
 from boride.area import HostArea
 from boride.config import COMPONENT_UIDS, DEFAULT_MEMORY, DEFAULT_PIDS
+from boride.protocol import plain_http
 from boride.runtime import forking
 from boride.runtime.base import (
     LOG_TAIL,
@@ -266,7 +267,7 @@ class LocalInstance(Instance):
         self.process = process
         self.socket_path = socket_path
         self.log_path = log_path
-        transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+        transport = httpx.AsyncHTTPTransport(uds=str(socket_path), verify=plain_http())
         self.client = httpx.AsyncClient(transport=transport,
                                         base_url=f"http://{component.kind.value}",
                                         timeout=None)

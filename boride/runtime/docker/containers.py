@@ -16,6 +16,7 @@ import docker.errors
 import httpx
 
 from boride import telemetry
+from boride.protocol import plain_http
 from boride.runtime.docker.names import (
     LABEL_COMPONENT,
     LABEL_KIND,
@@ -148,7 +149,7 @@ def http_client(container: Container, port: int, network: str) -> httpx.AsyncCli
         # that very moment fails the call ("Server disconnected without sending a
         # response"), which happened under load (issue 15's swarm test).
         transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY))
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY), verify=plain_http())
     else:
         transport = _Unreachable(f"container {container.name} has no address on {network} "
                                  "(it is not running)")

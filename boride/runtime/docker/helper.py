@@ -42,6 +42,7 @@ from boride.bounded import AnswerTooBig, read_bounded
 from boride.config import HELPER_MEMORY, Timeouts
 from boride.errors import describe
 from boride.merge import Conflict, MergeError, ResolveFn, ResolverRule, Version
+from boride.protocol import plain_http
 from boride.runtime.base import HostFolder, RuntimeFailure, TemplateRefused
 from boride.runtime.docker.containers import Container, remove_container, start_created
 from boride.runtime.docker.engine import ENGINE_ERRORS
@@ -217,7 +218,7 @@ class HelperArea(Area):
         self._token = token
         self._starting = starting
         self.instance: DockerInstance | None = None
-        self.client = httpx.AsyncClient()  # replaced by the helper's once it runs
+        self.client = httpx.AsyncClient(verify=plain_http())  # the helper's once it runs
         self._tasks = aio.TaskGroup(f"area of {name}")
         self._ready = self._tasks.start_soon(self._wait_ready(), name=f"{name} ready")
 
