@@ -49,12 +49,9 @@ assert _spec is not None and _spec.loader is not None
 nsinit = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(nsinit)
 
-# The SDKs' entry modules, imported when installed; then what uvicorn (the SDK's server)
-# imports only once it runs.
+# The SDKs' entry modules, imported when installed (cyanprintsdk's server is aiohttp's, all
+# of which that import loads: nothing more is imported when a component starts or answers).
 PRELOAD = ("cyanprintsdk.main",)
-PRELOAD_QUIETLY = ("uvicorn.loops.auto", "uvicorn.loops.asyncio", "uvicorn.protocols.http.auto",
-                   "uvicorn.protocols.http.h11_impl", "uvicorn.protocols.websockets.auto",
-                   "uvicorn.lifespan.on")
 
 _CLONE = {"ns": 0x20000, "net": 0x40000000, "pid": 0x20000000, "ipc": 0x08000000,
           "uts": 0x04000000}
@@ -325,14 +322,13 @@ def serve(server: socket.socket) -> None:
 
 
 def preload() -> None:
-    for name in (*PRELOAD, *PRELOAD_QUIETLY):
+    for name in PRELOAD:
         if importlib.util.find_spec(name.partition(".")[0]) is None:
             continue
         try:
             __import__(name)
         except Exception as exc:  # the components then import it themselves
-            if name in PRELOAD:
-                print(f"boride fork server: cannot preload {name}: {exc}", file=sys.stderr)
+            print(f"boride fork server: cannot preload {name}: {exc}", file=sys.stderr)
 
 
 def main() -> None:
