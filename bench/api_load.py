@@ -316,7 +316,8 @@ def serving(root: Path, registry: Path, max_builds: int, *, python: str = sys.ex
         [python, "-m", "boride", "serve", "--runtime", "local", "--port", str(port),
          "--registry", str(registry), "--max-builds", str(max_builds), "--max-sessions",
          "1000", "--work-root", str(root / "work"), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=root)  # (not this checkout: ``-m`` puts the working folder first on the path)
     server.url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -136,7 +136,7 @@ class Arm:
 
 class Watch(threading.Thread):
     """Samples, every 20 ms, the components alive under ``pid`` (distinct network namespaces
-    among its descendants other than its own) and its VmHWM. A process's parent is read once
+    among its descendants other than its own and its fork servers') and its VmHWM. A process's parent is read once
     (cheap enough on 2 cores: the thread's own CPU time is reported)."""
 
     def __init__(self, pid: int) -> None:
@@ -176,13 +176,21 @@ class Watch(threading.Thread):
     def run(self) -> None:
         start = time.thread_time()
         while not self.stop.wait(0.02):
-            nets = set()
+            nets, servers = set(), set()
             for p in self.descendants():
                 try:
-                    nets.add(os.readlink(f"/proc/{p}/ns/net"))
+                    net = os.readlink(f"/proc/{p}/ns/net")
+                    with open(f"/proc/{p}/cmdline", "rb") as f:
+                        argv = f.read().split(b"\0")
                 except OSError:
                     continue
-            nets.discard(self.own_net)
+                nets.add(net)
+                # a fork server's sandbox (bwrap ... forkserver.py) has a network namespace
+                # of its own, which is no component's (each forked one makes its own)
+                if argv[0].endswith(b"bwrap") and any(a.endswith(b"/forkserver.py")
+                                                      for a in argv):
+                    servers.add(net)
+            nets -= servers | {self.own_net}
             self.most_alive = max(self.most_alive, len(nets))
             self.hwm_kib = max(self.hwm_kib, api_load.rss_kib(self.pid, "VmHWM"))
             self.samples += 1
@@ -218,8 +226,9 @@ def boride_run(arm: Arm, python: str, pipeline: Path, tmp: Path, *, parallelism:
     env = arm.env({"BORIDE_CACHE_DIR": str(run_dir / "cache"),
                    "XDG_CACHE_HOME": str(run_dir / "xdg")})
     start = time.perf_counter()
+    # cwd: not this checkout (``-m`` puts the working folder first on the path)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, cwd=run_dir)
     watcher = Watch(proc.pid) if watch else None
     if watcher:
         watcher.start()
@@ -391,6 +400,9 @@ def main() -> None:
     args = parser.parse_args()
     only = {int(s) for s in args.only.split(",") if s.strip()}
     roots = [r.resolve() for r in args.boride_root] or [ROOT]
+    for root in roots:  # as an installed package has them (PYTHONDONTWRITEBYTECODE may be set)
+        subprocess.run([args.python, "-m", "compileall", "-q", str(root / "boride")],
+                       check=True, stdout=subprocess.DEVNULL)
     arms = []
     for i, root in enumerate(roots):
         name = root.name if len(roots) > 1 else "boride"

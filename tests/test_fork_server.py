@@ -92,3 +92,79 @@ def test_a_component_can_start_in_an_interpreter_of_its_own(
     found = build(make_pipeline([step, forked]), tmp_path, env=env)
     assert not found["solo"]["preloaded"], found
     assert found["forked"]["preloaded"] is (how != "BORIDE_LOCAL_FORK=0"), found
+
+
+def test_a_session_whose_fork_server_was_killed_gets_another(tmp_path: Path,
+                                                             template: Path) -> None:
+    """The session's fork server killed (as an OOM kill would): the component it forked dies
+    with it (its keeper is the server's child) and says so; the session's next start gets a
+    new server, whose component answers. Driven on the runtime itself."""
+    import asyncio
+
+    from boride import health
+    from boride.runtime.local import LocalRuntime
+    from boride.types import Component, Kind
+
+    async def scenario() -> tuple[int | None, str]:
+        runtime = LocalRuntime(fork=True)
+        root = tmp_path / "work"
+        root.mkdir()
+        workspace = await runtime.open_workspace("s1", template, root)
+        first, second = (Component(n, Kind.PROCESSOR, tuple(probe(tmp_path, n)),
+                                   cwd=tmp_path) for n in ("first", "second"))
+        try:
+            await runtime.expect(workspace, [first, second])
+            one = await runtime.start(workspace, first)
+            await health.wait_ready(one, 60)
+            runtime._forks["s1"].process.kill()  # noqa: SLF001 - the attack: its server dies
+            ended = await asyncio.wait_for(one.wait_exit(), 30)
+            two = await runtime.start(workspace, second)
+            await health.wait_ready(two, 60)
+            answer = await two.client.get("/")
+            for instance in (one, two):
+                await runtime.stop(instance)
+            return ended.code, answer.text
+        finally:
+            await runtime.close_workspace(workspace)
+
+    code, answer = asyncio.run(scenario())
+    assert code == 137, "the forked component outlived its fork server"
+    assert "OK" in answer
+
+
+@pytest.mark.parametrize(("argv", "local"), [
+    (["run", "p.yaml"], True), (["run", "--runtime", "local", "p.yaml"], True),
+    (["run", "--runtime", "docker", "p.yaml"], False), (["run", "--runtime=docker"], False),
+    (["serve"], False), ([], False), (["--version"], False)])
+def test_only_a_local_run_starts_a_fork_server_before_its_command_line_is_read(
+        argv: list[str], local: bool) -> None:
+    from boride import entry
+
+    assert entry._local_run(argv) is local
+
+
+def test_the_prestarted_fork_server_goes_to_a_session_with_its_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``boride run`` starts one before it has loaded: its session takes that one (the same
+    interpreter and environment), never a second time; another environment gets its own."""
+    from boride.runtime import forking
+
+    monkeypatch.setattr(forking, "_spare", None)
+    monkeypatch.setenv("BORIDE_LOCAL_FORK", "1")
+    forking.prestart()
+    spare = forking._spare
+    assert spare is not None and spare.process.poll() is None
+    servers = [spare]
+    try:
+        env = forking.component_env()
+        servers.append(forking.take(sys.executable, env))
+        assert servers[-1] is spare and forking._spare is None
+        servers.append(forking.take(sys.executable, env))
+        assert servers[-1] is not spare
+        forking.prestart()
+        servers.append(forking.take(sys.executable, {**env, "OTHER": "1"}))
+        assert servers[-1].env["OTHER"] == "1"
+    finally:
+        for server in {id(s): s for s in servers}.values():
+            server.close_now()
+            server.process.wait(30)

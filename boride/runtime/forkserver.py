@@ -30,6 +30,7 @@ import array
 import asyncio
 import contextlib
 import ctypes
+import gc
 import importlib.util
 import json
 import os
@@ -333,7 +334,12 @@ def preload() -> None:
 
 def main() -> None:
     server = socket.socket(fileno=0)
+    gc.disable()  # (nothing the import makes is garbage worth a collection)
     preload()
+    # What the import made is never collected again: a child's collections then never touch
+    # (and so never copy) the pages the server shares with it.
+    gc.freeze()
+    gc.enable()
     sys.stdout.flush()
     sys.stderr.flush()
     serve(server)

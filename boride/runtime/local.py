@@ -448,6 +448,10 @@ class LocalRuntime(Runtime):
     def _server(self, workspace: Workspace) -> forking.ForkServer:
         """The session's fork server, started (or taken: :func:`forking.take`) on first use."""
         server = self._forks.get(workspace.session_id)
+        if server is not None and server.process.poll() is not None:
+            log.warning("session %s: its fork server ended (exit code %s); starting another",
+                        workspace.session_id, server.process.returncode)
+            server = None
         if server is None:
             server = self._forks[workspace.session_id] = forking.take(sys.executable, self.env)
         return server
