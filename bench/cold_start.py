@@ -136,8 +136,9 @@ class Arm:
 
 class Watch(threading.Thread):
     """Samples, every 20 ms, the components alive under ``pid`` (distinct network namespaces
-    among its descendants other than its own and its fork servers') and its VmHWM. A process's parent is read once
-    (cheap enough on 2 cores: the thread's own CPU time is reported)."""
+    among its descendants other than its own and its fork servers') and its VmHWM. A
+    process's parent is read once (cheap enough on 2 cores: the thread's own CPU time is
+    reported)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
