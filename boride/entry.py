@@ -13,7 +13,7 @@ import sys
 def _local_run(args: list[str]) -> bool:
     """Whether ``args`` look like ``run`` on the local runtime (a wrong guess costs only the
     fork server's start: an unused one ends with boride)."""
-    if args[:1] != ["run"]:
+    if args[:1] != ["run"] or "--help" in args:
         return False
     return not any(a == "--runtime=docker" or (a == "--runtime" and b == "docker")
                    for a, b in zip(args, [*args[1:], ""], strict=True))

@@ -135,7 +135,7 @@ def test_a_session_whose_fork_server_was_killed_gets_another(tmp_path: Path,
 @pytest.mark.parametrize(("argv", "local"), [
     (["run", "p.yaml"], True), (["run", "--runtime", "local", "p.yaml"], True),
     (["run", "--runtime", "docker", "p.yaml"], False), (["run", "--runtime=docker"], False),
-    (["serve"], False), ([], False), (["--version"], False)])
+    (["serve"], False), ([], False), (["--version"], False), (["run", "--help"], False)])
 def test_only_a_local_run_starts_a_fork_server_before_its_command_line_is_read(
         argv: list[str], local: bool) -> None:
     from boride import entry
