@@ -220,10 +220,6 @@ def run(pipeline_file: Path, out: Path | None, archive: Path | None, force: bool
         max_answer: int, as_json: bool, trace: Path | None, log_level: str,
         log_format: str) -> None:
     """Build PIPELINE (a YAML file) and write the result to a folder or a .tar.gz."""
-    if runtime == "local":
-        from boride.runtime import forking
-
-        forking.prestart()  # (done already when boride.entry saw the command line)
     from boride.model import PipelineError, load
 
     _configure_logging(log_level, log_format)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,17 @@ def _name(pid: str) -> str:
         return "?"
 
 
+#: the names of a fork server's own processes (not components): see boride.runtime.forkserver
+FORK_SERVER_NAMES = ("(boride-keeper)", "(boride-forksrv)", "(bwrap)")
+
+
+def component_processes() -> list[str]:
+    """:func:`boride_processes` but a fork server's own (its sandbox, the server, the keepers):
+    the components that run."""
+    return [p for p in boride_processes()
+            if not ("forkserver.py" in p and p.endswith(FORK_SERVER_NAMES))]
+
+
 def boride_processes() -> list[str]:
     """Command lines of every process of this test run still running a component for boride."""
     found = []
@@ -74,7 +86,10 @@ def no_leftovers() -> Iterator[None]:
     """Fail the test if any component process outlives it."""
     before = set(boride_processes())
     yield
-    left = [p for p in boride_processes() if p not in before]
+    deadline = time.monotonic() + 5  # (a killed sandbox's processes end a moment later)
+    while (left := [p for p in boride_processes() if p not in before]) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not left, f"processes left running: {left}"
 
 

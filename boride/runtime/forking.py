@@ -18,25 +18,30 @@ runs before the rest of boride is loaded).
 from __future__ import annotations
 
 import array
-import asyncio
+import atexit
 import contextlib
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boride import settings
 from boride.settings import SECRETS
 
+if TYPE_CHECKING:  # (asyncio is imported where it is used: prestart runs before it is loaded)
+    import asyncio
+
 FORKSERVER = Path(__file__).with_name("forkserver.py")
 HOME = "/tmp/home"  # the components' home, in the sandbox's private /tmp (made by nsinit)
 _STOP_GRACE = 5.0
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
 def component_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -87,31 +92,43 @@ class Forked:
     it kills the component. (Made in the event loop: a reader waits for the code.)"""
 
     def __init__(self, control: socket.socket) -> None:
+        import asyncio
+
         self._control = control
         self._loop = asyncio.get_running_loop()
         self._ended: asyncio.Future[int] = self._loop.create_future()
         self._data = b""
         self.returncode: int | None = None
+        self.pid: int | None = None  # the component's, as this machine numbers it, once told
         self._loop.add_reader(control.fileno(), self._readable)
 
     def _readable(self) -> None:
         try:
-            chunk = self._control.recv(64)
+            chunk, ancillary, _, _ = self._control.recvmsg(64, socket.CMSG_SPACE(_UCRED.size))
         except BlockingIOError:
             return
         except OSError:
-            chunk = b""
+            chunk, ancillary = b"", []
+        for level, kind, data in ancillary:
+            # the keeper's "pid" line carries the component's process id as credentials,
+            # which the kernel numbers in this process's namespace
+            # (every later segment carries the keeper's own: only the first counts)
+            if ((level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)
+                    and self.pid is None and chunk.startswith(b"pid")):
+                self.pid = _UCRED.unpack(data[:_UCRED.size])[0]
         if chunk:
             self._data += chunk
             return
         self._loop.remove_reader(self._control.fileno())
-        words = self._data.split()
+        words = self._data.split()[-2:]  # ("pid", then "exit N")
         # no code: the fork server ended before its keeper could tell (the session closed)
-        ok = len(words) == 2 and words[1].lstrip(b"-").isdigit()
+        ok = len(words) == 2 and words[0] == b"exit" and words[1].lstrip(b"-").isdigit()
         self.returncode = int(words[1]) if ok else 137
         self._ended.set_result(self.returncode)
 
     async def wait(self) -> int:
+        import asyncio
+
         return await asyncio.shield(self._ended)
 
     def release(self) -> None:
@@ -157,8 +174,11 @@ class ForkServer:
     async def spawn(self, request: dict[str, Any], log_path: Path) -> Forked:
         """Ask for one component (``request``: see :mod:`forkserver`); its output goes to
         ``log_path``. :class:`OSError` when the server is gone."""
+        import asyncio
+
         body = json.dumps(request).encode()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             self._lock = self._lock or asyncio.Lock()
@@ -174,6 +194,8 @@ class ForkServer:
         return Forked(ours)
 
     async def _send(self, body: bytes, fds: list[int]) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
         while True:
@@ -191,6 +213,8 @@ class ForkServer:
     async def aclose(self) -> None:
         """Stop it: its standard input closes, and its sandbox, with every forked component
         still in it, ends."""
+        import asyncio
+
         self._requests.close()
         deadline = time.monotonic() + _STOP_GRACE
         while self.process.poll() is None and time.monotonic() < deadline:
@@ -201,8 +225,15 @@ class ForkServer:
             self.process.wait()
 
     def close_now(self) -> None:
-        """Stop it without waiting (it ends at once once its standard input closes)."""
+        """Stop it without waiting (it ends once it reads that its standard input closed)."""
         self._requests.close()
+
+    def kill(self) -> None:
+        """Kill it now and wait for its sandbox (bwrap, whose death takes the rest)."""
+        self._requests.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, 9)
+        self.process.wait()
 
 
 _spare: ForkServer | None = None  # started by prestart, for the first session to take
@@ -220,6 +251,16 @@ def prestart() -> None:
     if _spare is None and wanted and shutil.which("bwrap") is not None:
         with contextlib.suppress(OSError):
             _spare = ForkServer.launch(sys.executable, component_env())
+            atexit.register(_drop_spare)
+
+
+def _drop_spare() -> None:
+    """At exit, a fork server no session took (a refused command line, a failed start) is
+    killed and waited for: nothing of boride outlives it."""
+    global _spare
+    spare, _spare = _spare, None
+    if spare is not None:
+        spare.kill()
 
 
 def take(interpreter: str, env: dict[str, str]) -> ForkServer:

@@ -255,6 +255,7 @@ async def _keep(req: dict[str, Any], ctl: socket.socket, child: int) -> int:
 def keeper(req: dict[str, Any], log_fd: int, ctl: socket.socket) -> None:
     """In the forked keeper: namespaces, the component's root, then the component."""
     code = 125
+    _LIBC.prctl(_PR_SET_NAME, b"boride-keeper", 0, 0, 0)  # (its name in ps and top)
     try:
         _check(_LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -276,6 +277,7 @@ def keeper(req: dict[str, Any], log_fd: int, ctl: socket.socket) -> None:
                 sys.stderr.flush()
                 os._exit(1)
         os.close(log_fd)
+        _tell_pid(ctl, child)
         code = asyncio.run(_keep(req, ctl, child))
         code = code if code >= 0 else 128 - code
     except SystemExit:
@@ -284,6 +286,14 @@ def keeper(req: dict[str, Any], log_fd: int, ctl: socket.socket) -> None:
         os.write(log_fd, f"boride: cannot start the forked component: {exc}\n".encode())
     _report(ctl, code)
     os._exit(0)
+
+
+def _tell_pid(ctl: socket.socket, child: int) -> None:
+    """Send boride the component's process id, as credentials: the kernel gives it to boride
+    in boride's numbering (a keeper may name a process of its namespace: CAP_SYS_ADMIN)."""
+    creds = struct.pack("iII", child, os.getuid(), os.getgid())
+    with contextlib.suppress(OSError):  # (then boride only lacks the number)
+        ctl.sendmsg([b"pid\n"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
 
 
 def _report(ctl: socket.socket, code: int) -> None:
@@ -334,6 +344,7 @@ def preload() -> None:
 
 def main() -> None:
     server = socket.socket(fileno=0)
+    _LIBC.prctl(_PR_SET_NAME, b"boride-forksrv", 0, 0, 0)
     gc.disable()  # (nothing the import makes is garbage worth a collection)
     preload()
     # What the import made is never collected again: a child's collections then never touch
