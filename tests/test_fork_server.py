@@ -68,6 +68,7 @@ def test_a_forked_component_gets_nothing_of_the_server_or_of_another(
         assert report["in_environment"] == [] and report["mark"] is None, (name, report)
     assert found["a"]["in_memory"] == [], "boride's token reached a component"
     assert found["b"]["in_memory"] == [], "another component's secret or boride's token"
+    assert found["a"]["dev"] != found["b"]["dev"], "two components share a /dev"
     if os.geteuid() == 0:
         assert found["a"]["uid"] != found["b"]["uid"]
         assert 0 not in (found["a"]["uid"], found["b"]["uid"])

@@ -63,6 +63,9 @@ _KEPT_FLAGS = 2 | 4 | 8 | 1024 | 2048  # nosuid, nodev, noexec, noatime, nodirat
 _PR_SET_PDEATHSIG, _PR_SET_NAME, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 1, 15, 47, 4
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 1
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+              "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx", "core": "/proc/kcore"}
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -91,6 +94,20 @@ def _bind(source: str, target: str, *, readonly: bool) -> None:
         # the flags the source has must stay (in a user namespace they are locked)
         kept = os.statvfs(source).f_flag & _KEPT_FLAGS
         _mount(None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | kept)
+
+
+def _dev(target: str) -> None:
+    """A ``/dev`` of the component's own, as bwrap's ``--dev`` makes one: a tmpfs holding
+    the harmless devices (bound from the server's), ``pts``, an empty ``shm`` and the usual
+    links."""
+    os.makedirs(target, exist_ok=True)
+    _mount("tmpfs", target, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755")
+    for name in _DEVICES:
+        _bind(f"/dev/{name}", f"{target}/{name}", readonly=False)
+    _bind("/dev/pts", f"{target}/pts", readonly=False)
+    os.mkdir(f"{target}/shm")
+    for name, to in _DEV_LINKS.items():
+        os.symlink(to, f"{target}/{name}")
 
 
 def build_root(options: list[str], root: str) -> None:
@@ -123,8 +140,7 @@ def build_root(options: list[str], root: str) -> None:
             target, dst = next(it), next(it)
             os.symlink(target, root + dst)
         elif opt == "--dev":
-            dst = next(it)
-            _bind("/dev", root + dst, readonly=False)
+            _dev(root + next(it))
         elif opt == "--proc":
             dst = root + next(it)
             os.makedirs(dst, exist_ok=True)

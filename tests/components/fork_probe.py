@@ -50,6 +50,7 @@ async def process(i: CyanProcessorInput, fs: CyanFileHelper) -> ProcessorOutput:
         "preloaded": PRELOADED,
         "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "uid": os.getuid(),
+        "dev": os.stat("/dev").st_dev,  # its /dev's file system: its own, or shared
         "mark": getattr(sdk, "boride_mark", None),
         "in_memory": in_memory(patterns),
         "in_environment": sorted(p.pattern.decode() for p in patterns if p.search(environ)),
