@@ -8,7 +8,10 @@ template read-only (processors), the session's work area writable (processors, p
 private ``/tmp``, and nothing else of the host (no other session's files, no other component's
 socket). :mod:`boride.runtime.nsinit` runs first in the sandbox: it starts the component as an
 unprivileged user with process and memory limits and forwards a Unix socket in the component's
-own socket folder to the component's port. boride talks HTTP over that socket.
+own socket folder to the component's port. boride talks HTTP over that socket. A Python
+component run by boride's own interpreter is instead forked from its session's fork server
+(:mod:`boride.runtime.forking`), in a root built from the same mount options, confined the
+same way.
 
 When boride runs as root each component instance runs as a user of its own
 (:data:`~boride.config.COMPONENT_UIDS`): its folders in the area are its own (0700), the area's
