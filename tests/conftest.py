@@ -43,7 +43,7 @@ def _name(pid: str) -> str:
 
 
 #: the names of a fork server's own processes (not components): see boride.runtime.forkserver
-FORK_SERVER_NAMES = ("(boride-keeper)", "(boride-forksrv)", "(bwrap)")
+FORK_SERVER_NAMES = ("(boride-keeper)", "(boride-forksrv)", "(boride-forksess)", "(bwrap)")
 
 
 def component_processes() -> list[str]:

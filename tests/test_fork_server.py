@@ -117,7 +117,8 @@ def test_a_session_whose_fork_server_was_killed_gets_another(tmp_path: Path,
             await runtime.expect(workspace, [first, second])
             one = await runtime.start(workspace, first)
             await health.wait_ready(one, 60)
-            runtime._forks["s1"].process.kill()  # the attack: its server dies
+            assert runtime._root is not None
+            runtime._root.process.kill()  # the attack: the fork server dies
             ended = await asyncio.wait_for(one.wait_exit(), 30)
             two = await runtime.start(workspace, second)
             await health.wait_ready(two, 60)

@@ -1,12 +1,14 @@
 """boride's side of the fork servers (:mod:`boride.runtime.forkserver`).
 
 A Python component whose command runs a script with boride's own interpreter need not pay
-that interpreter's start and the SDK's import again: each session of the local runtime gets a
-fork server, a process that has imported the SDK, and asks it for each such component. The
+that interpreter's start and the SDK's import again: the local runtime keeps one fork server
+process while it has sessions, which imports the SDK once and forks, for each session, a
+server of the session's own (it has seen no other session's request); that one forks the
+session's components. The
 server's sandbox (:func:`server_sandbox`) shows the host as boride sees it: the server runs
 only boride's code, and each child builds a root of its own from the component's own sandbox
 binds before any of the component's code runs. Since the server needs nothing of the session,
-``boride run`` starts one before it has even loaded itself (:func:`prestart`); the session
+``boride run`` starts one before it has even loaded itself (:func:`prestart`); the runtime
 takes it (:func:`take`).
 
 What boride holds for a forked component (:class:`Forked`) behaves as the process of an
@@ -142,16 +144,77 @@ class Forked:
         self._control.close()
 
 
+class _Channel:
+    """A request socket to a fork server (``SOCK_SEQPACKET``: one message per request, with
+    the descriptors it hands over); one request at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._lock: asyncio.Lock | None = None  # (made in the event loop)
+
+    async def send(self, request: dict[str, Any], fds: list[int]) -> None:
+        """:class:`OSError` when the server is gone."""
+        import asyncio
+
+        body = json.dumps(request).encode()
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        loop = asyncio.get_running_loop()
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            while True:
+                try:
+                    self.sock.sendmsg([body], rights)
+                    return
+                except BlockingIOError:  # the server is still importing: wait for room
+                    writable: asyncio.Future[None] = loop.create_future()
+                    loop.add_writer(self.sock, _set, writable)
+                    try:
+                        await writable
+                    finally:
+                        loop.remove_writer(self.sock)
+
+
+class SessionForks:
+    """A session's fork server (forked from the process's :class:`ForkServer`): it forks that
+    session's components and nothing else."""
+
+    def __init__(self, channel: _Channel, root: ForkServer) -> None:
+        self._channel = channel
+        self.root = root
+
+    async def spawn(self, request: dict[str, Any], log_path: Path) -> Forked:
+        """Ask for one component (``request``: see :mod:`forkserver`); its output goes to
+        ``log_path``. :class:`OSError` when the server is gone."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            await self._channel.send(request, [log, theirs.fileno()])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            os.close(log)
+            theirs.close()
+        ours.setblocking(False)
+        return Forked(ours)
+
+    def close(self) -> None:
+        """It ends, with the components it forked that still run."""
+        self._channel.sock.close()
+
+
 class ForkServer:
-    """A running fork server, started with ``env`` by ``interpreter``."""
+    """A running fork server process, started with ``env`` by ``interpreter``: it forks a
+    server per session (:meth:`open_session`), which forks the session's components."""
 
     def __init__(self, process: subprocess.Popen[bytes], requests: socket.socket,
                  interpreter: str, env: dict[str, str]) -> None:
         self.process = process
         self.interpreter = interpreter
         self.env = env
-        self._requests = requests
-        self._lock: asyncio.Lock | None = None  # (made in the event loop)
+        self._channel = _Channel(requests)
 
     @classmethod
     def launch(cls, interpreter: str, env: dict[str, str], log_path: str = os.devnull
@@ -168,69 +231,42 @@ class ForkServer:
             raise
         finally:
             theirs.close()
-        ours.setblocking(False)
         return cls(process, ours, interpreter, env)
 
-    async def spawn(self, request: dict[str, Any], log_path: Path) -> Forked:
-        """Ask for one component (``request``: see :mod:`forkserver`); its output goes to
-        ``log_path``. :class:`OSError` when the server is gone."""
-        import asyncio
+    def running(self) -> bool:
+        return self.process.poll() is None
 
-        body = json.dumps(request).encode()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    async def open_session(self) -> SessionForks:
+        """A server of its own for a session. :class:`OSError` when this one is gone."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._lock = self._lock or asyncio.Lock()
-            async with self._lock:
-                await self._send(body, [log, theirs.fileno()])
+            await self._channel.send({"session": True}, [theirs.fileno()])
         except BaseException:
             ours.close()
             raise
         finally:
-            os.close(log)
             theirs.close()
-        ours.setblocking(False)
-        return Forked(ours)
-
-    async def _send(self, body: bytes, fds: list[int]) -> None:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-        while True:
-            try:
-                self._requests.sendmsg([body], rights)
-                return
-            except BlockingIOError:  # the server is still importing: wait for room
-                writable: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(self._requests, _set, writable)
-                try:
-                    await writable
-                finally:
-                    loop.remove_writer(self._requests)
+        return SessionForks(_Channel(ours), self)
 
     async def aclose(self) -> None:
-        """Stop it: its standard input closes, and its sandbox, with every forked component
-        still in it, ends."""
+        """Stop it: its standard input closes, and its sandbox, with every session's server
+        and forked component still in it, ends."""
         import asyncio
 
-        self._requests.close()
+        self._channel.sock.close()
         deadline = time.monotonic() + _STOP_GRACE
         while self.process.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, 9)
-            self.process.wait()
+            self.kill()
 
     def close_now(self) -> None:
         """Stop it without waiting (it ends once it reads that its standard input closed)."""
-        self._requests.close()
+        self._channel.sock.close()
 
     def kill(self) -> None:
         """Kill it now and wait for its sandbox (bwrap, whose death takes the rest)."""
-        self._requests.close()
+        self._channel.sock.close()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, 9)
         self.process.wait()

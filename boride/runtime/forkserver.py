@@ -201,10 +201,9 @@ def run_component(req: dict[str, Any], log_fd: int) -> None:
     except OSError as exc:
         os.write(log_fd, f"boride: cannot start the forked component: {exc}\n".encode())
         os._exit(125)
-    null = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 1)  # (first: the log may have been given descriptor 0)
     os.dup2(log_fd, 2)
+    os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
@@ -331,9 +330,16 @@ def _receive(server: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
 
 
 def serve(server: socket.socket) -> None:
+    """Answer the requests on ``server``: a component to fork (two descriptors: its log and
+    its control socket), or, from the first server only, a session's (``{"session": true}``
+    and its socket): a server of its own for that session's components, forked from this
+    one, which has never seen another session's request."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # keepers are reaped by the kernel
     while (got := _receive(server)) is not None:
         req, fds = got
+        if req.get("session") is True and len(fds) == 1:
+            _fork_session(server, fds[0])
+            continue
         if len(fds) != 2:
             for fd in fds:
                 os.close(fd)
@@ -341,11 +347,23 @@ def serve(server: socket.socket) -> None:
         log_fd, ctl_fd = fds
         pid = os.fork()
         if pid == 0:
-            server.detach()  # (fd 0, replaced in the component)
+            server.close()
             keeper(req, log_fd, socket.socket(fileno=ctl_fd))
         os.close(log_fd)
         os.close(ctl_fd)
         del req
+
+
+def _fork_session(server: socket.socket, fd: int) -> None:
+    """A session's own server (it ends when its socket closes, or when this one dies)."""
+    if os.fork() == 0:
+        server.close()
+        os.dup2(os.open("/dev/null", os.O_RDONLY), 0)  # (descriptors given later: never 0)
+        _check(_LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+        _LIBC.prctl(_PR_SET_NAME, b"boride-forksess", 0, 0, 0)
+        serve(socket.socket(fileno=fd))
+        os._exit(0)
+    os.close(fd)
 
 
 def preload() -> None:

@@ -340,7 +340,8 @@ class LocalRuntime(Runtime):
         self._socket_dirs: dict[str, workdirs.OwnedFolder] = {}  # session -> short socket folder
         self._owners: dict[LocalInstance, str] = {}  # running instance -> its session
         self.fork: bool = settings.get("BORIDE_LOCAL_FORK") if fork is None else fork
-        self._forks: dict[str, forking.ForkServer] = {}  # session -> its fork server
+        self._root: forking.ForkServer | None = None  # while any session has a fork server
+        self._forks: dict[str, forking.SessionForks] = {}  # session -> its fork server
 
     async def problems(self, components: list[Component]) -> list[str]:
         found: list[str] = []
@@ -436,10 +437,10 @@ class LocalRuntime(Runtime):
         return [*args, *_mount("--bind", str(socket_dir))]
 
     async def expect(self, workspace: Workspace, components: Sequence[Component]) -> None:
-        """Give the session a fork server now when some of ``components`` can be forked (it
-        imports the SDK while the session gets ready): see :mod:`boride.runtime.forking`."""
+        """Give the session its fork server now when some of ``components`` can be forked
+        (the SDK is imported while the session gets ready): see :mod:`boride.runtime.forking`."""
         if any(self._forkable(c) for c in components):
-            self._server(workspace)
+            await self._forks_of(workspace)
 
     def _forkable(self, component: Component) -> bool:
         if not (self.fork and component.fork and component.command):
@@ -448,16 +449,22 @@ class LocalRuntime(Runtime):
         exe = _find_executable(component.command, cwd, self.env)
         return forking.forkable(component.command, cwd, exe, sys.executable)
 
-    def _server(self, workspace: Workspace) -> forking.ForkServer:
-        """The session's fork server, started (or taken: :func:`forking.take`) on first use."""
-        server = self._forks.get(workspace.session_id)
-        if server is not None and server.process.poll() is not None:
-            log.warning("session %s: its fork server ended (exit code %s); starting another",
-                        workspace.session_id, server.process.returncode)
-            server = None
-        if server is None:
-            server = self._forks[workspace.session_id] = forking.take(sys.executable, self.env)
-        return server
+    async def _forks_of(self, workspace: Workspace) -> forking.SessionForks:
+        """The session's fork server, made on first use by the runtime's fork server process
+        (started, or taken: :func:`forking.take`, while any session has one; another one
+        when it died)."""
+        forks = self._forks.get(workspace.session_id)
+        root = self._root
+        if root is not None and not root.running():
+            log.warning("the fork server ended (exit code %s); starting another",
+                        root.process.returncode)
+            root = self._root = None
+        if forks is not None and forks.root is root:
+            return forks
+        if root is None:
+            root = self._root = forking.take(sys.executable, self.env)
+        forks = self._forks[workspace.session_id] = await root.open_session()
+        return forks
 
     async def start(self, workspace: Workspace, component: Component) -> Instance:
         assert component.command, "checked by problems()"
@@ -471,7 +478,7 @@ class LocalRuntime(Runtime):
         try:
             if self._forkable(component):
                 request = self._request(component, mounts, socket_path, own, run)
-                process: Process = await self._server(workspace).spawn(request, log_path)
+                process: Process = await self._fork(workspace, request, log_path)
             else:
                 process = await self._spawn(component, mounts, socket_path, log_path, own)
         except BaseException:
@@ -481,6 +488,16 @@ class LocalRuntime(Runtime):
         instance.memory_limit = size_setting(self.limits.memory)
         self._owners[instance] = workspace.session_id
         return instance
+
+    async def _fork(self, workspace: Workspace, request: dict[str, object], log_path: Path
+                    ) -> forking.Forked:
+        try:
+            return await (await self._forks_of(workspace)).spawn(request, log_path)
+        except OSError as exc:  # the session's server died: another one, once
+            log.warning("session %s: its fork server is gone (%s); starting another",
+                        workspace.session_id, exc)
+            self._forks.pop(workspace.session_id).close()
+            return await (await self._forks_of(workspace)).spawn(request, log_path)
 
     def _request(self, component: Component, mounts: list[str], socket_path: Path,
                  own: tuple[int, int] | None, run: Path) -> dict[str, object]:
@@ -542,9 +559,12 @@ class LocalRuntime(Runtime):
             instance.socket_path.parent.rmdir()
 
     async def close_workspace(self, workspace: Workspace) -> None:
-        server = self._forks.pop(workspace.session_id, None)
-        if server is not None:
-            await server.aclose()
+        forks = self._forks.pop(workspace.session_id, None)
+        if forks is not None:
+            forks.close()
+        if not self._forks and self._root is not None:  # (the last session with one)
+            root, self._root = self._root, None
+            await root.aclose()
         self._areas.pop(workspace.session_id, None)
         self._users.pop(workspace.session_id, None)
         self._roots.pop(workspace.session_id, None)
