@@ -2,11 +2,13 @@
 imported the component SDK.
 
 Started by the local runtime (:mod:`boride.runtime.forking`) as ``bwrap ... python
-forkserver.py`` in a sandbox that shows everything the session's Python components may need
-(the union of their sandboxes' binds). It imports the SDK once (``cyanprintsdk``, when
-installed), then reads requests from its standard input, a ``SOCK_SEQPACKET`` socket: a JSON
-body with two descriptors, the component's log file and its control socket. For each it
-forks a *keeper* (the role of :mod:`nsinit`), which
+forkserver.py`` in a sandbox that shows the host's files as boride sees them (it runs only
+this code). It imports the SDK once (``cyanprintsdk``, when installed), then reads requests
+from its standard input, a ``SOCK_SEQPACKET`` socket: a session's (one descriptor, the
+session's socket), for which it forks a server of that session's own (:func:`serve` again,
+on that socket), which has seen no other session's request; and, on a session's socket, a
+component's: a JSON body with two descriptors, the component's log file and its control
+socket. For each component it forks a *keeper* (the role of :mod:`nsinit`), which
 
 * makes its own mount, network, IPC, UTS and PID namespaces and brings loopback up;
 * forks the component (PID 1 of the new PID namespace), which builds, from the request's
