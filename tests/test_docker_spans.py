@@ -19,7 +19,7 @@ from tests.docker_helpers import image_of, managed_sessions
 from tests.helpers import run_cli, write_pipeline
 from tests.test_server_cli import serving
 from tests.test_server_support import build_body, new_id, template_body, write_registry
-from tests.test_telemetry import CLIENT_SPAN, files_of, otel_env, receiver
+from tests.test_telemetry import CLIENT_SPAN, ancestors, files_of, otel_env, receiver
 
 pytestmark = pytest.mark.docker
 
@@ -43,14 +43,9 @@ def test_container_and_helper_operations_are_spans_of_the_build(tmp_path: Path) 
     assert managed_sessions() - before == set()
     root = next(s for s in spans if s["name"] == "boride run")
     assert {s["trace"] for s in spans} == {root["trace"]}  # one trace, the run's
-    by_id = {s["id"]: s for s in spans}
 
-    def ancestors(span: dict[str, Any]) -> list[str]:
-        out = []
-        while span["parent"] in by_id:
-            span = by_id[span["parent"]]
-            out.append(span["name"])
-        return out
+    def above(span: dict[str, Any]) -> list[str]:
+        return [a["name"] for a in ancestors(span, spans)]
 
     def attr(span: dict[str, Any], key: str) -> str:
         return str(span["attrs"][f"boride.{key}"].string_value)
@@ -70,7 +65,7 @@ def test_container_and_helper_operations_are_spans_of_the_build(tmp_path: Path) 
     helper = [s for s in spans if s["name"].startswith("helper ")]
     trips = {attr(s, "operation") for s in helper}
     assert {"POST /dirs", "POST /merge"} <= trips, trips
-    assert all("build" in ancestors(s) and attr(s, "component") == "helper"
+    assert all("build" in above(s) and attr(s, "component") == "helper"
                for s in helper), helper
     merge = next(s for s in spans if s["name"] == "merge")
     assert next(s for s in helper if attr(s, "operation") == "POST /merge")["parent"] == \
@@ -78,7 +73,7 @@ def test_container_and_helper_operations_are_spans_of_the_build(tmp_path: Path) 
     # the helper's own container too, within the build
     made = [s for s in spans if s["name"] == "container create"
             and attr(s, "component") == "helper"]
-    assert made and all("build" in ancestors(s) for s in made)
+    assert made and all("build" in above(s) for s in made)
     # the component's traceparent: its call's span, in the run's trace
     sent = json.loads((tmp_path / "out" / "headers.json").read_text())
     _, trace, parent, _ = sent["traceparent"].split("-")
@@ -116,14 +111,9 @@ def test_served_on_docker_the_request_holds_what_it_starts_and_the_build_its_own
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=120)
     assert managed_sessions() - before == set()
-    by_id = {s["id"]: s for s in spans}
 
-    def ancestors(span: dict[str, Any]) -> list[str]:
-        out = []
-        while span["parent"] in by_id:
-            span = by_id[span["parent"]]
-            out.append(span["name"])
-        return out
+    def above(span: dict[str, Any]) -> list[str]:
+        return [a["name"] for a in ancestors(span, spans)]
 
     def ops(trace: str, component: str) -> list[dict[str, Any]]:
         return [s for s in spans if s["trace"] == trace and s["name"].startswith(
@@ -133,7 +123,7 @@ def test_served_on_docker_the_request_holds_what_it_starts_and_the_build_its_own
     # the try's helper is made under its request's span (no build runs)
     helper = ops(opened, "helper")
     assert {"container create", "container start"} <= {s["name"] for s in helper}, helper
-    assert all("POST /executor/try" in ancestors(s) for s in helper), helper
+    assert all("POST /executor/try" in above(s) for s in helper), helper
     # the build starts the probe (under its start span) and works through the helper
     mine = ops(built, "me/probe:1") or ops(built, "me/probe")
     start = next(s for s in spans if s["trace"] == built and s["name"].startswith(
@@ -142,11 +132,11 @@ def test_served_on_docker_the_request_holds_what_it_starts_and_the_build_its_own
     assert all(s["parent"] == start["id"] for s in mine), (mine, start)
     trips = ops(built, "helper")
     assert "helper POST /dirs" in {s["name"] for s in trips}, trips
-    assert all("POST /executor/{sessionId}" in ancestors(s) for s in trips), trips
+    assert all("POST /executor/{sessionId}" in above(s) for s in trips), trips
     # during the build under its spans; the output's archive streams after it, in the request
-    assert all("build" in ancestors(s) for s in trips if s["name"] in (
+    assert all("build" in above(s) for s in trips if s["name"] in (
         "helper POST /dirs", "helper GET /names", "helper POST /merge")), trips
-    assert "build" not in ancestors(next(s for s in trips if s["name"] ==
+    assert "build" not in above(next(s for s in trips if s["name"] ==
                                          "helper POST /archive"))
     call = next(s for s in spans if s["trace"] == built and s["name"].startswith(
         "call processor me/probe"))

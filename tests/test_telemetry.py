@@ -107,6 +107,16 @@ def files_of(archive: bytes) -> dict[str, bytes]:
 
 @pytest.mark.sandbox
 @pytest.mark.usefixtures("no_leftovers")
+
+def ancestors(span: dict[str, Any], spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The spans above ``span`` among ``spans``, its parent first."""
+    by_id = {s["id"]: s for s in spans}
+    out = []
+    while span["parent"] in by_id:
+        span = by_id[span["parent"]]
+        out.append(span)
+    return out
+
 def test_serve_exports_the_request_the_build_and_the_component_call_in_the_clients_trace(
         tmp_path: Path) -> None:
     probe = entry("me/probe", "headers_probe")
@@ -148,16 +158,8 @@ def test_serve_exports_the_request_the_build_and_the_component_call_in_the_clien
     assert request["attrs"]["http.route"].string_value == "/executor/{sessionId}"
     assert request["attrs"]["http.response.status_code"].int_value == 200
     build = next(s for s in mine if s["name"] == "build")
-    by_id = {s["id"]: s for s in mine}
-
-    def ancestors(span: dict[str, Any]) -> list[str]:
-        out = []
-        while span["parent"] in by_id:
-            span = by_id[span["parent"]]
-            out.append(span["id"])
-        return out
-
-    assert request["id"] in ancestors(build)  # (FastAPI's own spans may come between)
+    # (FastAPI's own spans may come between)
+    assert request["id"] in [a["id"] for a in ancestors(build, mine)]
     stages = [s for s in mine if s["name"].startswith("stage ")]
     assert stages and all(s["parent"] == build["id"] for s in stages), names
     call = next(s for s in mine if s["name"].startswith("call processor me/probe"))

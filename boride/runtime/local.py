@@ -175,7 +175,7 @@ def _outside_system(paths: list[str]) -> list[str]:
 @functools.cache
 def _python_dirs() -> tuple[str, ...]:
     """boride's Python installation and import path: ``python3`` in a pipeline file is boride's
-    interpreter (see component_env). boride's working folder (``sys.path[0]`` under ``-m``) is
+    interpreter (see forking.component_env). boride's working folder (``sys.path[0]`` under ``-m``) is
     not among them."""
     cwd = os.getcwd()
     dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
@@ -219,10 +219,6 @@ def _mount(option: str, path: str) -> list[str]:
 
 def _ro_binds(paths: list[str]) -> list[str]:
     return [arg for p in paths if os.path.exists(p) for arg in _mount("--ro-bind", p)]
-
-
-HOME = forking.HOME
-component_env = forking.component_env
 
 
 def template_folder(template: TemplateSource) -> Path:
@@ -328,7 +324,7 @@ class LocalRuntime(Runtime):
                 self._limits_problem = f"the local runtime's limits: {exc}"
                 limits = SandboxLimits(parse_size(DEFAULT_MEMORY), DEFAULT_PIDS)
         self.limits = limits
-        self.env = component_env()
+        self.env = forking.component_env()
         # As root each component runs as a user of its own (its session's UserPool);
         # otherwise as boride's own user (no other choice).
         self.own_users = os.geteuid() == 0
