@@ -175,8 +175,8 @@ def _outside_system(paths: list[str]) -> list[str]:
 @functools.cache
 def _python_dirs() -> tuple[str, ...]:
     """boride's Python installation and import path: ``python3`` in a pipeline file is boride's
-    interpreter (see forking.component_env). boride's working folder (``sys.path[0]`` under ``-m``) is
-    not among them."""
+    interpreter (see forking.component_env). boride's working folder (``sys.path[0]`` under
+    ``-m``) is not among them."""
     cwd = os.getcwd()
     dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
             _prefix(os.path.realpath(sys.executable))]
