@@ -18,8 +18,15 @@ import pytest
 from tests.docker_helpers import image_of, managed_sessions
 from tests.helpers import run_cli, write_pipeline
 from tests.test_server_cli import serving
-from tests.test_server_support import build_body, new_id, template_body, write_registry
-from tests.test_telemetry import CLIENT_SPAN, ancestors, files_of, otel_env, receiver
+from tests.test_server_support import new_id, template_body, write_registry
+from tests.test_telemetry import (
+    CLIENT_SPAN,
+    ancestors,
+    otel_env,
+    probe_build,
+    probe_session,
+    receiver,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -97,15 +104,9 @@ def test_served_on_docker_the_request_holds_what_it_starts_and_the_build_its_own
         template = template_body("local-p", [probe])
         sid = new_id()
         with httpx.Client(base_url=url, timeout=300) as http:
-            r = http.post("/executor/try", headers={"traceparent": f"00-{opened}-{CLIENT_SPAN}-01"},
-                          json={"sessionId": sid, "localTemplateId": "local-p",
-                                "source": "path", "path": "t", "template": template})
-            assert r.status_code == 200, r.text
-            r = http.post(f"/executor/{sid}?trace=true",
-                          json=build_body(template, [("me/probe", None)]),
-                          headers={"traceparent": f"00-{built}-{CLIENT_SPAN}-01"})
-            assert r.status_code == 200, r.text
-            got = json.loads(files_of(r.content)["headers.json"])
+            probe_session(http, sid, template, f"00-{opened}-{CLIENT_SPAN}-01")
+            got = probe_build(http, sid, template, f"00-{built}-{CLIENT_SPAN}-01",
+                              "?trace=true")
             timeline = http.get(f"/executor/{sid}/trace").json()
             assert http.delete(f"/executor/{sid}").json() == {"status": "OK"}
         proc.send_signal(signal.SIGINT)

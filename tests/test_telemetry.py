@@ -108,6 +108,25 @@ def files_of(archive: bytes) -> dict[str, bytes]:
 @pytest.mark.sandbox
 @pytest.mark.usefixtures("no_leftovers")
 
+
+def probe_session(http: httpx.Client, sid: str, template: dict[str, Any],
+                  traceparent: str | None = None) -> None:
+    """``POST /executor/try`` of the probe's template (``local-p``, folder ``t``)."""
+    r = http.post("/executor/try", headers={"traceparent": traceparent} if traceparent else {},
+                  json={"sessionId": sid, "localTemplateId": "local-p", "source": "path",
+                        "path": "t", "template": template})
+    assert r.status_code == 200, r.text
+
+
+def probe_build(http: httpx.Client, sid: str, template: dict[str, Any], traceparent: str,
+                query: str = "") -> dict[str, Any]:
+    """A build of the probe in session ``sid``: the headers its call was sent with."""
+    r = http.post(f"/executor/{sid}{query}", json=build_body(template, [("me/probe", None)]),
+                  headers={"traceparent": traceparent})
+    assert r.status_code == 200, r.text
+    got: dict[str, Any] = json.loads(files_of(r.content)["headers.json"])
+    return got
+
 def ancestors(span: dict[str, Any], spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The spans above ``span`` among ``spans``, its parent first."""
     by_id = {s["id"]: s for s in spans}
@@ -132,14 +151,8 @@ def test_serve_exports_the_request_the_build_and_the_component_call_in_the_clien
         template = template_body("local-p", [probe])
         sid = new_id()
         with httpx.Client(base_url=url, timeout=120) as http:
-            r = http.post("/executor/try", json={
-                "sessionId": sid, "localTemplateId": "local-p", "source": "path", "path": "t",
-                "template": template})
-            assert r.status_code == 200, r.text
-            r = http.post(f"/executor/{sid}", json=build_body(template, [("me/probe", None)]),
-                          headers={"traceparent": parent})
-            assert r.status_code == 200, r.text
-            got = json.loads(files_of(r.content)["headers.json"])
+            probe_session(http, sid, template)
+            got = probe_build(http, sid, template, parent)
             # a failing call: its span carries the component's error
             r = http.post(f"/executor/{sid}", json=build_body(
                 template, [("me/probe", {"fail": "probe says no"})]),
@@ -273,14 +286,8 @@ def test_one_trace_from_the_client_through_the_front_and_the_worker_to_the_compo
         template = template_body("local-p", [probe])
         sid = new_id()
         with httpx.Client(base_url=url, timeout=120) as http:
-            r = http.post("/executor/try", json={
-                "sessionId": sid, "localTemplateId": "local-p", "source": "path", "path": "t",
-                "template": template})
-            assert r.status_code == 200, r.text
-            r = http.post(f"/executor/{sid}", json=build_body(template, [("me/probe", None)]),
-                          headers={"traceparent": f"00-{TRACE}-{CLIENT_SPAN}-01"})
-            assert r.status_code == 200, r.text
-            got = json.loads(files_of(r.content)["headers.json"])
+            probe_session(http, sid, template)
+            got = probe_build(http, sid, template, f"00-{TRACE}-{CLIENT_SPAN}-01")
         for proc in (front, worker):
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=60)
